@@ -1,0 +1,249 @@
+"""
+The broker's configuration: ini text in, frozen values out.
+
+Every mistake in the file is reported as one L{ConfigError} naming the file, the section and the
+key, so that C{twistd mqttd --config ...} fails at start-up with a line an operator can act on
+instead of a broker that runs with a setting it silently ignored.
+"""
+
+from __future__ import annotations
+
+import configparser
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import get_type_hints
+
+from twisted.internet.endpoints import _parseServer
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Limits and policies of the broker core; the C{[broker]} section."""
+
+    max_packet_size: int = 1024 * 1024
+    max_connect_size: int = 64 * 1024
+    max_inflight: int = 20
+    max_queued_messages: int = 1000
+    max_awaiting_rel: int = 100
+    await_rel_timeout: float = 300.0
+    max_topic_levels: int = 128
+    max_keepalive: int = 65535
+    connect_timeout: float = 10.0
+    message_size_limit: int = 0
+    retain_available: bool = True
+    allow_zero_length_clientid: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One C{[listener:NAME]} section."""
+
+    name: str
+    endpoint: str
+    allow_anonymous: bool = False
+    connect_rate_per_address: float = 0.0
+    connect_burst_per_address: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+    source: str | None = None
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used.
+
+    @ivar file: the path of the configuration file, as given.
+    @ivar section: the offending section's name, or L{None} when the whole file is at fault.
+    @ivar key: the offending key, or L{None} when the whole section is at fault.
+    @ivar why: what is wrong, for a human.
+    """
+
+    def __init__(self, file: str, section: str | None, key: str | None, why: str) -> None:
+        super().__init__(file, section, key, why)
+        self.file = file
+        self.section = section
+        self.key = key
+        self.why = why
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.section is not None:
+            where += f": [{self.section}]"
+        if self.key is not None:
+            where += f" {self.key}"
+        # Configparser messages span lines; the operator gets one line, whatever the cause.
+        why = " ".join(self.why.split())
+        return f"{where}: {why}"
+
+
+_LISTENER_PREFIX = "listener:"
+_LISTENER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+# Zero is the documented "no limit" for these; every other number must be positive, because a zero
+# window, queue or timeout would make the broker refuse all traffic rather than mean "unlimited".
+_ZERO_ALLOWED = frozenset(
+    {"message_size_limit", "connect_rate_per_address", "connect_burst_per_address"}
+)
+# The keep-alive travels in a two-byte field, so a larger limit could never be reached.
+_MAXIMUM = {"max_keepalive": 65535}
+
+
+def _parseInt(key: str, text: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"expected {_integerKind(key)}, got {text!r}")
+    value = int(text)
+    minimum = 0 if key in _ZERO_ALLOWED else 1
+    maximum = _MAXIMUM.get(key)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f" no greater than {maximum}" if maximum is not None else ""
+        raise ValueError(f"expected {_integerKind(key)}{bound}, got {text!r}")
+    return value
+
+
+def _integerKind(key: str) -> str:
+    return "a non-negative integer" if key in _ZERO_ALLOWED else "a positive integer"
+
+
+def _parseFloat(key: str, text: str) -> float:
+    kind = "a non-negative number" if key in _ZERO_ALLOWED else "a positive number"
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(f"expected {kind}, got {text!r}")
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or (value == 0 and key not in _ZERO_ALLOWED):
+        raise ValueError(f"expected {kind}, got {text!r}")
+    return value
+
+
+def _parseBool(key: str, text: str) -> bool:
+    # Only mosquitto's spelling, so a setting copied between the two brokers means the same.
+    lowered = text.lower()
+    if lowered not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return lowered == "true"
+
+
+def _parseEndpoint(key: str, text: str) -> str:
+    try:
+        # Parsing without a reactor catches unknown types, bad ports, misspelt options and, for
+        # ssl:, unreadable key and certificate files, at load time rather than at listen time.
+        _parseServer(text, None)
+    except Exception as e:
+        raise ValueError(f"not a Twisted server endpoint string ({e}), got {text!r}") from e
+    return text
+
+
+_PARSERS: dict[type, Callable[[str, str], object]] = {
+    int: _parseInt,
+    float: _parseFloat,
+    bool: _parseBool,
+}
+
+
+def _typedValues(
+    path: str,
+    section: str,
+    values: Mapping[str, str],
+    types: Mapping[str, type],
+    special: Mapping[str, Callable[[str, str], object]],
+) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, text in values.items():
+        if key not in types:
+            known = ", ".join(sorted(types))
+            raise ConfigError(path, section, key, f"unknown key; expected one of {known}")
+        parse = special.get(key) or _PARSERS[types[key]]
+        try:
+            result[key] = parse(key, text.strip())
+        except ValueError as e:
+            raise ConfigError(path, section, key, str(e)) from None
+    return result
+
+
+def _settable(cls: type, exclude: frozenset[str] = frozenset()) -> dict[str, type]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if f.name not in exclude}
+
+
+def _brokerConfig(path: str, values: Mapping[str, str]) -> BrokerConfig:
+    typed = _typedValues(path, "broker", values, _settable(BrokerConfig), {})
+    return BrokerConfig(**typed)  # type: ignore[arg-type]
+
+
+def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> ListenerConfig:
+    name = section[len(_LISTENER_PREFIX) :]
+    if not _LISTENER_NAME.fullmatch(name):
+        raise ConfigError(
+            path, section, None, "a listener name is letters, digits, '_', '.' or '-'"
+        )
+    types = _settable(ListenerConfig, exclude=frozenset({"name"}))
+    typed = _typedValues(path, section, values, types, {"endpoint": _parseEndpoint})
+    if "endpoint" not in typed:
+        raise ConfigError(path, section, "endpoint", "required, e.g. tcp:1883:interface=127.0.0.1")
+    return ListenerConfig(name=name, **typed)  # type: ignore[arg-type]
+
+
+def load_config(path: str) -> Config:
+    """
+    Read the ini file at C{path}.
+
+    @raise ConfigError: if the file cannot be read or holds anything but a valid C{[broker]}
+        section and at least one valid C{[listener:NAME]} section.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read the file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, None, f"not UTF-8 text: {e}") from None
+
+    # Interpolation off: a "%" in a password or a path is just a character.
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(path, e.section, e.option, f"given twice (line {e.lineno})") from None
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(path, e.section, None, f"given twice (line {e.lineno})") from None
+    except configparser.Error as e:
+        raise ConfigError(path, None, None, e.message) from None
+
+    unknownSection = "unknown section; expected [broker] or [listener:NAME]"
+    if parser.defaults():
+        # configparser would copy these keys into every section, hiding where a value came from.
+        raise ConfigError(path, parser.default_section, None, unknownSection)
+
+    broker = BrokerConfig()
+    listeners = []
+    for section in parser.sections():
+        values = dict(parser.items(section))
+        if section == "broker":
+            broker = _brokerConfig(path, values)
+        elif section.startswith(_LISTENER_PREFIX):
+            listeners.append(_listenerConfig(path, section, values))
+        else:
+            raise ConfigError(path, section, None, unknownSection)
+    if not listeners:
+        raise ConfigError(
+            path, None, None, "no [listener:NAME] section; at least one listener is required"
+        )
+    return Config(broker=broker, listeners=tuple(listeners), source=path)
+
+
+def default_config() -> Config:
+    """
+    The configuration used without C{--config}: like mosquitto 2.0, reachable only from this
+    machine, so allowing anonymous clients exposes nothing to the network.
+    """
+    local = ListenerConfig(
+        name="local", endpoint="tcp:1883:interface=127.0.0.1", allow_anonymous=True
+    )
+    return Config(listeners=(local,))

@@ -1,0 +1,298 @@
+"""
+The Twisted side of one MQTT connection: frames bytes through the codec,
+runs the connection's timers, and calls the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .broker import Broker
+from .codec import DecodeError, Decoder, encode
+from .codec.packets import (
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    ProtocolLevel,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+)
+from .config import ListenerConfig
+from .interfaces import IClientConnection
+from .ratelimit import ConnectionRateLimiter
+from .session import Session, SessionError
+
+PINGRESP = encode(Pingresp())
+
+
+@implementer(IClientConnection, IPushProducer)
+class MQTTServerProtocol(Protocol):
+    """
+    One client connection.
+
+    @ivar paused: set while the transport's write buffer is over its limit;
+        the session then queues (bounded) instead of writing, so a stalled
+        subscriber never stalls the publisher or grows memory without bound.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, listener: ListenerConfig, clock: IReactorTime) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.clock = clock
+        self.session: Session | None = None
+        self.clientId: str | None = None
+        self.protocolLevel = ProtocolLevel.MQTT_3_1_1
+        self.clientAddress = "?"
+        self.paused = False
+        self._decoder = Decoder(
+            server=True,
+            max_packet_size=broker.config.max_packet_size,
+            max_connect_size=broker.config.max_connect_size,
+        )
+        self._connectTimer: IDelayedCall | None = None
+        self._keepaliveTimer: IDelayedCall | None = None
+        self._keepaliveLimit = 0.0
+        self._lastReceived = 0.0
+        self._graceful = False
+        self._closing = False
+        self._closeReason = "connection lost"
+
+    # Connection life cycle
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        self.clientAddress = f"{host}:{getattr(peer, 'port', '')}" if host else str(peer)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._connectTimer = self.clock.callLater(
+            self.broker.config.connect_timeout, self._connectTimedOut
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for timer in (self._connectTimer, self._keepaliveTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._connectTimer = self._keepaliveTimer = None
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        self.broker.connectionLost(session, self, self._graceful)
+        self.log.info(
+            "{clientId} from {address} disconnected: {reason}",
+            clientId=self.clientId,
+            address=self.clientAddress,
+            reason=self._closeReason,
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._lastReceived = self.clock.seconds()
+        try:
+            packets = self._decoder.feed(data)
+        except DecodeError as e:
+            self._decodeFailed(e)
+            return
+        handlers = self._handlers
+        for packet in packets:
+            if self._closing:
+                return
+            try:
+                handlers[type(packet)](self, packet)
+            except SessionError as e:
+                self.close(f"protocol error: {e}")
+
+    def _decodeFailed(self, error: DecodeError) -> None:
+        spec = f" {error.spec}" if error.spec else ""
+        reason = f"{type(error).__name__}: {error}{spec}"
+        if self.session is None and error.connack_code is not None:
+            self._refuse(error.connack_code, reason)
+        else:
+            self.close(reason)
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Answer CONNACK with a refusal code, then close [MQTT-3.2.2-5]."""
+        self.sendPacket(Connack(False, code))
+        self._closing = True
+        self.log.info(
+            "connection from {address} refused: {reason}",
+            address=self.clientAddress,
+            reason=reason,
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def close(self, reason: str) -> None:
+        """
+        Drop the connection at once; buffered output is discarded, so a peer
+        that stopped reading cannot keep it open.  The will is published
+        unless DISCONNECT was received.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._closeReason = reason
+        if self.session is None:
+            self.log.info(
+                "connection from {address} closed: {reason}",
+                address=self.clientAddress,
+                reason=reason,
+            )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # Timers
+
+    def _connectTimedOut(self) -> None:
+        self._connectTimer = None
+        self.close("no CONNECT within the connect timeout")
+
+    def _checkKeepalive(self) -> None:
+        idle = self.clock.seconds() - self._lastReceived
+        if idle >= self._keepaliveLimit:
+            self._keepaliveTimer = None
+            # [MQTT-3.1.2-24]: as if the network had failed, so the will goes.
+            self.close("keepalive timeout")
+        else:
+            self._keepaliveTimer = self.clock.callLater(
+                self._keepaliveLimit - idle, self._checkKeepalive
+            )
+
+    # IClientConnection
+
+    def sendPacket(self, packet: Packet) -> None:
+        self.transport.write(encode(packet))  # type: ignore[union-attr]
+
+    def writeSequence(self, chunks: Sequence[bytes]) -> None:
+        self.transport.writeSequence(chunks)  # type: ignore[union-attr]
+
+    # IPushProducer: the transport tells us when its write buffer fills.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.session is not None:
+            self.session.pump()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    # Packet handlers
+
+    def connectReceived(self, packet: Connect) -> None:
+        if self._connectTimer is not None and self._connectTimer.active():
+            self._connectTimer.cancel()
+        self._connectTimer = None
+        code, session, sessionPresent = self.broker.connect(self, packet, self.listener)
+        if session is None:
+            self._refuse(code, f"CONNACK {code} for client id {packet.client_id!r}")
+            return
+        self.session = session
+        self.clientId = session.clientId
+        self.protocolLevel = ProtocolLevel(packet.protocol_level)
+        if packet.keepalive:
+            self._keepaliveLimit = packet.keepalive * 1.5
+            self._keepaliveTimer = self.clock.callLater(self._keepaliveLimit, self._checkKeepalive)
+        # MQTT 3.1 has no Session Present flag; its CONNACK byte is reserved.
+        present = sessionPresent and self.protocolLevel == ProtocolLevel.MQTT_3_1_1
+        self.sendPacket(Connack(present, 0))
+        self.log.info(
+            "{clientId} connected from {address} (protocol level {protocolLevel}, "
+            "clean session {clean}, keepalive {keepalive})",
+            clientId=session.clientId,
+            address=self.clientAddress,
+            protocolLevel=packet.protocol_level,
+            clean=packet.clean_session,
+            keepalive=packet.keepalive,
+        )
+        session.resume(self)
+
+    def publishReceived(self, packet: Publish) -> None:
+        self.broker.publishReceived(self.session, packet)  # type: ignore[arg-type]
+
+    def pubackReceived(self, packet: Puback) -> None:
+        self.session.pubackReceived(packet.packet_id)  # type: ignore[union-attr]
+
+    def pubrecReceived(self, packet: Pubrec) -> None:
+        self.session.pubrecReceived(packet.packet_id)  # type: ignore[union-attr]
+
+    def pubrelReceived(self, packet: Pubrel) -> None:
+        self.broker.pubrelReceived(self.session, packet.packet_id)  # type: ignore[arg-type]
+
+    def pubcompReceived(self, packet: Pubcomp) -> None:
+        self.session.pubcompReceived(packet.packet_id)  # type: ignore[union-attr]
+
+    def subscribeReceived(self, packet: Subscribe) -> None:
+        self.broker.subscribe(self.session, packet)  # type: ignore[arg-type]
+
+    def unsubscribeReceived(self, packet: Unsubscribe) -> None:
+        self.broker.unsubscribe(self.session, packet)  # type: ignore[arg-type]
+
+    def pingReceived(self, packet: Pingreq) -> None:
+        self.transport.write(PINGRESP)  # type: ignore[union-attr]
+
+    def disconnectReceived(self, packet: Disconnect) -> None:
+        # [MQTT-3.14.4-3]: the will is discarded.
+        self._graceful = True
+        self._closing = True
+        self._closeReason = "client sent DISCONNECT"
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # The decoder only lets CONNECT through first and never a second one, so
+    # every handler but connectReceived runs with a session attached.
+    _handlers: dict[type, Callable[[Any, Any], None]] = {
+        Connect: connectReceived,
+        Publish: publishReceived,
+        Puback: pubackReceived,
+        Pubrec: pubrecReceived,
+        Pubrel: pubrelReceived,
+        Pubcomp: pubcompReceived,
+        Subscribe: subscribeReceived,
+        Unsubscribe: unsubscribeReceived,
+        Pingreq: pingReceived,
+        Disconnect: disconnectReceived,
+    }
+
+
+class MQTTServerFactory(Factory):
+    """Builds one L{MQTTServerProtocol} per accepted connection of a listener."""
+
+    noisy = False
+
+    def __init__(self, broker: Broker, listener: ListenerConfig, clock: IReactorTime) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.clock = clock
+        self.rateLimiter: ConnectionRateLimiter | None = None
+        if listener.connect_rate_per_address > 0:
+            self.rateLimiter = ConnectionRateLimiter(
+                clock,
+                listener.connect_rate_per_address,
+                listener.connect_burst_per_address
+                or max(1, int(listener.connect_rate_per_address)),
+            )
+
+    def buildProtocol(self, addr: IAddress) -> MQTTServerProtocol | None:  # type: ignore[override]
+        limiter = self.rateLimiter
+        if limiter is not None and not limiter.allow(getattr(addr, "host", str(addr))):
+            # Returning None makes Twisted close the socket straight away.
+            return None
+        return MQTTServerProtocol(self.broker, self.listener, self.clock)

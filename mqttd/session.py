@@ -1,0 +1,316 @@
+"""
+Per-client session state: subscriptions, packet identifiers, the outbound
+in-flight window and queue, and inbound QoS 2 state.
+
+Pure state and rules; the only output is through an
+L{mqttd.interfaces.IClientConnection}, and time arrives as arguments.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .codec import encode
+from .codec.packets import Pubrel, Will
+from .interfaces import IClientConnection
+from .message import Message
+
+WAIT_PUBACK = 1
+WAIT_PUBREC = 2
+WAIT_PUBCOMP = 3
+
+
+class SessionError(Exception):
+    """
+    The client broke the session's rules (an acknowledgement of the wrong
+    kind, too many QoS 2 messages awaiting PUBREL); close its connection.
+    """
+
+
+class Stats:
+    """Broker-wide counters the sessions add to."""
+
+    __slots__ = ("messagesDropped", "messagesReceived", "messagesRouted")
+
+    def __init__(self) -> None:
+        self.messagesDropped = 0
+        self.messagesReceived = 0
+        self.messagesRouted = 0
+
+
+class Outgoing:
+    """A QoS 1 or 2 delivery sent and not yet fully acknowledged."""
+
+    __slots__ = ("message", "qos", "retain", "state")
+
+    def __init__(self, message: Message, qos: int, retain: bool, state: int) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.state = state
+
+
+@dataclass
+class SessionState:
+    """
+    What a persistent session keeps across connections, in plain values, for
+    an L{mqttd.interfaces.IMessageStore}.
+
+    C{inflight} holds C{(packetId, message, qos, retain, state)}, C{pending}
+    holds C{(message, qos, retain)}, both in delivery order.
+    """
+
+    clientId: str
+    subscriptions: dict[str, int] = field(default_factory=dict)
+    inflight: list[tuple[int, Message, int, bool, int]] = field(default_factory=list)
+    pending: list[tuple[Message, int, bool]] = field(default_factory=list)
+    awaitingRel: dict[int, float] = field(default_factory=dict)
+    nextPacketId: int = 1
+
+
+class Session:
+    """
+    One client identifier's session.
+
+    @ivar pending: deliveries waiting for the in-flight window, for the
+        connection to drain, or (persistent sessions) for the client to come
+        back.  Bounded by C{maxQueued}; when full the newest message is dropped
+        and counted, as mosquitto does, so what a client already has queued
+        is never displaced.
+    """
+
+    __slots__ = (
+        "_nextPacketId",
+        "_stats",
+        "awaitRelTimeout",
+        "awaitingRel",
+        "cleanSession",
+        "clientId",
+        "connection",
+        "dropped",
+        "inflight",
+        "maxAwaitingRel",
+        "maxInflight",
+        "maxQueued",
+        "pending",
+        "subscriptions",
+        "will",
+    )
+
+    def __init__(
+        self,
+        clientId: str,
+        cleanSession: bool,
+        *,
+        maxInflight: int,
+        maxQueued: int,
+        maxAwaitingRel: int,
+        awaitRelTimeout: float,
+        stats: Stats,
+    ) -> None:
+        self.clientId = clientId
+        self.cleanSession = cleanSession
+        self.connection: IClientConnection | None = None
+        self.will: Will | None = None
+        self.subscriptions: dict[str, int] = {}
+        self.inflight: dict[int, Outgoing] = {}
+        self.pending: deque[tuple[Message, int, bool]] = deque()
+        self.awaitingRel: dict[int, float] = {}
+        self.dropped = 0
+        self.maxInflight = maxInflight
+        self.maxQueued = maxQueued
+        self.maxAwaitingRel = maxAwaitingRel
+        self.awaitRelTimeout = awaitRelTimeout
+        self._nextPacketId = 1
+        self._stats = stats
+
+    # Outbound: broker -> client
+
+    def deliver(self, message: Message, qos: int, retain: bool = False) -> None:
+        """
+        Deliver C{message} at C{qos} (already the minimum of the published and
+        granted QoS), now if the connection and window allow, else queued.
+        """
+        conn = self.connection
+        if conn is None:
+            # QoS 0 is not queued for offline clients [MQTT-3.1.2-5].
+            if qos:
+                self._enqueue(message, qos, retain)
+            return
+        if self.pending or conn.paused:
+            # Anything already waiting goes first, keeping per-topic order
+            # [MQTT-4.6.0-6].
+            self._enqueue(message, qos, retain)
+        elif qos == 0:
+            conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
+        elif len(self.inflight) < self.maxInflight:
+            self._send(conn, message, qos, retain)
+        else:
+            self._enqueue(message, qos, retain)
+
+    def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
+        if len(self.pending) >= self.maxQueued:
+            self.dropped += 1
+            self._stats.messagesDropped += 1
+            return
+        self.pending.append((message, qos, retain))
+
+    def _send(self, conn: IClientConnection, message: Message, qos: int, retain: bool) -> None:
+        packetId = self._allocatePacketId()
+        self.inflight[packetId] = Outgoing(
+            message, qos, retain, WAIT_PUBACK if qos == 1 else WAIT_PUBREC
+        )
+        conn.writeSequence(
+            (message.wirePrefix(qos, retain, False), packetId.to_bytes(2, "big"), message.payload)
+        )
+
+    def _allocatePacketId(self) -> int:
+        # The window is far smaller than the id space, so this loop ends after
+        # at most len(self.inflight) + 1 steps.
+        packetId = self._nextPacketId
+        while packetId in self.inflight:
+            packetId = packetId % 65535 + 1
+        self._nextPacketId = packetId % 65535 + 1
+        return packetId
+
+    def pump(self) -> None:
+        """
+        Send queued deliveries while the connection is writable and the
+        in-flight window has room.
+        """
+        conn = self.connection
+        pending = self.pending
+        while pending and conn is not None and not conn.paused:
+            message, qos, retain = pending[0]
+            if qos == 0:
+                pending.popleft()
+                conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
+            elif len(self.inflight) < self.maxInflight:
+                pending.popleft()
+                self._send(conn, message, qos, retain)
+            else:
+                break
+
+    def resume(self, conn: IClientConnection) -> None:
+        """
+        Attach a new connection (after its CONNACK was written) and re-send
+        every unacknowledged PUBLISH with DUP=1 and PUBREL, with their original
+        packet identifiers [MQTT-4.4.0-1], then the queue.
+        """
+        self.connection = conn
+        for packetId, out in self.inflight.items():
+            if out.state == WAIT_PUBCOMP:
+                conn.writeSequence((encode(Pubrel(packetId)),))
+            else:
+                conn.writeSequence(
+                    (
+                        out.message.wirePrefix(out.qos, out.retain, True),
+                        packetId.to_bytes(2, "big"),
+                        out.message.payload,
+                    )
+                )
+        self.pump()
+
+    def pubackReceived(self, packetId: int) -> None:
+        """
+        The client acknowledged a QoS 1 delivery.
+
+        @raise SessionError: C{packetId} names a QoS 2 delivery.
+        """
+        out = self.inflight.get(packetId)
+        if out is None:
+            return
+        if out.state != WAIT_PUBACK:
+            raise SessionError(f"PUBACK for QoS 2 message {packetId}")
+        del self.inflight[packetId]
+        self.pump()
+
+    def pubrecReceived(self, packetId: int) -> None:
+        """
+        The client received a QoS 2 delivery: answer PUBREL [MQTT-4.3.3-1].
+        An unknown identifier is answered too, so a client that lost track
+        after a reconnect can finish its flow.
+
+        @raise SessionError: C{packetId} names a QoS 1 delivery.
+        """
+        out = self.inflight.get(packetId)
+        if out is not None:
+            if out.state == WAIT_PUBACK:
+                raise SessionError(f"PUBREC for QoS 1 message {packetId}")
+            out.state = WAIT_PUBCOMP
+        if self.connection is not None:
+            self.connection.writeSequence((encode(Pubrel(packetId)),))
+
+    def pubcompReceived(self, packetId: int) -> None:
+        """
+        The client completed a QoS 2 delivery.
+
+        @raise SessionError: C{packetId} names a delivery still waiting for
+            PUBACK or PUBREC.
+        """
+        out = self.inflight.get(packetId)
+        if out is None:
+            return
+        if out.state != WAIT_PUBCOMP:
+            raise SessionError(f"PUBCOMP before PUBREC for message {packetId}")
+        del self.inflight[packetId]
+        self.pump()
+
+    # Inbound: client -> broker
+
+    def qos2Received(self, packetId: int, now: float) -> bool:
+        """
+        Record an inbound QoS 2 PUBLISH.
+
+        @return: C{True} if the message is new and must be routed, C{False}
+            if it is a resend of one not yet released, which must not be
+            delivered onward again [MQTT-4.3.3-2].
+        @raise SessionError: more than C{maxAwaitingRel} messages await
+            PUBREL even after forgetting those older than C{awaitRelTimeout}.
+        """
+        awaiting = self.awaitingRel
+        if packetId in awaiting:
+            return False
+        if len(awaiting) >= self.maxAwaitingRel:
+            cutoff = now - self.awaitRelTimeout
+            for stale in [p for p, t in awaiting.items() if t < cutoff]:
+                del awaiting[stale]
+            if len(awaiting) >= self.maxAwaitingRel:
+                raise SessionError(f"more than {self.maxAwaitingRel} QoS 2 messages await PUBREL")
+        awaiting[packetId] = now
+        return True
+
+    def pubrelReceived(self, packetId: int) -> None:
+        """
+        The client released an inbound QoS 2 message; its identifier may be
+        reused for a new message from now on.
+        """
+        self.awaitingRel.pop(packetId, None)
+
+    # Persistence
+
+    def snapshot(self) -> SessionState:
+        """The state a store keeps for this session."""
+        return SessionState(
+            clientId=self.clientId,
+            subscriptions=dict(self.subscriptions),
+            inflight=[
+                (packetId, o.message, o.qos, o.retain, o.state)
+                for packetId, o in self.inflight.items()
+            ],
+            pending=list(self.pending),
+            awaitingRel=dict(self.awaitingRel),
+            nextPacketId=self._nextPacketId,
+        )
+
+    def restore(self, state: SessionState) -> None:
+        """Take over the state a store kept, into this fresh session."""
+        self.subscriptions = dict(state.subscriptions)
+        self.inflight = {
+            packetId: Outgoing(message, qos, retain, st)
+            for packetId, message, qos, retain, st in state.inflight
+        }
+        self.pending = deque(state.pending)
+        self.awaitingRel = dict(state.awaitingRel)
+        self._nextPacketId = state.nextPacketId

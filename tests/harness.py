@@ -1,0 +1,118 @@
+"""
+In-memory clients for protocol and broker tests: a real
+L{MQTTServerProtocol} on a L{StringTransport}, driven by a
+L{MemoryReactorClock}, with no sockets and no sleeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from mqttd.broker import Broker
+from mqttd.codec import Decoder, encode
+from mqttd.codec.packets import Connack, Connect, Packet, Publish, Subscribe, Will
+from mqttd.config import BrokerConfig, ListenerConfig
+from mqttd.protocol import MQTTServerFactory, MQTTServerProtocol
+from mqttd.store import MemoryStore
+
+LISTENER = ListenerConfig(name="test", endpoint="tcp:0", allow_anonymous=True)
+
+
+class Client:
+    """
+    One client connection to the broker under test: writes raw bytes or
+    packets in, reads decoded packets out.
+    """
+
+    _port = 40000
+
+    def __init__(self, world: World) -> None:
+        Client._port += 1
+        self.world = world
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", Client._port)
+        )
+        protocol = world.factory.buildProtocol(self.transport.getPeer())
+        assert protocol is not None
+        self.protocol: MQTTServerProtocol = protocol
+        self.protocol.makeConnection(self.transport)
+        self._decoder = Decoder(server=False)
+        self._unread: list[Packet] = []
+
+    def send(self, *packets: Packet) -> None:
+        for packet in packets:
+            self.sendBytes(encode(packet))
+
+    def sendBytes(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def read(self) -> list[Packet]:
+        """Every packet the broker wrote since the last read."""
+        data = self.transport.value()
+        self.transport.clear()
+        packets = self._unread + self._decoder.feed(data)
+        self._unread = []
+        return packets
+
+    def publishes(self) -> list[Publish]:
+        return [p for p in self.read() if isinstance(p, Publish)]
+
+    @property
+    def closed(self) -> bool:
+        """Whether the broker closed (or aborted) this connection."""
+        return bool(self.transport.disconnecting or self.transport.disconnected)
+
+    def drop(self) -> None:
+        """The network fails under this client: no DISCONNECT is sent."""
+        self.protocol.connectionLost()
+
+    def finish(self) -> None:
+        """Deliver the close the broker asked for, as the reactor would."""
+        if self.closed:
+            self.protocol.connectionLost()
+
+
+class World:
+    """A broker, a fake clock, and a factory for clients of one listener."""
+
+    def __init__(
+        self,
+        store: MemoryStore | None = None,
+        listener: ListenerConfig = LISTENER,
+        **brokerOptions: Any,
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.store = store if store is not None else MemoryStore()
+        self.broker = Broker(replace(BrokerConfig(), **brokerOptions), self.clock, self.store)
+        self.broker.start()
+        self.factory = MQTTServerFactory(self.broker, listener, self.clock)
+
+    def client(self) -> Client:
+        return Client(self)
+
+    def connect(
+        self,
+        clientId: str,
+        clean: bool = True,
+        will: Will | None = None,
+        keepalive: int = 0,
+        level: int = 4,
+    ) -> Client:
+        """A client that sent CONNECT and got CONNACK 0."""
+        client = self.client()
+        client.send(Connect(level, clientId, clean, keepalive, will))
+        connack, *client._unread = client.read()
+        assert isinstance(connack, Connack) and connack.return_code == 0, connack
+        client.connack = connack  # type: ignore[attr-defined]
+        return client
+
+    def subscriber(self, clientId: str, *filters: tuple[str, int], clean: bool = True) -> Client:
+        """A connected client holding the given subscriptions."""
+        client = self.connect(clientId, clean)
+        client.send(Subscribe(1, list(filters)))
+        client.read()
+        return client
