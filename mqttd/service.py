@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
     IProtocolFactory,
     IReactorTime,
@@ -22,6 +24,14 @@ from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.protocol import MQTTServerFactory
 from mqttd.store import MemoryStore
+
+
+def _describe(address: IAddress) -> str:
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    return str(address)
 
 
 @implementer(IStreamServerEndpoint)
@@ -46,7 +56,7 @@ class _AnnouncingEndpoint:
         self.log.info(
             "mqttd listener {name} on {address} ({endpoint}), anonymous clients {anonymous}",
             name=self._listener.name,
-            address=port.getHost(),
+            address=_describe(port.getHost()),
             endpoint=self._listener.endpoint,
             anonymous="allowed" if self._listener.allow_anonymous else "refused",
         )

@@ -587,7 +587,7 @@ def test_will_on_protocol_error() -> None:
     world = World()
     sub = world.subscriber("sub", ("wills/#", 1))
     c = world.connect("c", will=WILL)
-    c.sendBytes(b"\x62\x02\x00\x01")  # PUBREL with flags 0000 (bad-inputs 13)
+    c.sendBytes(b"\x60\x02\x00\x01")  # PUBREL with flags 0000 (bad-inputs 13)
     assert c.closed
     c.finish()
     assert [p.payload for p in sub.publishes()] == [b"gone"]

@@ -53,8 +53,8 @@ _VARIABLE = -1
 _SUBACK_CODES = frozenset((0, 1, 2, 0x80))
 _MQTT_3_1_CLIENT_ID_MAX = 23
 
-# Parsed once: the singletons are immutable in practice (no fields), so
-# handing out one shared instance per type avoids an allocation per ping.
+# These packets have no fields, so one shared instance each saves an
+# allocation per keepalive; packets are never mutated once returned.
 _PINGREQ = Pingreq()
 _PINGRESP = Pingresp()
 _DISCONNECT = Disconnect()
@@ -334,7 +334,9 @@ def _header_error(first: int, server: bool) -> DecodeError:
     if server and packet_type == PacketType.CONNECT:
         return ProtocolViolation("second CONNECT", "MQTT-3.1.0-2")
     if packet_type not in (_SERVER_RECEIVES if server else _CLIENT_RECEIVES):
-        return ProtocolViolation(f"{packet_type.name} not allowed in this direction", "MQTT-4.8.0-1")
+        return ProtocolViolation(
+            f"{packet_type.name} not allowed in this direction", "MQTT-4.8.0-1"
+        )
     flags = first & 0x0F
     if packet_type == PacketType.PUBLISH:
         if (flags >> 1) & 3 == 3:
@@ -433,9 +435,11 @@ class Decoder:
         """
         packets: list[Packet] = []
         pos = 0
+        table = self._table
+        limit = self._limit
         while pos < end:
             first = data[pos]
-            entry = self._table[first]
+            entry = table[first]
             if entry is None:
                 raise self._header_error(first)
             if pos + 1 >= end:
@@ -449,9 +453,7 @@ class Decoder:
                 length = byte & 0x7F
                 shift = 7
                 i = pos + 2
-                while True:
-                    if i >= end:
-                        break
+                while i < end:
                     byte = data[i]
                     length |= (byte & 0x7F) << shift
                     i += 1
@@ -465,11 +467,9 @@ class Decoder:
                     break
                 start = i
             handler, fixed = entry
-            if length > self._limit:
-                raise PacketTooLarge(
-                    f"Remaining Length {length} exceeds the limit of {self._limit}"
-                )
-            if fixed != length and fixed != _VARIABLE:
+            if length > limit:
+                raise PacketTooLarge(f"Remaining Length {length} exceeds the limit of {limit}")
+            if fixed != _VARIABLE and fixed != length:
                 raise _malformed(
                     f"{PacketType(first >> 4).name}: Remaining Length {length}, must be {fixed}"
                 )
@@ -479,6 +479,10 @@ class Decoder:
                 break
             packets.append(handler(data, start, stop, first))
             pos = stop
+            if first == 0x10:
+                # A decoded CONNECT switched the decoder to the connected state.
+                table = self._table
+                limit = self._limit
         return packets, pos
 
     def _header_error(self, first: int) -> DecodeError:
