@@ -296,5 +296,3 @@ class Broker:
                 self.subscriptions.unsubscribe(topicFilter, session.clientId)
         if session.connection is not None:
             session.connection.sendPacket(Unsuback(packet.packet_id))
-
-

@@ -87,4 +87,3 @@ class IMessageStore(Interface):
         """
         Forget the session of C{clientId}, if any.
         """
-

@@ -105,12 +105,16 @@ class MQTTServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self._lastReceived = self.clock.seconds()
         try:
             packets = self._decoder.feed(data)
         except DecodeError as e:
             self._decodeFailed(e)
             return
+        if not packets:
+            # Keepalive counts control packets [MQTT-3.1.2-24], so a peer
+            # trickling one byte at a time cannot hold a connection open.
+            return
+        self._lastReceived = self.clock.seconds()
         handlers = self._handlers
         for packet in packets:
             if self._closing:

@@ -147,9 +147,7 @@ class RetainedMessages(Generic[M]):
             if level == "#":
                 if depth == 0:
                     subtrees.extend(
-                        child
-                        for name, child in node.children.items()
-                        if not name.startswith("$")
+                        child for name, child in node.children.items() if not name.startswith("$")
                     )
                 else:
                     subtrees.append(node)

@@ -68,9 +68,7 @@ def validate_topic_name(name: str, max_levels: int = DEFAULT_MAX_LEVELS) -> None
     _check_levels(name, max_levels)
 
 
-def validate_topic_filter(
-    topic_filter: str, max_levels: int = DEFAULT_MAX_LEVELS
-) -> None:
+def validate_topic_filter(topic_filter: str, max_levels: int = DEFAULT_MAX_LEVELS) -> None:
     """
     Check a topic filter taken from a SUBSCRIBE or UNSUBSCRIBE packet.
 
@@ -95,9 +93,7 @@ def validate_topic_filter(
                     "MQTT-4.7.1-2",
                 )
         elif "+" in level and level != "+":
-            raise InvalidTopic(
-                f"'+' not a whole level of {topic_filter[:64]!r}", "MQTT-4.7.1-3"
-            )
+            raise InvalidTopic(f"'+' not a whole level of {topic_filter[:64]!r}", "MQTT-4.7.1-3")
 
 
 class _Node:
@@ -275,10 +271,7 @@ class SubscriptionTree:
 
         if len(topic) <= _CACHE_MAX_TOPIC_LENGTH:
             slots = len(result) + 1
-            if (
-                len(cache) >= _CACHE_MAX_ENTRIES
-                or self._cache_slots + slots > _CACHE_MAX_SLOTS
-            ):
+            if len(cache) >= _CACHE_MAX_ENTRIES or self._cache_slots + slots > _CACHE_MAX_SLOTS:
                 cache.clear()
                 self._cache_slots = 0
             cache[topic] = result

@@ -33,9 +33,7 @@ class Client:
     def __init__(self, world: World) -> None:
         Client._port += 1
         self.world = world
-        self.transport = StringTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", Client._port)
-        )
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", Client._port))
         protocol = world.factory.buildProtocol(self.transport.getPeer())
         assert protocol is not None
         self.protocol: MQTTServerProtocol = protocol

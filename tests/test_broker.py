@@ -285,7 +285,7 @@ def test_wrong_ack_type_closes() -> None:
     sub2 = world.subscriber("sub2", ("q2", 2))
     pub.send(Publish("q2", b"m", qos=2, packet_id=2))
     (got,) = sub2.publishes()
-    sub2.send(Puback(got.packet_id))  # type: ignore[arg-type]
+    sub2.send(Puback(got.packet_id))
     assert sub2.closed
 
 
@@ -712,3 +712,18 @@ def test_broker_needs_no_transport() -> None:
 
     broker = Broker(BrokerConfig(), Clock())
     assert broker.sessions == {} and len(broker.subscriptions) == 0
+
+
+def test_keepalive_counts_whole_packets_only() -> None:
+    """
+    Bytes of an unfinished packet do not reset the keepalive timer: only a
+    received control packet does [MQTT-3.1.2-24] (bad-inputs 3).
+    """
+    world = World()
+    c = world.connect("c", keepalive=10)
+    for _ in range(3):
+        world.clock.advance(5)
+        if not c.closed:
+            c.sendBytes(b"\x30")
+    world.clock.advance(1)
+    assert c.closed

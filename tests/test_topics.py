@@ -436,7 +436,7 @@ def test_cache_bounds_result_sizes() -> None:
 _TOPIC_LEVELS = st.sampled_from(["", "$SYS", "a", "b"])
 _TOPICS = st.lists(_TOPIC_LEVELS, min_size=1, max_size=5).map("/".join).filter(bool)
 _FILTERS = st.builds(
-    lambda levels, hashed: "/".join(levels + ["#"] if hashed else levels),
+    lambda levels, hashed: "/".join([*levels, "#"] if hashed else levels),
     st.lists(st.sampled_from(["", "$SYS", "a", "b", "+"]), min_size=0, max_size=4),
     st.booleans(),
 ).filter(bool)
