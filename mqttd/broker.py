@@ -189,12 +189,14 @@ class Broker:
 
     # Messages
 
-    def publishReceived(self, session: Session, packet: Publish) -> None:
+    def publishReceived(self, session: Session, packet: Publish) -> Deferred[None] | None:
         """
         Route an inbound PUBLISH and acknowledge it: exactly once for QoS 2,
         by routing on first receipt and answering resends with PUBREC only
         [MQTT-4.3.3-2].
 
+        @return: C{None} when done, or a L{Deferred} firing when done; the
+            protocol holds the client's later packets until then.
         @raise SessionError: the client broke a session limit.
         """
         conn = session.connection
@@ -205,12 +207,13 @@ class Broker:
             if not session.qos2Received(packet.packet_id, self.clock.seconds()):
                 if conn is not None:
                     conn.sendPacket(Pubrec(packet.packet_id))
-                return
+                return None
         if self._acceptable(packet):
             self.route(Message(packet.topic, packet.payload, qos, packet.retain))
         if conn is not None and qos:
             assert packet.packet_id is not None
             conn.sendPacket(Puback(packet.packet_id) if qos == 1 else Pubrec(packet.packet_id))
+        return None
 
     def _acceptable(self, packet: Publish) -> bool:
         config = self.config

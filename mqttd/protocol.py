@@ -5,9 +5,11 @@ runs the connection's timers, and calls the broker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -73,6 +75,7 @@ class MQTTServerProtocol(Protocol):
         self._graceful = False
         self._closing = False
         self._closeReason = "connection lost"
+        self._held: deque[Packet] | None = None
 
     # Connection life cycle
 
@@ -115,14 +118,48 @@ class MQTTServerProtocol(Protocol):
             # trickling one byte at a time cannot hold a connection open.
             return
         self._lastReceived = self.clock.seconds()
+        if self._held is not None:
+            self._held.extend(packets)
+        else:
+            self._dispatch(packets)
+
+    def _dispatch(self, packets: Iterable[Packet]) -> None:
+        """
+        Hand packets to their handlers in order.  A handler that returns a
+        L{Deferred} (a plugin or store doing I/O) holds every later packet of
+        this client, and reading from it, until that Deferred fires, so one
+        client's packets are always processed in the order sent.
+        """
         handlers = self._handlers
-        for packet in packets:
+        remaining = iter(packets)
+        for packet in remaining:
             if self._closing:
                 return
             try:
-                handlers[type(packet)](self, packet)
+                result = handlers[type(packet)](self, packet)
             except SessionError as e:
                 self.close(f"protocol error: {e}")
+                return
+            if result is not None:
+                self._held = deque(remaining)
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+                result.addCallbacks(self._handlerDone, self._handlerFailed)
+                return
+
+    def _handlerDone(self, ignored: object) -> None:
+        held, self._held = self._held, None
+        if self._closing or held is None:
+            return
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._dispatch(held)
+
+    def _handlerFailed(self, failure: Failure) -> None:
+        self._held = None
+        if failure.check(SessionError):
+            self.close(f"protocol error: {failure.value}")
+            return
+        self.log.failure("handling a packet from {address}", failure, address=self.clientAddress)
+        self.close("internal error")
 
     def _decodeFailed(self, error: DecodeError) -> None:
         spec = f" {error.spec}" if error.spec else ""
@@ -229,8 +266,8 @@ class MQTTServerProtocol(Protocol):
         )
         session.resume(self)
 
-    def publishReceived(self, packet: Publish) -> None:
-        self.broker.publishReceived(self.session, packet)  # type: ignore[arg-type]
+    def publishReceived(self, packet: Publish) -> Deferred[None] | None:
+        return self.broker.publishReceived(self.session, packet)  # type: ignore[arg-type]
 
     def pubackReceived(self, packet: Puback) -> None:
         self.session.pubackReceived(packet.packet_id)  # type: ignore[union-attr]
@@ -262,7 +299,7 @@ class MQTTServerProtocol(Protocol):
 
     # The decoder only lets CONNECT through first and never a second one, so
     # every handler but connectReceived runs with a session attached.
-    _handlers: dict[type, Callable[[Any, Any], None]] = {
+    _handlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = {
         Connect: connectReceived,
         Publish: publishReceived,
         Puback: pubackReceived,

@@ -727,3 +727,46 @@ def test_keepalive_counts_whole_packets_only() -> None:
             c.sendBytes(b"\x30")
     world.clock.advance(1)
     assert c.closed
+
+
+def test_packets_held_while_a_handler_waits() -> None:
+    """
+    When handling a packet returns a Deferred (a store or plugin doing I/O),
+    the client's later packets wait, and reading from it pauses, until it
+    fires: per-client order holds [MQTT-4.6.0-6].
+    """
+    from twisted.internet.defer import Deferred
+
+    world = World()
+    sub = world.subscriber("sub", ("t", 0))
+    pub = world.connect("pub")
+    gate: Deferred[None] = Deferred()
+    realPublish = world.broker.publishReceived
+    calls = []
+
+    def slowFirst(session, packet):  # type: ignore[no-untyped-def]
+        calls.append(packet.payload)
+        realPublish(session, packet)
+        return gate if len(calls) == 1 else None
+
+    world.broker.publishReceived = slowFirst  # type: ignore[method-assign]
+    pub.send(Publish("t", b"1"), Publish("t", b"2"))
+    pub.send(Publish("t", b"3"))
+    assert calls == [b"1"]
+    assert pub.transport.producerState == "paused"
+    gate.callback(None)
+    assert calls == [b"1", b"2", b"3"]
+    assert pub.transport.producerState == "producing"
+    assert [p.payload for p in sub.publishes()] == [b"1", b"2", b"3"]
+
+
+def test_handler_failure_closes_only_that_client() -> None:
+    """A failed handler Deferred closes that connection and nothing else."""
+    from twisted.internet.defer import fail
+
+    world = World()
+    sub = world.subscriber("sub", ("t", 0))
+    pub = world.connect("pub")
+    world.broker.publishReceived = lambda s, p: fail(RuntimeError("store down"))  # type: ignore[method-assign, assignment]
+    pub.send(Publish("t", b"x"))
+    assert pub.closed and not sub.closed

@@ -230,9 +230,7 @@ def test_matches_reference(operations: list[tuple[str, str]]) -> None:
     for topic_filter in _ALL_SHORT_FILTERS:
         validate_topic_filter(topic_filter)
         expected = [
-            message
-            for topic, message in model.items()
-            if reference_match(topic_filter, topic)
+            message for topic, message in model.items() if reference_match(topic_filter, topic)
         ]
         assert Counter(store.matching(topic_filter)) == Counter(expected)
     for topic, message in model.items():

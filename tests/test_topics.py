@@ -215,9 +215,7 @@ def test_spec_multi_level_examples() -> None:
     'sport/tennis/player1' and everything below it, 'sport/#' matches
     'sport' itself, and '#' matches everything [MQTT-4.7.1-2].
     """
-    tree = tree_of(
-        ("sport/tennis/player1/#", "p1", 0), ("sport/#", "sport", 0), ("#", "all", 0)
-    )
+    tree = tree_of(("sport/tennis/player1/#", "p1", 0), ("sport/#", "sport", 0), ("#", "all", 0))
     for topic in [
         "sport/tennis/player1",
         "sport/tennis/player1/ranking",
