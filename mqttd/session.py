@@ -115,7 +115,9 @@ class Session:
         self.will: Will | None = None
         self.subscriptions: dict[str, int] = {}
         self.inflight: dict[int, Outgoing] = {}
-        self.pending: deque[tuple[Message, int, bool]] = deque()
+        # Most sessions never queue; an empty deque costs ~700 bytes, which
+        # is most of an idle connection's footprint.
+        self.pending: deque[tuple[Message, int, bool]] | None = None
         self.awaitingRel: dict[int, float] = {}
         self.dropped = 0
         self.maxInflight = maxInflight
@@ -145,22 +147,32 @@ class Session:
         elif qos == 0:
             conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
         elif len(self.inflight) < self.maxInflight:
-            self._send(conn, message, qos, retain)
+            self._send(conn, message, qos, retain, False)
         else:
             self._enqueue(message, qos, retain)
 
     def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
-        if len(self.pending) >= self.maxQueued:
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
+        elif len(pending) >= self.maxQueued:
             self.dropped += 1
             self._stats.messagesDropped += 1
             return
-        self.pending.append((message, qos, retain))
+        pending.append((message, qos, retain))
+        # QoS 0 is at most once: losing it in a crash breaks no promise.
+        if qos and self.journal is not None:
+            self.journal.messageQueued(self.clientId, message, qos, retain)
 
-    def _send(self, conn: IClientConnection, message: Message, qos: int, retain: bool) -> None:
+    def _send(
+        self, conn: IClientConnection, message: Message, qos: int, retain: bool, queued: bool
+    ) -> None:
         packetId = self._allocatePacketId()
         self.inflight[packetId] = Outgoing(
             message, qos, retain, WAIT_PUBACK if qos == 1 else WAIT_PUBREC
         )
+        if self.journal is not None:
+            self.journal.messageSent(self.clientId, packetId, message, qos, retain, queued)
         conn.writeSequence(
             (message.wirePrefix(qos, retain, False), packetId.to_bytes(2, "big"), message.payload)
         )
@@ -299,7 +311,7 @@ class Session:
                 (packetId, o.message, o.qos, o.retain, o.state)
                 for packetId, o in self.inflight.items()
             ],
-            pending=list(self.pending),
+            pending=list(self.pending or ()),
             awaitingRel=dict(self.awaitingRel),
             nextPacketId=self._nextPacketId,
         )
@@ -311,6 +323,6 @@ class Session:
             packetId: Outgoing(message, qos, retain, st)
             for packetId, message, qos, retain, st in state.inflight
         }
-        self.pending = deque(state.pending)
+        self.pending = deque(state.pending) if state.pending else None
         self.awaitingRel = dict(state.awaitingRel)
         self._nextPacketId = state.nextPacketId

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""
+Median table, with the ratio mqttd/mosquitto, from bench/run's raw lines.
+
+usage: summarize.py RAWFILE [RAWFILE ...]
+
+Only accepted runs count.  For throughput a ratio above 1 favours mqttd; for
+latencies, times and memory a ratio below 1 does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+
+METRICS = {
+    "S1": ["msgs_per_s", "lost"],
+    "S2": ["msgs_per_s", "lost"],
+    "S3": ["msgs_per_s", "p50_us", "p99_us", "lost"],
+    "S3L": ["p50_us", "p99_us", "ack_p99_us", "lost"],
+    "S4": ["connected", "connect_s", "rss_kb_per_1k"],
+    "S4b": ["connected", "connect_s", "rss_kb_per_1k"],
+    "S5": ["msgs_per_s", "p99_us", "lost"],
+    "S6a": ["msgs_per_s", "lost"],
+    "S6b": ["msgs_per_s", "lost"],
+}
+BROKERS = ("mqttd", "mosquitto")
+
+
+def parse(path: str):
+    with open(path) as f:
+        for line in f:
+            tok = line.split()
+            if len(tok) < 2 or line.startswith("#"):
+                continue
+            yield tok[0], tok[1], dict(t.split("=", 1) for t in tok[2:] if "=" in t)
+
+
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
+
+
+def main(paths: list[str]) -> None:
+    runs: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    names: dict[str, str] = {}
+    for path in paths:
+        for sid, name, kv in parse(path):
+            names.setdefault(sid, name)
+            if kv.get("accepted", "1") == "1":
+                runs[(sid, kv.get("broker", "?"))].append(kv)
+    print("| scenario | metric | mqttd | mosquitto | mqttd/mosquitto |")
+    print("|---|---|---|---|---|")
+    for sid in [s for s in METRICS if any((s, b) in runs for b in BROKERS)]:
+        for metric in METRICS[sid]:
+            medians = []
+            cells = []
+            for b in BROKERS:
+                kvs = runs.get((sid, b), [])
+                vals = [float(kv[metric]) for kv in kvs if metric in kv]
+                if not vals:
+                    cells.append("error" if any("error" in kv for kv in kvs) else "-")
+                    medians.append(None)
+                    continue
+                m = statistics.median(vals)
+                medians.append(m)
+                cells.append(f"{fmt(m)} (n={len(vals)})")
+            a, b = medians
+            ratio = f"{a / b:.2f}" if a is not None and b else "-"
+            print(f"| {sid} {names.get(sid, '')} | {metric} | {cells[0]} | {cells[1]} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
