@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import configparser
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import get_type_hints
+from typing import NoReturn, get_type_hints
 
 from twisted.internet.endpoints import _parseServer
+
+from mqttd.transports.tls import TLS_VERSIONS, TLSFileError, TLSSettings, load
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +48,60 @@ class ListenerConfig:
     allow_anonymous: bool = False
     connect_rate_per_address: float = 0.0
     connect_burst_per_address: int = 0
+    protocol: str = "mqtt"
+    path: str = "/mqtt"
+    # TLS managed by mqttd (mqttd.transports.tls), around whatever socket the endpoint gives.
+    certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    require_certificate: bool = False
+    identity: str = "none"
+    tls_version_min: str = "1.2"
+    crl_file: str | None = None
+    # The listener's own authenticator chain; None means [auth] chain.
+    auth: tuple[str, ...] | None = None
+
+    def tlsSettings(self) -> TLSSettings | None:
+        """The listener's mqttd-managed TLS, or L{None} for plain and C{ssl:} endpoints."""
+        if self.certificate is None or self.private_key is None:
+            return None
+        return TLSSettings(
+            certificate=self.certificate,
+            private_key=self.private_key,
+            ca_certificates=self.ca_certificates,
+            require_certificate=self.require_certificate,
+            crl_file=self.crl_file,
+            tls_version_min=self.tls_version_min,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """
+    The whole file.
+
+    @ivar pluginPaths: C{[plugins] paths}, absolute, searched after the shipped plugins.
+    @ivar pluginSections: each C{[plugin:NAME]} section's keys, by NAME, unparsed: a plugin
+        checks its own options when built.
+    @ivar authChain: C{[auth] chain}, for listeners without their own C{auth}.
+    @ivar aclChain: C{[acl] chain}.
+    @ivar storePlugin: C{[store] plugin}, the L{IMessageStore} plugin; L{None} for the memory
+        store.
+    """
+
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     listeners: tuple[ListenerConfig, ...] = ()
     source: str | None = None
+    pluginPaths: tuple[str, ...] = ()
+    pluginSections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    authChain: tuple[str, ...] = ()
+    aclChain: tuple[str, ...] = ()
+    storePlugin: str | None = None
+
+    @property
+    def configDirectory(self) -> str:
+        """Where relative paths in the file are relative to: the file's directory."""
+        return os.path.dirname(os.path.abspath(self.source)) if self.source else os.getcwd()
 
 
 class ConfigError(Exception):
@@ -83,6 +133,8 @@ class ConfigError(Exception):
 
 
 _LISTENER_PREFIX = "listener:"
+_PLUGIN_PREFIX = "plugin:"
+_PLUGIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _LISTENER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -140,6 +192,58 @@ def _parseEndpoint(key: str, text: str) -> str:
     return text
 
 
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(key: str, text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _parsePath(key: str, text: str) -> str:
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise ValueError(f"expected an absolute URL path such as /mqtt, got {text!r}")
+    return text
+
+
+def _parseFile(key: str, text: str) -> str:
+    # Read (and so checked) with the rest of the TLS settings in _checkTLS.
+    if not text:
+        raise ValueError("expected a file path")
+    return text
+
+
+def _parseNames(key: str, text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if names == ("",):
+        return ()
+    for name in names:
+        if not _PLUGIN_NAME.fullmatch(name):
+            raise ValueError(f"expected comma-separated plugin names, got {text!r}")
+    return names
+
+
+def _parseName(key: str, text: str) -> str:
+    if not _PLUGIN_NAME.fullmatch(text):
+        raise ValueError(f"expected one plugin name, got {text!r}")
+    return text
+
+
+_LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "auth": _parseNames,
+    "endpoint": _parseEndpoint,
+    "protocol": _choice("mqtt", "websocket"),
+    "path": _parsePath,
+    "certificate": _parseFile,
+    "private_key": _parseFile,
+    "ca_certificates": _parseFile,
+    "crl_file": _parseFile,
+    "identity": _choice("none", "cn", "san"),
+    "tls_version_min": _choice(*TLS_VERSIONS),
+}
+
+
 _PARSERS: dict[type, Callable[[str, str], object]] = {
     int: _parseInt,
     float: _parseFloat,
@@ -184,10 +288,53 @@ def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> Liste
             path, section, None, "a listener name is letters, digits, '_', '.' or '-'"
         )
     types = _settable(ListenerConfig, exclude=frozenset({"name"}))
-    typed = _typedValues(path, section, values, types, {"endpoint": _parseEndpoint})
+    typed = _typedValues(path, section, values, types, _LISTENER_PARSERS)
     if "endpoint" not in typed:
         raise ConfigError(path, section, "endpoint", "required, e.g. tcp:1883:interface=127.0.0.1")
-    return ListenerConfig(name=name, **typed)  # type: ignore[arg-type]
+    if "path" in typed and typed.get("protocol") != "websocket":
+        raise ConfigError(path, section, "path", "only used with protocol = websocket")
+    for key in _TLS_FILES:
+        if key in typed:
+            # Relative to the configuration file, so the file works from any directory.
+            typed[key] = os.path.join(os.path.dirname(os.path.abspath(path)), str(typed[key]))
+    listener = ListenerConfig(name=name, **typed)  # type: ignore[arg-type]
+    _checkTLS(path, section, listener, set(typed))
+    return listener
+
+
+_TLS_FILES = ("certificate", "private_key", "ca_certificates", "crl_file")
+_TLS_KEYS = ("ca_certificates", "require_certificate", "identity", "tls_version_min", "crl_file")
+
+
+def _checkTLS(path: str, section: str, listener: ListenerConfig, given: set[str]) -> None:
+    """
+    Check that the TLS keys make sense together and that every file they name can be used, so
+    that a wrong path or a key that does not fit its certificate stops the start-up.
+    """
+
+    def refuse(key: str, why: str) -> NoReturn:
+        raise ConfigError(path, section, key, why)
+
+    if listener.certificate is None or listener.private_key is None:
+        for key in ("certificate", "private_key", *_TLS_KEYS):
+            if key in given:
+                refuse(key, "TLS needs both certificate and private_key")
+        return
+    if listener.endpoint.split(":", 1)[0] == "ssl":
+        # Two TLS layers would be stacked; the ssl: endpoint's own options are the other way.
+        refuse("certificate", "the endpoint is already ssl:; use a tcp: endpoint with these keys")
+    if listener.ca_certificates is None:
+        for key in ("require_certificate", "crl_file"):
+            if key in given:
+                refuse(key, "client certificates need ca_certificates to verify them")
+    if listener.identity != "none" and not listener.require_certificate:
+        refuse("identity", "needs require_certificate = true")
+    settings = listener.tlsSettings()
+    assert settings is not None
+    try:
+        load(settings)
+    except TLSFileError as e:
+        refuse(e.key, e.why)
 
 
 def load_config(path: str) -> Config:
@@ -216,26 +363,68 @@ def load_config(path: str) -> Config:
     except configparser.Error as e:
         raise ConfigError(path, None, None, e.message) from None
 
-    unknownSection = "unknown section; expected [broker] or [listener:NAME]"
+    unknownSection = (
+        "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store]"
+        " or [plugin:NAME]"
+    )
     if parser.defaults():
         # configparser would copy these keys into every section, hiding where a value came from.
         raise ConfigError(path, parser.default_section, None, unknownSection)
 
     broker = BrokerConfig()
     listeners = []
+    chains: dict[str, object] = {}
+    pluginSections: dict[str, Mapping[str, str]] = {}
     for section in parser.sections():
         values = dict(parser.items(section))
         if section == "broker":
             broker = _brokerConfig(path, values)
         elif section.startswith(_LISTENER_PREFIX):
             listeners.append(_listenerConfig(path, section, values))
+        elif section in _CHAIN_SECTIONS:
+            key, parse = _CHAIN_SECTIONS[section]
+            typed = _typedValues(path, section, values, {key: tuple}, {key: parse})
+            chains[section] = typed.get(key, ())
+        elif section.startswith(_PLUGIN_PREFIX):
+            name = section[len(_PLUGIN_PREFIX) :]
+            if not _PLUGIN_NAME.fullmatch(name):
+                raise ConfigError(path, section, None, "not a plugin name")
+            pluginSections[name] = {k: v.strip() for k, v in values.items()}
         else:
             raise ConfigError(path, section, None, unknownSection)
     if not listeners:
         raise ConfigError(
             path, None, None, "no [listener:NAME] section; at least one listener is required"
         )
-    return Config(broker=broker, listeners=tuple(listeners), source=path)
+    configDirectory = os.path.dirname(os.path.abspath(path))
+    paths = chains.get("plugins", ())
+    assert isinstance(paths, tuple)
+    return Config(
+        broker=broker,
+        listeners=tuple(listeners),
+        source=path,
+        pluginPaths=tuple(os.path.join(configDirectory, os.path.expanduser(p)) for p in paths),
+        pluginSections=pluginSections,
+        authChain=chains.get("auth", ()),  # type: ignore[arg-type]
+        aclChain=chains.get("acl", ()),  # type: ignore[arg-type]
+        storePlugin=chains.get("store"),  # type: ignore[arg-type]
+    )
+
+
+def _parsePaths(key: str, text: str) -> tuple[str, ...]:
+    paths = tuple(p.strip() for p in text.split(","))
+    if any(not p for p in paths):
+        raise ValueError(f"expected comma-separated directories, got {text!r}")
+    return paths
+
+
+# Sections holding one list: the section, its only key and how that key is parsed.
+_CHAIN_SECTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "plugins": ("paths", _parsePaths),
+    "auth": ("chain", _parseNames),
+    "acl": ("chain", _parseNames),
+    "store": ("plugin", _parseName),
+}
 
 
 def default_config() -> Config:

@@ -8,7 +8,10 @@ its contract: what it returns, whether that may be a L{Deferred}, who may raise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from zope.interface import Attribute, Interface
@@ -50,40 +53,406 @@ class IClientConnection(Interface):
 
 class IMessageStore(Interface):
     """
-    Durable broker state.
+    Durable broker state: persistent sessions (subscriptions, queued and
+    in-flight outbound messages, inbound QoS 2 identifiers awaiting PUBREL),
+    retained messages and the wills of open connections.
 
-    The broker keeps live state in memory and writes through to the store at
-    the points below; on start it restores from the store before any listener
-    accepts a connection.  Methods may return a value or a L{Deferred} firing
-    with it; the broker waits for the result where ordering matters (restore).
-    A store raises (or fails its Deferred) only for errors the operator must
-    see; the broker logs them and carries on with its in-memory state.
+    The broker keeps live state in memory and tells the store of every change
+    as it happens, as a journal of events; on start it restores from the store
+    before any listener accepts a connection.  Only persistent sessions and
+    QoS 1/2 messages produce session events, so QoS 0 traffic and clean
+    sessions cost a store nothing.  A message delivered to many persistent
+    sessions arrives as the same L{mqttd.message.Message} object in each
+    event: a store writes it once (L{mqttd.message.Message.storeId}) and
+    references it from each session.
+
+    Every event method returns at once and does no blocking I/O on the
+    reactor thread: a durable store records the change and writes it later,
+    in order.  When the broker must not answer a client before a change is
+    durable, it asks L{flush}.  A store raises (or fails a L{Deferred}) only
+    for errors the operator must see.
     """
 
     def restore() -> Any:
         """
-        Return (or fire with) a tuple C{(retained, sessions)}: an iterable of
-        retained L{mqttd.message.Message}s and an iterable of
-        L{mqttd.session.SessionState} for every persistent session stored.
+        Return (or fire with) a L{mqttd.store.StoredState}: the retained
+        messages, every persistent session's L{mqttd.session.SessionState},
+        and the wills of connections that were open when the broker stopped,
+        which the broker publishes (they are then cleared with
+        L{willCleared}) before accepting connections.
         """
 
-    def retainedSet(message: Any) -> Any:
+    def flush() -> Any:
+        """
+        Return L{None} if every change recorded so far is as durable as the
+        store promises (a memory store, or one writing in batches), or a
+        L{Deferred} firing once it is (a store in C{sync} mode): the broker
+        sends PUBACK, PUBREC, PUBREL and PUBCOMP only after it fires, so a
+        message acknowledged to its publisher survives a crash.
+        """
+
+    def close() -> Any:
+        """
+        Make every recorded change durable and release the store's files and
+        threads; return L{None} or a L{Deferred} firing when done.  No event
+        follows.
+        """
+
+    def sessionSaved(clientId: str, subscriptions: Mapping[str, int]) -> None:
+        """
+        C{clientId} has a persistent session with these subscriptions (topic
+        filter to granted QoS): created with none when it first connects, and
+        saved again whenever they change.
+        """
+
+    def sessionDeleted(clientId: str) -> None:
+        """
+        Forget the session of C{clientId} and every message queued for it
+        [MQTT-3.1.2-6].
+        """
+
+    def messageQueued(clientId: str, message: Any, qos: int, retain: bool) -> None:
+        """
+        C{message} (QoS 1 or 2 as delivered) joined the end of C{clientId}'s
+        queue, because the client is offline [MQTT-3.1.2-5] or its in-flight
+        window is full.
+        """
+
+    def messageSent(
+        clientId: str, packetId: int, message: Any, qos: int, retain: bool, queued: bool
+    ) -> None:
+        """
+        C{message} was sent to C{clientId} as PUBLISH C{packetId} and awaits
+        PUBACK (QoS 1) or PUBREC (QoS 2).  C{queued} says it left the head of
+        the session's queue; otherwise it was sent without being queued.
+        Unacknowledged messages are re-sent with DUP=1 when the session
+        resumes [MQTT-4.4.0-1].
+        """
+
+    def messageReleased(clientId: str, packetId: int) -> None:
+        """
+        C{clientId} answered PUBREC for QoS 2 delivery C{packetId}: from now
+        on the broker re-sends PUBREL for it, never the PUBLISH, so the client
+        cannot deliver it twice [MQTT-4.3.3-1].
+        """
+
+    def messageAcknowledged(clientId: str, packetId: int) -> None:
+        """
+        C{clientId} answered PUBACK (QoS 1) or PUBCOMP (QoS 2) for C{packetId}:
+        the delivery is over.
+        """
+
+    def qos2Received(clientId: str, packetId: int, when: float) -> None:
+        """
+        C{clientId} sent a new QoS 2 PUBLISH C{packetId} at C{when}; a resend
+        before its PUBREL must not be routed again [MQTT-4.3.3-2].
+        """
+
+    def qos2Released(clientId: str, packetId: int) -> None:
+        """
+        C{clientId}'s QoS 2 message C{packetId} was released (PUBREL) or
+        forgotten after C{await_rel_timeout}.
+        """
+
+    def willSet(clientId: str, will: Any) -> None:
+        """
+        A connection of C{clientId} with this L{mqttd.codec.packets.Will} was
+        accepted; any session, clean or not, may have one.
+        """
+
+    def willCleared(clientId: str) -> None:
+        """C{clientId}'s will was published or discarded."""
+
+    def retainedSet(message: Any) -> None:
         """
         Store C{message} as the retained message of its topic, replacing any.
         """
 
-    def retainedDeleted(topic: str) -> Any:
+    def retainedDeleted(topic: str) -> None:
         """
         Forget the retained message of C{topic}, if any.
         """
 
-    def sessionSaved(state: Any) -> Any:
+
+# Plugins: discovery and configuration
+
+
+class PluginConfigError(Exception):
+    """
+    A plugin's options cannot be used.  Raised by L{IPluginFactory.build};
+    the loader turns it into a L{mqttd.config.ConfigError} naming the file
+    and the C{[plugin:NAME]} section, so start-up stops with one line.
+
+    @ivar key: the offending option, or L{None} when the section as a whole
+        is at fault (a required option missing is reported under its key).
+    @ivar why: what is wrong, for a human.
+    """
+
+    def __init__(self, key: str | None, why: str) -> None:
+        super().__init__(key, why)
+        self.key = key
+        self.why = why
+
+
+@dataclass(frozen=True, slots=True)
+class PluginContext:
+    """
+    What a plugin may use besides its options.
+
+    @ivar reactor: the reactor the broker runs on; a plugin schedules timers
+        and makes connections with it, never with the global one.
+    @ivar configDirectory: the directory of the configuration file (the
+        working directory without one); relative paths in options are
+        relative to it.
+    @ivar brokerConfig: the broker's C{[broker]} settings.
+    """
+
+    reactor: Any
+    configDirectory: str
+    brokerConfig: Any
+
+    def path(self, value: str) -> str:
+        """C{value}, a path from an option, made absolute against L{configDirectory}."""
+        return os.path.join(self.configDirectory, os.path.expanduser(value))
+
+
+class IPluginFactory(Interface):
+    """
+    Builds one kind of plugin from its C{[plugin:NAME]} section.
+
+    A module in C{mqttd.plugins}, or in a directory listed in C{[plugins]
+    paths}, exposes module-level objects providing both this and
+    L{twisted.plugin.IPlugin}; L{mqttd.plugin_loader.findPlugins} finds them.
+    """
+
+    name = Attribute("The name that selects this plugin in mqttd.ini, e.g. 'passwordfile'.")
+
+    def build(options: Mapping[str, str], context: PluginContext) -> Any:
         """
-        Store the L{mqttd.session.SessionState} of a persistent session,
-        replacing any earlier state of the same client identifier.
+        Return a provider of one or more of L{IAuthenticator}, L{IAuthorizer},
+        L{ISubscriberSelector}, L{IBrokerObserver} or L{IMessageStore},
+        configured by C{options} (the section's keys, unparsed strings).
+
+        Called once per broker start, before any listener accepts; reading
+        files here (synchronously) is fine.
+
+        @raise PluginConfigError: an option is unknown, missing or malformed.
         """
 
-    def sessionDeleted(clientId: str) -> Any:
+
+class IReloadable(Interface):
+    """A plugin whose state comes from files or settings it can re-read."""
+
+    def reload() -> None:
         """
-        Forget the session of C{clientId}, if any.
+        Re-read the plugin's sources (on SIGHUP).  Live connections are kept.
+        On error, log it and keep the previous state: a typo in a password
+        file must not lock every client out.
+        """
+
+
+# Authentication
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """
+    What a CONNECT presents to the authenticators.
+
+    @ivar clientId: as sent; empty when the broker will assign one.
+    @ivar username: L{None} when the CONNECT has no user name.
+    @ivar password: raw bytes; L{None} when the CONNECT has no password.
+    @ivar peerCertificateName: the common name of the TLS client
+        certificate the connection verified, or L{None}.
+    @ivar address: the peer's host (an IP address for TCP), for logs and
+        address-based policies.
+    @ivar listener: the name of the listener the connection arrived on.
+    """
+
+    clientId: str
+    username: str | None
+    password: bytes | None
+    peerCertificateName: str | None
+    address: str
+    listener: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """
+    An authenticator accepts the client.
+
+    @ivar identity: the name the authorizers know the client by (and ACL
+        files call the user); L{None} keeps the CONNECT's user name.
+    """
+
+    identity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """
+    An authenticator refuses the client.
+
+    @ivar code: the CONNACK return code: 4 (bad user name or password) or
+        5 (not authorised).
+    @ivar reason: for the broker's log, never sent to the client.
+    """
+
+    code: int = 5
+    reason: str = ""
+
+
+AuthDecision = Allow | Deny | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """
+    An accepted client, as the authorizers and observers see it.
+
+    @ivar username: the identity an authenticator allowed with, else the
+        CONNECT's user name (only when no authenticator is configured for
+        the listener), else L{None}.
+    """
+
+    clientId: str
+    username: str | None
+    address: str
+    listener: str
+
+
+class IAuthenticator(Interface):
+    """
+    Decides whether a CONNECT is accepted.
+
+    Authenticators form a chain (C{[auth] chain}, or C{auth} of a listener):
+    they are asked in order and the first that does not abstain decides.
+    When all abstain, the client is accepted only if the listener has
+    C{allow_anonymous = true} and the client sent no user name (a user name
+    that no authenticator recognised is a failed login, not an anonymous
+    one, as in mosquitto); with no authenticator configured, only
+    C{allow_anonymous} counts.
+    """
+
+    def authenticate(credentials: Credentials) -> Any:
+        """
+        Return, or return a L{Deferred} firing with, L{Allow}, L{Deny} or
+        L{None} (abstain: this authenticator does not know the client).
+
+        While a Deferred is outstanding the client's later packets wait, so
+        slow I/O here delays only this client.  A raised exception or failed
+        Deferred denies the client (fail closed) and is logged.
+        """
+
+
+# Authorisation
+
+
+class Action(enum.IntEnum):
+    """What an authorizer is asked to allow on a topic."""
+
+    PUBLISH = 1
+    """The client sends a PUBLISH to a topic name (wills included)."""
+    SUBSCRIBE = 2
+    """The client subscribes to a topic filter."""
+    RECEIVE = 3
+    """A message on a topic name is delivered to the client (retained and wills included)."""
+
+
+class IAuthorizer(Interface):
+    """
+    Decides what an accepted client may do on a topic.
+
+    Authorizers form a chain (C{[acl] chain}): the first that does not
+    abstain decides; when all abstain the action is denied.  With no
+    authorizer configured everything is allowed and nothing is asked, so
+    the broker's hot path pays nothing.
+
+    The broker asks for C{PUBLISH} on every inbound PUBLISH (a denied QoS 1
+    or 2 message is still acknowledged and then dropped, as mosquitto does,
+    so the client does not resend it forever), for C{SUBSCRIBE} per topic
+    filter (denied: SUBACK 0x80), and for C{RECEIVE} per delivery.  When a
+    persistent session resumes, its subscriptions are asked again and those
+    now denied are removed.
+    """
+
+    def authorize(client: ClientInfo, action: Action, topic: str) -> Any:
+        """
+        Return C{True} (allow), C{False} (deny) or L{None} (abstain), or a
+        L{Deferred} firing with one of them.
+
+        The answer must depend only on C{(client, action, topic)}: the
+        broker caches it per client until L{IReloadable.reload} or the
+        client reconnects.  Answer synchronously whenever possible: a plain
+        value costs one call, a Deferred holds the client's packets (publish,
+        subscribe) or that client's deliveries (receive) until it fires.  A
+        raised exception or failed Deferred denies and is logged.
+        """
+
+
+# Routing and events
+
+
+class ISubscriberSelector(Interface):
+    """
+    Adds recipients to a message beyond the subscriptions matching its
+    topic: group fan-out, direct messages.
+
+    Called synchronously once per routed message, only when at least one
+    selector is configured; it must not block.  For a group of thousands,
+    return a generator or a prepared list rather than building new objects
+    per message.
+    """
+
+    def select(message: Any, publisher: ClientInfo | None) -> Any:
+        """
+        Return an iterable of C{(clientId, qos)} or C{(clientId, qos,
+        topic)} for the L{mqttd.message.Message} C{message}, published by
+        C{publisher} (L{None} for wills of departed clients and broker
+        messages).
+
+        Each recipient gets the message at the lower of C{qos} and the
+        published QoS, once: a client also matched by a subscription gets
+        the higher of the two QoS.  With C{topic}, the recipient receives
+        the message under that topic name instead, as a separate delivery.
+        Client identifiers without a session are skipped.  The receive ACL
+        applies to every such delivery.
+        """
+
+
+class IBrokerObserver(Interface):
+    """
+    Receives the broker's events, for metrics, C{$SYS} and integrations.
+
+    Each method is called synchronously in the reactor thread as the event
+    happens, so an observer must not block: hand slow work to a thread or
+    a queue.  Exceptions are logged and swallowed; an observer can never
+    change what the broker does.  With no observer configured the broker
+    makes no calls.
+    """
+
+    def clientConnected(client: ClientInfo) -> None:
+        """C{client} was accepted; its CONNACK is written next."""
+
+    def clientDisconnected(client: ClientInfo, graceful: bool) -> None:
+        """C{client}'s connection ended; C{graceful} if it sent DISCONNECT."""
+
+    def subscribed(client: ClientInfo, topicFilter: str, qos: int) -> None:
+        """C{client} was granted C{topicFilter} at C{qos}."""
+
+    def messagePublished(client: ClientInfo | None, message: Any) -> None:
+        """
+        A L{mqttd.message.Message} is about to be routed; C{client} is
+        L{None} for wills and messages the broker itself routes.
+        """
+
+    def messageDelivered(clientId: str, message: Any, qos: int) -> None:
+        """C{message} was handed to C{clientId}'s session at C{qos}."""
+
+    def messageDropped(clientId: str | None, message: Any, reason: str) -> None:
+        """
+        C{message} was refused: from its publisher (C{clientId} L{None}
+        unless known) by the publish ACL or a limit, or for one recipient by
+        the receive ACL.
         """

@@ -14,15 +14,20 @@ class Message:
     The wire prefix (fixed header and topic) depends only on the delivered
     QoS band, RETAIN and DUP, so it is encoded once per distinct form and the
     same bytes object (like the payload) is written to every subscriber.
+
+    @ivar storeId: the identifier the process's durable store wrote this
+        message under, or L{None} until one does: a message queued for many
+        persistent sessions is written once and referenced by each.
     """
 
-    __slots__ = ("_prefixes", "_topicBytes", "payload", "qos", "retain", "topic")
+    __slots__ = ("_prefixes", "_topicBytes", "payload", "qos", "retain", "storeId", "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
+        self.storeId: int | None = None
         self._topicBytes: bytes | None = None
         self._prefixes: dict[int, bytes] = {}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +21,7 @@ from .broker import Broker
 from .codec import DecodeError, Decoder, encode
 from .codec.packets import (
     Connack,
+    ConnackCode,
     Connect,
     Disconnect,
     Packet,
@@ -35,9 +37,10 @@ from .codec.packets import (
     Unsubscribe,
 )
 from .config import ListenerConfig
-from .interfaces import IClientConnection
+from .interfaces import Allow, Deny, IClientConnection
 from .ratelimit import ConnectionRateLimiter
 from .session import Session, SessionError
+from .transports.tls import IdentityError, certificateIdentity
 
 PINGRESP = encode(Pingresp())
 
@@ -62,6 +65,7 @@ class MQTTServerProtocol(Protocol):
         self.clientId: str | None = None
         self.protocolLevel = ProtocolLevel.MQTT_3_1_1
         self.clientAddress = "?"
+        self._host = "?"
         self.paused = False
         self._decoder = Decoder(
             server=True,
@@ -76,23 +80,31 @@ class MQTTServerProtocol(Protocol):
         self._closing = False
         self._closeReason = "connection lost"
         self._held: deque[Packet] | None = None
+        # The name the client's verified certificate gave it, on identity = cn | san listeners.
+        self.certificateIdentity: str | None = None
 
     # Connection life cycle
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = getattr(peer, "host", None)
-        self.clientAddress = f"{host}:{getattr(peer, 'port', '')}" if host else str(peer)
+        self._notePeer()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connectTimer = self.clock.callLater(
             self.broker.config.connect_timeout, self._connectTimedOut
         )
+
+    def _notePeer(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        self.clientAddress = f"{host}:{getattr(peer, 'port', '')}" if host else str(peer)
+        self._host = host if host else str(peer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for timer in (self._connectTimer, self._keepaliveTimer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._connectTimer = self._keepaliveTimer = None
+        # Also tells an authenticator's late answer that there is no one left to answer.
+        self._closing = True
         session = self.session
         if session is None:
             return
@@ -238,11 +250,38 @@ class MQTTServerProtocol(Protocol):
 
     # Packet handlers
 
-    def connectReceived(self, packet: Connect) -> None:
+    def connectReceived(self, packet: Connect) -> Deferred[None] | None:
         if self._connectTimer is not None and self._connectTimer.active():
             self._connectTimer.cancel()
         self._connectTimer = None
-        code, session, sessionPresent = self.broker.connect(self, packet, self.listener)
+        # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
+        # precedes CONNECT, has been read; from now on it is the client.
+        self._notePeer()
+        if self.listener.identity != "none":
+            identified = self._identified(packet)
+            if identified is None:
+                return None
+            packet = identified
+        decision = self.broker.authenticate(
+            packet, self.listener, self._host, self.certificateIdentity
+        )
+        if isinstance(decision, Deferred):
+            return decision.addCallback(self._authenticated, packet)
+        self._authenticated(decision, packet)
+        return None
+
+    def _authenticated(self, decision: Allow | Deny | None, packet: Connect) -> None:
+        if self._closing:
+            # Gone while an authenticator was answering: nothing to attach to.
+            return
+        if not isinstance(decision, Allow):
+            code = decision.code if isinstance(decision, Deny) else ConnackCode.NOT_AUTHORIZED
+            why = decision.reason if isinstance(decision, Deny) else "no decision"
+            self._refuse(code, f"client id {packet.client_id!r} not authenticated: {why}")
+            return
+        code, session, sessionPresent = self.broker.connect(
+            self, packet, self.listener, decision, self._host
+        )
         if session is None:
             self._refuse(code, f"CONNACK {code} for client id {packet.client_id!r}")
             return
@@ -266,23 +305,44 @@ class MQTTServerProtocol(Protocol):
         )
         session.resume(self)
 
+    def _identified(self, packet: Connect) -> Connect | None:
+        """
+        The CONNECT as the broker is to see it on a listener with C{identity = cn | san}: the
+        username is the one the verified client certificate names, whatever the client sent
+        (as mosquitto's use_identity_as_username), so no client can claim another's name.  The
+        password is dropped because the certificate is the credential.  L{None} once refused.
+        """
+        getPeerCertificate = getattr(self.transport, "getPeerCertificate", None)
+        certificate = getPeerCertificate() if getPeerCertificate is not None else None
+        if certificate is None:
+            # Only reachable when TLS is not mqttd's (config refuses identity without it).
+            self._refuse(ConnackCode.NOT_AUTHORIZED, "no client certificate")
+            return None
+        try:
+            username = certificateIdentity(certificate, self.listener.identity)  # type: ignore[arg-type]
+        except IdentityError as e:
+            self._refuse(ConnackCode.NOT_AUTHORIZED, f"client certificate refused: {e}")
+            return None
+        self.certificateIdentity = username
+        return replace(packet, username=username, password=None)
+
     def publishReceived(self, packet: Publish) -> Deferred[None] | None:
         return self.broker.publishReceived(self.session, packet)  # type: ignore[arg-type]
 
     def pubackReceived(self, packet: Puback) -> None:
         self.session.pubackReceived(packet.packet_id)  # type: ignore[union-attr]
 
-    def pubrecReceived(self, packet: Pubrec) -> None:
-        self.session.pubrecReceived(packet.packet_id)  # type: ignore[union-attr]
+    def pubrecReceived(self, packet: Pubrec) -> Deferred[None] | None:
+        return self.broker.pubrecReceived(self.session, packet.packet_id)  # type: ignore[arg-type]
 
-    def pubrelReceived(self, packet: Pubrel) -> None:
-        self.broker.pubrelReceived(self.session, packet.packet_id)  # type: ignore[arg-type]
+    def pubrelReceived(self, packet: Pubrel) -> Deferred[None] | None:
+        return self.broker.pubrelReceived(self.session, packet.packet_id)  # type: ignore[arg-type]
 
     def pubcompReceived(self, packet: Pubcomp) -> None:
         self.session.pubcompReceived(packet.packet_id)  # type: ignore[union-attr]
 
-    def subscribeReceived(self, packet: Subscribe) -> None:
-        self.broker.subscribe(self.session, packet)  # type: ignore[arg-type]
+    def subscribeReceived(self, packet: Subscribe) -> Deferred[None] | None:
+        return self.broker.subscribe(self.session, packet)  # type: ignore[arg-type]
 
     def unsubscribeReceived(self, packet: Unsubscribe) -> None:
         self.broker.unsubscribe(self.session, packet)  # type: ignore[arg-type]

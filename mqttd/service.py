@@ -5,25 +5,37 @@ configured listener.
 
 from __future__ import annotations
 
+import signal
+import threading
+from typing import Any
+
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
+    IReactorCore,
+    IReactorFromThreads,
     IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
+from mqttd.interfaces import IAuthenticator, IAuthorizer, IMessageStore, IReloadable
+from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
 from mqttd.store import MemoryStore
+from mqttd.transports.tls import ServerTLS, TLSFileError
+from mqttd.transports.websocket import WebSocketFactory
 
 
 def _describe(address: IAddress) -> str:
@@ -32,6 +44,17 @@ def _describe(address: IAddress) -> str:
     if isinstance(address, IPv6Address):
         return f"[{address.host}]:{address.port}"
     return str(address)
+
+
+def _layers(listener: ListenerConfig) -> str:
+    layers = ""
+    if listener.certificate is not None:
+        layers += f", TLS {listener.tls_version_min}+"
+        if listener.require_certificate:
+            layers += " with client certificates"
+    if listener.protocol == "websocket":
+        layers += f", WebSocket at {listener.path}"
+    return layers
 
 
 @implementer(IStreamServerEndpoint)
@@ -54,10 +77,12 @@ class _AnnouncingEndpoint:
 
     def _announce(self, port: IListeningPort) -> IListeningPort:
         self.log.info(
-            "mqttd listener {name} on {address} ({endpoint}), anonymous clients {anonymous}",
+            "mqttd listener {name} on {address} ({endpoint}{layers}),"
+            " anonymous clients {anonymous}",
             name=self._listener.name,
             address=_describe(port.getHost()),
             endpoint=self._listener.endpoint,
+            layers=_layers(self._listener),
             anonymous="allowed" if self._listener.allow_anonymous else "refused",
         )
         return port
@@ -67,46 +92,177 @@ class BrokerService(MultiService):
     """
     Owns the broker and the listeners feeding it.
 
-    The broker starts before the listeners and stops only once every listener has stopped, so no
-    connection ever reaches a broker that is not running.  (Under twistd the ports are bound by
-    C{privilegedStartService}, before the broker starts, but nothing is accepted until the reactor
-    runs, which is after C{startService}.)
+    The listeners start (and bind) only once the broker has restored its store, which with a
+    durable store finishes on a thread after the reactor runs: no connection ever reaches a
+    broker whose sessions and retained messages are not back yet.  They stop before the broker,
+    which then closes its store.  Binding after start-up means a port below 1024 needs the
+    capability to bind it (or systemd socket activation), not root at start-up only.
     """
 
     log = Logger()
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, reactor: IReactorFromThreads | None = None) -> None:
         super().__init__()
         self.broker = broker
+        self.reactor = reactor
+        # Listener name -> its mqttd-managed TLS, reloaded on SIGHUP.
+        self.tls: dict[str, ServerTLS] = {}
+        # Plugin name -> a plugin that re-reads its files on SIGHUP.
+        self.reloadable: dict[str, IReloadable] = {}
+        self._previousHangup: Any = None
+        self._listening = False
+
+    def privilegedStartService(self) -> None:
+        # The listeners bind in _restored instead.
+        Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        # With the memory store this fires at once; a store that fails to restore leaves a broker
-        # without its retained messages and sessions, which the operator must hear about.
-        self.broker.start().addErrback(
-            lambda failure: self.log.failure("mqttd could not restore its state", failure)
-        )
-        super().startService()
+        Service.startService(self)
+        self.broker.start().addCallbacks(self._restored, self._restoreFailed)
+        # Python lets only the main thread set signal handlers; an application running the
+        # service elsewhere calls reload itself.
+        reloadable = self.tls or self.reloadable
+        if reloadable and threading.current_thread() is threading.main_thread():
+            self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _restored(self, ignored: None) -> None:
+        # With the memory store this runs inside startService.
+        if not self.running:
+            return
+        self._listening = True
+        for listener in self:
+            listener.startService()
+
+    def _restoreFailed(self, failure: Failure) -> None:
+        # A broker without its sessions would tell returning clients they have none; stop.
+        self.log.failure("mqttd cannot start: its store could not be restored", failure)
+        core = IReactorCore(self.reactor, None)
+        if core is not None:
+            core.stop()
 
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = super().stopService()
+        if self._previousHangup is not None:
+            signal.signal(signal.SIGHUP, self._previousHangup)
+            self._previousHangup = None
+        if self._listening:
+            d: Deferred[None] = super().stopService()
+        else:
+            Service.stopService(self)
+            d = succeed(None)
         d.addCallback(lambda _: self.broker.stop())
         return d
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        # Signal handlers run between bytecodes, possibly inside the reactor's own code.
+        assert self.reactor is not None
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """What SIGHUP does: L{reloadCertificates}, then L{reloadPlugins}."""
+        self.reloadCertificates()
+        self.reloadPlugins()
+
+    def reloadPlugins(self) -> None:
+        """
+        Have every reloadable plugin re-read its files, then drop the broker's cached ACL
+        answers.  Connections stay up; a plugin that cannot reload keeps its previous state.
+        """
+        for name, plugin in self.reloadable.items():
+            try:
+                plugin.reload()
+            except Exception:
+                self.log.failure("plugin {name} could not reload", name=name)
+            else:
+                self.log.info("plugin {name} reloaded", name=name)
+        self.broker.authorizationChanged()
+
+    def reloadCertificates(self) -> None:
+        """
+        Read every TLS listener's certificate, key, CA and CRL files again.  New connections
+        use them; connections already up are left as they are.  A listener whose files cannot be
+        used keeps its previous ones, so a half-copied renewal never takes a listener down.
+        """
+        for name, tls in self.tls.items():
+            try:
+                tls.reload()
+            except TLSFileError as e:
+                self.log.error(
+                    "listener {name}: keeping the previous certificates: {key}: {why}",
+                    name=name,
+                    key=e.key,
+                    why=e.why,
+                )
+            else:
+                self.log.info("listener {name}: certificates reloaded", name=name)
+
+
+def listenerFactory(
+    factory: IProtocolFactory, listener: ListenerConfig, reactor: IReactorTime, timeout: float
+) -> tuple[IProtocolFactory, ServerTLS | None]:
+    """
+    Put the listener's layers around its MQTT C{factory}: WebSocket if C{protocol = websocket},
+    then TLS if it has a C{certificate}, outermost since it is nearest the socket.
+
+    @param timeout: seconds a WebSocket client has to complete its HTTP upgrade.
+    @return: the factory to listen with, and the TLS to reload, if any.
+    @raise TLSFileError: a TLS file cannot be used.
+    """
+    if listener.protocol == "websocket":
+        factory = WebSocketFactory(factory, listener.path, reactor, timeout)
+    settings = listener.tlsSettings()
+    if settings is None:
+        return factory, None
+    tls = ServerTLS(settings)
+    return TLSMemoryBIOFactory(tls, False, factory), tls
 
 
 def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
     """
-    Build the broker and its listeners from C{config}.
+    Build the broker, its plugins and its listeners from C{config}.
 
     @param reactor: the reactor the broker keeps time with and the listeners listen on, so it must
         also provide whatever the endpoint strings need (L{IReactorTCP}, L{IReactorSSL}, ...).
+    @raise ConfigError: a plugin named in C{config} is unknown, lacks an interface its chain
+        needs, or rejects its options.
     """
-    broker = Broker(config.broker, reactor, MemoryStore())
-    service = BrokerService(broker)
+    plugins = Plugins(config, reactor)
+    listenerAuthenticators = {
+        listener.name: plugins.chain(
+            listener.auth, IAuthenticator, section=f"listener:{listener.name}", key="auth"
+        )
+        for listener in config.listeners
+        if listener.auth is not None
+    }
+    store: IMessageStore = (
+        MemoryStore()
+        if config.storePlugin is None
+        else plugins.get(config.storePlugin, IMessageStore, section="store", key="plugin")
+    )
+    broker = Broker(
+        config.broker,
+        reactor,
+        store,
+        authenticators=plugins.chain(config.authChain, IAuthenticator, section="auth", key="chain"),
+        listenerAuthenticators=listenerAuthenticators,
+        authorizers=plugins.chain(config.aclChain, IAuthorizer, section="acl", key="chain"),
+    )
+    service = BrokerService(broker, IReactorFromThreads(reactor, None))
+    for name, plugin in plugins.built.items():
+        if IReloadable.providedBy(plugin):
+            service.reloadable[name] = plugin
     for listener in config.listeners:
         endpoint = _AnnouncingEndpoint(serverFromString(reactor, listener.endpoint), listener)
-        listening = StreamServerEndpointService(
-            endpoint, MQTTServerFactory(broker, listener, reactor)
+        # The upgrade gets the CONNECT's budget: both are what a connection must send before
+        # it has proved to be a client.
+        factory, tls = listenerFactory(
+            MQTTServerFactory(broker, listener, reactor),
+            listener,
+            reactor,
+            config.broker.connect_timeout,
         )
+        if tls is not None:
+            service.tls[listener.name] = tls
+        listening = StreamServerEndpointService(endpoint, factory)
         # As twisted.application.strports.service does: a port that cannot be bound fails the
         # start-up instead of being logged while the broker runs without that listener.
         listening._raiseSynchronously = True

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .codec import encode
 from .codec.packets import Pubrel, Will
-from .interfaces import IClientConnection
+from .interfaces import IClientConnection, IMessageStore
 from .message import Message
 
 WAIT_PUBACK = 1
@@ -78,6 +78,9 @@ class Session:
         back.  Bounded by C{maxQueued}; when full the newest message is dropped
         and counted, as mosquitto does, so what a client already has queued
         is never displaced.
+    @ivar journal: the store told of every change to the QoS 1/2 state, for
+        a persistent session; L{None} for a clean one, which no store keeps,
+        so clean sessions pay one test per change and nothing more.
     """
 
     __slots__ = (
@@ -90,6 +93,7 @@ class Session:
         "connection",
         "dropped",
         "inflight",
+        "journal",
         "maxAwaitingRel",
         "maxInflight",
         "maxQueued",
@@ -120,6 +124,7 @@ class Session:
         self.pending: deque[tuple[Message, int, bool]] | None = None
         self.awaitingRel: dict[int, float] = {}
         self.dropped = 0
+        self.journal: IMessageStore | None = None
         self.maxInflight = maxInflight
         self.maxQueued = maxQueued
         self.maxAwaitingRel = maxAwaitingRel
@@ -200,7 +205,7 @@ class Session:
                 conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
             elif len(self.inflight) < self.maxInflight:
                 pending.popleft()
-                self._send(conn, message, qos, retain)
+                self._send(conn, message, qos, retain, True)
             else:
                 break
 
@@ -236,21 +241,31 @@ class Session:
         if out.state != WAIT_PUBACK:
             raise SessionError(f"PUBACK for QoS 2 message {packetId}")
         del self.inflight[packetId]
+        if self.journal is not None:
+            self.journal.messageAcknowledged(self.clientId, packetId)
         self.pump()
 
     def pubrecReceived(self, packetId: int) -> None:
         """
-        The client received a QoS 2 delivery: answer PUBREL [MQTT-4.3.3-1].
-        An unknown identifier is answered too, so a client that lost track
-        after a reconnect can finish its flow.
+        The client received a QoS 2 delivery; the caller answers PUBREL
+        with L{sendPubrel} once the change is as durable as the store
+        promises [MQTT-4.3.3-1].
 
         @raise SessionError: C{packetId} names a QoS 1 delivery.
         """
         out = self.inflight.get(packetId)
-        if out is not None:
+        if out is not None and out.state != WAIT_PUBCOMP:
             if out.state == WAIT_PUBACK:
                 raise SessionError(f"PUBREC for QoS 1 message {packetId}")
             out.state = WAIT_PUBCOMP
+            if self.journal is not None:
+                self.journal.messageReleased(self.clientId, packetId)
+
+    def sendPubrel(self, packetId: int) -> None:
+        """
+        Answer PUBREC with PUBREL.  An unknown identifier is answered too, so
+        a client that lost track after a reconnect can finish its flow.
+        """
         if self.connection is not None:
             self.connection.writeSequence((encode(Pubrel(packetId)),))
 
@@ -267,6 +282,8 @@ class Session:
         if out.state != WAIT_PUBCOMP:
             raise SessionError(f"PUBCOMP before PUBREC for message {packetId}")
         del self.inflight[packetId]
+        if self.journal is not None:
+            self.journal.messageAcknowledged(self.clientId, packetId)
         self.pump()
 
     # Inbound: client -> broker
@@ -284,13 +301,18 @@ class Session:
         awaiting = self.awaitingRel
         if packetId in awaiting:
             return False
+        journal = self.journal
         if len(awaiting) >= self.maxAwaitingRel:
             cutoff = now - self.awaitRelTimeout
             for stale in [p for p, t in awaiting.items() if t < cutoff]:
                 del awaiting[stale]
+                if journal is not None:
+                    journal.qos2Released(self.clientId, stale)
             if len(awaiting) >= self.maxAwaitingRel:
                 raise SessionError(f"more than {self.maxAwaitingRel} QoS 2 messages await PUBREL")
         awaiting[packetId] = now
+        if journal is not None:
+            journal.qos2Received(self.clientId, packetId, now)
         return True
 
     def pubrelReceived(self, packetId: int) -> None:
@@ -298,23 +320,10 @@ class Session:
         The client released an inbound QoS 2 message; its identifier may be
         reused for a new message from now on.
         """
-        self.awaitingRel.pop(packetId, None)
+        if self.awaitingRel.pop(packetId, None) is not None and self.journal is not None:
+            self.journal.qos2Released(self.clientId, packetId)
 
     # Persistence
-
-    def snapshot(self) -> SessionState:
-        """The state a store keeps for this session."""
-        return SessionState(
-            clientId=self.clientId,
-            subscriptions=dict(self.subscriptions),
-            inflight=[
-                (packetId, o.message, o.qos, o.retain, o.state)
-                for packetId, o in self.inflight.items()
-            ],
-            pending=list(self.pending or ()),
-            awaitingRel=dict(self.awaitingRel),
-            nextPacketId=self._nextPacketId,
-        )
 
     def restore(self, state: SessionState) -> None:
         """Take over the state a store kept, into this fresh session."""

@@ -43,6 +43,7 @@ def makeService(options: Options) -> IService:
     path: str | None = options["config"]
     try:
         config = default_config() if path is None else load_config(path)
+        # Plugins are found and built here, so a misnamed one or a bad option stops start-up too.
+        return makeBrokerService(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"twistd mqttd: {e}") from None
-    return makeBrokerService(config, reactor)

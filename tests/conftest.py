@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests import e2e
+from tests import e2e, listeners
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,3 +79,31 @@ def clients(e2e_broker: e2e.RunningBroker) -> Iterator[Clients]:
     made = Clients(e2e_broker)
     yield made
     made.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> listeners.PKI:
+    """A CA, server and client certificates, shared by a test module (key generation is slow)."""
+    return listeners.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def listen(twisted_reactor: None) -> Iterator[listeners.Listen]:
+    """
+    C{listen(listener, **brokerOverrides)} starts a broker on a full C{[listener:NAME]} (TLS,
+    WebSocket, PROXY); all are stopped at teardown, which fails the test if anything was logged
+    as an error in the reactor meanwhile.
+    """
+    running: list[e2e.RunningBroker] = []
+    e2e.REACTOR.takeErrors()
+
+    def start(listener: listeners.ListenerConfig, **overrides: Any) -> listeners.Started:
+        started = listeners.start_listener(listener, **overrides)
+        running.append(started.broker)
+        return started
+
+    yield start
+    for broker in running:
+        broker.stop()
+    errors = e2e.REACTOR.takeErrors()
+    assert not errors, "errors logged in the reactor:\n" + "\n".join(errors)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -205,15 +205,27 @@ class RunningBroker:
         return done
 
 
-def start_broker(**overrides: Any) -> RunningBroker:
-    """A fresh broker, C{BrokerConfig} defaults but for C{overrides}, on an ephemeral port."""
+def start_broker(
+    *,
+    listener: ListenerConfig = LISTENER,
+    plugins: Callable[[], dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> RunningBroker:
+    """
+    A fresh broker, C{BrokerConfig} defaults but for C{overrides}, on an ephemeral port.
+
+    @param listener: the listener's settings (its endpoint must be an ephemeral port).
+    @param plugins: called in the reactor thread for the L{Broker}'s plugin keyword arguments
+        (C{authenticators}, C{authorizers}, ...).
+    """
     start_reactor()
 
     def setup() -> Deferred[RunningBroker]:
-        broker = Broker(replace(BrokerConfig(), **overrides), reactor)
-        factory = _TrackingFactory(broker, LISTENER, reactor)
+        extra = plugins() if plugins is not None else {}
+        broker = Broker(replace(BrokerConfig(), **overrides), reactor, **extra)
+        factory = _TrackingFactory(broker, listener, reactor)
         d: Deferred[Any] = broker.start()
-        d.addCallback(lambda _: serverFromString(reactor, LISTENER.endpoint).listen(factory))
+        d.addCallback(lambda _: serverFromString(reactor, listener.endpoint).listen(factory))
 
         def listening(port: IListeningPort) -> RunningBroker:
             address = port.getHost()
@@ -265,7 +277,14 @@ class Client:
         will: WillSpec | None = None,
         keepalive: int = 60,
         host: str = HOST,
+        transport: Literal["tcp", "websockets"] = "tcp",
+        setup: Callable[[paho.Client], object] | None = None,
     ) -> None:
+        """
+        @param transport: paho's: C{"tcp"} or C{"websockets"}.
+        @param setup: called with the paho client before it connects, for TLS and WebSocket
+            options (C{tls_set}, C{ws_set_options}).
+        """
         self.client_id = client_id
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connected = threading.Event()
@@ -281,6 +300,7 @@ class Client:
             clean_session=clean,
             protocol=protocol,
             reconnect_on_failure=False,
+            transport=transport,
         )
         self.paho.on_connect = self._onConnect
         self.paho.on_disconnect = self._onDisconnect
@@ -288,6 +308,8 @@ class Client:
         self.paho.on_subscribe = self._onSubscribe
         if will is not None:
             self.paho.will_set(will.topic, will.payload, will.qos, will.retain)
+        if setup is not None:
+            setup(self.paho)
         self.paho.connect(host, port, keepalive)
         self.paho.loop_start()
         if not self.connected.wait(TIMEOUT):

@@ -121,11 +121,13 @@ def test_notIni(tmp_path: Path) -> None:
     assertNames(caught.value, path, None, None)
 
 
-@pytest.mark.parametrize("section", ["auth", "plugin:passwords", "Broker", "listener"])
+@pytest.mark.parametrize(
+    "section", ["store-x", "authentication", "plugin", "plugin:", "Broker", "listener"]
+)
 def test_unknownSection(tmp_path: Path, section: str) -> None:
     """
-    A section other than C{[broker]} and C{[listener:NAME]} is an error naming it, including
-    sections later issues will add and near-misses of the real ones.
+    A section other than the known ones is an error naming it, including near-misses of the
+    real ones and a plugin section without a plugin name.
     """
     path = write(tmp_path, f"{LISTENER}[{section}]\n")
     with pytest.raises(ConfigError) as caught:
@@ -302,13 +304,16 @@ def test_defaultConfig() -> None:
 def test_shippedConfig() -> None:
     """
     The shipped C{etc/mqttd.ini} loads, writes out every broker limit with its built-in default,
-    and listens anonymously on loopback only.
+    and listens anonymously on loopback only, for MQTT and for MQTT over WebSocket.
     """
     config = load_config(str(SHIPPED))
     assert config.broker == BrokerConfig()
     shipped = configparser.ConfigParser(interpolation=None)
     shipped.read(SHIPPED, encoding="utf-8")
     assert set(shipped["broker"]) == {each.name for each in fields(BrokerConfig)}
-    assert [(each.name, each.endpoint, each.allow_anonymous) for each in config.listeners] == [
-        ("default", "tcp:1883:interface=127.0.0.1", True)
+    assert [
+        (each.name, each.endpoint, each.allow_anonymous, each.protocol) for each in config.listeners
+    ] == [
+        ("default", "tcp:1883:interface=127.0.0.1", True, "mqtt"),
+        ("web", "tcp:8080:interface=127.0.0.1", True, "websocket"),
     ]

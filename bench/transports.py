@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""
+bench/transports.py: S1 (QoS 0 fan-in: 8 publishers on T/0..T/7 -> 1 subscriber on T/#, 64-byte
+payloads) over TCP, TLS and WebSocket, against brokers already listening.
+
+The shared C load generator speaks plain TCP only, so this driver does the same scenario in
+Python (asyncio, raw MQTT packets, wsproto for WebSocket framing) for every transport, and is run
+against mqttd and mosquitto alike so the comparison is like for like.  Closed loop, as the C
+generator's S1: publishers stop while more than 10,000 messages are published but not received.
+Publishers write 50 PUBLISH packets per write (one WebSocket frame over WebSocket, which
+[MQTT-6.0.0-2] allows), so the Python side costs less per message than the brokers do; the
+subscriber counts bytes, every delivered packet having the same length.
+
+    bench/transports.py tcp:127.0.0.1:1883 tls:127.0.0.1:8883:ca.pem ws:127.0.0.1:8080/mqtt
+
+prints one line per target: messages/s received in the measured window, and with --broker-pid
+the broker's CPU use in it (100 = one core; well below 100 means the driver was the limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import struct
+import time
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Event, RejectConnection, Request
+
+PUBLISHERS = 8
+PAYLOAD = b"x" * 64
+BATCH = 50
+MAX_OUTSTANDING = 10_000
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    n, length = len(body), bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes([first]) + bytes(length) + body
+
+
+def connect(clientId: str) -> bytes:
+    return _packet(
+        0x10, _string("MQTT") + bytes([4, 2]) + struct.pack("!H", 60) + _string(clientId)
+    )
+
+
+def publish(topic: str) -> bytes:
+    return _packet(0x30, _string(topic) + PAYLOAD)
+
+
+class Stream:
+    """MQTT bytes over TCP, TLS or WebSocket (binary frames, subprotocol mqtt)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def recv(self) -> bytes:
+        data = await self.reader.read(262144)
+        if not data:
+            raise ConnectionError("closed by the broker")
+        return data
+
+
+class WebSocketStream(Stream):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    async def upgrade(self, host: str, path: str) -> None:
+        self.writer.write(self.ws.send(Request(host=host, target=path, subprotocols=["mqtt"])))
+        while True:
+            for event in self._events(await super().recv()):
+                if isinstance(event, AcceptConnection):
+                    return
+                if isinstance(event, RejectConnection):
+                    raise ConnectionError(f"upgrade refused: {event.status_code}")
+
+    def _events(self, data: bytes) -> list[Event]:
+        self.ws.receive_data(data)
+        return list(self.ws.events())
+
+    async def send(self, data: bytes) -> None:
+        await super().send(self.ws.send(BytesMessage(data=data)))
+
+    async def recv(self) -> bytes:
+        while True:
+            got = b"".join(
+                bytes(e.data)
+                for e in self._events(await super().recv())
+                if isinstance(e, BytesMessage)
+            )
+            if got:
+                return got
+
+
+async def open_stream(target: str) -> Stream:
+    kind, rest = target.split(":", 1)
+    if kind == "ws":
+        hostport, _, path = rest.partition("/")
+        host, port = hostport.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        ws = WebSocketStream(reader, writer)
+        await ws.upgrade(host, "/" + path)
+        return ws
+    host, port, *extra = rest.split(":")
+    context = None
+    if kind == "tls":
+        context = ssl.create_default_context(cafile=extra[0])
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=context, server_hostname=host if context else None
+    )
+    return Stream(reader, writer)
+
+
+async def session(target: str, clientId: str) -> Stream:
+    stream = await open_stream(target)
+    await stream.send(connect(clientId))
+    got = b""
+    while len(got) < 4:
+        got += await stream.recv()
+    assert got[:4] == b"\x20\x02\x00\x00", got
+    return stream
+
+
+def cpuSeconds(pid: int | None) -> float:
+    """User plus system CPU time of process C{pid} (and its reaped children), from /proc."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(
+    target: str, warmup: float, measure: float, prefix: str, pid: int | None
+) -> tuple[float, float]:
+    sub = await session(target, f"{prefix}-sub")
+    await sub.send(_packet(0x82, struct.pack("!H", 1) + _string(f"{prefix}/#") + b"\x00"))
+    got = b""
+    while len(got) < 5:
+        got += await sub.recv()
+    size = len(publish(f"{prefix}/0"))
+    state = {"published": 0, "received": 0, "stop": False}
+    room = asyncio.Event()
+    room.set()
+
+    async def publisher(n: int) -> None:
+        stream = await session(target, f"{prefix}-pub{n}")
+        batch = publish(f"{prefix}/{n}") * BATCH
+        while not state["stop"]:
+            if state["published"] - state["received"] > MAX_OUTSTANDING:
+                room.clear()
+                await room.wait()
+                continue
+            await stream.send(batch)
+            state["published"] += BATCH
+
+    async def subscriber() -> None:
+        leftover = len(got) - 5
+        while not state["stop"]:
+            data = await sub.recv()
+            leftover += len(data)
+            state["received"] += leftover // size
+            leftover %= size
+            if state["published"] - state["received"] <= MAX_OUTSTANDING:
+                room.set()
+
+    tasks = [asyncio.create_task(publisher(n)) for n in range(PUBLISHERS)]
+    tasks.append(asyncio.create_task(subscriber()))
+    await asyncio.sleep(warmup)
+    start, t0, cpu0 = state["received"], time.monotonic(), cpuSeconds(pid)
+    await asyncio.sleep(measure)
+    elapsed = time.monotonic() - t0
+    rate = (state["received"] - start) / elapsed
+    cpu = 100 * (cpuSeconds(pid) - cpu0) / elapsed
+    state["stop"] = True
+    room.set()
+    for task in tasks:
+        task.cancel()
+    return rate, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "targets", nargs="+", help="tcp:HOST:PORT, tls:HOST:PORT:CAFILE, ws:HOST:PORT/PATH"
+    )
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--measure", type=float, default=10.0)
+    parser.add_argument("--broker-pid", type=int, help="report this process's CPU use")
+    args = parser.parse_args()
+    for i, target in enumerate(args.targets):
+        rate, cpu = asyncio.run(
+            run(target, args.warmup, args.measure, f"bench{i}", args.broker_pid)
+        )
+        print(f"S1 {target} msgs_per_s={rate:.0f} broker_cpu_pct={cpu:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

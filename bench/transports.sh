@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# bench/transports.sh [-r REPS]
+#
+# S1 (QoS 0 fan-in) over TCP, TLS and WebSocket for mqttd and mosquitto, with bench/transports.py
+# as the client (the shared C generator speaks TCP only).  Each repetition starts each broker
+# fresh, pinned to CPU 0, with one listener per transport; the driver runs on CPU 1.  Prints the
+# median of each cell.  Needs the project in .venv (the README's install), Debian's mosquitto and
+# openssl; certificates are made on the spot in bench/results/ (ignored by git).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPS=3
+while getopts "r:" o; do case $o in r) REPS=$OPTARG ;; *) exit 2 ;; esac; done
+VENV=${MQTTD_VENV:-$ROOT/.venv}
+[ -x "$VENV/bin/twistd" ] || { echo "bench/transports.sh: no $VENV/bin/twistd; run the README's install first" >&2; exit 2; }
+command -v mosquitto >/dev/null || { echo "bench/transports.sh: needs mosquitto (apt-get install mosquitto)" >&2; exit 2; }
+WORK=$ROOT/bench/results/transports-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$WORK"
+cd "$WORK"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout ca.key -out ca.pem 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -CA ca.pem -CAkey ca.key \
+    -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" -keyout server.key -out server.pem 2>/dev/null
+# mosquitto started as root reads its files after switching to the mosquitto user.
+chmod a+r server.key
+
+cat >mqttd.ini <<INI
+[broker]
+max_queued_messages = 1000000
+[listener:tcp]
+endpoint = tcp:22883:interface=127.0.0.1:backlog=1024
+allow_anonymous = true
+[listener:tls]
+endpoint = tcp:22884:interface=127.0.0.1:backlog=1024
+certificate = server.pem
+private_key = server.key
+allow_anonymous = true
+[listener:ws]
+endpoint = tcp:22885:interface=127.0.0.1:backlog=1024
+protocol = websocket
+allow_anonymous = true
+INI
+cat >mosquitto.conf <<CONF
+per_listener_settings false
+allow_anonymous true
+max_queued_messages 1000000
+listener 23883 127.0.0.1
+listener 23884 127.0.0.1
+certfile $WORK/server.pem
+keyfile $WORK/server.key
+listener 23885 127.0.0.1
+protocol websockets
+CONF
+
+PID=""
+wait_port() {
+    for _ in $(seq 1 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.1; done
+    echo "bench/transports.sh: nothing listening on $1; see $WORK" >&2
+    return 1
+}
+stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; PID=""; }
+trap stop EXIT
+drive() {  # drive BROKER BASEPORT
+    taskset -c 1 "$VENV/bin/python" "$ROOT/bench/transports.py" --warmup 2 --measure 6 --broker-pid "$PID" \
+        "tcp:127.0.0.1:$2" "tls:127.0.0.1:$(($2 + 1)):$WORK/ca.pem" "ws:127.0.0.1:$(($2 + 2))/mqtt" |
+        sed "s/^/$1 rep=$rep /" | tee -a raw.txt
+}
+for rep in $(seq 1 "$REPS"); do
+    taskset -c 0 "$VENV/bin/twistd" -n --pidfile= --logfile=mqttd.log mqttd --config mqttd.ini &
+    PID=$!
+    wait_port 22885; drive mqttd 22883; stop
+    taskset -c 0 mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
+    PID=$!
+    wait_port 23885; drive mosquitto 23883; stop
+done
+python3 - raw.txt <<'PY'
+import collections, statistics, sys
+cells = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    broker, _, _, target, rate, cpu = line.split()
+    value = lambda field: float(field.split("=")[1])
+    cells[(broker, target.split(":")[0])].append((value(rate), value(cpu)))
+print(f"{'S1 QoS0 fan-in, median msgs/s (broker CPU %)':44} {'mqttd':>13} {'mosquitto':>13} {'ratio':>6}")
+for kind in ("tcp", "tls", "ws"):
+    (m, mc), (q, qc) = (
+        statistics.median_low(sorted(cells[(b, kind)])) for b in ("mqttd", "mosquitto")
+    )
+    print(f"{kind:44} {m:>7.0f} ({mc:>3.0f}) {q:>7.0f} ({qc:>3.0f}) {m / q:>6.2f}")
+PY
+echo "raw: $WORK/raw.txt" >&2

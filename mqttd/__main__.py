@@ -1,0 +1,7 @@
+"""C{python -m mqttd passwd ...}."""
+
+import sys
+
+from mqttd.cli import main
+
+sys.exit(main())

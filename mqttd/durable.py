@@ -1,0 +1,173 @@
+"""
+What the durable stores share: one writer thread off the reactor, and the
+two durability modes.
+
+The reactor thread only records operations (plain values, cheap to build);
+the writer thread applies them in batches, each batch one transaction, and
+the reactor hears back through L{deferToThreadPool}.  Batches are in record
+order and never overlap, so the file sees every change in the order the
+broker made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from .interfaces import PluginConfigError
+
+Op = TypeVar("Op")
+T = TypeVar("T")
+
+SYNC = "sync"
+BATCHED = "batched"
+DEFAULT_FLUSH_MS = 50
+
+
+def durabilityOptions(options: Mapping[str, str], known: frozenset[str]) -> tuple[bool, float]:
+    """
+    Check a store's C{[plugin:NAME]} section for unknown keys and parse its
+    C{durability} (C{sync} by default) and C{flush_ms}.
+
+    @return: C{(sync, flushInterval)}, the interval in seconds.
+    @raise PluginConfigError: an option is unknown or malformed.
+    """
+    for key in options:
+        if key not in known | {"durability", "flush_ms"}:
+            expected = ", ".join(sorted(known | {"durability", "flush_ms"}))
+            raise PluginConfigError(key, f"unknown key; expected one of {expected}")
+    durability = options.get("durability", SYNC).strip()
+    if durability not in (SYNC, BATCHED):
+        raise PluginConfigError("durability", f"expected sync or batched, got {durability!r}")
+    text = options.get("flush_ms", str(DEFAULT_FLUSH_MS)).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise PluginConfigError("flush_ms", f"expected a positive integer, got {text!r}")
+    return durability == SYNC, int(text) / 1000.0
+
+
+class Writer(Generic[Op]):
+    """
+    Applies recorded operations on one thread, in batches.
+
+    In C{sync} mode a batch is handed over at the end of the reactor turn
+    that recorded its first operation, and L{flush} gives a L{Deferred}
+    firing when the batch holding everything recorded so far has committed:
+    group commit, since every operation recorded while one batch commits
+    joins the next.  In C{batched} mode a batch is handed over
+    C{flushInterval} seconds after its first operation and L{flush} returns
+    L{None}: a crash loses at most the operations of one interval (plus the
+    one committing).
+
+    @param apply: called on the writer thread with each batch; makes it
+        durable (commit, fsync) before returning.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        apply: Callable[[list[Op]], None],
+        *,
+        sync: bool,
+        flushInterval: float,
+        name: str,
+    ) -> None:
+        self._reactor = reactor
+        self._apply = apply
+        self._sync = sync
+        self._flushInterval = flushInterval
+        self._pool = ThreadPool(1, 1, name=name)
+        self._pool.start()
+        self._ops: list[Op] = []
+        # Waiting for the batch being recorded, and for the one committing.
+        self._waiters: list[Deferred[None]] = []
+        self._committing: list[Deferred[None]] | None = None
+        self._timer: IDelayedCall | None = None
+        self._closing = False
+
+    def call(self, f: Callable[..., T], *args: object) -> Deferred[T]:
+        """Run C{f(*args)} on the writer thread, after every batch handed over so far."""
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def record(self, op: Op) -> None:
+        """Queue C{op} for the writer."""
+        self._ops.append(op)
+        if self._timer is None and self._committing is None:
+            self._timer = self._reactor.callLater(
+                0 if self._sync else self._flushInterval, self._handOver
+            )
+
+    def flush(self) -> Deferred[None] | None:
+        """
+        In C{sync} mode, a L{Deferred} firing once everything recorded so far
+        is committed, or L{None} if it already is; always L{None} in
+        C{batched} mode.
+        """
+        if not self._sync:
+            return None
+        return self._whenCommitted()
+
+    def _whenCommitted(self) -> Deferred[None] | None:
+        if self._ops:
+            d: Deferred[None] = Deferred()
+            self._waiters.append(d)
+            return d
+        if self._committing is not None:
+            d = Deferred()
+            self._committing.append(d)
+            return d
+        return None
+
+    def _handOver(self) -> None:
+        self._timer = None
+        if self._committing is not None or not self._ops:
+            return
+        ops, self._ops = self._ops, []
+        self._committing, self._waiters = self._waiters, []
+        self.call(self._apply, ops).addBoth(self._committed)
+
+    def _committed(self, result: Failure | None) -> None:
+        waiters, self._committing = self._committing or [], None
+        if isinstance(result, Failure):
+            # The operator must hear of a store that cannot write, even in
+            # batched mode where no client waits for it.
+            self.log.failure("mqttd's store could not write", result)
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+        if self._ops and self._timer is None:
+            urgent = self._sync or self._closing or self._waiters
+            self._timer = self._reactor.callLater(
+                0 if urgent else self._flushInterval, self._handOver
+            )
+
+    def close(self, finish: Callable[[], None]) -> Deferred[None]:
+        """
+        Commit everything recorded, run C{finish} on the writer thread (to
+        close files), then stop the thread.
+        """
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending = self._whenCommitted()
+        if self._ops:
+            self._handOver()
+        d: Deferred[None] = pending if pending is not None else succeed(None)
+        d.addCallback(lambda _: self.call(finish))
+
+        def stopped(result: object) -> object:
+            self._pool.stop()
+            return result
+
+        return d.addBoth(stopped)

@@ -1,0 +1,177 @@
+"""
+Finds plugins with L{twisted.plugin.getPlugins} and builds them from their C{[plugin:NAME]}
+sections.
+
+The plugins live in the package C{mqttd.plugins}: installed, that is the C{plugins/} directory of
+the source tree (C{package-dir} in C{pyproject.toml}); run from a checkout, where C{mqttd/} has no
+C{plugins} subpackage, L{pluginPackage} loads C{plugins/} under that same name, so a plugin imports
+and is imported identically in both cases.  The operator's directories (C{[plugins] paths}) are
+put on that package's C{__path__}, as C{twisted.plugins} does with L{pluginPackagePaths}: a module
+dropped there is found without packaging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from twisted.plugin import IPlugin, getPlugins
+from zope.interface import Interface
+
+import mqttd
+
+from .config import Config, ConfigError
+from .interfaces import IPluginFactory, PluginConfigError, PluginContext
+
+PACKAGE = "mqttd.plugins"
+# Where a checkout keeps the shipped plugins: next to mqttd/, not inside it.
+_SOURCE_PLUGINS = os.path.join(os.path.dirname(os.path.dirname(mqttd.__file__)), "plugins")
+
+
+def pluginPackage() -> ModuleType:
+    """
+    The package C{mqttd.plugins}, importing it from the installation or, in a checkout, from
+    C{plugins/}.
+    """
+    module = sys.modules.get(PACKAGE)
+    if module is not None:
+        return module
+    if importlib.util.find_spec(PACKAGE) is not None:
+        return importlib.import_module(PACKAGE)
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE,
+        os.path.join(_SOURCE_PLUGINS, "__init__.py"),
+        submodule_search_locations=[_SOURCE_PLUGINS],
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot find {PACKAGE}, nor {_SOURCE_PLUGINS}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    mqttd.plugins = module  # type: ignore[attr-defined]
+    return module
+
+
+def findPlugins(extraPaths: Sequence[str] = ()) -> dict[str, IPluginFactory]:
+    """
+    Every plugin factory in C{mqttd.plugins} and in the directories C{extraPaths}, by name.
+
+    The package's search path is set, not appended to, on each call, so it always holds the
+    shipped directory and exactly the directories asked for.  A plugin module that fails to
+    import is logged by Twisted and skipped; its name then shows up as unknown.
+    """
+    package = pluginPackage()
+    shipped = package.__dict__.setdefault("_mqttdShippedPath", list(package.__path__))
+    extra = [os.path.abspath(p) for p in extraPaths]
+    package.__path__ = [*shipped, *(p for p in extra if p not in shipped)]
+    found: dict[str, IPluginFactory] = {}
+    for factory in getPlugins(IPluginFactory, package):
+        if not IPlugin.providedBy(factory):
+            continue
+        found.setdefault(factory.name, factory)
+    return found
+
+
+def buildPlugin(
+    name: str,
+    options: Mapping[str, str],
+    context: PluginContext,
+    *,
+    file: str,
+    section: str,
+    key: str | None = None,
+    available: Mapping[str, IPluginFactory] | None = None,
+) -> Any:
+    """
+    Build plugin C{name} with C{options}.
+
+    @param section: where the name was given (e.g. C{auth}, with C{key} C{chain}), for the error
+        when it is unknown; errors in options are reported against C{[plugin:NAME]}.
+    @param available: the result of L{findPlugins}; by default the shipped plugins only.
+    @raise ConfigError: C{name} is unknown or its options are bad.
+    """
+    if available is None:
+        available = findPlugins()
+    factory = available.get(name)
+    if factory is None:
+        known = ", ".join(sorted(available)) or "none"
+        raise ConfigError(file, section, key, f"unknown plugin {name!r}; available: {known}")
+    try:
+        return factory.build(options, context)
+    except PluginConfigError as e:
+        raise ConfigError(file, f"plugin:{name}", e.key, e.why) from None
+
+
+class Plugins:
+    """
+    The plugins of one configuration, each built once however many chains name it, so that an
+    authenticator that is also an authorizer shares its state (and its reload) between the two.
+
+    @ivar built: every plugin built so far, by name, in the order first asked for.
+    """
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self._config = config
+        self._file = config.source or "(default configuration)"
+        self._available = findPlugins(config.pluginPaths)
+        self._context = PluginContext(
+            reactor=reactor,
+            configDirectory=config.configDirectory,
+            brokerConfig=config.broker,
+        )
+        self.built: dict[str, Any] = {}
+
+    def get(self, name: str, interface: type[Interface], *, section: str, key: str) -> Any:
+        """
+        The plugin C{name}, built on first use from its C{[plugin:NAME]} section.
+
+        @param interface: what the caller will use it as.
+        @param section: where C{name} was given, with C{key}, for errors.
+        @raise ConfigError: the plugin is unknown, its options are bad, or it does not provide
+            C{interface}.
+        """
+        plugin = self.built.get(name)
+        if plugin is None:
+            plugin = buildPlugin(
+                name,
+                self._config.pluginSections.get(name, {}),
+                self._context,
+                file=self._file,
+                section=section,
+                key=key,
+                available=self._available,
+            )
+            self.built[name] = plugin
+        if not interface.providedBy(plugin):
+            raise ConfigError(
+                self._file, section, key, f"plugin {name!r} does not provide {interface.__name__}"
+            )
+        return plugin
+
+    def chain(
+        self, names: Sequence[str], interface: type[Interface], *, section: str, key: str
+    ) -> tuple[Any, ...]:
+        """L{get} for each of C{names}, in order."""
+        return tuple(self.get(n, interface, section=section, key=key) for n in names)
+
+
+def checkOptions(
+    options: Mapping[str, str], *, required: Sequence[str] = (), optional: Sequence[str] = ()
+) -> None:
+    """
+    For a plugin's L{IPluginFactory.build}: refuse unknown and missing options.
+
+    @raise PluginConfigError: naming the first unknown or missing option.
+    """
+    known = (*required, *optional)
+    for key in options:
+        if key not in known:
+            raise PluginConfigError(key, f"unknown option; expected one of {', '.join(known)}")
+    for key in required:
+        if not options.get(key):
+            raise PluginConfigError(key, "required")

@@ -1,0 +1,425 @@
+"""
+The file L{IMessageStore}: an append-only log, for deployments that want no
+SQLite (C{[store] plugin = file}).
+
+The log starts with a header (C{MQTTDLOG} and a format version) followed by
+records, each framed as a 4-byte length and a 4-byte CRC-32 of its body.
+A body is one journal event (L{mqttd.interfaces.IMessageStore}): a tag byte,
+a length-prefixed JSON list of its fields, then the payload, if any.  A
+message queued for many sessions is one C{M} record referenced by id.
+
+Opening the log replays it into a L{MemoryStore}; a crash can only tear the
+last record, which is dropped (and cut off the file).  A bad record with
+good ones after it is corruption and stops start-up.  When the log has
+grown past twice its size after the last compaction (and past
+C{compact_bytes}), the live state is written to a new file, synced, and
+renamed over the log: compaction never leaves a moment without a complete
+log on disk.
+
+Options (C{[plugin:file]}):
+  - C{path}: the log file, relative to the configuration file's directory
+    (created if missing, with its directory); default C{mqttd.log}.
+  - C{durability}, C{flush_ms}: as for the SQLite store.
+  - C{compact_bytes}: the least log size worth compacting; default 1048576.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+from twisted.internet.defer import Deferred
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from mqttd.codec.packets import Will
+from mqttd.durable import Writer, durabilityOptions
+from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
+from mqttd.message import Message
+from mqttd.session import WAIT_PUBCOMP
+from mqttd.store import MemoryStore, StoredState, StoreError
+
+MAGIC = b"MQTTDLOG"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">8sI")
+_FRAME = struct.Struct(">II")
+_FIELDS = struct.Struct(">I")
+# Far beyond any record max_packet_size allows: a larger length is garbage.
+_MAX_RECORD = 1 << 30
+DEFAULT_COMPACT_BYTES = 1 << 20
+
+
+class Compaction:
+    """An operation for the writer: replace the log with C{snapshot}."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, snapshot: bytes) -> None:
+        self.snapshot = snapshot
+
+
+Op = bytes | Compaction
+
+
+def record(tag: bytes, fields: list[Any], payload: bytes = b"") -> bytes:
+    """One framed record."""
+    encoded = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    body = tag + _FIELDS.pack(len(encoded)) + encoded + payload
+    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def _header() -> bytes:
+    return _HEADER.pack(MAGIC, FORMAT_VERSION)
+
+
+class _Replay:
+    """Rebuilds a L{MemoryStore} from a log's records."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.model = MemoryStore()
+        self.messages: dict[int, Message] = {}
+
+    def apply(self, tag: bytes, fields: list[Any], payload: bytes) -> None:
+        model = self.model
+        messages = self.messages
+        if tag == b"M":
+            mid, topic, qos, retain = fields
+            message = messages[mid] = Message(topic, payload, qos, retain)
+            message.storeId = mid
+        elif tag == b"S":
+            model.sessionSaved(fields[0], fields[1])
+        elif tag == b"D":
+            model.sessionDeleted(fields[0])
+        elif tag == b"Q":
+            clientId, mid, qos, retain = fields
+            model.messageQueued(clientId, messages[mid], qos, retain)
+        elif tag == b"T":
+            clientId, packetId, mid, qos, retain, queued = fields
+            model.messageSent(clientId, packetId, messages[mid], qos, retain, queued)
+        elif tag == b"L":
+            model.messageReleased(fields[0], fields[1])
+        elif tag == b"A":
+            model.messageAcknowledged(fields[0], fields[1])
+        elif tag == b"R":
+            model.qos2Received(fields[0], fields[1], fields[2])
+        elif tag == b"r":
+            model.qos2Released(fields[0], fields[1])
+        elif tag == b"W":
+            clientId, topic, qos, retain = fields
+            model.willSet(clientId, Will(topic, payload, qos, retain))
+        elif tag == b"w":
+            model.willCleared(fields[0])
+        elif tag == b"P":
+            topic, qos = fields
+            model.retainedSet(Message(topic, payload, qos, True))
+        elif tag == b"p":
+            model.retainedDeleted(fields[0])
+        else:
+            raise ValueError(f"unknown record type {tag!r}")
+
+
+def readLog(path: str) -> tuple[_Replay, int]:
+    """
+    Replay the log at C{path}.
+
+    @return: the replayed state and the length of the log's good part, which
+        is shorter than the file when its last record was torn by a crash.
+    @raise StoreError: the file is not an mqttd log, has another format
+        version, or has a bad record before its last one.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    replay = _Replay(path)
+    if len(data) < _HEADER.size:
+        if not MAGIC.startswith(data[: len(MAGIC)]):
+            raise StoreError(path, "not an mqttd log file")
+        # Torn while the empty log was being created.
+        return replay, 0
+    magic, version = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise StoreError(path, "not an mqttd log file")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            path, f"log format version {version}; this mqttd reads version {FORMAT_VERSION}"
+        )
+    offset = _HEADER.size
+    end = len(data)
+    index = 0
+    while offset < end:
+        if end - offset < _FRAME.size:
+            break
+        length, crc = _FRAME.unpack_from(data, offset)
+        start = offset + _FRAME.size
+        if length > _MAX_RECORD or start + length > end:
+            # Runs past the end of the file: the write the crash interrupted.
+            break
+        body = data[start : start + length]
+        if zlib.crc32(body) != crc:
+            if start + length == end:
+                break
+            raise StoreError(
+                path, f"corrupt log: record {index} at byte {offset} fails its checksum"
+            )
+        try:
+            (size,) = _FIELDS.unpack_from(body, 1)
+            fields = json.loads(body[1 + _FIELDS.size : 1 + _FIELDS.size + size])
+            replay.apply(body[:1], fields, body[1 + _FIELDS.size + size :])
+        except (ValueError, KeyError, IndexError, TypeError, struct.error) as e:
+            raise StoreError(
+                path, f"corrupt log: record {index} at byte {offset} cannot be replayed ({e!r})"
+            ) from None
+        offset = start + length
+        index += 1
+    return replay, offset
+
+
+@implementer(IMessageStore)
+class FileStore:
+    """
+    L{IMessageStore} as an append-only log with compaction.
+
+    @param path: the log; opened and replayed here, synchronously, so that a
+        bad file stops start-up before anything listens.
+    @raise StoreError: see L{readLog}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        path: str,
+        *,
+        sync: bool,
+        flushInterval: float,
+        compactBytes: int = DEFAULT_COMPACT_BYTES,
+    ) -> None:
+        self.path = path
+        try:
+            if os.path.exists(path):
+                replay, good = readLog(path)
+                if good == 0:
+                    self._replace(_header())
+                elif good < os.path.getsize(path):
+                    os.truncate(path, good)
+            else:
+                replay, good = _Replay(path), 0
+                self._replace(_header())
+            self._file: BinaryIO = open(path, "ab")
+        except OSError as e:
+            raise StoreError(path, f"cannot use the log: {e.strerror}") from None
+        self._model = replay.model
+        self._written: set[int] = set(replay.messages)
+        self._nextId = max(replay.messages, default=0) + 1
+        self._size = max(good, _HEADER.size)
+        self._compactBytes = compactBytes
+        self._compactAt = max(compactBytes, 2 * self._size)
+        self._compacting = False
+        self._reactor = reactor
+        self._writer: Writer[Op] = Writer(
+            reactor, self._apply, sync=sync, flushInterval=flushInterval, name="mqttd-file"
+        )
+
+    # On the writer thread
+
+    def _replace(self, content: bytes) -> None:
+        """Atomically make C{content} the whole log."""
+        temporary = self.path + ".compacting"
+        with open(temporary, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _apply(self, ops: list[Op]) -> None:
+        chunks: list[bytes] = []
+        for op in ops:
+            if isinstance(op, Compaction):
+                self._write(chunks)
+                chunks = []
+                self._file.close()
+                self._replace(op.snapshot)
+                self._file = open(self.path, "ab")
+            else:
+                chunks.append(op)
+        self._write(chunks)
+
+    def _write(self, chunks: list[bytes]) -> None:
+        if chunks:
+            self._file.write(b"".join(chunks))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    # On the reactor thread
+
+    def _record(self, data: bytes) -> None:
+        self._writer.record(data)
+        self._size += len(data)
+        if self._size >= self._compactAt and not self._compacting:
+            # In a later turn: an event may be half recorded now, its model
+            # change made and its record not yet written.
+            self._compacting = True
+            self._reactor.callLater(0, self._compact)
+
+    def _compact(self) -> None:
+        self._compacting = False
+        snapshot = self._snapshot()
+        self._size = len(snapshot)
+        self._compactAt = max(self._compactBytes, 2 * self._size)
+        self._writer.record(Compaction(snapshot))
+
+    def _snapshot(self) -> bytes:
+        """The live state as a complete log."""
+        model = self._model
+        out = [_header()]
+        written: set[int] = set()
+
+        def message(m: Message) -> int:
+            mid = m.storeId
+            assert mid is not None
+            if mid not in written:
+                written.add(mid)
+                out.append(record(b"M", [mid, m.topic, m.qos, m.retain], m.payload))
+            return mid
+
+        for topic, retained in model.retained.items():
+            out.append(record(b"P", [topic, retained.qos], retained.payload))
+        for clientId, will in model.wills.items():
+            out.append(record(b"W", [clientId, will.topic, will.qos, will.retain], will.payload))
+        for clientId, session in model.sessions.items():
+            out.append(record(b"S", [clientId, session.subscriptions]))
+            for packetId, (m, qos, retain, state) in session.inflight.items():
+                mid = message(m)  # type: ignore[arg-type]
+                out.append(record(b"T", [clientId, packetId, mid, qos, retain, False]))
+                if state == WAIT_PUBCOMP:
+                    out.append(record(b"L", [clientId, packetId]))
+            for m, qos, retain in session.queue:
+                out.append(record(b"Q", [clientId, message(m), qos, retain]))
+            for packetId, when in session.awaitingRel.items():
+                out.append(record(b"R", [clientId, packetId, when]))
+        self._written = written
+        return b"".join(out)
+
+    def _messageId(self, message: Message) -> int:
+        mid = message.storeId
+        if mid is None:
+            mid = message.storeId = self._nextId
+            self._nextId += 1
+        if mid not in self._written:
+            # Once per log file, however many sessions reference it.
+            self._written.add(mid)
+            self._record(
+                record(b"M", [mid, message.topic, message.qos, message.retain], message.payload)
+            )
+        return mid
+
+    # IMessageStore
+
+    def restore(self) -> StoredState:
+        return self._model.restore()
+
+    def flush(self) -> Deferred[None] | None:
+        return self._writer.flush()
+
+    def close(self) -> Deferred[None]:
+        return self._writer.close(self._file.close)
+
+    def sessionSaved(self, clientId: str, subscriptions: Mapping[str, int]) -> None:
+        self._model.sessionSaved(clientId, subscriptions)
+        self._record(record(b"S", [clientId, dict(subscriptions)]))
+
+    def sessionDeleted(self, clientId: str) -> None:
+        self._model.sessionDeleted(clientId)
+        self._record(record(b"D", [clientId]))
+
+    def messageQueued(self, clientId: str, message: Message, qos: int, retain: bool) -> None:
+        self._model.messageQueued(clientId, message, qos, retain)
+        self._record(record(b"Q", [clientId, self._messageId(message), qos, retain]))
+
+    def messageSent(
+        self,
+        clientId: str,
+        packetId: int,
+        message: Message,
+        qos: int,
+        retain: bool,
+        queued: bool,
+    ) -> None:
+        self._model.messageSent(clientId, packetId, message, qos, retain, queued)
+        mid = self._messageId(message)
+        self._record(record(b"T", [clientId, packetId, mid, qos, retain, queued]))
+
+    def messageReleased(self, clientId: str, packetId: int) -> None:
+        self._model.messageReleased(clientId, packetId)
+        self._record(record(b"L", [clientId, packetId]))
+
+    def messageAcknowledged(self, clientId: str, packetId: int) -> None:
+        self._model.messageAcknowledged(clientId, packetId)
+        self._record(record(b"A", [clientId, packetId]))
+
+    def qos2Received(self, clientId: str, packetId: int, when: float) -> None:
+        self._model.qos2Received(clientId, packetId, when)
+        self._record(record(b"R", [clientId, packetId, when]))
+
+    def qos2Released(self, clientId: str, packetId: int) -> None:
+        self._model.qos2Released(clientId, packetId)
+        self._record(record(b"r", [clientId, packetId]))
+
+    def willSet(self, clientId: str, will: Will) -> None:
+        self._model.willSet(clientId, will)
+        self._record(record(b"W", [clientId, will.topic, will.qos, will.retain], will.payload))
+
+    def willCleared(self, clientId: str) -> None:
+        self._model.willCleared(clientId)
+        self._record(record(b"w", [clientId]))
+
+    def retainedSet(self, message: Message) -> None:
+        self._model.retainedSet(message)
+        self._record(record(b"P", [message.topic, message.qos], message.payload))
+
+    def retainedDeleted(self, topic: str) -> None:
+        self._model.retainedDeleted(topic)
+        self._record(record(b"p", [topic]))
+
+
+def _positive(options: Mapping[str, str], key: str, default: int) -> int:
+    text = options.get(key, str(default)).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise PluginConfigError(key, f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+@implementer(IPlugin, IPluginFactory)
+class FileStoreFactory:
+    """Builds L{FileStore} from C{[plugin:file]}."""
+
+    name = "file"
+
+    def build(self, options: Mapping[str, str], context: PluginContext) -> FileStore:
+        sync, flushInterval = durabilityOptions(options, frozenset({"path", "compact_bytes"}))
+        compactBytes = _positive(options, "compact_bytes", DEFAULT_COMPACT_BYTES)
+        path = context.path(options.get("path", "mqttd.log").strip())
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return FileStore(
+                context.reactor,
+                path,
+                sync=sync,
+                flushInterval=flushInterval,
+                compactBytes=compactBytes,
+            )
+        except OSError as e:
+            raise PluginConfigError("path", f"{path}: {e.strerror}") from None
+        except StoreError as e:
+            raise PluginConfigError("path", str(e)) from None
+
+
+file = FileStoreFactory()

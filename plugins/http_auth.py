@@ -1,0 +1,227 @@
+"""
+C{http_auth}: asks an HTTP service, as EMQX's HTTP authenticator and mosquitto-go-auth do.
+
+Options (C{[plugin:http_auth]}), at least one URL:
+
+  - C{url}: authentication endpoint.  POST JSON C{{"username", "password", "clientid", "ip",
+    "listener"}}; 200 accepts, 4xx refuses (CONNACK 4), anything else refuses too.
+  - C{acl_url}: authorisation endpoint.  POST JSON C{{"username", "clientid", "topic", "acc"}}
+    with mosquitto-go-auth's C{acc}: 1 receive, 2 publish, 4 subscribe; 200 allows, 4xx denies.
+  - C{timeout}: seconds per request (default 5).
+  - C{cache_seconds}: how long answers are reused (default 30; 0 turns the cache off).
+
+It fails closed: a timeout, a refused connection or a 5xx refuses or denies, and such outcomes
+are not cached, so the service is asked again next time.  Passwords are cached only as SHA-256
+digests.  A client the plugin has no URL for (no C{url} configured) gets no answer from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from mqttd.interfaces import (
+    Action,
+    Allow,
+    ClientInfo,
+    Credentials,
+    Deny,
+    IAuthenticator,
+    IAuthorizer,
+    IPluginFactory,
+    PluginConfigError,
+    PluginContext,
+)
+from mqttd.plugin_loader import checkOptions
+
+BAD_USERNAME_OR_PASSWORD = 4
+# mosquitto-go-auth's access codes.
+_ACC = {Action.RECEIVE: 1, Action.PUBLISH: 2, Action.SUBSCRIBE: 4}
+# Entries kept at most; past it the cache starts afresh rather than growing without bound.
+CACHE_SIZE = 10000
+
+
+@implementer(IAuthenticator, IAuthorizer)
+class HTTPAuth:
+    """Both an authenticator and an authorizer; each abstains when its URL is not set."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str | None,
+        aclURL: str | None,
+        timeout: float,
+        cacheSeconds: float,
+    ) -> None:
+        self.reactor = reactor
+        self.url = url
+        self.aclURL = aclURL
+        self.timeout = timeout
+        self.cacheSeconds = cacheSeconds
+        self.agent = Agent(reactor)
+        self._cache: dict[tuple[object, ...], tuple[float, bool]] = {}
+
+    def authenticate(
+        self, credentials: Credentials
+    ) -> Deferred[Allow | Deny] | Allow | Deny | None:
+        if self.url is None:
+            return None
+        password = credentials.password or b""
+        key = (
+            "auth",
+            credentials.username,
+            hashlib.sha256(password).digest(),
+            credentials.clientId,
+            credentials.address,
+        )
+        cached = self._cached(key)
+        if cached is not None:
+            return self._connectAnswer(cached, credentials)
+        body = {
+            "username": credentials.username,
+            "password": password.decode("utf-8", "replace"),
+            "clientid": credentials.clientId,
+            "ip": credentials.address,
+            "listener": credentials.listener,
+        }
+        d = self._ask(self.url, body, key)
+        return d.addCallback(self._connectAnswer, credentials)
+
+    def _connectAnswer(self, allowed: bool, credentials: Credentials) -> Allow | Deny:
+        if allowed:
+            return Allow(credentials.username)
+        return Deny(BAD_USERNAME_OR_PASSWORD, "refused by the HTTP service")
+
+    def authorize(
+        self, client: ClientInfo, action: Action, topic: str
+    ) -> Deferred[bool] | bool | None:
+        if self.aclURL is None:
+            return None
+        key = ("acl", client.username, client.clientId, action, topic)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        body = {
+            "username": client.username,
+            "clientid": client.clientId,
+            "topic": topic,
+            "acc": _ACC[action],
+        }
+        return self._ask(self.aclURL, body, key)
+
+    def _cached(self, key: tuple[object, ...]) -> bool | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        expires, allowed = entry
+        if expires < self.reactor.seconds():
+            del self._cache[key]
+            return None
+        return allowed
+
+    def _ask(self, url: str, body: Mapping[str, object], key: tuple[object, ...]) -> Deferred[bool]:
+        d = self.agent.request(
+            b"POST",
+            url.encode("utf-8"),
+            Headers({b"Content-Type": [b"application/json"]}),
+            FileBodyProducer(BytesIO(json.dumps(body).encode("utf-8"))),
+        )
+        answered: Deferred[bool] = d.addCallback(self._answered, key)
+        answered.addTimeout(self.timeout, self.reactor)
+        return answered.addErrback(self._failed, url)
+
+    def _answered(self, response: Any, key: tuple[object, ...]) -> Deferred[bool]:
+        code: int = response.code
+        # The body is read, and ignored, so the connection closes cleanly.
+        done: Deferred[None] = Deferred()
+        response.deliverBody(_Discard(done))
+        return done.addCallback(lambda _: self._decided(code, key))
+
+    def _decided(self, code: int, key: tuple[object, ...]) -> bool:
+        if code == 200:
+            self._remember(key, True)
+            return True
+        if 400 <= code < 500:
+            self._remember(key, False)
+            return False
+        raise RuntimeError(f"HTTP status {code}")
+
+    def _remember(self, key: tuple[object, ...], allowed: bool) -> None:
+        if self.cacheSeconds <= 0:
+            return
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = (self.reactor.seconds() + self.cacheSeconds, allowed)
+
+    def _failed(self, failure: Any, url: str) -> bool:
+        self.log.warn(
+            "HTTP auth at {url} failed, refusing: {why}", url=url, why=failure.getErrorMessage()
+        )
+        return False
+
+
+class _Discard(Protocol):
+    """Swallows a response body; fires C{done} at its end, however it ended."""
+
+    def __init__(self, done: Deferred[None]) -> None:
+        self.done = done
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(None)
+
+
+def _number(key: str, text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise PluginConfigError(key, f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise PluginConfigError(key, f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _url(key: str, text: str | None) -> str | None:
+    if text is not None and not text.startswith(("http://", "https://")):
+        raise PluginConfigError(key, f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+@implementer(IPlugin, IPluginFactory)
+class _Factory:
+    name = "http_auth"
+
+    def build(self, options: Mapping[str, str], context: PluginContext) -> HTTPAuth:
+        checkOptions(options, optional=("url", "acl_url", "timeout", "cache_seconds"))
+        url = _url("url", options.get("url"))
+        aclURL = _url("acl_url", options.get("acl_url"))
+        if url is None and aclURL is None:
+            raise PluginConfigError("url", "required (or acl_url)")
+        timeout = _number("timeout", options.get("timeout"), 5.0)
+        if timeout == 0:
+            raise PluginConfigError("timeout", "must be positive")
+        return HTTPAuth(
+            context.reactor,
+            url,
+            aclURL,
+            timeout,
+            _number("cache_seconds", options.get("cache_seconds"), 30.0),
+        )
+
+
+http_auth = _Factory()

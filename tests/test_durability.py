@@ -1,0 +1,154 @@
+"""
+The broker's durability hooks, on the in-memory harness: which events reach the store, and
+which acknowledgements wait for L{IMessageStore.flush}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from mqttd.codec.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
+from mqttd.store import MemoryStore
+from tests.harness import World
+
+
+class RecordingStore(MemoryStore):
+    """
+    The memory store, recording each event's name, and (when C{held}) answering flush with a
+    Deferred the test fires, as a store in sync mode does until its commit.
+    """
+
+    def __init__(self, held: bool = False) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.held = held
+        self.flushes: list[Deferred[None]] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name[0].islower() and name not in ("events", "held", "flushes", "restore", "flush"):
+            if callable(attribute):
+                self.events.append(name)
+        return attribute
+
+    def flush(self) -> Deferred[None] | None:  # type: ignore[override]
+        if not self.held:
+            return None
+        d: Deferred[None] = Deferred()
+        self.flushes.append(d)
+        return d
+
+    def commit(self) -> None:
+        flushes, self.flushes = self.flushes, []
+        for d in flushes:
+            d.callback(None)
+
+
+def test_cleanSessionsAndQos0CostNothing() -> None:
+    """
+    Clean sessions publishing and receiving at any QoS, and QoS 0 to a persistent session, tell
+    the store nothing: QoS 0 is never queued for an offline client [MQTT-3.1.2-5] and a clean
+    session is never kept [MQTT-3.1.2-6], so neither has anything to make durable.
+    """
+    store = RecordingStore()
+    world = World(store=store)
+    clean = world.subscriber("clean", ("t/#", 2))
+    persistent = world.subscriber("persistent", ("t/#", 0), clean=False)
+    store.events.clear()
+    pub = world.connect("pub")
+    for qos in (0, 1, 2):
+        pub.send(Publish(f"t/{qos}", b"x", qos=qos, packet_id=qos or None))
+    pub.send(Pubrel(2))
+    for packet in clean.publishes():
+        if packet.qos == 1:
+            clean.send(Puback(packet.packet_id))  # type: ignore[arg-type]
+        elif packet.qos == 2:
+            clean.send(Pubrec(packet.packet_id))  # type: ignore[arg-type]
+    assert len(persistent.publishes()) == 3
+    assert store.events == []
+
+
+def test_fanOutToPersistentSessions() -> None:
+    """
+    A QoS 1 message to two persistent sessions, one offline, is journaled as one send and one
+    queueing of the same message object, so a durable store writes it once.
+    """
+    store = RecordingStore()
+    world = World(store=store)
+    online = world.subscriber("online", ("t", 1), clean=False)
+    offline = world.subscriber("offline", ("t", 1), clean=False)
+    offline.drop()
+    store.events.clear()
+    world.connect("pub").send(Publish("t", b"x", qos=1, packet_id=1))
+    assert store.events == ["messageSent", "messageQueued"]
+    (delivery,) = online.publishes()
+    online.send(Puback(delivery.packet_id))  # type: ignore[arg-type]
+    assert store.events[-1] == "messageAcknowledged"
+    assert store.sessions["online"].inflight == {}
+    assert store.sessions["offline"].queue[0][0].payload == b"x"
+
+
+def test_syncAcknowledgementsWaitForTheStore() -> None:
+    """
+    With a store that has not yet committed, PUBACK and PUBREC to the publisher, PUBCOMP to a
+    persistent publisher and PUBREL to a persistent subscriber wait for flush's Deferred: what a
+    client is told was taken, survives a crash [MQTT-4.3.2-2, MQTT-4.3.3-2]; and the client's
+    later packets wait behind it, in order.
+    """
+    store = RecordingStore(held=True)
+    world = World(store=store)
+    sub = world.subscriber("sub", ("t", 2), clean=False)
+    pub = world.connect("pub", clean=False)
+    pub.send(Publish("t", b"one", qos=1, packet_id=1), Publish("t", b"two", qos=2, packet_id=2))
+    assert pub.read() == []
+    store.commit()
+    assert pub.read() == [Puback(1)]
+    store.commit()
+    assert pub.read() == [Pubrec(2)]
+    pub.send(Pubrel(2))
+    assert pub.read() == []
+    store.commit()
+    assert pub.read() == [Pubcomp(2)]
+
+    first, second = sub.publishes()
+    sub.send(Puback(first.packet_id))  # type: ignore[arg-type]
+    sub.send(Pubrec(second.packet_id))  # type: ignore[arg-type]
+    assert sub.read() == []
+    store.commit()
+    assert sub.read() == [Pubrel(second.packet_id)]  # type: ignore[arg-type]
+
+
+def test_willsOfOpenConnectionsPublishedOnRestore() -> None:
+    """
+    A will is kept while its connection is open, for clean sessions too; a broker restored from
+    a store whose broker died with that connection open publishes it [MQTT-3.1.2-8], and clears
+    it, while a will whose client sent DISCONNECT is gone [MQTT-3.1.2-10].
+    """
+    store = MemoryStore()
+    world = World(store=store)
+    world.connect("dies", will=Will("wills/dies", b"gone", 1, retain=True))
+    polite = world.connect("polite", will=Will("wills/polite", b"never", 1, retain=True))
+    polite.sendBytes(b"\xe0\x00")
+    polite.finish()
+    assert set(store.wills) == {"dies"}
+    # The broker process dies here: no stop(), the store is all that remains.
+    reborn = World(store=store)
+    assert reborn.broker.retained.get("wills/dies") is not None
+    assert reborn.broker.retained.get("wills/polite") is None
+    assert store.wills == {}
+
+
+def test_willPublishedToRestoredSession() -> None:
+    """
+    The will published on restore reaches a restored persistent session that subscribed to it,
+    queued for when its client returns.
+    """
+    store = MemoryStore()
+    world = World(store=store)
+    world.subscriber("watcher", ("wills/#", 1), clean=False).drop()
+    world.connect("dies", will=Will("wills/dies", b"gone", 1))
+    reborn = World(store=store)
+    watcher = reborn.connect("watcher", clean=False)
+    assert [p.payload for p in watcher.publishes()] == [b"gone"]

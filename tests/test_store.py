@@ -1,0 +1,464 @@
+"""
+The message stores on their own: the memory store (the reference), the SQLite store and the file
+store replay the same journal of events to the same state, across a restart with a new store
+object on the same file, and refuse damaged files with one line naming them.
+
+Durable stores run their writer thread against the real reactor (the e2e reactor thread); every
+store call is made in that thread through L{e2e.in_reactor}.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, maybeDeferred
+from zope.interface.verify import verifyObject
+
+from mqttd.codec.packets import Will
+from mqttd.config import BrokerConfig, ConfigError
+from mqttd.interfaces import IMessageStore, PluginConfigError, PluginContext
+from mqttd.message import Message
+from mqttd.plugin_loader import buildPlugin, findPlugins
+from mqttd.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
+from mqttd.store import MemoryStore, StoredState
+from tests import e2e
+
+pytestmark = pytest.mark.usefixtures("twisted_reactor")
+
+Factory = Callable[[Path], Any]
+
+
+def sqliteStore(path: Path, sync: bool = True) -> Any:
+    return findPlugins()["sqlite"].build(
+        {"path": "mqttd.db", "durability": "sync" if sync else "batched", "flush_ms": "10"},
+        PluginContext(e2e.reactor, str(path), BrokerConfig()),
+    )
+
+
+def fileStore(path: Path, sync: bool = True, compactBytes: int = 1 << 20) -> Any:
+    return findPlugins()["file"].build(
+        {
+            "path": "mqttd.log",
+            "durability": "sync" if sync else "batched",
+            "flush_ms": "10",
+            "compact_bytes": str(compactBytes),
+        },
+        PluginContext(e2e.reactor, str(path), BrokerConfig()),
+    )
+
+
+DURABLE: dict[str, Factory] = {
+    "sqlite-sync": sqliteStore,
+    "sqlite-batched": lambda p: sqliteStore(p, sync=False),
+    "file-sync": fileStore,
+    "file-batched": lambda p: fileStore(p, sync=False),
+    "file-compacting": lambda p: fileStore(p, compactBytes=1),
+}
+
+
+@pytest.fixture(autouse=True)
+def _plugins() -> None:
+    # Makes mqttd.plugins importable from the checkout, as the broker does.
+    findPlugins()
+
+
+def opened(factory: Factory, path: Path) -> Any:
+    return e2e.in_reactor(factory, path)
+
+
+def closed(store: Any) -> None:
+    e2e.in_reactor(lambda: maybeDeferred(store.close))
+
+
+def restored(store: Any) -> StoredState:
+    state: StoredState = e2e.in_reactor(lambda: maybeDeferred(store.restore))
+    return state
+
+
+def journal(store: Any) -> None:
+    """
+    Every kind of event, including the awkward ones: a message shared by two sessions, one sent
+    from the queue and one sent directly, a QoS 2 delivery released, a session deleted with
+    messages queued, wills set and cleared, retained messages replaced and deleted.
+    """
+    shared = Message("a/b", b"shared", 1)
+    direct = Message("a/c", b"\x00binary\xff", 2)
+    later = Message("a/d", b"later", 2)
+    orphan = Message("x", b"orphan", 1)
+    store.sessionSaved("s1", {})
+    store.sessionSaved("s1", {"a/#": 2, "x": 1})
+    store.sessionSaved("s2", {"a/b": 1})
+    store.messageQueued("s1", shared, 1, False)
+    store.messageQueued("s2", shared, 1, False)
+    store.messageSent("s1", 1, shared, 1, False, True)
+    store.messageSent("s1", 2, direct, 2, False, False)
+    store.messageReleased("s1", 2)
+    store.messageSent("s1", 3, later, 2, True, False)
+    store.messageQueued("s1", later, 1, False)
+    store.messageSent("s2", 65535, shared, 1, False, True)
+    store.messageQueued("s2", direct, 2, False)
+    store.messageSent("s2", 1, orphan, 1, False, False)
+    store.messageAcknowledged("s2", 1)
+    store.qos2Received("s1", 9, 100.5)
+    store.qos2Received("s1", 10, 101.0)
+    store.qos2Released("s1", 10)
+    store.sessionSaved("gone", {"#": 1})
+    store.messageQueued("gone", orphan, 1, False)
+    store.qos2Received("gone", 1, 1.0)
+    store.sessionDeleted("gone")
+    store.willSet("s1", Will("wills/s1", b"bye", 1, True))
+    store.willSet("clean", Will("wills/clean", b"", 0, False))
+    store.willSet("cleared", Will("wills/cleared", b"x", 2, False))
+    store.willCleared("cleared")
+    store.retainedSet(Message("r/1", b"first", 1, True))
+    store.retainedSet(Message("r/1", b"kept", 2, True))
+    store.retainedSet(Message("r/2", b"deleted", 0, True))
+    store.retainedDeleted("r/2")
+
+
+def normal(state: StoredState) -> dict[str, Any]:
+    """C{state} as plain values, in an order-independent form where order does not matter."""
+
+    def message(m: Message) -> tuple[str, bytes, int]:
+        return (m.topic, m.payload, m.qos)
+
+    return {
+        "retained": sorted((m.topic, m.payload, m.qos, m.retain) for m in state.retained),
+        "sessions": {
+            s.clientId: (
+                s.subscriptions,
+                [(p, message(m), q, r, st) for p, m, q, r, st in s.inflight],
+                [(message(m), q, r) for m, q, r in s.pending],
+                s.awaitingRel,
+                s.nextPacketId,
+            )
+            for s in state.sessions
+        },
+        "wills": state.wills,
+    }
+
+
+EXPECTED = {
+    "retained": [("r/1", b"kept", 2, True)],
+    "sessions": {
+        "s1": (
+            {"a/#": 2, "x": 1},
+            [
+                (1, ("a/b", b"shared", 1), 1, False, WAIT_PUBACK),
+                (2, ("a/c", b"\x00binary\xff", 2), 2, False, WAIT_PUBCOMP),
+                (3, ("a/d", b"later", 2), 2, True, WAIT_PUBREC),
+            ],
+            [(("a/d", b"later", 2), 1, False)],
+            {9: 100.5},
+            4,
+        ),
+        "s2": (
+            {"a/b": 1},
+            [(65535, ("a/b", b"shared", 1), 1, False, WAIT_PUBACK)],
+            [(("a/c", b"\x00binary\xff", 2), 2, False)],
+            {},
+            1,
+        ),
+    },
+    "wills": {
+        "s1": Will("wills/s1", b"bye", 1, True),
+        "clean": Will("wills/clean", b"", 0, False),
+    },
+}
+
+
+def test_memoryStoreIsTheReference() -> None:
+    """
+    The memory store, which every durable store must match, restores exactly the journal's
+    outcome: subscriptions, in-flight deliveries in send order with their QoS 2 state for re-sending
+    with DUP=1 or as PUBREL [MQTT-4.4.0-1], queued QoS 1/2 messages [MQTT-3.1.2-5], inbound QoS 2
+    identifiers awaiting PUBREL [MQTT-4.3.3-2], wills and retained messages; a deleted session
+    leaves nothing [MQTT-3.1.2-6].
+    """
+    store = MemoryStore()
+    journal(store)
+    assert normal(store.restore()) == EXPECTED
+
+
+@pytest.mark.parametrize("kind", sorted(DURABLE))
+def test_roundTrip(kind: str, tmp_path: Path) -> None:
+    """
+    A durable store given the journal, closed, and opened again as a new object on the same file
+    restores what the memory store does; a third opening after more events still agrees, so a
+    restored store carries on writing correctly (message ids do not collide).
+    """
+    factory = DURABLE[kind]
+    store = opened(factory, tmp_path)
+    assert normal(restored(store)) == normal(StoredState())
+    e2e.in_reactor(journal, store)
+    closed(store)
+
+    again = opened(factory, tmp_path)
+    state = restored(again)
+    assert normal(state) == EXPECTED
+
+    def more() -> None:
+        fresh = Message("a/e", b"after restart", 1)
+        again.messageQueued("s2", fresh, 1, False)
+        again.messageAcknowledged("s1", 1)
+        again.messageAcknowledged("s2", 65535)
+
+    e2e.in_reactor(more)
+    closed(again)
+    third = restored(opened(factory, tmp_path))
+    s1, s2 = (
+        normal(third)["sessions"]["s1"],
+        normal(third)["sessions"]["s2"],
+    )
+    assert [p for p, *_ in s1[1]] == [2, 3]
+    assert s2[1] == []
+    assert s2[2] == [
+        (("a/c", b"\x00binary\xff", 2), 2, False),
+        (("a/e", b"after restart", 1), 1, False),
+    ]
+
+
+def test_providesIMessageStore(tmp_path: Path) -> None:
+    """Every store, and what each shipped store plugin builds, provides IMessageStore."""
+    assert verifyObject(IMessageStore, MemoryStore())
+    for kind, factory in DURABLE.items():
+        (tmp_path / kind).mkdir()
+        store = opened(factory, tmp_path / kind)
+        assert verifyObject(IMessageStore, store)
+        closed(store)
+    for name in ("sqlite", "file"):
+        store = e2e.in_reactor(build, name, {"path": str(tmp_path / f"built-{name}")}, tmp_path)
+        assert verifyObject(IMessageStore, store)
+        closed(store)
+
+
+def build(name: str, options: dict[str, str], directory: Path) -> Any:
+    context = PluginContext(e2e.reactor, str(directory), BrokerConfig())
+    return buildPlugin(name, options, context, file="mqttd.ini", section="store", key="plugin")
+
+
+def test_fanOutWrittenOnce(tmp_path: Path) -> None:
+    """
+    A message queued for many persistent sessions is one row of the SQLite store's message
+    table, referenced by each session, and goes with its last reference.
+    """
+    store = opened(sqliteStore, tmp_path)
+
+    def fanOut() -> Deferred[None] | None:
+        message = Message("t", b"x" * 100, 1)
+        for n in range(50):
+            store.sessionSaved(f"c{n}", {"t": 1})
+            store.messageQueued(f"c{n}", message, 1, False)
+        return store.flush()
+
+    e2e.in_reactor(fanOut)
+    db = sqlite3.connect(tmp_path / "mqttd.db")
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (50,)
+
+    def acknowledged() -> Deferred[None] | None:
+        for n in range(50):
+            store.messageSent(f"c{n}", 1, None, 1, False, True)
+        for n in range(49):
+            store.messageAcknowledged(f"c{n}", 1)
+        return store.flush()
+
+    e2e.in_reactor(acknowledged)
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+    e2e.in_reactor(lambda: store.messageAcknowledged("c49", 1) or store.flush())
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    db.close()
+    closed(store)
+
+
+@pytest.mark.parametrize("kind", ["sqlite-sync", "file-sync"])
+def test_syncFlush(kind: str, tmp_path: Path) -> None:
+    """
+    In sync mode L{IMessageStore.flush} gives a Deferred that fires once the change is on disk: a
+    new store opened on the file then (as after a crash) sees it.  With nothing recorded, flush
+    returns None so the broker acknowledges at once.
+    """
+    store = opened(DURABLE[kind], tmp_path)
+    assert e2e.in_reactor(store.flush) is None
+
+    def retained() -> Deferred[None]:
+        store.retainedSet(Message("r", b"on disk", 1, True))
+        d: Deferred[None] = store.flush()
+        assert isinstance(d, Deferred)
+        return d
+
+    e2e.in_reactor(retained)
+    # Not closed: the second store reads what the first has committed, as after SIGKILL.
+    reader = opened(DURABLE[kind], tmp_path)
+    assert [m.payload for m in restored(reader).retained] == [b"on disk"]
+    closed(reader)
+    closed(store)
+
+
+@pytest.mark.parametrize("kind", ["sqlite-batched", "file-batched"])
+def test_batchedFlush(kind: str, tmp_path: Path) -> None:
+    """
+    In batched mode flush returns None (acknowledgements do not wait) and the change still
+    reaches the disk within the flush interval, without a close.
+    """
+    store = opened(DURABLE[kind], tmp_path)
+
+    def retained() -> object:
+        store.retainedSet(Message("r", b"soon", 1, True))
+        return store.flush()
+
+    assert e2e.in_reactor(retained) is None
+
+    def onDisk() -> bool:
+        if kind.startswith("sqlite"):
+            db = sqlite3.connect(tmp_path / "mqttd.db")
+            try:
+                return db.execute("SELECT count(*) FROM retained").fetchone() == (1,)
+            finally:
+                db.close()
+        return b"soon" in (tmp_path / "mqttd.log").read_bytes()
+
+    e2e.wait_until(onDisk, "the batch to be written")
+    closed(store)
+
+
+def test_fileTornTail(tmp_path: Path) -> None:
+    """
+    A record cut short by a crash mid-write (bad-inputs entry 25: truncated input) is dropped
+    and cut off the log: the state is the journal's up to the last whole record, and events
+    written after reopening are read back too.
+    """
+    store = opened(fileStore, tmp_path)
+    e2e.in_reactor(journal, store)
+    closed(store)
+    log = tmp_path / "mqttd.log"
+    whole = log.read_bytes()
+    body = b'P\x00\x00\x00\x0a["r/t",1]never finished'
+    torn = struct.pack(">II", len(body), zlib.crc32(body)) + body
+    for cut in (1, 7, 8, len(torn) - 1):
+        log.write_bytes(whole + torn[:cut])
+        again = opened(fileStore, tmp_path)
+        assert normal(restored(again)) == EXPECTED
+        e2e.in_reactor(again.retainedSet, Message("r/after", b"appended", 0, True))
+        closed(again)
+        assert {m.topic for m in restored(opened(fileStore, tmp_path)).retained} == {
+            "r/1",
+            "r/after",
+        }
+
+
+def test_fileCorruptMiddle(tmp_path: Path) -> None:
+    """
+    A damaged record with whole records after it is not a torn tail but corruption: the store
+    refuses to open with one line naming the file and the record, rather than silently dropping
+    every later change (bad-inputs entry 25).
+    """
+    store = opened(fileStore, tmp_path)
+    e2e.in_reactor(journal, store)
+    closed(store)
+    log = tmp_path / "mqttd.log"
+    data = bytearray(log.read_bytes())
+    data[40] ^= 0xFF
+    log.write_bytes(bytes(data))
+    with pytest.raises(PluginConfigError) as raised:
+        fileStore(tmp_path)
+    message = raised.value.why
+    assert message.startswith(f"{log}: corrupt log: record ")
+    assert "\n" not in message
+
+
+def test_fileNotALog(tmp_path: Path) -> None:
+    """A file that is not an mqttd log, or is one of another format version, is refused."""
+    log = tmp_path / "mqttd.log"
+    log.write_bytes(b"some other file entirely")
+    with pytest.raises(PluginConfigError, match="not an mqttd log file"):
+        fileStore(tmp_path)
+    log.write_bytes(b"MQTTDLOG\x00\x00\x00\x63")
+    with pytest.raises(
+        PluginConfigError, match="log format version 99; this mqttd reads version 1"
+    ):
+        fileStore(tmp_path)
+
+
+def test_fileCompaction(tmp_path: Path) -> None:
+    """
+    Compaction replaces the log with the live state only: after many delivered and acknowledged
+    messages the log is small, and it restores the same state.
+    """
+    store = opened(lambda p: fileStore(p, compactBytes=4096), tmp_path)
+
+    def traffic() -> Deferred[None] | None:
+        store.sessionSaved("s", {"t": 1})
+        for n in range(2000):
+            store.messageSent("s", n % 100 + 1, Message("t", b"%d" % n * 20, 1), 1, False, False)
+            store.messageAcknowledged("s", n % 100 + 1)
+        store.messageQueued("s", Message("t", b"still queued", 1), 1, False)
+        return store.flush()
+
+    e2e.in_reactor(traffic)
+    closed(store)
+    assert (tmp_path / "mqttd.log").stat().st_size < 8192
+    assert not (tmp_path / "mqttd.log.compacting").exists()
+    (session,) = restored(opened(fileStore, tmp_path)).sessions
+    assert [m.payload for m, _, _ in session.pending] == [b"still queued"]
+    assert session.inflight == []
+
+
+def test_sqliteNotADatabase(tmp_path: Path) -> None:
+    """A store file that is not SQLite (bad-inputs entry 25: garbage input) stops start-up."""
+    path = tmp_path / "mqttd.db"
+    path.write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(PluginConfigError) as raised:
+        sqliteStore(tmp_path)
+    assert raised.value.why.startswith(f"{path}: not a usable SQLite store: ")
+
+
+def test_sqliteForeignDatabase(tmp_path: Path) -> None:
+    """An SQLite database that mqttd did not create is refused, not written into."""
+    db = sqlite3.connect(tmp_path / "mqttd.db")
+    db.execute("CREATE TABLE theirs (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(PluginConfigError, match="an SQLite database, but not an mqttd store"):
+        sqliteStore(tmp_path)
+
+
+def test_sqliteSchemaVersion(tmp_path: Path) -> None:
+    """A store of a schema version this mqttd does not know is refused, naming both versions."""
+    closed(opened(sqliteStore, tmp_path))
+    db = sqlite3.connect(tmp_path / "mqttd.db")
+    db.execute("PRAGMA user_version = 7")
+    db.commit()
+    db.close()
+    with pytest.raises(
+        PluginConfigError, match="store schema version 7; this mqttd reads version 1"
+    ):
+        sqliteStore(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["sqlite", "file"])
+def test_pluginOptions(name: str, tmp_path: Path) -> None:
+    """
+    The store plugins check their options and their file when built, so start-up stops with one
+    line naming the configuration file, the plugin's section and key, and the store's file.
+    """
+    with pytest.raises(ConfigError) as raised:
+        build(name, {"durability": "sometimes"}, tmp_path)
+    assert str(raised.value) == (
+        f"mqttd.ini: [plugin:{name}] durability: expected sync or batched, got 'sometimes'"
+    )
+    with pytest.raises(ConfigError, match=r"\[plugin:\w+\] flush_ms: expected a positive"):
+        build(name, {"flush_ms": "0"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"\[plugin:\w+\] colour: unknown key"):
+        build(name, {"colour": "blue"}, tmp_path)
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(ConfigError) as raised:
+        build(name, {"path": "bad"}, tmp_path)
+    assert str(raised.value).startswith(f"mqttd.ini: [plugin:{name}] path: {bad}: ")
