@@ -406,7 +406,7 @@ class FileStoreFactory:
     def build(self, options: Mapping[str, str], context: PluginContext) -> FileStore:
         sync, flushInterval = durabilityOptions(options, frozenset({"path", "compact_bytes"}))
         compactBytes = _positive(options, "compact_bytes", DEFAULT_COMPACT_BYTES)
-        path = context.path(options.get("path", "mqttd.log").strip())
+        path = os.path.normpath(context.path(options.get("path", "mqttd.log").strip()))
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             return FileStore(

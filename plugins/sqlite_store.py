@@ -336,7 +336,7 @@ class SQLiteStoreFactory:
 
     def build(self, options: Mapping[str, str], context: PluginContext) -> SQLiteStore:
         sync, flushInterval = durabilityOptions(options, frozenset({"path"}))
-        path = context.path(options.get("path", "mqttd.db").strip())
+        path = os.path.normpath(context.path(options.get("path", "mqttd.db").strip()))
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             return SQLiteStore(context.reactor, path, sync=sync, flushInterval=flushInterval)
