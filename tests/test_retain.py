@@ -12,24 +12,7 @@ from hypothesis import strategies as st
 
 from mqttd.retain import RetainedMessages, _Node
 from mqttd.topics import validate_topic_filter, validate_topic_name
-
-
-def reference_match(topic_filter: str, topic: str) -> bool:
-    """
-    Match one filter against one topic by the letter of section 4.7, slowly.
-    """
-    filter_levels = topic_filter.split("/")
-    topic_levels = topic.split("/")
-    if topic.startswith("$") and filter_levels[0] in ("+", "#"):
-        return False
-    for index, level in enumerate(filter_levels):
-        if level == "#":
-            return True
-        if index >= len(topic_levels):
-            return False
-        if level != "+" and level != topic_levels[index]:
-            return False
-    return len(filter_levels) == len(topic_levels)
+from tests.test_topics import reference_match
 
 
 def node_count(store: RetainedMessages[str]) -> int:
