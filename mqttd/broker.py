@@ -70,6 +70,9 @@ class Broker:
     @ivar clients: who each session's client was when it last connected,
         for the authorizers; absent for a session restored from the store
         until its client comes back.
+    @ivar clientIdsByUsername: user name (as in L{clients}) to the client
+        identifiers of the sessions it has, so that a plugin addressing
+        users finds their sessions without walking every client.
     @ivar authenticators: the chain for listeners without their own.
     @ivar listenerAuthenticators: listener name to that listener's chain.
     @ivar authorizers: the ACL chain; empty means everything is allowed and
@@ -98,6 +101,7 @@ class Broker:
         self.retained: RetainedMessages[Message] = RetainedMessages()
         self.stats = Stats()
         self.clients: dict[str, ClientInfo] = {}
+        self.clientIdsByUsername: dict[str, set[str]] = {}
         self.authenticators = tuple(authenticators)
         self.listenerAuthenticators = {
             name: tuple(chain) for name, chain in (listenerAuthenticators or {}).items()
@@ -298,7 +302,10 @@ class Broker:
             self.store.willSet(clientId, packet.will)
         username = allowed.identity if allowed.identity is not None else packet.username
         client = ClientInfo(clientId, username, address, listener.name)
+        self._forgetClient(clientId)
         self.clients[clientId] = client
+        if username is not None:
+            self.clientIdsByUsername.setdefault(username, set()).add(clientId)
         self._decisions.pop(clientId, None)
         if self.observers:
             self._notify("clientConnected", client)
@@ -372,11 +379,20 @@ class Broker:
             self.subscriptions.unsubscribe(topicFilter, session.clientId)
         clientId = session.clientId
         del self.sessions[clientId]
-        self.clients.pop(clientId, None)
+        self._forgetClient(clientId)
         self._decisions.pop(clientId, None)
         self._receiving.pop(clientId, None)
         if not session.cleanSession:
             self.store.sessionDeleted(session.clientId)
+
+    def _forgetClient(self, clientId: str) -> None:
+        client = self.clients.pop(clientId, None)
+        if client is not None and client.username is not None:
+            clientIds = self.clientIdsByUsername.get(client.username)
+            if clientIds is not None:
+                clientIds.discard(clientId)
+                if not clientIds:
+                    del self.clientIdsByUsername[client.username]
 
     # Messages
 
@@ -517,14 +533,27 @@ class Broker:
     def _routeSelected(
         self, message: Message, publisher: ClientInfo | None, matches: Mapping[str, int]
     ) -> None:
-        recipients = dict(matches)
+        # Neither the tree's cached matches nor a selector's prepared mapping may be changed, so
+        # recipients is copied before its first change; a lone mapping is delivered from as is.
+        recipients: Mapping[str, int] = matches
+        merged: dict[str, int] | None = None
         # One Message per distinct topic override, so its encoded prefix is shared too.
         overridden: dict[str, tuple[Message, dict[str, int]]] = {}
         for selector in self.selectors:
             try:
-                for recipient in selector.select(message, publisher):
+                selected = selector.select(message, publisher)
+                if isinstance(selected, Mapping):
+                    if not recipients:
+                        recipients = selected
+                        continue
+                    if merged is None:
+                        recipients = merged = dict(recipients)
+                    for clientId, wanted in selected.items():
+                        if merged.get(clientId, -1) < wanted:
+                            merged[clientId] = wanted
+                    continue
+                for recipient in selected:
                     clientId, wanted = recipient[0], recipient[1]
-                    target = recipients
                     if len(recipient) > 2:
                         topic = recipient[2]
                         entry = overridden.get(topic)
@@ -532,17 +561,28 @@ class Broker:
                             override = Message(topic, message.payload, message.qos)
                             entry = overridden[topic] = (override, {})
                         target = entry[1]
+                    else:
+                        if merged is None:
+                            recipients = merged = dict(recipients)
+                        target = merged
                     if target.get(clientId, -1) < wanted:
                         target[clientId] = wanted
             except Exception:
                 self.log.failure("subscriber selector {selector!r} failed", selector=selector)
         self._deliverAll(message, recipients)
-        for override, selected in overridden.values():
-            self._deliverAll(override, selected)
+        for override, overrideRecipients in overridden.values():
+            self._deliverAll(override, overrideRecipients)
 
     def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> None:
         sessions = self.sessions
         qos = message.qos
+        if not (self.authorizers or self.observers):
+            # As route's own fan-out: a selected group of thousands costs what a topic does.
+            for clientId, granted in recipients.items():
+                session = sessions.get(clientId)
+                if session is not None:
+                    session.deliver(message, granted if granted < qos else qos)
+            return
         for clientId, granted in recipients.items():
             session = sessions.get(clientId)
             if session is not None:

@@ -1,5 +1,6 @@
 """
-The C{mqttd} command: C{mqttd passwd}, which manages password files as C{mosquitto_passwd} does.
+The C{mqttd} command: C{mqttd passwd}, which manages password files as C{mosquitto_passwd} does,
+and C{mqttd groups}, which manages the virtual groups file a running broker reads.
 """
 
 from __future__ import annotations
@@ -7,11 +8,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import replace
+from typing import Any
 
+from mqttd.config import ConfigError, load_config
 from mqttd.plugin_loader import pluginPackage
 
 
@@ -65,6 +71,104 @@ def _replace(path: str, text: str) -> None:
         raise
 
 
+def _groupsFile(args: argparse.Namespace) -> str:
+    if args.file is not None:
+        return str(args.file)
+    config = load_config(args.config)
+    path = config.pluginSections.get("virtual_groups", {}).get("path", "groups.db")
+    return os.path.join(config.configDirectory, os.path.expanduser(path))
+
+
+def _groups(args: argparse.Namespace) -> int:
+    pluginPackage()
+    vg: Any = importlib.import_module("mqttd.plugins.virtual_groups")
+    try:
+        path = _groupsFile(args)
+        with closing(vg.openGroupDatabase(path)) as db:
+            groups = vg.readGroups(db)
+            existing = groups.get(args.name) if args.name is not None else None
+            if args.action == "list":
+                if args.name is None:
+                    for name in sorted(groups):
+                        print(name)
+                    return 0
+                if existing is None:
+                    raise vg.GroupError(f"no group {args.name!r}")
+                print(json.dumps(vg.describe(existing), indent=2))
+                return 0
+            if args.action == "delete":
+                if existing is None:
+                    raise vg.GroupError(f"no group {args.name!r}")
+                vg.writeGroups(db, (), (args.name,))
+                return 0
+            if args.action == "create":
+                if existing is not None:
+                    raise vg.GroupError(f"group {args.name!r} exists")
+                group = vg.makeGroup(
+                    args.name,
+                    dict(vg.parseMember(m, args.qos) for m in args.members),
+                    byUsername=args.by == "username",
+                    topic=args.topic,
+                    echo=args.echo,
+                )
+            elif args.action == "add":
+                base = existing if existing is not None else vg.makeGroup(args.name)
+                added = dict(vg.parseMember(m, args.qos) for m in args.members)
+                group = replace(base, members={**base.members, **added})
+            else:
+                if existing is None:
+                    raise vg.GroupError(f"no group {args.name!r}")
+                gone = set(args.members)
+                kept = {m: q for m, q in existing.members.items() if m not in gone}
+                group = replace(existing, members=kept)
+            vg.writeGroups(db, (group,), ())
+    except (ConfigError, vg.GroupError) as e:
+        print(f"mqttd groups: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _groupsParser(commands: Any) -> None:
+    groups = commands.add_parser(
+        "groups",
+        help="manage virtual groups",
+        description="Create, change, delete and list the virtual groups in the file a running"
+        " broker's virtual_groups plugin reads; the broker picks changes up within its"
+        " poll_interval.",
+    )
+    where = groups.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--config", "-c", metavar="INI", help="the broker's mqttd.ini: its groups file"
+    )
+    where.add_argument("--file", "-f", metavar="DB", help="the groups file itself")
+    actions = groups.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="group names, or one group's definition")
+    listing.add_argument("name", metavar="NAME", nargs="?")
+    for action, text in (
+        ("create", "create a group"),
+        ("add", "add members (creating the group if need be)"),
+        ("remove", "remove members"),
+        ("delete", "delete a group"),
+    ):
+        parser = actions.add_parser(action, help=text, description=text)
+        parser.add_argument("name", metavar="NAME")
+        if action != "delete":
+            parser.add_argument(
+                "members",
+                metavar="MEMBER",
+                nargs="*" if action == "create" else "+",
+                help="a client id (a user name with --by username); MEMBER:QOS sets its QoS",
+            )
+        if action in ("create", "add"):
+            parser.add_argument(
+                "--qos", type=int, choices=(0, 1, 2), default=2, help="members' highest QoS"
+            )
+        if action == "create":
+            parser.add_argument("--by", choices=("clientid", "username"), default="clientid")
+            parser.add_argument("--topic", metavar="TEMPLATE", help="delivered topic template")
+            parser.add_argument("--echo", action="store_true", help="deliver to the publisher too")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqttd", description="mqttd administration")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     passwd.add_argument("file", metavar="FILE")
     passwd.add_argument("user", metavar="USER")
     passwd.add_argument("password", metavar="PASSWORD", nargs="?")
+    _groupsParser(commands)
     args = parser.parse_args(argv)
+    if args.command == "groups":
+        return _groups(args)
     if args.iterations < 1:
         parser.error("-I must be positive")
     if args.create and args.delete:

@@ -87,6 +87,7 @@ class Config:
     @ivar aclChain: C{[acl] chain}.
     @ivar storePlugin: C{[store] plugin}, the L{IMessageStore} plugin; L{None} for the memory
         store.
+    @ivar selectorChain: C{[selectors] chain}, the L{ISubscriberSelector} plugins.
     """
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -97,6 +98,7 @@ class Config:
     authChain: tuple[str, ...] = ()
     aclChain: tuple[str, ...] = ()
     storePlugin: str | None = None
+    selectorChain: tuple[str, ...] = ()
 
     @property
     def configDirectory(self) -> str:
@@ -364,8 +366,8 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, None, None, e.message) from None
 
     unknownSection = (
-        "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store]"
-        " or [plugin:NAME]"
+        "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store],"
+        " [selectors] or [plugin:NAME]"
     )
     if parser.defaults():
         # configparser would copy these keys into every section, hiding where a value came from.
@@ -408,6 +410,7 @@ def load_config(path: str) -> Config:
         authChain=chains.get("auth", ()),  # type: ignore[arg-type]
         aclChain=chains.get("acl", ()),  # type: ignore[arg-type]
         storePlugin=chains.get("store"),  # type: ignore[arg-type]
+        selectorChain=chains.get("selectors", ()),  # type: ignore[arg-type]
     )
 
 
@@ -424,6 +427,7 @@ _CHAIN_SECTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "auth": ("chain", _parseNames),
     "acl": ("chain", _parseNames),
     "store": ("plugin", _parseName),
+    "selectors": ("chain", _parseNames),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,15 +205,32 @@ class PluginContext:
         working directory without one); relative paths in options are
         relative to it.
     @ivar brokerConfig: the broker's C{[broker]} settings.
+    @ivar lookup: what L{plugin} asks; L{None} where no other plugin can be
+        had (a plugin built on its own, as in a unit test).
     """
 
     reactor: Any
     configDirectory: str
     brokerConfig: Any
+    lookup: Callable[[str, Any], Any] | None = None
 
     def path(self, value: str) -> str:
         """C{value}, a path from an option, made absolute against L{configDirectory}."""
         return os.path.join(self.configDirectory, os.path.expanduser(value))
+
+    def plugin(self, name: str, interface: Any) -> Any:
+        """
+        Another plugin of the same configuration, built once from its own
+        C{[plugin:NAME]} section however many plugins and chains name it.
+
+        @param interface: what the caller will use it as.
+        @raise PluginConfigError: (with no key: the caller re-raises it under
+            the option that named the plugin) C{name} is unknown or does not
+            provide C{interface}.
+        """
+        if self.lookup is None:
+            raise PluginConfigError(None, f"plugin {name!r} is not available here")
+        return self.lookup(name, interface)
 
 
 class IPluginFactory(Interface):
@@ -410,7 +427,10 @@ class ISubscriberSelector(Interface):
         Return an iterable of C{(clientId, qos)} or C{(clientId, qos,
         topic)} for the L{mqttd.message.Message} C{message}, published by
         C{publisher} (L{None} for wills of departed clients and broker
-        messages).
+        messages), or a mapping of client identifier to QoS: the broker
+        reads a mapping without copying it or unpacking a tuple per
+        recipient, and never changes it, so one prepared for a large group
+        can be returned for every message.
 
         Each recipient gets the message at the lower of C{qos} and the
         published QoS, once: a client also matched by a subscription gets
@@ -455,4 +475,98 @@ class IBrokerObserver(Interface):
         C{message} was refused: from its publisher (C{clientId} L{None}
         unless known) by the publish ACL or a limit, or for one recipient by
         the receive ACL.
+        """
+
+
+class IBrokerAware(Interface):
+    """
+    A plugin that acts on the broker itself rather than only answering it:
+    one that publishes messages of its own, or must know which sessions
+    exist.  It may use, of the L{mqttd.broker.Broker} it is given, C{route}
+    (publish a L{mqttd.message.Message}), C{sessions} and C{clients} (read
+    only), C{clientIdsByUsername}, C{stats} and C{authorizationChanged}.
+    """
+
+    def attach(broker: Any) -> None:
+        """
+        The broker is built and about to restore its store; no client is
+        connected yet.  Start timers here.
+        """
+
+    def detach() -> None:
+        """The broker has stopped: stop timers and let go of it."""
+
+
+# Virtual groups
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """
+    A virtual group: what a message published to C{$group/NAME/...} reaches.
+
+    Immutable: a change to a group is a new L{Group}, so a reader holding
+    one (and what it prepared from it) is never changed under its feet.
+
+    @ivar members: member to the highest QoS it receives at.  A member is a
+        client identifier, or with C{byUsername} a user name (the identity
+        the authenticators allowed), standing for every session of that
+        user.
+    @ivar topic: the delivered topic, a template of C{{group}}, C{{member}},
+        C{{clientid}}, C{{publisher}} and C{{rest}} (what follows the group
+        name); L{None} delivers under the published topic.
+    @ivar echo: whether the publisher's own session receives the message.
+    """
+
+    name: str
+    members: Mapping[str, int]
+    byUsername: bool = False
+    topic: str | None = None
+    echo: bool = False
+
+
+class IGroupSource(Interface):
+    """
+    Where the virtual groups plugin finds groups.  Implement this to compute
+    members from elsewhere (a user database, a directory): see
+    C{docs/virtual-groups.md}.
+    """
+
+    def group(name: str) -> Group | None:
+        """
+        The group called C{name} as it stands now, or L{None}.
+
+        Called synchronously for every message published to a group: answer
+        from memory, never block, and return the same L{Group} object while
+        it has not changed, since what is prepared from it (the recipient
+        list of a large group) is kept per object.
+        """
+
+    def groupNames() -> Iterable[str]:
+        """The name of every group this source knows, for listings."""
+
+    def watch(changed: Callable[[], None]) -> None:
+        """
+        Call C{changed()} after any group changed, in the reactor thread: the
+        broker's cached answers about who may publish to a group are then
+        dropped.
+        """
+
+
+class IGroupStore(IGroupSource):
+    """
+    A source whose groups are managed through mqttd (configuration, the
+    control topics and C{mqttd groups}) and kept durably.
+    """
+
+    def save(group: Group) -> Any:
+        """
+        Create or replace C{group}.  L{group} answers with it at once; return
+        L{None}, or a L{Deferred} firing once it is durable.
+        """
+
+    def delete(name: str) -> Any:
+        """
+        Forget the group C{name} (nothing when there is none), at once for
+        L{group}; return L{None} or a L{Deferred} as L{save} does.
         """

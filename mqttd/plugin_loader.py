@@ -123,10 +123,13 @@ class Plugins:
             reactor=reactor,
             configDirectory=config.configDirectory,
             brokerConfig=config.broker,
+            lookup=self._lookup,
         )
         self.built: dict[str, Any] = {}
 
-    def get(self, name: str, interface: type[Interface], *, section: str, key: str) -> Any:
+    def get(
+        self, name: str, interface: type[Interface], *, section: str, key: str | None
+    ) -> Any:
         """
         The plugin C{name}, built on first use from its C{[plugin:NAME]} section.
 
@@ -151,6 +154,18 @@ class Plugins:
             raise ConfigError(
                 self._file, section, key, f"plugin {name!r} does not provide {interface.__name__}"
             )
+        return plugin
+
+    def _lookup(self, name: str, interface: type[Interface]) -> Any:
+        # For PluginContext.plugin: the asking plugin names the option at fault, so the two
+        # errors of the name itself carry no key; errors in the options of plugin `name` are
+        # that plugin's own and keep their section.
+        if name not in self.built and name not in self._available:
+            known = ", ".join(sorted(self._available)) or "none"
+            raise PluginConfigError(None, f"unknown plugin {name!r}; available: {known}")
+        plugin = self.get(name, Interface, section=f"plugin:{name}", key=None)
+        if not interface.providedBy(plugin):
+            raise PluginConfigError(None, f"plugin {name!r} does not provide {interface.__name__}")
         return plugin
 
     def chain(

@@ -30,7 +30,14 @@ from zope.interface import implementer
 
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
-from mqttd.interfaces import IAuthenticator, IAuthorizer, IMessageStore, IReloadable
+from mqttd.interfaces import (
+    IAuthenticator,
+    IAuthorizer,
+    IBrokerAware,
+    IMessageStore,
+    IReloadable,
+    ISubscriberSelector,
+)
 from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
 from mqttd.store import MemoryStore
@@ -109,6 +116,8 @@ class BrokerService(MultiService):
         self.tls: dict[str, ServerTLS] = {}
         # Plugin name -> a plugin that re-reads its files on SIGHUP.
         self.reloadable: dict[str, IReloadable] = {}
+        # Plugins told when the broker starts and stops.
+        self.brokerAware: list[IBrokerAware] = []
         self._previousHangup: Any = None
         self._listening = False
 
@@ -118,6 +127,8 @@ class BrokerService(MultiService):
 
     def startService(self) -> None:
         Service.startService(self)
+        for plugin in self.brokerAware:
+            plugin.attach(self.broker)
         self.broker.start().addCallbacks(self._restored, self._restoreFailed)
         # Python lets only the main thread set signal handlers; an application running the
         # service elsewhere calls reload itself.
@@ -150,7 +161,12 @@ class BrokerService(MultiService):
             Service.stopService(self)
             d = succeed(None)
         d.addCallback(lambda _: self.broker.stop())
+        d.addCallback(self._detach)
         return d
+
+    def _detach(self, ignored: None) -> None:
+        for plugin in self.brokerAware:
+            plugin.detach()
 
     def _hangup(self, signum: int, frame: object) -> None:
         # Signal handlers run between bytecodes, possibly inside the reactor's own code.
@@ -245,11 +261,16 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         authenticators=plugins.chain(config.authChain, IAuthenticator, section="auth", key="chain"),
         listenerAuthenticators=listenerAuthenticators,
         authorizers=plugins.chain(config.aclChain, IAuthorizer, section="acl", key="chain"),
+        selectors=plugins.chain(
+            config.selectorChain, ISubscriberSelector, section="selectors", key="chain"
+        ),
     )
     service = BrokerService(broker, IReactorFromThreads(reactor, None))
     for name, plugin in plugins.built.items():
         if IReloadable.providedBy(plugin):
             service.reloadable[name] = plugin
+        if IBrokerAware.providedBy(plugin):
+            service.brokerAware.append(plugin)
     for listener in config.listeners:
         endpoint = _AnnouncingEndpoint(serverFromString(reactor, listener.endpoint), listener)
         # The upgrade gets the CONNECT's budget: both are what a connection must send before

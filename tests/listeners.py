@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IListeningPort
 
 from mqttd.broker import Broker
 from mqttd.config import BrokerConfig, ListenerConfig
+from mqttd.interfaces import IAuthorizer
 from mqttd.service import listenerFactory
 from mqttd.transports.tls import ServerTLS
 from tests import e2e
@@ -172,16 +173,19 @@ class Started:
 Listen = Callable[..., Started]
 
 
-def start_listener(listener: ListenerConfig, **overrides: Any) -> Started:
+def start_listener(
+    listener: ListenerConfig, authorizers: Sequence[IAuthorizer] = (), **overrides: Any
+) -> Started:
     """
-    A fresh broker (C{BrokerConfig} defaults but for C{overrides}) listening through C{listener},
-    wrapped exactly as L{mqttd.service} wraps it; C{tcp:0} endpoints get an ephemeral port.
+    A fresh broker (C{BrokerConfig} defaults but for C{overrides}, with C{authorizers} as its
+    ACL chain) listening through C{listener}, wrapped exactly as L{mqttd.service} wraps it;
+    C{tcp:0} endpoints get an ephemeral port.
     """
     e2e.start_reactor()
     config = replace(BrokerConfig(), **overrides)
 
     def setup() -> Deferred[Started]:
-        broker = Broker(config, e2e.reactor)
+        broker = Broker(config, e2e.reactor, authorizers=authorizers)
         factory = e2e._TrackingFactory(broker, listener, e2e.reactor)
         wrapped, tls = listenerFactory(factory, listener, e2e.reactor, config.connect_timeout)
         d: Deferred[Any] = broker.start()
@@ -199,6 +203,8 @@ def start_listener(listener: ListenerConfig, **overrides: Any) -> Started:
     return started
 
 
-def tcpListener(endpoint: str = f"tcp:0:interface={e2e.HOST}", **keys: Any) -> ListenerConfig:
-    """A listener (by default on an ephemeral port of 127.0.0.1) allowing anonymous clients."""
-    return ListenerConfig(name="t", endpoint=endpoint, allow_anonymous=True, **keys)
+def tcpListener(
+    endpoint: str = f"tcp:0:interface={e2e.HOST}", allow_anonymous: bool = True, **keys: Any
+) -> ListenerConfig:
+    """A listener, by default on an ephemeral port of 127.0.0.1 and allowing anonymous clients."""
+    return ListenerConfig(name="t", endpoint=endpoint, allow_anonymous=allow_anonymous, **keys)

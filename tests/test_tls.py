@@ -6,6 +6,7 @@ happens during the handshake itself, which paho hides behind a failed connect.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import ssl
 import warnings
@@ -17,10 +18,14 @@ from cryptography import x509
 
 from mqttd.codec.packets import Connect
 from mqttd.config import ConfigError, ListenerConfig, load_config
+from mqttd.plugin_loader import pluginPackage
 from tests import e2e
 from tests.listeners import PKI, Authority, Issued, Listen, tcpListener
 
 CONNACK_NOT_AUTHORIZED = b"\x20\x02\x00\x05"
+# In a checkout the shipped plugins are loaded from plugins/ as mqttd.plugins.
+pluginPackage()
+aclfile = importlib.import_module("mqttd.plugins.aclfile")
 
 
 def tlsListener(pki: PKI, **keys: Any) -> ListenerConfig:
@@ -131,6 +136,20 @@ def test_commonNameBecomesUsername(pki: PKI, listen: Listen) -> None:
     assert seen == ["alice"]
 
 
+def test_commonNameOverSecureWebSocket(pki: PKI, listen: Listen) -> None:
+    """Over WSS the client certificate is found beneath the WebSocket layer, and CN still rules."""
+    started = listen(mutualListener(pki, protocol="websocket"))
+    seen = recordUsernames(started)
+
+    def setup(client: Any) -> None:
+        pahoTLS(pki, pki.client)(client)
+        client.ws_set_options(path="/mqtt")
+
+    c = e2e.Client(started.port, "wss-cn", transport="websockets", setup=setup)
+    c.close()
+    assert seen == ["alice"]
+
+
 def test_subjectAltNameBecomesUsername(pki: PKI, listen: Listen) -> None:
     """With identity = san the one e-mail address in subjectAltName is the username."""
     cert = pki.ca.issue("san", "ignored", san=[x509.RFC822Name("bob@example.com")])
@@ -139,6 +158,31 @@ def test_subjectAltNameBecomesUsername(pki: PKI, listen: Listen) -> None:
     answer = exchange(started.port, clientContext(pki, cert), e2e.connect_packet("san-user"))
     assert answer == e2e.CONNACK_ACCEPTED
     assert seen == ["bob@example.com"]
+
+
+def test_commonNameIsWhatTheACLSees(pki: PKI, listen: Listen, tmp_path: Path) -> None:
+    """
+    CN becomes the username and the ACL sees it: on a listener refusing anonymous clients, with
+    an aclfile granting user alice only devices/alice/#, a client whose certificate says alice
+    (and who claims to be bob) is let in by its certificate and gets alice's rights, not bob's.
+    """
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic readwrite devices/alice/#\nuser bob\ntopic devices/#\n")
+    started = listen(
+        mutualListener(pki, allow_anonymous=False),
+        authorizers=[aclfile.ACLFileAuthorizer(str(acl))],
+    )
+
+    def setup(client: Any) -> None:
+        pahoTLS(pki, pki.client)(client)
+        client.username_pw_set("bob")
+
+    c = e2e.Client(started.port, "acl-cn", setup=setup)
+    try:
+        assert c.subscribe("devices/alice/#", 1) == 1
+        assert c.subscribe("devices/bob/#", 1) == 0x80
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("cn", ["bell\x07", "line\nbreak", "zero\u200bwidth", "del\x7f"])

@@ -1,5 +1,7 @@
 """
-Incremental, sans-IO decoder for MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 ("MQTT", level 4).
+Incremental, sans-IO decoder for MQTT 3.1 ("MQIsdp", level 3), 3.1.1 ("MQTT",
+level 4) and 5.0 ("MQTT", level 5; its packets are parsed by
+L{mqttd.codec.decoder5}).
 
 Bytes go in with L{Decoder.feed}, complete packets come out.  Every check that
 can be made on the fixed header alone is made as soon as those bytes arrive, so
@@ -10,15 +12,24 @@ buffer only holds bytes that were actually received.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from .decoder5 import Level5, level5
 from .errors import (
     DecodeError,
     IdentifierRejected,
-    MalformedPacket,
     PacketTooLarge,
     ProtocolViolation,
     UnacceptableProtocol,
+)
+from .fields import (
+    VARIABLE,
+    Buffer,
+    Entry,
+    Handler,
+    check_topic_name,
+    first_byte_ok,
+    malformed,
+    read_binary,
+    read_string,
 )
 from .packets import (
     Connack,
@@ -39,17 +50,10 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .properties import NO_PROPERTIES
 
 __all__ = ["Decoder"]
 
-# A packet body is parsed either straight from the bytes handed to feed() or
-# from a memoryview over the reassembly buffer; both index to ints and slice
-# to something bytes() and str(..., "utf-8") accept without an extra copy.
-Buffer = bytes | memoryview
-Handler = Callable[[Buffer, int, int, int], Packet]
-Entry = tuple[Handler, int]
-
-_VARIABLE = -1
 _SUBACK_CODES = frozenset((0, 1, 2, 0x80))
 _MQTT_3_1_CLIENT_ID_MAX = 23
 
@@ -60,106 +64,66 @@ _PINGRESP = Pingresp()
 _DISCONNECT = Disconnect()
 
 
-def _malformed(message: str, spec: str | None = None) -> MalformedPacket:
-    return MalformedPacket(message, spec)
-
-
-def _string(data: Buffer, p: int, end: int, what: str) -> tuple[str, int]:
-    """
-    Read a length-prefixed UTF-8 string at C{p}; return it and the offset after it.
-
-    @raise MalformedPacket: it runs past C{end}, is ill-formed UTF-8 or
-        encodes a surrogate [MQTT-1.5.3-1], or contains U+0000 [MQTT-1.5.3-2].
-    """
-    if p + 2 > end:
-        raise _malformed(f"{what}: length field runs past the packet")
-    q = p + 2 + ((data[p] << 8) | data[p + 1])
-    if q > end:
-        raise _malformed(f"{what}: string runs past the packet")
-    try:
-        # The strict codec refuses overlong forms, encoded surrogates and
-        # code points above U+10FFFF, and keeps a BOM [MQTT-1.5.3-3].
-        text = str(data[p + 2 : q], "utf-8")
-    except UnicodeDecodeError:
-        raise _malformed(f"{what}: ill-formed UTF-8", "MQTT-1.5.3-1") from None
-    if "\x00" in text:
-        raise _malformed(f"{what}: contains U+0000", "MQTT-1.5.3-2")
-    return text, q
-
-
-def _binary(data: Buffer, p: int, end: int, what: str) -> tuple[bytes, int]:
-    """Read length-prefixed binary data at C{p}; return it and the offset after it."""
-    if p + 2 > end:
-        raise _malformed(f"{what}: length field runs past the packet")
-    q = p + 2 + ((data[p] << 8) | data[p + 1])
-    if q > end:
-        raise _malformed(f"{what}: data runs past the packet")
-    return bytes(data[p + 2 : q]), q
-
-
-def _check_topic_name(topic: str, what: str) -> None:
-    if not topic:
-        raise _malformed(f"{what}: zero-length topic name", "MQTT-4.7.3-1")
-    if "+" in topic or "#" in topic:
-        raise _malformed(f"{what}: wildcard in topic name", "MQTT-3.3.2-2")
-
-
 def _packet_id(data: Buffer, start: int, end: int, what: str, spec: str) -> int:
     if start + 2 > end:
-        raise _malformed(f"{what}: packet identifier runs past the packet")
+        raise malformed(f"{what}: packet identifier runs past the packet")
     packet_id = (data[start] << 8) | data[start + 1]
     if not packet_id:
-        raise _malformed(f"{what}: packet identifier 0", spec)
+        raise malformed(f"{what}: packet identifier 0", spec)
     return packet_id
 
 
 def _publish(data: Buffer, start: int, end: int, first: int) -> Packet:
     qos = (first >> 1) & 3
     if start + 2 > end:
-        raise _malformed("PUBLISH: topic length runs past the packet")
+        raise malformed("PUBLISH: topic length runs past the packet")
     p = start + 2 + ((data[start] << 8) | data[start + 1])
     if p > end:
-        raise _malformed("PUBLISH: topic runs past the packet")
+        raise malformed("PUBLISH: topic runs past the packet")
     if p == start + 2:
-        raise _malformed("PUBLISH: zero-length topic name", "MQTT-4.7.3-1")
+        raise malformed("PUBLISH: zero-length topic name", "MQTT-4.7.3-1")
     try:
         topic = str(data[start + 2 : p], "utf-8")
     except UnicodeDecodeError:
-        raise _malformed("PUBLISH: ill-formed UTF-8 topic", "MQTT-1.5.3-1") from None
+        raise malformed("PUBLISH: ill-formed UTF-8 topic", "MQTT-1.5.3-1") from None
     if "\x00" in topic:
-        raise _malformed("PUBLISH: topic contains U+0000", "MQTT-1.5.3-2")
+        raise malformed("PUBLISH: topic contains U+0000", "MQTT-1.5.3-2")
     if "+" in topic or "#" in topic:
-        raise _malformed("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
+        raise malformed("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
     if qos:
         if p + 2 > end:
-            raise _malformed("PUBLISH: packet identifier runs past the packet")
+            raise malformed("PUBLISH: packet identifier runs past the packet")
         packet_id: int | None = (data[p] << 8) | data[p + 1]
         if not packet_id:
-            raise _malformed("PUBLISH: QoS > 0 with packet identifier 0", "MQTT-2.3.1-1")
+            raise malformed("PUBLISH: QoS > 0 with packet identifier 0", "MQTT-2.3.1-1")
         p += 2
     else:
         packet_id = None
-    return Publish(topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id)
+    # The shared empty properties save an allocation per packet at 3.1.1.
+    return Publish(
+        topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id, NO_PROPERTIES
+    )
 
 
 def _puback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Puback(_packet_id(data, start, end, "PUBACK", "MQTT-2.3.1-6"))
+    return Puback(_packet_id(data, start, end, "PUBACK", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
 
 
 def _pubrec(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubrec(_packet_id(data, start, end, "PUBREC", "MQTT-2.3.1-6"))
+    return Pubrec(_packet_id(data, start, end, "PUBREC", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
 
 
 def _pubrel(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubrel(_packet_id(data, start, end, "PUBREL", "MQTT-2.3.1-6"))
+    return Pubrel(_packet_id(data, start, end, "PUBREL", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
 
 
 def _pubcomp(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubcomp(_packet_id(data, start, end, "PUBCOMP", "MQTT-2.3.1-6"))
+    return Pubcomp(_packet_id(data, start, end, "PUBCOMP", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
 
 
 def _unsuback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Unsuback(_packet_id(data, start, end, "UNSUBACK", "MQTT-2.3.1-7"))
+    packet_id = _packet_id(data, start, end, "UNSUBACK", "MQTT-2.3.1-7")
+    return Unsuback(packet_id, [], NO_PROPERTIES)
 
 
 def _subscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -167,20 +131,20 @@ def _subscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
     p = start + 2
     subscriptions: list[tuple[str, int]] = []
     while p < end:
-        topic_filter, p = _string(data, p, end, "SUBSCRIBE topic filter")
+        topic_filter, p = read_string(data, p, end, "SUBSCRIBE topic filter")
         if not topic_filter:
-            raise _malformed("SUBSCRIBE: zero-length topic filter", "MQTT-4.7.3-1")
+            raise malformed("SUBSCRIBE: zero-length topic filter", "MQTT-4.7.3-1")
         if p >= end:
-            raise _malformed("SUBSCRIBE: requested QoS missing")
+            raise malformed("SUBSCRIBE: requested QoS missing")
         options = data[p]
         if options > 2:
             # Covers both QoS 3 and any of the six reserved upper bits.
-            raise _malformed("SUBSCRIBE: bad requested QoS byte", "MQTT-3.8.3-4")
+            raise malformed("SUBSCRIBE: bad requested QoS byte", "MQTT-3.8.3-4")
         subscriptions.append((topic_filter, options))
         p += 1
     if not subscriptions:
-        raise _malformed("SUBSCRIBE: no topic filters", "MQTT-3.8.3-3")
-    return Subscribe(packet_id, subscriptions)
+        raise malformed("SUBSCRIBE: no topic filters", "MQTT-3.8.3-3")
+    return Subscribe(packet_id, subscriptions, NO_PROPERTIES)
 
 
 def _unsubscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -188,35 +152,35 @@ def _unsubscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
     p = start + 2
     topic_filters: list[str] = []
     while p < end:
-        topic_filter, p = _string(data, p, end, "UNSUBSCRIBE topic filter")
+        topic_filter, p = read_string(data, p, end, "UNSUBSCRIBE topic filter")
         if not topic_filter:
-            raise _malformed("UNSUBSCRIBE: zero-length topic filter", "MQTT-4.7.3-1")
+            raise malformed("UNSUBSCRIBE: zero-length topic filter", "MQTT-4.7.3-1")
         topic_filters.append(topic_filter)
     if not topic_filters:
-        raise _malformed("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
-    return Unsubscribe(packet_id, topic_filters)
+        raise malformed("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
+    return Unsubscribe(packet_id, topic_filters, NO_PROPERTIES)
 
 
 def _connack(data: Buffer, start: int, end: int, first: int) -> Packet:
     flags = data[start]
     code = data[start + 1]
     if flags & 0xFE:
-        raise _malformed("CONNACK: reserved acknowledge flags set")
+        raise malformed("CONNACK: reserved acknowledge flags set")
     if code > 5:
-        raise _malformed("CONNACK: reserved return code")
+        raise malformed("CONNACK: reserved return code")
     if flags and code:
         raise ProtocolViolation("CONNACK: session present with a refusal", "MQTT-3.2.2-4")
-    return Connack(bool(flags), code)
+    return Connack(bool(flags), code, NO_PROPERTIES)
 
 
 def _suback(data: Buffer, start: int, end: int, first: int) -> Packet:
     packet_id = _packet_id(data, start, end, "SUBACK", "MQTT-2.3.1-7")
     codes = list(data[start + 2 : end])
     if not codes:
-        raise _malformed("SUBACK: no return codes", "MQTT-3.8.4-5")
+        raise malformed("SUBACK: no return codes", "MQTT-3.8.4-5")
     if not _SUBACK_CODES.issuperset(codes):
-        raise _malformed("SUBACK: reserved return code", "MQTT-3.9.3-2")
-    return Suback(packet_id, codes)
+        raise malformed("SUBACK: reserved return code", "MQTT-3.9.3-2")
+    return Suback(packet_id, codes, NO_PROPERTIES)
 
 
 def _pingreq(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -231,12 +195,6 @@ def _disconnect(data: Buffer, start: int, end: int, first: int) -> Packet:
     return _DISCONNECT
 
 
-# The fixed header flags each non-PUBLISH type must carry [MQTT-2.2.2-1].
-_REQUIRED_FLAGS = {
-    PacketType.PUBREL: 0b0010,
-    PacketType.SUBSCRIBE: 0b0010,
-    PacketType.UNSUBSCRIBE: 0b0010,
-}
 _FLAGS_SPEC = {
     PacketType.PUBREL: "MQTT-3.6.1-1",
     PacketType.SUBSCRIBE: "MQTT-3.8.1-1",
@@ -298,15 +256,6 @@ _CLIENT_RECEIVES = frozenset(
 )
 
 
-def _first_byte_ok(first: int) -> bool:
-    """Whether the flags nibble is legal for the packet type in the high nibble."""
-    kind, flags = first >> 4, first & 0x0F
-    if kind == PacketType.PUBLISH:
-        qos = (flags >> 1) & 3
-        return qos != 3 and not (flags & 8 and qos == 0)
-    return flags == _REQUIRED_FLAGS.get(PacketType(kind), 0)
-
-
 def _table(receives: frozenset[PacketType]) -> list[Entry | None]:
     """
     Map every possible first byte to its handler, or C{None} when that byte
@@ -315,9 +264,9 @@ def _table(receives: frozenset[PacketType]) -> list[Entry | None]:
     table: list[Entry | None] = [None] * 256
     for first in range(256):
         kind = first >> 4
-        if kind in receives and _first_byte_ok(first):
+        if kind in receives and first_byte_ok(first):
             packet_type = PacketType(kind)
-            table[first] = (_HANDLERS[packet_type], _FIXED_LENGTH.get(packet_type, _VARIABLE))
+            table[first] = (_HANDLERS[packet_type], _FIXED_LENGTH.get(packet_type, VARIABLE))
     return table
 
 
@@ -340,9 +289,9 @@ def _header_error(first: int, server: bool) -> DecodeError:
     flags = first & 0x0F
     if packet_type == PacketType.PUBLISH:
         if (flags >> 1) & 3 == 3:
-            return _malformed("PUBLISH with QoS 3", "MQTT-3.3.1-4")
-        return _malformed("PUBLISH with DUP set at QoS 0", "MQTT-3.3.1-2")
-    return _malformed(
+            return malformed("PUBLISH with QoS 3", "MQTT-3.3.1-4")
+        return malformed("PUBLISH with DUP set at QoS 0", "MQTT-3.3.1-2")
+    return malformed(
         f"{packet_type.name}: bad fixed header flags {flags:04b}",
         _FLAGS_SPEC.get(packet_type, "MQTT-2.2.2-2"),
     )
@@ -352,15 +301,18 @@ class Decoder:
     """
     Turn a byte stream into MQTT packets, one connection's worth.
 
-    @ivar protocol_level: the level of the decoded CONNECT (3 or 4), or
-        C{None} before it (and always for a client-side decoder).
+    @ivar protocol_level: the level of the decoded CONNECT (3, 4 or 5), or
+        C{None} before it; for a client-side decoder, the level it was given.
     """
 
     __slots__ = (
         "_buffer",
         "_error",
+        "_level5",
         "_limit",
         "_max_packet_size",
+        "_max_user_properties",
+        "_mqtt5",
         "_need",
         "_server",
         "_table",
@@ -371,29 +323,50 @@ class Decoder:
         self,
         *,
         server: bool = True,
+        protocol_level: int | None = None,
+        mqtt5: bool = False,
         max_packet_size: int = 1024 * 1024,
         max_connect_size: int = 64 * 1024,
+        max_user_properties: int = 128,
     ) -> None:
         """
         @param server: C{True} to decode what a broker receives (CONNECT first,
             then client-to-server packets); C{False} for what a client receives.
+        @param protocol_level: client side only: the level of the CONNECT the
+            client sent; C{None} decodes as 3.1.1.  A server learns the level
+            from the CONNECT it decodes.
+        @param mqtt5: server side: accept level 5 CONNECTs.  Without it a
+            level 5 CONNECT is refused as an L{UnacceptableProtocol}, whose
+            C{protocol_level} 5 says to answer it in the 5.0 format.
         @param max_packet_size: the largest Remaining Length accepted.
         @param max_connect_size: the largest Remaining Length accepted for the
             CONNECT, which arrives before the peer is authenticated.
+        @param max_user_properties: at level 5, the most User Properties one
+            packet (or will) may carry; more raise L{LimitExceeded}.
+        @raise ValueError: C{protocol_level} given to a server-side decoder.
         """
-        self.protocol_level: int | None = None
+        if server and protocol_level is not None:
+            raise ValueError("a server-side decoder learns the protocol level from CONNECT")
+        self.protocol_level = protocol_level
         self._server = server
+        self._mqtt5 = mqtt5
         self._max_packet_size = max_packet_size
+        self._max_user_properties = max_user_properties
         self._buffer = bytearray()
         # Bytes the buffer must hold before parsing it can make progress.
         self._need = 0
         self._error: DecodeError | None = None
+        self._level5: Level5 | None = None
         self._table: list[Entry | None]
         if server:
             table: list[Entry | None] = [None] * 256
-            table[0x10] = (self._connect, _VARIABLE)
+            table[0x10] = (self._connect, VARIABLE)
             self._table = table
             self._limit = max_connect_size
+        elif protocol_level == 5:
+            self._level5 = level5(False, max_user_properties)
+            self._table = self._level5.table
+            self._limit = max_packet_size
         else:
             self._table = _CLIENT_TABLE
             self._limit = max_packet_size
@@ -402,8 +375,9 @@ class Decoder:
         """
         Add received bytes; return every packet they complete, in order.
 
-        @raise DecodeError: on the first bad packet.  The decoder is then
-            dead and raises the same error on every later call.
+        @raise DecodeError: on the first bad packet, its C{protocol_level}
+            set to the decoder's.  The decoder is then dead and raises the
+            same error on every later call.
         """
         if self._error is not None:
             raise self._error
@@ -422,6 +396,8 @@ class Decoder:
             del buffer[:used]
             return packets
         except DecodeError as e:
+            if e.protocol_level is None:
+                e.protocol_level = self.protocol_level
             self._error = e
             self._buffer = bytearray()
             raise
@@ -460,7 +436,7 @@ class Decoder:
                     if byte < 0x80:
                         break
                     if shift == 21:
-                        raise _malformed("Remaining Length longer than 4 bytes")
+                        raise malformed("Remaining Length longer than 4 bytes")
                     shift += 7
                 if byte >= 0x80:
                     self._need = end - pos + 1
@@ -469,8 +445,8 @@ class Decoder:
             handler, fixed = entry
             if length > limit:
                 raise PacketTooLarge(f"Remaining Length {length} exceeds the limit of {limit}")
-            if fixed != _VARIABLE and fixed != length:
-                raise _malformed(
+            if fixed != VARIABLE and fixed != length:
+                raise malformed(
                     f"{PacketType(first >> 4).name}: Remaining Length {length}, must be {fixed}"
                 )
             stop = start + length
@@ -490,6 +466,8 @@ class Decoder:
             return ProtocolViolation(
                 f"first packet must be CONNECT, got byte 0x{first:02x}", "MQTT-3.1.0-1"
             )
+        if self._level5 is not None:
+            return self._level5.header_error(first)
         return _header_error(first, self._server)
 
     def _connect(self, data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -497,56 +475,71 @@ class Decoder:
         Decode CONNECT and switch the decoder to the connected state.
 
         The protocol is identified before anything else so that a peer
-        speaking another protocol gets CONNACK 1 [MQTT-3.1.2-2] instead of a
-        malformed-packet close; a rejected client id is reported only once the
-        whole packet is known to be well formed [MQTT-3.1.4-1].
+        speaking another protocol gets CONNACK 1 (3.1.1) or 0x84 (5.0)
+        [MQTT-3.1.2-2] instead of a malformed-packet close; a rejected client
+        id is reported only once the whole packet is known to be well formed
+        [MQTT-3.1.4-1].
         """
         if start + 2 > end:
-            raise _malformed("CONNECT: protocol name runs past the packet")
+            raise malformed("CONNECT: protocol name runs past the packet")
         p = start + 2 + ((data[start] << 8) | data[start + 1])
         if p + 4 > end:
-            raise _malformed("CONNECT: variable header runs past the packet")
+            raise malformed("CONNECT: variable header runs past the packet")
         name = bytes(data[start + 2 : p])
         level = data[p]
+        if name == b"MQTT" and level == 5 and self._mqtt5:
+            self.protocol_level = level
+            handlers = level5(True, self._max_user_properties)
+            packet = handlers.connect(data, p + 1, end)
+            self._level5 = handlers
+            self._table = handlers.table
+            self._limit = self._max_packet_size
+            return packet
         if not ((name == b"MQTT" and level == 4) or (name == b"MQIsdp" and level == 3)):
-            raise UnacceptableProtocol(
+            error = UnacceptableProtocol(
                 f"CONNECT: unsupported protocol {name!r} level {level}", "MQTT-3.1.2-2"
             )
+            if name == b"MQTT" and level >= 5:
+                # A peer that speaks 5.0 or later reads a 5.0 CONNACK (0x84).
+                error.protocol_level = 5
+            raise error
         self.protocol_level = level
         flags = data[p + 1]
         keepalive = (data[p + 2] << 8) | data[p + 3]
         p += 4
         if flags & 0x01:
-            raise _malformed("CONNECT: reserved flag set", "MQTT-3.1.2-3")
+            raise malformed("CONNECT: reserved flag set", "MQTT-3.1.2-3")
         will_qos = (flags >> 3) & 3
         if not flags & 0x04:
             if will_qos:
-                raise _malformed("CONNECT: Will QoS without Will flag", "MQTT-3.1.2-13")
+                raise malformed("CONNECT: Will QoS without Will flag", "MQTT-3.1.2-13")
             if flags & 0x20:
-                raise _malformed("CONNECT: Will Retain without Will flag", "MQTT-3.1.2-15")
+                raise malformed("CONNECT: Will Retain without Will flag", "MQTT-3.1.2-15")
         elif will_qos == 3:
-            raise _malformed("CONNECT: Will QoS 3", "MQTT-3.1.2-14")
+            raise malformed("CONNECT: Will QoS 3", "MQTT-3.1.2-14")
         if flags & 0x40 and not flags & 0x80:
-            raise _malformed("CONNECT: password flag without user name flag", "MQTT-3.1.2-22")
-        client_id, p = _string(data, p, end, "CONNECT client identifier")
+            raise malformed("CONNECT: password flag without user name flag", "MQTT-3.1.2-22")
+        client_id, p = read_string(data, p, end, "CONNECT client identifier")
         will = None
         if flags & 0x04:
-            will_topic, p = _string(data, p, end, "CONNECT will topic")
-            _check_topic_name(will_topic, "CONNECT will topic")
-            will_payload, p = _binary(data, p, end, "CONNECT will message")
-            will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20))
+            will_topic, p = read_string(data, p, end, "CONNECT will topic")
+            check_topic_name(will_topic, "CONNECT will topic")
+            will_payload, p = read_binary(data, p, end, "CONNECT will message")
+            will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20), NO_PROPERTIES)
         username = None
         if flags & 0x80:
-            username, p = _string(data, p, end, "CONNECT user name")
+            username, p = read_string(data, p, end, "CONNECT user name")
         password = None
         if flags & 0x40:
-            password, p = _binary(data, p, end, "CONNECT password")
+            password, p = read_binary(data, p, end, "CONNECT password")
         if p != end:
-            raise _malformed("CONNECT: trailing bytes after the payload")
+            raise malformed("CONNECT: trailing bytes after the payload")
         if level == 3 and not 1 <= len(client_id) <= _MQTT_3_1_CLIENT_ID_MAX:
             raise IdentifierRejected(
                 "CONNECT: MQTT 3.1 client identifier must be 1 to 23 characters", "MQTT-3.1.3-9"
             )
         self._table = _SERVER_TABLE
         self._limit = self._max_packet_size
-        return Connect(level, client_id, bool(flags & 0x02), keepalive, will, username, password)
+        return Connect(
+            level, client_id, bool(flags & 0x02), keepalive, will, username, password, NO_PROPERTIES
+        )
