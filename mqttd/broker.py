@@ -419,9 +419,13 @@ class Broker:
             return self._acknowledge(session, packet)
         message = Message(packet.topic, packet.payload, qos, packet.retain)
         if not self.authorizers:
+            # The publisher is looked up only for those told of it.
+            publisher = (
+                self.clients.get(session.clientId) if self.observers or self.selectors else None
+            )
             if self.observers:
-                self._notify("messagePublished", self.clients.get(session.clientId), message)
-            self.route(message)
+                self._notify("messagePublished", publisher, message)
+            self.route(message, publisher)
             return self._acknowledge(session, packet)
         client = self.clients[session.clientId]
         decision = self._decide(client, Action.PUBLISH, packet.topic)

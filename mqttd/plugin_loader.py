@@ -127,9 +127,7 @@ class Plugins:
         )
         self.built: dict[str, Any] = {}
 
-    def get(
-        self, name: str, interface: type[Interface], *, section: str, key: str | None
-    ) -> Any:
+    def get(self, name: str, interface: type[Interface], *, section: str, key: str | None) -> Any:
         """
         The plugin C{name}, built on first use from its C{[plugin:NAME]} section.
 

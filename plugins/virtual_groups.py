@@ -19,6 +19,7 @@ elsewhere (L{IGroupSource}).  See C{docs/virtual-groups.md}.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -737,13 +738,13 @@ class VirtualGroupsFactory:
                 sources.append(context.plugin(name, IGroupSource))
             except PluginConfigError as e:
                 raise PluginConfigError("sources", e.why) from None
+        path = os.path.normpath(context.path(options.get("path", "groups.db")))
+        initial = staticGroups(options)
         try:
-            store = SQLiteGroupStore(
-                context.reactor,
-                context.path(options.get("path", "groups.db")),
-                staticGroups(options),
-                pollInterval=pollInterval,
-            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            store = SQLiteGroupStore(context.reactor, path, initial, pollInterval=pollInterval)
+        except OSError as e:
+            raise PluginConfigError("path", f"{path}: {e.strerror}") from None
         except GroupError as e:
             raise PluginConfigError("path", str(e)) from None
         return VirtualGroups(
