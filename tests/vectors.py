@@ -13,7 +13,8 @@ belong: 3 (buffering with an idle timeout: the decoder only shows that it
 buffers what arrived, see the tests), 9 for 3.1.1 (an empty client id is
 decoded as C{""}; refusing it with clean session 0 is the broker's call), 14's
 semantically invalid filters (decoded as is, refused in SUBACK), 15, 16, 21-26
-(session, routing and transport concerns) and 17-19 (MQTT 5 only).
+(session, routing and transport concerns) and 17-19 (MQTT 5 only: see
+L{tests.vectors5}).
 """
 
 from __future__ import annotations

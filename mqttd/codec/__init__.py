@@ -1,5 +1,5 @@
 """
-The sans-IO MQTT 3.1 / 3.1.1 codec: packet values, L{Decoder}, L{encode}.
+The sans-IO MQTT 3.1 / 3.1.1 / 5.0 codec: packet values, L{Decoder}, L{encode}.
 
 Nothing here does I/O or imports Twisted; the protocol layer feeds received
 bytes to a L{Decoder} and writes what L{encode} and L{publish_prefix} return.
@@ -9,20 +9,31 @@ from .decoder import Decoder
 from .encoder import (
     MAX_REMAINING_LENGTH,
     encode,
+    encode_properties,
     encode_remaining_length,
+    property_block,
     publish_prefix,
 )
 from .errors import (
     DecodeError,
     IdentifierRejected,
+    LimitExceeded,
     MalformedPacket,
     PacketTooLarge,
     ProtocolViolation,
     UnacceptableProtocol,
 )
 from .packets import (
+    AUTH_REASON_CODES,
+    CONNACK_REASON_CODES,
+    DISCONNECT_REASON_CODES,
     PROTOCOL_NAMES,
+    PUBACK_REASON_CODES,
+    PUBREL_REASON_CODES,
     SUBACK_FAILURE,
+    SUBACK_REASON_CODES,
+    UNSUBACK_REASON_CODES,
+    Auth,
     Connack,
     ConnackCode,
     Connect,
@@ -37,17 +48,38 @@ from .packets import (
     Publish,
     Pubrec,
     Pubrel,
+    ReasonCode,
     Suback,
     Subscribe,
+    SubscriptionOptions,
     Unsuback,
     Unsubscribe,
     Will,
 )
+from .properties import (
+    ALLOWED_PROPERTIES,
+    NO_PROPERTIES,
+    PROPERTY_TYPES,
+    Properties,
+    PropertyId,
+    PropertyType,
+)
 
 __all__ = [
+    "ALLOWED_PROPERTIES",
+    "AUTH_REASON_CODES",
+    "CONNACK_REASON_CODES",
+    "DISCONNECT_REASON_CODES",
     "MAX_REMAINING_LENGTH",
+    "NO_PROPERTIES",
+    "PROPERTY_TYPES",
     "PROTOCOL_NAMES",
+    "PUBACK_REASON_CODES",
+    "PUBREL_REASON_CODES",
     "SUBACK_FAILURE",
+    "SUBACK_REASON_CODES",
+    "UNSUBACK_REASON_CODES",
+    "Auth",
     "Connack",
     "ConnackCode",
     "Connect",
@@ -55,12 +87,16 @@ __all__ = [
     "Decoder",
     "Disconnect",
     "IdentifierRejected",
+    "LimitExceeded",
     "MalformedPacket",
     "Packet",
     "PacketTooLarge",
     "PacketType",
     "Pingreq",
     "Pingresp",
+    "Properties",
+    "PropertyId",
+    "PropertyType",
     "ProtocolLevel",
     "ProtocolViolation",
     "Puback",
@@ -68,13 +104,17 @@ __all__ = [
     "Publish",
     "Pubrec",
     "Pubrel",
+    "ReasonCode",
     "Suback",
     "Subscribe",
+    "SubscriptionOptions",
     "UnacceptableProtocol",
     "Unsuback",
     "Unsubscribe",
     "Will",
     "encode",
+    "encode_properties",
     "encode_remaining_length",
+    "property_block",
     "publish_prefix",
 ]

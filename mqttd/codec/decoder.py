@@ -50,7 +50,6 @@ from .packets import (
     Unsubscribe,
     Will,
 )
-from .properties import NO_PROPERTIES
 
 __all__ = ["Decoder"]
 
@@ -99,31 +98,27 @@ def _publish(data: Buffer, start: int, end: int, first: int) -> Packet:
         p += 2
     else:
         packet_id = None
-    # The shared empty properties save an allocation per packet at 3.1.1.
-    return Publish(
-        topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id, NO_PROPERTIES
-    )
+    return Publish(topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id)
 
 
 def _puback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Puback(_packet_id(data, start, end, "PUBACK", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
+    return Puback(_packet_id(data, start, end, "PUBACK", "MQTT-2.3.1-6"))
 
 
 def _pubrec(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubrec(_packet_id(data, start, end, "PUBREC", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
+    return Pubrec(_packet_id(data, start, end, "PUBREC", "MQTT-2.3.1-6"))
 
 
 def _pubrel(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubrel(_packet_id(data, start, end, "PUBREL", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
+    return Pubrel(_packet_id(data, start, end, "PUBREL", "MQTT-2.3.1-6"))
 
 
 def _pubcomp(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubcomp(_packet_id(data, start, end, "PUBCOMP", "MQTT-2.3.1-6"), 0, NO_PROPERTIES)
+    return Pubcomp(_packet_id(data, start, end, "PUBCOMP", "MQTT-2.3.1-6"))
 
 
 def _unsuback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    packet_id = _packet_id(data, start, end, "UNSUBACK", "MQTT-2.3.1-7")
-    return Unsuback(packet_id, [], NO_PROPERTIES)
+    return Unsuback(_packet_id(data, start, end, "UNSUBACK", "MQTT-2.3.1-7"))
 
 
 def _subscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -144,7 +139,7 @@ def _subscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
         p += 1
     if not subscriptions:
         raise malformed("SUBSCRIBE: no topic filters", "MQTT-3.8.3-3")
-    return Subscribe(packet_id, subscriptions, NO_PROPERTIES)
+    return Subscribe(packet_id, subscriptions)
 
 
 def _unsubscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -158,7 +153,7 @@ def _unsubscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
         topic_filters.append(topic_filter)
     if not topic_filters:
         raise malformed("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
-    return Unsubscribe(packet_id, topic_filters, NO_PROPERTIES)
+    return Unsubscribe(packet_id, topic_filters)
 
 
 def _connack(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -170,7 +165,7 @@ def _connack(data: Buffer, start: int, end: int, first: int) -> Packet:
         raise malformed("CONNACK: reserved return code")
     if flags and code:
         raise ProtocolViolation("CONNACK: session present with a refusal", "MQTT-3.2.2-4")
-    return Connack(bool(flags), code, NO_PROPERTIES)
+    return Connack(bool(flags), code)
 
 
 def _suback(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -180,7 +175,7 @@ def _suback(data: Buffer, start: int, end: int, first: int) -> Packet:
         raise malformed("SUBACK: no return codes", "MQTT-3.8.4-5")
     if not _SUBACK_CODES.issuperset(codes):
         raise malformed("SUBACK: reserved return code", "MQTT-3.9.3-2")
-    return Suback(packet_id, codes, NO_PROPERTIES)
+    return Suback(packet_id, codes)
 
 
 def _pingreq(data: Buffer, start: int, end: int, first: int) -> Packet:
@@ -525,7 +520,7 @@ class Decoder:
             will_topic, p = read_string(data, p, end, "CONNECT will topic")
             check_topic_name(will_topic, "CONNECT will topic")
             will_payload, p = read_binary(data, p, end, "CONNECT will message")
-            will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20), NO_PROPERTIES)
+            will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20))
         username = None
         if flags & 0x80:
             username, p = read_string(data, p, end, "CONNECT user name")
@@ -540,6 +535,4 @@ class Decoder:
             )
         self._table = _SERVER_TABLE
         self._limit = self._max_packet_size
-        return Connect(
-            level, client_id, bool(flags & 0x02), keepalive, will, username, password, NO_PROPERTIES
-        )
+        return Connect(level, client_id, bool(flags & 0x02), keepalive, will, username, password)

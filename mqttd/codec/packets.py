@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .properties import Properties
+from .properties import NO_PROPERTIES, Properties
 
 
 class PacketType(IntEnum):
@@ -132,7 +132,9 @@ PUBACK_REASON_CODES = frozenset((0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97,
 """The reason codes of PUBACK and PUBREC (sections 3.4.2.1, 3.5.2.1)."""
 PUBREL_REASON_CODES = frozenset((0x00, 0x92))
 """The reason codes of PUBREL and PUBCOMP (sections 3.6.2.1, 3.7.2.1)."""
-SUBACK_REASON_CODES = frozenset((0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2))
+SUBACK_REASON_CODES = frozenset(
+    (0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2)
+)
 """The Subscribe Reason Codes of section 3.9.3."""
 UNSUBACK_REASON_CODES = frozenset((0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91))
 """The Unsubscribe Reason Codes of section 3.11.3."""
@@ -202,7 +204,7 @@ class Will:
     payload: bytes
     qos: int = 0
     retain: bool = False
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -219,7 +221,7 @@ class Connect:
     will: Will | None = None
     username: str | None = None
     password: bytes | None = None
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
     @property
     def protocol_name(self) -> str:
@@ -235,7 +237,7 @@ class Connack:
 
     session_present: bool = False
     return_code: int = ConnackCode.ACCEPTED
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -248,7 +250,7 @@ class Publish:
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -257,7 +259,7 @@ class Puback:
 
     packet_id: int
     reason_code: int = ReasonCode.SUCCESS
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -266,7 +268,7 @@ class Pubrec:
 
     packet_id: int
     reason_code: int = ReasonCode.SUCCESS
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -275,7 +277,7 @@ class Pubrel:
 
     packet_id: int
     reason_code: int = ReasonCode.SUCCESS
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -284,7 +286,7 @@ class Pubcomp:
 
     packet_id: int
     reason_code: int = ReasonCode.SUCCESS
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -296,7 +298,7 @@ class Subscribe:
 
     packet_id: int
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -308,14 +310,14 @@ class Suback:
 
     packet_id: int
     return_codes: list[int] = field(default_factory=list)
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
 class Unsubscribe:
     packet_id: int
     topic_filters: list[str] = field(default_factory=list)
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -327,7 +329,7 @@ class Unsuback:
 
     packet_id: int
     reason_codes: list[int] = field(default_factory=list)
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -348,7 +350,7 @@ class Disconnect:
     """
 
     reason_code: int = ReasonCode.NORMAL_DISCONNECTION
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(slots=True)
@@ -356,7 +358,7 @@ class Auth:
     """AUTH, the MQTT 5.0 enhanced authentication exchange (section 3.15)."""
 
     reason_code: int = ReasonCode.SUCCESS
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = NO_PROPERTIES
 
 
 Packet = (

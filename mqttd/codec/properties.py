@@ -9,7 +9,7 @@ here, so a property is described in exactly one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 __all__ = [
@@ -178,20 +178,23 @@ FIELD_NAMES: dict[PropertyId, str] = {
 """The L{Properties} attribute that holds each property."""
 
 
-@dataclass(slots=True)
+# Hashable so that the shared empty value can be every packet's default
+# without a per-packet allocation (3.1.1 packets never have properties);
+# that is sound because a Properties is never mutated, only replaced.
+@dataclass(slots=True, unsafe_hash=True, repr=False)
 class Properties:
     """
     The properties of one MQTT 5.0 packet (or of a will).
 
     Each single-valued property is C{None} when absent.  The two properties
-    that may repeat are lists: C{user_properties} keeps its (name, value)
+    that may repeat are tuples: C{user_properties} keeps its (name, value)
     pairs in wire order (the spec requires forwarding them in order), and
     C{subscription_identifiers} holds the one identifier a SUBSCRIBE may carry
     or the several a server's PUBLISH may.
 
-    Like packets, a L{Properties} is never mutated once built: the decoder
-    returns the shared L{NO_PROPERTIES} for every empty property list, so
-    build a changed copy with L{dataclasses.replace} instead.
+    Like packets, a L{Properties} is never mutated once built: every packet
+    without properties shares L{NO_PROPERTIES}, so build a changed copy with
+    L{dataclasses.replace} instead.
     """
 
     payload_format_indicator: int | None = None
@@ -199,7 +202,7 @@ class Properties:
     content_type: str | None = None
     response_topic: str | None = None
     correlation_data: bytes | None = None
-    subscription_identifiers: list[int] = field(default_factory=list)
+    subscription_identifiers: tuple[int, ...] = ()
     session_expiry_interval: int | None = None
     assigned_client_identifier: str | None = None
     server_keep_alive: int | None = None
@@ -216,11 +219,20 @@ class Properties:
     topic_alias: int | None = None
     maximum_qos: int | None = None
     retain_available: int | None = None
-    user_properties: list[tuple[str, str]] = field(default_factory=list)
+    user_properties: tuple[tuple[str, str], ...] = ()
     maximum_packet_size: int | None = None
     wildcard_subscription_available: int | None = None
     subscription_identifier_available: int | None = None
     shared_subscription_available: int | None = None
+
+    def __repr__(self) -> str:
+        # Only what is present: the full 27 fields would bury it in logs.
+        present = (
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__slots__
+            if getattr(self, name) not in (None, ())
+        )
+        return f"Properties({', '.join(present)})"
 
 
 NO_PROPERTIES = Properties()

@@ -1,0 +1,570 @@
+"""
+The MQTT 5.0 packet parsers behind L{mqttd.codec.Decoder}.
+
+A L{Level5} holds the parsers for one direction and one User Property cap,
+and the first-byte table the decoder switches to once it knows the peer
+speaks 5.0; L{level5} shares one per configuration between connections.
+
+Properties are read in one pass with constant work per property: duplicates
+are found with a bit set, User Properties are appended and counted against
+the cap before their strings are decoded (bad-inputs entry 18).
+
+Which error class a broken rule raises follows the spec's own words (section
+2.2.2.2 and the text of each property): a property the packet may not carry,
+an unknown identifier or a truncated value cannot be parsed and is a
+L{MalformedPacket} (0x81); a duplicate or a value the spec calls "a Protocol
+Error" is a L{ProtocolViolation} (0x82), or 0x94 for Topic Alias 0.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from .errors import DecodeError, LimitExceeded, ProtocolViolation
+from .fields import (
+    UTF8_SPEC_5,
+    VARIABLE,
+    Buffer,
+    Entry,
+    Handler,
+    check_topic_name,
+    first_byte_ok,
+    malformed,
+    read_binary,
+    read_string,
+    read_varint,
+)
+from .packets import (
+    AUTH_REASON_CODES,
+    CONNACK_REASON_CODES,
+    DISCONNECT_REASON_CODES,
+    PUBACK_REASON_CODES,
+    PUBREL_REASON_CODES,
+    SUBACK_REASON_CODES,
+    UNSUBACK_REASON_CODES,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    PacketType,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    ReasonCode,
+    Suback,
+    Subscribe,
+    SubscriptionOptions,
+    Unsuback,
+    Unsubscribe,
+    Will,
+)
+from .properties import (
+    ALLOWED_PROPERTIES,
+    FIELD_NAMES,
+    NO_PROPERTIES,
+    PROPERTY_TYPES,
+    Properties,
+    PropertyId,
+    PropertyType,
+)
+
+__all__ = ["Level5", "level5"]
+
+_BYTE, _TWO, _FOUR, _VARINT, _STRING, _BINARY, _PAIR = range(7)
+_KINDS = {
+    PropertyType.BYTE: _BYTE,
+    PropertyType.TWO_BYTE_INTEGER: _TWO,
+    PropertyType.FOUR_BYTE_INTEGER: _FOUR,
+    PropertyType.VARIABLE_BYTE_INTEGER: _VARINT,
+    PropertyType.UTF8_STRING: _STRING,
+    PropertyType.BINARY_DATA: _BINARY,
+    PropertyType.UTF8_STRING_PAIR: _PAIR,
+}
+# Indexed by the identifier byte: its kind and Properties attribute, or None
+# for identifiers the spec does not define.
+_READERS: list[tuple[int, str] | None] = [None] * 256
+for _id, _type in PROPERTY_TYPES.items():
+    _READERS[_id] = (_KINDS[_type], FIELD_NAMES[_id])
+
+_MASKS = {
+    name: sum(1 << identifier for identifier in allowed)
+    for name, allowed in ALLOWED_PROPERTIES.items()
+}
+# Properties whose value 0 the spec calls a Protocol Error, with the reason
+# code and statement to report.
+_NONZERO: dict[int, tuple[int, str | None]] = {
+    PropertyId.RECEIVE_MAXIMUM: (ReasonCode.PROTOCOL_ERROR, None),
+    PropertyId.MAXIMUM_PACKET_SIZE: (ReasonCode.PROTOCOL_ERROR, None),
+    PropertyId.TOPIC_ALIAS: (ReasonCode.TOPIC_ALIAS_INVALID, "MQTT-3.3.2-8"),
+    PropertyId.SUBSCRIPTION_IDENTIFIER: (ReasonCode.PROTOCOL_ERROR, None),
+}
+_AUTHENTICATION_DATA = 1 << PropertyId.AUTHENTICATION_DATA
+_AUTHENTICATION_METHOD = 1 << PropertyId.AUTHENTICATION_METHOD
+
+_SERVER_RECEIVES = frozenset(
+    {
+        PacketType.PUBLISH,
+        PacketType.PUBACK,
+        PacketType.PUBREC,
+        PacketType.PUBREL,
+        PacketType.PUBCOMP,
+        PacketType.SUBSCRIBE,
+        PacketType.UNSUBSCRIBE,
+        PacketType.PINGREQ,
+        PacketType.DISCONNECT,
+        PacketType.AUTH,
+    }
+)
+_CLIENT_RECEIVES = frozenset(
+    {
+        PacketType.CONNACK,
+        PacketType.PUBLISH,
+        PacketType.PUBACK,
+        PacketType.PUBREC,
+        PacketType.PUBREL,
+        PacketType.PUBCOMP,
+        PacketType.SUBACK,
+        PacketType.UNSUBACK,
+        PacketType.PINGRESP,
+        PacketType.DISCONNECT,
+        PacketType.AUTH,
+    }
+)
+_FLAGS_SPEC = {
+    PacketType.PUBREL: "MQTT-3.6.1-1",
+    PacketType.SUBSCRIBE: "MQTT-3.8.1-1",
+    PacketType.UNSUBSCRIBE: "MQTT-3.10.1-1",
+    PacketType.DISCONNECT: "MQTT-3.14.1-1",
+    PacketType.AUTH: "MQTT-3.15.1-1",
+}
+
+# Packets without fields; shared because packets are never mutated.
+_PINGREQ = Pingreq()
+_PINGRESP = Pingresp()
+_DISCONNECT = Disconnect(ReasonCode.NORMAL_DISCONNECTION, NO_PROPERTIES)
+_AUTH = Auth(ReasonCode.SUCCESS, NO_PROPERTIES)
+
+
+def _packet_id(data: Buffer, start: int, end: int, what: str, spec: str) -> int:
+    if start + 2 > end:
+        raise malformed(f"{what}: packet identifier runs past the packet")
+    packet_id = (data[start] << 8) | data[start + 1]
+    if not packet_id:
+        raise malformed(f"{what}: packet identifier 0", spec)
+    return packet_id
+
+
+def _check_code(code: int, allowed: frozenset[int], what: str, spec: str) -> None:
+    if code not in allowed:
+        raise ProtocolViolation(f"{what}: reason code 0x{code:02x} not allowed", spec)
+
+
+def _duplicate(what: str, name: str) -> ProtocolViolation:
+    return ProtocolViolation(f"{what}: {name} more than once")
+
+
+class Level5:
+    """
+    The MQTT 5.0 parsers for one direction.
+
+    @ivar table: the first-byte table of the connected state: every byte to
+        its parser and fixed Remaining Length, or C{None} when that byte alone
+        is a reason to close (L{header_error} says which).
+    """
+
+    __slots__ = ("_cap", "_receives", "_server", "table")
+
+    def __init__(self, server: bool, max_user_properties: int) -> None:
+        """
+        @param server: parse what a server receives (else what a client does).
+        @param max_user_properties: the most User Properties in one property list.
+        """
+        self._server = server
+        self._cap = max_user_properties
+        self._receives = _SERVER_RECEIVES if server else _CLIENT_RECEIVES
+        handlers: dict[PacketType, Handler] = {
+            PacketType.CONNACK: self.connack,
+            PacketType.PUBLISH: self.publish,
+            PacketType.PUBACK: self.puback,
+            PacketType.PUBREC: self.pubrec,
+            PacketType.PUBREL: self.pubrel,
+            PacketType.PUBCOMP: self.pubcomp,
+            PacketType.SUBSCRIBE: self.subscribe,
+            PacketType.SUBACK: self.suback,
+            PacketType.UNSUBSCRIBE: self.unsubscribe,
+            PacketType.UNSUBACK: self.unsuback,
+            PacketType.PINGREQ: self.pingreq,
+            PacketType.PINGRESP: self.pingresp,
+            PacketType.DISCONNECT: self.disconnect,
+            PacketType.AUTH: self.auth,
+        }
+        table: list[Entry | None] = [None] * 256
+        for first in range(256):
+            kind = first >> 4
+            if kind in self._receives and first_byte_ok(first):
+                packet_type = PacketType(kind)
+                fixed = 0 if packet_type in (PacketType.PINGREQ, PacketType.PINGRESP) else VARIABLE
+                table[first] = (handlers[packet_type], fixed)
+        self.table = table
+
+    def header_error(self, first: int) -> DecodeError:
+        """Say why a first byte with no entry in L{table} is refused."""
+        kind = first >> 4
+        if kind == 0:
+            return ProtocolViolation("reserved packet type 0")
+        packet_type = PacketType(kind)
+        if self._server and packet_type == PacketType.CONNECT:
+            return ProtocolViolation("second CONNECT", "MQTT-3.1.0-2")
+        if packet_type not in self._receives:
+            return ProtocolViolation(f"{packet_type.name} not allowed in this direction")
+        flags = first & 0x0F
+        if packet_type == PacketType.PUBLISH:
+            if (flags >> 1) & 3 == 3:
+                return malformed("PUBLISH with QoS 3", "MQTT-3.3.1-4")
+            return malformed("PUBLISH with DUP set at QoS 0", "MQTT-3.3.1-2")
+        return malformed(
+            f"{packet_type.name}: bad fixed header flags {flags:04b}",
+            _FLAGS_SPEC.get(packet_type, "MQTT-2.1.3-1"),
+        )
+
+    def properties(
+        self, data: Buffer, p: int, end: int, scope: str, what: str
+    ) -> tuple[Properties, int]:
+        """
+        Read the Property Length at C{p} and the properties it covers.
+
+        Only the rules that hold wherever a property appears are checked
+        here; each packet's parser adds its own (a SUBSCRIBE's single
+        Subscription Identifier, none in a client's PUBLISH, ...).
+
+        @param scope: the key of L{ALLOWED_PROPERTIES} for this property list.
+        @return: the properties (L{NO_PROPERTIES} if there are none) and the
+            offset after them.
+        """
+        if p >= end:
+            raise malformed(f"{what}: Property Length missing", "MQTT-2.2.2-1")
+        length = data[p]
+        if length < 0x80:
+            p += 1
+        else:
+            length, p = read_varint(data, p, end, f"{what} Property Length")
+        stop = p + length
+        if stop > end:
+            raise malformed(f"{what}: properties run past the packet")
+        if p == stop:
+            return NO_PROPERTIES, p
+        mask = _MASKS[scope]
+        properties = Properties()
+        users: list[tuple[str, str]] = []
+        identifiers: list[int] = []
+        seen = 0
+        value: object
+        while p < stop:
+            identifier = data[p]
+            reader = _READERS[identifier]
+            if reader is None:
+                raise malformed(f"{what}: unknown property identifier 0x{identifier:02x}")
+            bit = 1 << identifier
+            name = reader[1]
+            if not mask & bit:
+                raise malformed(f"{what}: {name} not allowed in {scope}")
+            kind = reader[0]
+            p += 1
+            if kind == _PAIR:
+                # Counted before decoding so a flood costs no more than the cap.
+                if len(users) >= self._cap:
+                    raise LimitExceeded(f"{what}: more than {self._cap} User Properties")
+                key, p = read_string(data, p, stop, f"{what} User Property", UTF8_SPEC_5)
+                text, p = read_string(data, p, stop, f"{what} User Property", UTF8_SPEC_5)
+                users.append((key, text))
+                continue
+            if kind == _STRING:
+                value, p = read_string(data, p, stop, f"{what} {name}", UTF8_SPEC_5)
+            elif kind == _BYTE:
+                if p >= stop:
+                    raise malformed(f"{what}: {name} runs past the properties")
+                value = data[p]
+                p += 1
+                # Every Byte property is a 0/1 flag (or Maximum QoS 0/1).
+                if value > 1:
+                    raise ProtocolViolation(f"{what}: {name} {value}, must be 0 or 1")
+            elif kind == _TWO:
+                if p + 2 > stop:
+                    raise malformed(f"{what}: {name} runs past the properties")
+                value = (data[p] << 8) | data[p + 1]
+                p += 2
+            elif kind == _FOUR:
+                if p + 4 > stop:
+                    raise malformed(f"{what}: {name} runs past the properties")
+                value = int.from_bytes(data[p : p + 4], "big")
+                p += 4
+            elif kind == _BINARY:
+                value, p = read_binary(data, p, stop, f"{what} {name}")
+            else:
+                identifier_value, p = read_varint(data, p, stop, f"{what} {name}")
+                if not identifier_value:
+                    raise ProtocolViolation(f"{what}: Subscription Identifier 0")
+                identifiers.append(identifier_value)
+                continue
+            if seen & bit:
+                raise _duplicate(what, name)
+            seen |= bit
+            if not value and identifier in _NONZERO:
+                code, spec = _NONZERO[identifier]
+                raise ProtocolViolation(f"{what}: {name} 0", spec, code)
+            setattr(properties, name, value)
+        if users:
+            properties.user_properties = tuple(users)
+        if identifiers:
+            properties.subscription_identifiers = tuple(identifiers)
+        if seen & _AUTHENTICATION_DATA and not seen & _AUTHENTICATION_METHOD:
+            raise ProtocolViolation(f"{what}: Authentication Data without Authentication Method")
+        topic = properties.response_topic
+        if topic is not None and (not topic or "+" in topic or "#" in topic):
+            raise malformed(f"{what}: Response Topic is not a topic name", "MQTT-3.3.2-14")
+        return properties, stop
+
+    def connect(self, data: Buffer, p: int, end: int) -> Connect:
+        """
+        Parse a level 5 CONNECT from its Connect Flags at C{p} on.
+
+        Unlike 3.1.1, a password may come without a user name (section
+        3.1.2.9), and Will Properties precede the Will Topic [MQTT-3.1.3-1].
+        """
+        flags = data[p]
+        keepalive = (data[p + 1] << 8) | data[p + 2]
+        p += 3
+        if flags & 0x01:
+            raise malformed("CONNECT: reserved flag set", "MQTT-3.1.2-3")
+        will_qos = (flags >> 3) & 3
+        if not flags & 0x04:
+            if will_qos:
+                raise malformed("CONNECT: Will QoS without Will flag", "MQTT-3.1.2-11")
+            if flags & 0x20:
+                raise malformed("CONNECT: Will Retain without Will flag", "MQTT-3.1.2-13")
+        elif will_qos == 3:
+            raise malformed("CONNECT: Will QoS 3", "MQTT-3.1.2-12")
+        properties, p = self.properties(data, p, end, "CONNECT", "CONNECT")
+        client_id, p = read_string(data, p, end, "CONNECT client identifier", UTF8_SPEC_5)
+        will = None
+        if flags & 0x04:
+            will_properties, p = self.properties(data, p, end, "WILL", "CONNECT will")
+            will_topic, p = read_string(data, p, end, "CONNECT will topic", UTF8_SPEC_5)
+            check_topic_name(will_topic, "CONNECT will topic")
+            will_payload, p = read_binary(data, p, end, "CONNECT will payload")
+            will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20), will_properties)
+        username = None
+        if flags & 0x80:
+            username, p = read_string(data, p, end, "CONNECT user name", UTF8_SPEC_5)
+        password = None
+        if flags & 0x40:
+            password, p = read_binary(data, p, end, "CONNECT password")
+        if p != end:
+            raise malformed("CONNECT: trailing bytes after the payload")
+        return Connect(
+            5, client_id, bool(flags & 0x02), keepalive, will, username, password, properties
+        )
+
+    def connack(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        if end - start < 2:
+            raise malformed("CONNACK: variable header runs past the packet")
+        flags = data[start]
+        code = data[start + 1]
+        if flags & 0xFE:
+            raise malformed("CONNACK: reserved acknowledge flags set", "MQTT-3.2.2-1")
+        _check_code(code, CONNACK_REASON_CODES, "CONNACK", "MQTT-3.2.2-8")
+        if flags and code:
+            raise ProtocolViolation("CONNACK: session present with a refusal", "MQTT-3.2.2-6")
+        properties, p = self.properties(data, start + 2, end, "CONNACK", "CONNACK")
+        if p != end:
+            raise malformed("CONNACK: trailing bytes after the properties")
+        return Connack(bool(flags), code, properties)
+
+    def publish(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        # The topic and packet identifier are read inline, as at level 4: this
+        # is the hot path, and an empty property list costs one byte test.
+        qos = (first >> 1) & 3
+        if start + 2 > end:
+            raise malformed("PUBLISH: topic length runs past the packet")
+        p = start + 2 + ((data[start] << 8) | data[start + 1])
+        if p > end:
+            raise malformed("PUBLISH: topic runs past the packet")
+        try:
+            topic = str(data[start + 2 : p], "utf-8")
+        except UnicodeDecodeError:
+            raise malformed("PUBLISH: ill-formed UTF-8 topic", "MQTT-1.5.4-1") from None
+        if "\x00" in topic:
+            raise malformed("PUBLISH: topic contains U+0000", "MQTT-1.5.4-2")
+        if "+" in topic or "#" in topic:
+            raise malformed("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
+        if qos:
+            if p + 2 > end:
+                raise malformed("PUBLISH: packet identifier runs past the packet")
+            packet_id: int | None = (data[p] << 8) | data[p + 1]
+            if not packet_id:
+                raise malformed("PUBLISH: QoS > 0 with packet identifier 0", "MQTT-2.2.1-3")
+            p += 2
+        else:
+            packet_id = None
+        if p < end and not data[p]:
+            properties = NO_PROPERTIES
+            p += 1
+        else:
+            properties, p = self.properties(data, p, end, "PUBLISH", "PUBLISH")
+            if self._server and properties.subscription_identifiers:
+                raise ProtocolViolation(
+                    "PUBLISH: Subscription Identifier from a client", "MQTT-3.3.4-6"
+                )
+        if not topic and properties.topic_alias is None:
+            raise ProtocolViolation(
+                "PUBLISH: zero-length topic name without a Topic Alias", "MQTT-4.7.3-1"
+            )
+        return Publish(
+            topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id, properties
+        )
+
+    def _ack(
+        self,
+        cls: type[Puback | Pubrec | Pubrel | Pubcomp],
+        data: Buffer,
+        start: int,
+        end: int,
+        codes: frozenset[int],
+        spec: str,
+    ) -> Packet:
+        """
+        Read a PUBACK, PUBREC, PUBREL or PUBCOMP body: Remaining Length 2 is
+        success without properties, 3 a reason code without properties.
+        """
+        what = cls.__name__.upper()
+        packet_id = _packet_id(data, start, end, what, "MQTT-2.2.1-5")
+        if end - start == 2:
+            return cls(packet_id)
+        code = data[start + 2]
+        _check_code(code, codes, what, spec)
+        if end - start == 3:
+            return cls(packet_id, code)
+        properties, p = self.properties(data, start + 3, end, what, what)
+        if p != end:
+            raise malformed(f"{what}: trailing bytes after the properties")
+        return cls(packet_id, code, properties)
+
+    def puback(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return self._ack(Puback, data, start, end, PUBACK_REASON_CODES, "MQTT-3.4.2-1")
+
+    def pubrec(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return self._ack(Pubrec, data, start, end, PUBACK_REASON_CODES, "MQTT-3.5.2-1")
+
+    def pubrel(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return self._ack(Pubrel, data, start, end, PUBREL_REASON_CODES, "MQTT-3.6.2-1")
+
+    def pubcomp(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return self._ack(Pubcomp, data, start, end, PUBREL_REASON_CODES, "MQTT-3.7.2-1")
+
+    def subscribe(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        packet_id = _packet_id(data, start, end, "SUBSCRIBE", "MQTT-2.2.1-3")
+        properties, p = self.properties(data, start + 2, end, "SUBSCRIBE", "SUBSCRIBE")
+        if len(properties.subscription_identifiers) > 1:
+            raise _duplicate("SUBSCRIBE", "subscription_identifiers")
+        subscriptions: list[tuple[str, int]] = []
+        while p < end:
+            topic_filter, p = read_string(data, p, end, "SUBSCRIBE topic filter", UTF8_SPEC_5)
+            if not topic_filter:
+                raise malformed("SUBSCRIBE: zero-length topic filter", "MQTT-4.7.3-1")
+            if p >= end:
+                raise malformed("SUBSCRIBE: subscription options missing")
+            options = SubscriptionOptions(data[p])
+            p += 1
+            if options & 0xC0:
+                raise malformed("SUBSCRIBE: reserved subscription option bits", "MQTT-3.8.3-5")
+            if options.qos == 3:
+                raise ProtocolViolation("SUBSCRIBE: maximum QoS 3")
+            if options.retain_handling == 3:
+                raise ProtocolViolation("SUBSCRIBE: Retain Handling 3")
+            if options.no_local and topic_filter.startswith("$share/"):
+                raise ProtocolViolation(
+                    "SUBSCRIBE: No Local on a shared subscription", "MQTT-3.8.3-4"
+                )
+            subscriptions.append((topic_filter, options))
+        if not subscriptions:
+            raise ProtocolViolation("SUBSCRIBE: no topic filters", "MQTT-3.8.3-2")
+        return Subscribe(packet_id, subscriptions, properties)
+
+    def unsubscribe(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        packet_id = _packet_id(data, start, end, "UNSUBSCRIBE", "MQTT-2.2.1-3")
+        properties, p = self.properties(data, start + 2, end, "UNSUBSCRIBE", "UNSUBSCRIBE")
+        topic_filters: list[str] = []
+        while p < end:
+            topic_filter, p = read_string(data, p, end, "UNSUBSCRIBE topic filter", UTF8_SPEC_5)
+            if not topic_filter:
+                raise malformed("UNSUBSCRIBE: zero-length topic filter", "MQTT-4.7.3-1")
+            topic_filters.append(topic_filter)
+        if not topic_filters:
+            raise ProtocolViolation("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
+        return Unsubscribe(packet_id, topic_filters, properties)
+
+    def _codes(
+        self, data: Buffer, start: int, end: int, what: str, codes: frozenset[int], spec: str
+    ) -> tuple[int, list[int], Properties]:
+        """Read a SUBACK or UNSUBACK body: packet id, properties, reason codes."""
+        packet_id = _packet_id(data, start, end, what, "MQTT-2.2.1-6")
+        properties, p = self.properties(data, start + 2, end, what, what)
+        reason_codes = list(data[p:end])
+        if not reason_codes:
+            raise ProtocolViolation(f"{what}: no reason codes", spec)
+        if not codes.issuperset(reason_codes):
+            raise ProtocolViolation(f"{what}: reason code not allowed", spec)
+        return packet_id, reason_codes, properties
+
+    def suback(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return Suback(*self._codes(data, start, end, "SUBACK", SUBACK_REASON_CODES, "MQTT-3.9.3-2"))
+
+    def unsuback(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return Unsuback(
+            *self._codes(data, start, end, "UNSUBACK", UNSUBACK_REASON_CODES, "MQTT-3.11.3-2")
+        )
+
+    def pingreq(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return _PINGREQ
+
+    def pingresp(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        return _PINGRESP
+
+    def disconnect(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        """Remaining Length 0 is a normal disconnection, 1 a bare reason code."""
+        if start == end:
+            return _DISCONNECT
+        code = data[start]
+        _check_code(code, DISCONNECT_REASON_CODES, "DISCONNECT", "MQTT-3.14.2-1")
+        if end - start == 1:
+            return Disconnect(code, NO_PROPERTIES)
+        properties, p = self.properties(data, start + 1, end, "DISCONNECT", "DISCONNECT")
+        if p != end:
+            raise malformed("DISCONNECT: trailing bytes after the properties")
+        if not self._server and properties.session_expiry_interval is not None:
+            raise ProtocolViolation(
+                "DISCONNECT: Session Expiry Interval from the server", "MQTT-3.14.2-2"
+            )
+        return Disconnect(code, properties)
+
+    def auth(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+        """Only a success without properties may leave out both fields (section 3.15.2)."""
+        if start == end:
+            return _AUTH
+        code = data[start]
+        _check_code(code, AUTH_REASON_CODES, "AUTH", "MQTT-3.15.2-1")
+        properties, p = self.properties(data, start + 1, end, "AUTH", "AUTH")
+        if p != end:
+            raise malformed("AUTH: trailing bytes after the properties")
+        return Auth(code, properties)
+
+
+@cache
+def level5(server: bool, max_user_properties: int) -> Level5:
+    """The shared L{Level5} of one configuration, built on first use."""
+    return Level5(server, max_user_properties)
