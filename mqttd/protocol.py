@@ -43,7 +43,6 @@ from .session import Session, SessionError
 from .transports.tls import IdentityError, certificateIdentity
 
 PINGRESP = encode(Pingresp())
-SEND_LIMIT = 4 * 1024 * 1024
 
 
 @implementer(IClientConnection, IPushProducer)
@@ -89,13 +88,6 @@ class MQTTServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self._notePeer()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        if hasattr(self.transport, "SEND_LIMIT"):
-            # A TCP transport reads up to 64 KiB from every readable socket
-            # per reactor turn but sends at most SEND_LIMIT (128 KiB) to each
-            # writable one; with many publishers feeding one subscriber the
-            # difference piles up in that subscriber's queue.  Letting a send
-            # take what the kernel accepts keeps fan-in balanced.
-            self.transport.SEND_LIMIT = SEND_LIMIT  # type: ignore[union-attr]
         self._connectTimer = self.clock.callLater(
             self.broker.config.connect_timeout, self._connectTimedOut
         )
