@@ -426,7 +426,7 @@ class Broker:
             if self.observers:
                 self._notify("messagePublished", publisher, message)
             self.route(message, publisher)
-            return self._acknowledge(session, packet)
+            return self._acknowledge(session, packet) if qos else None
         client = self.clients[session.clientId]
         decision = self._decide(client, Action.PUBLISH, packet.topic)
         if isinstance(decision, Deferred):
