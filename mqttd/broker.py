@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -20,16 +20,19 @@ from .codec.packets import (
     SUBACK_FAILURE,
     ConnackCode,
     Connect,
+    ProtocolLevel,
     Puback,
     Pubcomp,
     Publish,
     Pubrec,
+    ReasonCode,
     Suback,
     Subscribe,
     Unsuback,
     Unsubscribe,
     Will,
 )
+from .codec.properties import NO_PROPERTIES
 from .config import BrokerConfig, ListenerConfig
 from .interfaces import (
     Action,
@@ -45,11 +48,26 @@ from .interfaces import (
     IMessageStore,
     ISubscriberSelector,
 )
-from .message import Message
+from .message import Message, PropertiedMessage, SharedDelivery
 from .retain import RetainedMessages
-from .session import Session, SessionError, Stats
+from .session import SESSION_NEVER_EXPIRES, Session, SessionError, Stats
 from .store import MemoryStore, StoredState
-from .topics import InvalidTopic, SubscriptionTree, validate_topic_filter
+from .topics import (
+    SHARE_PREFIX,
+    InvalidTopic,
+    SharedSubscriptions,
+    SubscriptionTree,
+    filter_matches,
+    split_shared_filter,
+    validate_topic_filter,
+)
+
+# The bits of a subscription's options (MQTT 5 section 3.8.3.1; 3.1.1 sets the QoS bits only).
+QOS_BITS = 0x03
+NO_LOCAL = 0x04
+RETAIN_AS_PUBLISHED = 0x08
+RETAIN_HANDLING = 0x30
+RETAIN_HANDLING_NEVER = 0x20
 
 # Highest keepalive a client can ask for; a max_keepalive below it also
 # refuses keepalive 0, which would otherwise switch the limit off.
@@ -98,6 +116,10 @@ class Broker:
         self.store: IMessageStore = store if store is not None else MemoryStore()
         self.sessions: dict[str, Session] = {}
         self.subscriptions = SubscriptionTree()
+        self.shared = SharedSubscriptions()
+        # Whether any shared subscription or MQTT 5 subscription option exists, so that route
+        # tests one flag for both while there are none.
+        self._richRouting = False
         self.retained: RetainedMessages[Message] = RetainedMessages()
         self.stats = Stats()
         self.clients: dict[str, ClientInfo] = {}
@@ -112,6 +134,9 @@ class Broker:
         self._decisions: dict[str, dict[tuple[Action, str], bool]] = {}
         # A client's receive check still waiting on a Deferred: its later deliveries queue behind.
         self._receiving: dict[str, Deferred[Any]] = {}
+        # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.
+        self._expiries: dict[str, IDelayedCall] = {}
+        self._delayedWills: dict[str, tuple[IDelayedCall, Will, ClientInfo | None]] = {}
 
     # Life cycle
 
@@ -131,7 +156,7 @@ class Broker:
             session = self._newSession(sessionState.clientId, cleanSession=False)
             session.restore(sessionState)
             for topicFilter, qos in session.subscriptions.items():
-                self.subscriptions.subscribe(topicFilter, session.clientId, qos)
+                self._addSubscription(topicFilter, session.clientId, qos)
         for clientId, will in state.wills.items():
             self.publishWill(will)
             self.store.willCleared(clientId)
@@ -154,7 +179,12 @@ class Broker:
             conn = session.connection
             if conn is not None:
                 self.connectionLost(session, conn, graceful=False)
-                conn.close("broker shutting down")
+                conn.close("broker shutting down", ReasonCode.SERVER_SHUTTING_DOWN)
+        for clientId in list(self._delayedWills):
+            self._endWillDelay(clientId, publish=True)
+        for timer in self._expiries.values():
+            timer.cancel()
+        self._expiries.clear()
         return maybeDeferred(self.store.close)
 
     # Connections
@@ -255,46 +285,67 @@ class Broker:
         """
         config = self.config
         clientId = packet.client_id
+        level5 = packet.protocol_level == ProtocolLevel.MQTT_5
         if not clientId:
-            if not packet.clean_session or not config.allow_zero_length_clientid:
+            # 5.0 assigns an identifier whatever Clean Start says [MQTT-3.1.3-6].
+            if not (packet.clean_session or level5) or not config.allow_zero_length_clientid:
                 # [MQTT-3.1.3-8]
                 return ConnackCode.IDENTIFIER_REJECTED, None, False
             # [MQTT-3.1.3-6]
             clientId = "auto-" + uuid.uuid4().hex
-        keepalive = packet.keepalive
-        if keepalive > config.max_keepalive or (
-            keepalive == 0 and config.max_keepalive < KEEPALIVE_UNLIMITED
-        ):
-            # MQTT 3.1.1 cannot tell a client to use another keepalive, so the
-            # connection is refused, as mosquitto does.
-            return ConnackCode.IDENTIFIER_REJECTED, None, False
+        if level5:
+            if packet.will is not None and packet.will.retain and not config.retain_available:
+                # [MQTT-3.2.2-13]
+                return ReasonCode.RETAIN_NOT_SUPPORTED, None, False
+            # At 5.0 Clean Start only says whether to resume; how long the session outlives the
+            # connection is the Session Expiry Interval, absent meaning 0 (section 3.1.2.11.2).
+            expiryInterval = packet.properties.session_expiry_interval or 0
+        else:
+            keepalive = packet.keepalive
+            if keepalive > config.max_keepalive or (
+                keepalive == 0 and config.max_keepalive < KEEPALIVE_UNLIMITED
+            ):
+                # MQTT 3.1.1 cannot tell a client to use another keepalive, so the
+                # connection is refused, as mosquitto does; 5.0 gets a Server Keep Alive.
+                return ConnackCode.IDENTIFIER_REJECTED, None, False
+            expiryInterval = 0 if packet.clean_session else SESSION_NEVER_EXPIRES
 
         existing = self.sessions.get(clientId)
+        continued = existing is not None and not (packet.clean_session or existing.cleanSession)
         if existing is not None and existing.connection is not None:
             # [MQTT-3.1.4-2]: the older connection goes; its will is published
-            # unless the new connection continues the session.
+            # unless the new connection continues the session (at 5.0: and the
+            # will was to wait for a reconnection [MQTT-3.1.3-9]).
             old = existing.connection
             will = existing.will
             existing.connection = None
             existing.will = None
             if will is not None:
-                if packet.clean_session or existing.cleanSession:
+                if not continued or (
+                    old.protocolLevel == ProtocolLevel.MQTT_5
+                    and not will.properties.will_delay_interval
+                ):
                     self.publishWill(will, self.clients.get(clientId))
                 self.store.willCleared(clientId)
-            old.close("session taken over by a new connection")
+            # [MQTT-3.1.4-3]
+            old.close("session taken over by a new connection", ReasonCode.SESSION_TAKEN_OVER)
 
         sessionPresent = False
-        if existing is not None and (packet.clean_session or existing.cleanSession):
+        if existing is not None and not continued:
             # [MQTT-3.1.2-6]: a clean session's state is never reused.
             self._discardSession(existing)
             existing = None
         if existing is None:
-            session = self._newSession(clientId, packet.clean_session)
-            if not packet.clean_session:
+            session = self._newSession(clientId, expiryInterval == 0)
+            if expiryInterval:
                 self.store.sessionSaved(clientId, session.subscriptions)
         else:
             session = existing
             sessionPresent = True  # [MQTT-3.2.2-2]
+            self._cancelExpiry(clientId)
+            # Back before its will's delay ran out: the will is not sent [MQTT-3.1.3-9].
+            self._endWillDelay(clientId, publish=False)
+        session.expiryInterval = expiryInterval
         session.will = packet.will
         if packet.will is not None:
             # Kept even for clean sessions: after a crash, the restarted broker
@@ -319,7 +370,7 @@ class Broker:
         no longer hold (the rules or the user may have changed since).
         """
         for topicFilter in list(session.subscriptions):
-            decision = self._decide(client, Action.SUBSCRIBE, topicFilter)
+            decision = self._decide(client, Action.SUBSCRIBE, _aclFilter(topicFilter))
             if isinstance(decision, Deferred):
                 decision.addCallback(self._recheckedSubscription, session, topicFilter)
             else:
@@ -327,7 +378,7 @@ class Broker:
 
     def _recheckedSubscription(self, allowed: bool, session: Session, topicFilter: str) -> None:
         if not allowed and session.subscriptions.pop(topicFilter, None) is not None:
-            self.subscriptions.unsubscribe(topicFilter, session.clientId)
+            self._removeSubscription(topicFilter, session.clientId)
             if not session.cleanSession:
                 self.store.sessionSaved(session.clientId, session.subscriptions)
             self.log.info(
@@ -339,8 +390,10 @@ class Broker:
     def connectionLost(self, session: Session, conn: IClientConnection, graceful: bool) -> None:
         """
         C{conn}, attached to C{session}, is gone.  Publish the will unless the
-        client sent DISCONNECT [MQTT-3.1.2-8, MQTT-3.1.2-10]; end a clean
-        session, keep a persistent one.
+        client sent DISCONNECT [MQTT-3.1.2-8, MQTT-3.1.2-10], after its Will
+        Delay Interval if the session outlives the connection; end a clean
+        session (Session Expiry Interval 0), keep a persistent one until its
+        Session Expiry Interval has passed.
         """
         if session.connection is not conn:
             # Taken over: connect() already settled this connection's will.
@@ -351,12 +404,52 @@ class Broker:
         client = self.clients.get(session.clientId)
         if self.observers and client is not None:
             self._notify("clientDisconnected", client, graceful)
+        ends = session.cleanSession or session.expiryInterval == 0
         if will is not None:
-            if not graceful:
+            delay = will.properties.will_delay_interval
+            if graceful:
+                self.store.willCleared(session.clientId)
+            elif delay and not ends:
+                # Published when the delay runs out, or sooner if the session ends
+                # [MQTT-3.1.2-8]; the store keeps it meanwhile, for a restart.
+                timer = self.clock.callLater(delay, self._willDelayElapsed, session.clientId)
+                self._delayedWills[session.clientId] = (timer, will, client)
+            else:
                 self.publishWill(will, client)
-            self.store.willCleared(session.clientId)
-        if session.cleanSession:
+                self.store.willCleared(session.clientId)
+        if ends:
             self._discardSession(session)
+        elif session.expiryInterval != SESSION_NEVER_EXPIRES:
+            # [MQTT-3.1.2-23]: kept for the interval, then ended.
+            self._expiries[session.clientId] = self.clock.callLater(
+                session.expiryInterval, self._sessionExpired, session
+            )
+
+    def _sessionExpired(self, session: Session) -> None:
+        del self._expiries[session.clientId]
+        self.log.info("{clientId}'s session expired", clientId=session.clientId)
+        self._discardSession(session)
+
+    def _cancelExpiry(self, clientId: str) -> None:
+        timer = self._expiries.pop(clientId, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _willDelayElapsed(self, clientId: str) -> None:
+        _, will, client = self._delayedWills.pop(clientId)
+        self.publishWill(will, client)
+        self.store.willCleared(clientId)
+
+    def _endWillDelay(self, clientId: str, publish: bool) -> None:
+        """Settle a will still waiting out its Will Delay Interval, if there is one."""
+        entry = self._delayedWills.pop(clientId, None)
+        if entry is None:
+            return
+        timer, will, client = entry
+        timer.cancel()
+        if publish:
+            self.publishWill(will, client)
+        self.store.willCleared(clientId)
 
     def _newSession(self, clientId: str, cleanSession: bool) -> Session:
         config = self.config
@@ -371,14 +464,18 @@ class Broker:
         )
         if not cleanSession:
             session.journal = self.store
+        session.now = self.clock.seconds
         self.sessions[clientId] = session
         return session
 
     def _discardSession(self, session: Session) -> None:
         for topicFilter in session.subscriptions:
-            self.subscriptions.unsubscribe(topicFilter, session.clientId)
+            self._removeSubscription(topicFilter, session.clientId)
         clientId = session.clientId
         del self.sessions[clientId]
+        self._cancelExpiry(clientId)
+        # The session ends before its will's delay ran out: the will goes now [MQTT-3.1.2-8].
+        self._endWillDelay(clientId, publish=True)
         self._forgetClient(clientId)
         self._decisions.pop(clientId, None)
         self._receiving.pop(clientId, None)
@@ -417,7 +514,18 @@ class Broker:
                 return None
         if not self._acceptable(packet):
             return self._acknowledge(session, packet)
-        message = Message(packet.topic, packet.payload, qos, packet.retain)
+        if packet.properties is NO_PROPERTIES:
+            message = Message(packet.topic, packet.payload, qos, packet.retain)
+        else:
+            message = PropertiedMessage(
+                packet.topic,
+                packet.payload,
+                qos,
+                packet.retain,
+                packet.properties,
+                self.clock.seconds(),
+            )
+        message.publisherId = session.clientId
         if not self.authorizers:
             # The publisher is looked up only for those told of it.
             publisher = (
@@ -464,7 +572,10 @@ class Broker:
         config = self.config
         topic = packet.topic
         if topic.count("/") >= config.max_topic_levels:
-            raise SessionError(f"topic has more than {config.max_topic_levels} levels")
+            raise SessionError(
+                f"topic has more than {config.max_topic_levels} levels",
+                ReasonCode.TOPIC_NAME_INVALID,
+            )
         if topic.startswith("$SYS"):
             # The broker alone writes $SYS; the QoS flow still completes so the
             # client does not retry forever.
@@ -493,12 +604,18 @@ class Broker:
         if session.connection is not None:
             session.connection.sendPacket(Pubcomp(packetId))
 
-    def pubrecReceived(self, session: Session, packetId: int) -> Deferred[None] | None:
+    def pubrecReceived(
+        self, session: Session, packetId: int, reasonCode: int = ReasonCode.SUCCESS
+    ) -> Deferred[None] | None:
         """
         A QoS 2 delivery was received; answer PUBREL once that is durable,
         so a restored broker never re-sends a PUBLISH the client may already
-        have released to its application [MQTT-4.3.3-1].
+        have released to its application [MQTT-4.3.3-1].  A 5.0 client's
+        refusal (a reason code of 0x80 or more) ends the delivery instead.
         """
+        if reasonCode >= ReasonCode.UNSPECIFIED_ERROR:
+            session.pubrecRefused(packetId)
+            return None
         session.pubrecReceived(packetId)
         durable = self.store.flush() if session.journal is not None else None
         if durable is not None:
@@ -510,7 +627,10 @@ class Broker:
         """
         Store a retained message and deliver C{message} to every matching
         subscriber once, at the lower of the published and the highest granted
-        QoS [MQTT-3.3.5-1], with RETAIN=0 [MQTT-3.3.1-9]; then to the
+        QoS [MQTT-3.3.5-1], with RETAIN=0 [MQTT-3.3.1-9] unless a 5.0
+        subscription asks for Retain As Published, to none whose only
+        matching subscriptions have No Local if it is the publisher, and to
+        one member of each matching shared subscription; then to the
         recipients the selectors add.  Each delivery passes the receive ACL.
 
         @param publisher: who sent it, for the selectors; L{None} for the
@@ -520,6 +640,11 @@ class Broker:
             self._retain(message)
         self.stats.messagesRouted += 1
         matches = self.subscriptions.match(message.topic)
+        if self._richRouting:
+            if self.shared.groups:
+                self._routeShared(message)
+            if self.subscriptions.optioned and matches:
+                matches = self._routeOptioned(message, matches)
         if self.selectors:
             self._routeSelected(message, publisher, matches)
             return
@@ -533,6 +658,84 @@ class Broker:
             return
         for clientId, granted in matches.items():
             sessions[clientId].deliver(message, granted if granted < qos else qos)
+
+    def _routeShared(self, message: Message) -> None:
+        # One delivery per matching shared subscription, to the member whose turn it is
+        # [MQTT-4.8.2-3 for the QoS]; a member with its own ordinary subscription also gets
+        # that delivery, as the spec allows.
+        sessions = self.sessions
+        qos = message.qos
+        checked = bool(self.authorizers or self.observers)
+        for group in self.shared.match(message.topic):
+            clientId = group.pick(self._online)
+            options = group.members[clientId]
+            granted = options & QOS_BITS
+            retain = message.retain and bool(options & RETAIN_AS_PUBLISHED)
+            session = sessions[clientId]
+            delivered = (
+                SharedDelivery(message, group.topicFilter) if session.identified else message
+            )
+            if checked:
+                self._deliverChecked(session, delivered, granted if granted < qos else qos, retain)
+            else:
+                session.deliver(delivered, granted if granted < qos else qos, retain)
+
+    def _routeOptioned(self, message: Message, matches: Mapping[str, int]) -> dict[str, int]:
+        """
+        Deliver to the subscribers matched through MQTT 5 subscriptions with
+        options beyond the QoS (the tree gives them a value of 4 or more).
+
+        @return: the other matches, for the usual fan-out.
+        """
+        plain: dict[str, int] = {}
+        sessions = self.sessions
+        checked = bool(self.authorizers or self.observers)
+        topic = message.topic
+        for clientId, value in matches.items():
+            if value < 4:
+                plain[clientId] = value
+                continue
+            # One copy for all of the session's matching subscriptions [MQTT-3.3.4-2]; its
+            # options are in the session, since the tree kept only the largest value.
+            session = sessions[clientId]
+            granted = -1
+            retain = False
+            for topicFilter, options in session.subscriptions.items():
+                if topicFilter.startswith(SHARE_PREFIX) or not filter_matches(topicFilter, topic):
+                    continue
+                if options & NO_LOCAL and message.publisherId == clientId:
+                    continue  # [MQTT-3.8.3-3]
+                if options & QOS_BITS > granted:
+                    granted = options & QOS_BITS
+                if options & RETAIN_AS_PUBLISHED:
+                    retain = message.retain  # [MQTT-3.3.1-13]
+            if granted < 0:
+                continue
+            qos = min(granted, message.qos)
+            if checked:
+                self._deliverChecked(session, message, qos, retain)
+            else:
+                session.deliver(message, qos, retain)
+        return plain
+
+    def _online(self, clientId: str) -> bool:
+        return self.sessions[clientId].connection is not None
+
+    def _addSubscription(self, topicFilter: str, clientId: str, options: int) -> bool:
+        if topicFilter.startswith(SHARE_PREFIX):
+            added = self.shared.subscribe(topicFilter, clientId, options)
+        else:
+            added = self.subscriptions.subscribe(topicFilter, clientId, options)
+        self._richRouting = bool(self.shared.groups or self.subscriptions.optioned)
+        return added
+
+    def _removeSubscription(self, topicFilter: str, clientId: str) -> bool:
+        if topicFilter.startswith(SHARE_PREFIX):
+            removed = self.shared.unsubscribe(topicFilter, clientId)
+        else:
+            removed = self.subscriptions.unsubscribe(topicFilter, clientId)
+        self._richRouting = bool(self.shared.groups or self.subscriptions.optioned)
+        return removed
 
     def _routeSelected(
         self, message: Message, publisher: ClientInfo | None, matches: Mapping[str, int]
@@ -605,7 +808,18 @@ class Broker:
         Publish a Last Will as if its client had sent it, so the publish ACL
         applies to it when C{client} is known.
         """
-        message = Message(will.topic, will.payload, will.qos, will.retain)
+        message: Message
+        if will.properties is NO_PROPERTIES:
+            message = Message(will.topic, will.payload, will.qos, will.retain)
+        else:
+            message = PropertiedMessage(
+                will.topic,
+                will.payload,
+                will.qos,
+                will.retain,
+                will.properties,
+                self.clock.seconds(),
+            )
         if not self.authorizers or client is None:
             self.route(message, client)
             return
@@ -776,10 +990,13 @@ class Broker:
             except InvalidTopic:
                 decisions.append(False)
                 continue
+            if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
+                decisions.append(False)
+                continue
             if client is None:
                 decisions.append(True)
             else:
-                decisions.append(self._decide(client, Action.SUBSCRIBE, topicFilter))
+                decisions.append(self._decide(client, Action.SUBSCRIBE, _aclFilter(topicFilter)))
         if any(isinstance(d, Deferred) for d in decisions):
             waiting = [d if isinstance(d, Deferred) else succeed(d) for d in decisions]
             return gatherResults(waiting).addCallback(self._subscribeDecided, session, packet)
@@ -792,43 +1009,91 @@ class Broker:
         if self.sessions.get(session.clientId) is not session:
             # Taken over or ended while an authorizer was answering.
             return
+        conn = session.connection
+        level5 = conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5
         codes = []
         granted = []
-        for (topicFilter, qos), ok in zip(packet.subscriptions, allowed, strict=True):
+        # A 5.0 SUBSCRIBE's Subscription Identifier names each of its subscriptions; kept above
+        # the options byte, so the one int the tree and the store hold per subscription has it.
+        identifiers = packet.properties.subscription_identifiers
+        identifier = identifiers[0] << 8 if identifiers else 0
+        if identifier:
+            session.identified = True
+        for (topicFilter, requested), ok in zip(packet.subscriptions, allowed, strict=True):
+            options = requested | identifier
             if not ok:
-                codes.append(SUBACK_FAILURE)
+                codes.append(self._subscribeFailure(topicFilter) if level5 else SUBACK_FAILURE)
                 continue
-            self.subscriptions.subscribe(topicFilter, session.clientId, qos)
-            session.subscriptions[topicFilter] = qos
-            codes.append(qos)
-            granted.append((topicFilter, qos))
+            new = topicFilter not in session.subscriptions
+            self._addSubscription(topicFilter, session.clientId, options)
+            session.subscriptions[topicFilter] = options
+            codes.append(options & QOS_BITS)
+            granted.append((topicFilter, options, new))
         if granted and not session.cleanSession:
             self.store.sessionSaved(session.clientId, session.subscriptions)
-        if session.connection is not None:
-            session.connection.sendPacket(Suback(packet.packet_id, codes))
+        if conn is not None:
+            conn.sendPacket(Suback(packet.packet_id, codes))
         client = self.clients.get(session.clientId)
         if self.observers and client is not None:
-            for topicFilter, qos in granted:
-                self._notify("subscribed", client, topicFilter, qos)
+            for topicFilter, options, _ in granted:
+                self._notify("subscribed", client, topicFilter, options & QOS_BITS)
         checked = bool(self.authorizers or self.observers)
-        for topicFilter, qos in granted:
+        for topicFilter, options, new in granted:
+            if topicFilter.startswith(SHARE_PREFIX):
+                # Retained messages go to new non-shared subscriptions only (5.0 section 3.3.1.3).
+                continue
+            handling = options & RETAIN_HANDLING
+            if handling == RETAIN_HANDLING_NEVER or (handling and not new):
+                # [MQTT-3.3.1-10, MQTT-3.3.1-11]
+                continue
+            qos = options & QOS_BITS
+            now = self.clock.seconds()
             for message in self.retained.matching(topicFilter):
+                if message.expired(now):
+                    continue  # [MQTT-3.3.2-5]
                 if checked:
                     self._deliverChecked(session, message, min(qos, message.qos), retain=True)
                 else:
                     session.deliver(message, min(qos, message.qos), retain=True)
 
     def unsubscribe(self, session: Session, packet: Unsubscribe) -> None:
-        """Remove subscriptions; UNSUBACK always follows [MQTT-3.10.4-5]."""
+        """
+        Remove subscriptions; UNSUBACK always follows [MQTT-3.10.4-5], at 5.0
+        with a reason code for each filter [MQTT-3.11.3-1].
+        """
         removed = False
+        codes: list[int] = []
         for topicFilter in packet.topic_filters:
             if session.subscriptions.pop(topicFilter, None) is not None:
-                self.subscriptions.unsubscribe(topicFilter, session.clientId)
+                self._removeSubscription(topicFilter, session.clientId)
                 removed = True
+                codes.append(ReasonCode.SUCCESS)
+            else:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
         if removed and not session.cleanSession:
             self.store.sessionSaved(session.clientId, session.subscriptions)
-        if session.connection is not None:
-            session.connection.sendPacket(Unsuback(packet.packet_id))
+        conn = session.connection
+        if conn is not None:
+            level5 = conn.protocolLevel == ProtocolLevel.MQTT_5
+            conn.sendPacket(Unsuback(packet.packet_id, codes if level5 else []))
+
+    def _subscribeFailure(self, topicFilter: str) -> int:
+        # The 5.0 SUBACK says why: a valid filter was refused as shared or by the ACL.
+        try:
+            validate_topic_filter(topicFilter, self.config.max_topic_levels)
+        except InvalidTopic:
+            return ReasonCode.TOPIC_FILTER_INVALID
+        if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
+            return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        return ReasonCode.NOT_AUTHORIZED
+
+
+def _aclFilter(topicFilter: str) -> str:
+    # A shared subscription reads what its filter after the share name matches, so the ACL is
+    # asked about that filter: rules written for topics then cover shared subscriptions too.
+    if topicFilter.startswith(SHARE_PREFIX):
+        return split_shared_filter(topicFilter)[1]
+    return topicFilter
 
 
 def _remember(

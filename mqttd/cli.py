@@ -1,6 +1,7 @@
 """
 The C{mqttd} command: C{mqttd passwd}, which manages password files as C{mosquitto_passwd} does,
-and C{mqttd groups}, which manages the virtual groups file a running broker reads.
+and C{mqttd groups}, which manages the virtual groups a running broker reads: in its SQLite store,
+or in the virtual groups plugin's own file when the broker has no SQLite store.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import getpass
 import importlib
 import json
 import os
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from typing import Any
 
 from mqttd.config import ConfigError, load_config
 from mqttd.plugin_loader import pluginPackage
+from mqttd.store import StoreError
 
 
 def _passwd(args: argparse.Namespace) -> int:
@@ -71,21 +74,50 @@ def _replace(path: str, text: str) -> None:
         raise
 
 
-def _groupsFile(args: argparse.Namespace) -> str:
+def _isBrokerStore(path: str, groupsApplication: int) -> bool:
+    # A groups file carries its application_id; a broker's SQLite store has a schema version and
+    # no such id.  A missing or unreadable file is left to the groups file's own checks.
+    if not os.path.exists(path):
+        return False
+    try:
+        with closing(sqlite3.connect(path)) as db:
+            application = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return False
+    return bool(application != groupsApplication and version > 0)
+
+
+def _openGroups(args: argparse.Namespace, vg: Any) -> tuple[sqlite3.Connection, Any]:
+    """
+    The database holding the groups, open, and the module that reads (C{readGroups}) and writes
+    (C{writeGroups}) them there: the broker's SQLite store when the configuration selects it
+    (C{[store] plugin = sqlite}) or C{--file} names one, else the virtual groups plugin's file.
+    """
+    storeModule: Any = importlib.import_module("mqttd.plugins.sqlite_store")
     if args.file is not None:
-        return str(args.file)
-    config = load_config(args.config)
-    path = config.pluginSections.get("virtual_groups", {}).get("path", "groups.db")
-    return os.path.join(config.configDirectory, os.path.expanduser(path))
+        path = str(args.file)
+        inStore = _isBrokerStore(path, vg.APPLICATION_ID)
+    else:
+        config = load_config(args.config)
+        inStore = config.storePlugin == "sqlite"
+        section, default = ("sqlite", "mqttd.db") if inStore else ("virtual_groups", "groups.db")
+        path = config.pluginSections.get(section, {}).get("path", default).strip()
+        path = os.path.join(config.configDirectory, os.path.expanduser(path))
+        # As the broker does on start: the command may come first, on a fresh installation.
+        os.makedirs(os.path.dirname(os.path.normpath(path)), exist_ok=True)
+    if inStore:
+        return storeModule.openDatabase(path), storeModule
+    return vg.openGroupDatabase(path), vg
 
 
 def _groups(args: argparse.Namespace) -> int:
     pluginPackage()
     vg: Any = importlib.import_module("mqttd.plugins.virtual_groups")
     try:
-        path = _groupsFile(args)
-        with closing(vg.openGroupDatabase(path)) as db:
-            groups = vg.readGroups(db)
+        db, layout = _openGroups(args, vg)
+        with closing(db):
+            groups = layout.readGroups(db)
             existing = groups.get(args.name) if args.name is not None else None
             if args.action == "list":
                 if args.name is None:
@@ -99,7 +131,7 @@ def _groups(args: argparse.Namespace) -> int:
             if args.action == "delete":
                 if existing is None:
                     raise vg.GroupError(f"no group {args.name!r}")
-                vg.writeGroups(db, (), (args.name,))
+                layout.writeGroups(db, (), (args.name,))
                 return 0
             if args.action == "create":
                 if existing is not None:
@@ -121,9 +153,12 @@ def _groups(args: argparse.Namespace) -> int:
                 gone = set(args.members)
                 kept = {m: q for m, q in existing.members.items() if m not in gone}
                 group = replace(existing, members=kept)
-            vg.writeGroups(db, (group,), ())
-    except (ConfigError, vg.GroupError) as e:
+            layout.writeGroups(db, (group,), ())
+    except (ConfigError, StoreError, vg.GroupError) as e:
         print(f"mqttd groups: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mqttd groups: {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     return 0
 
@@ -132,15 +167,18 @@ def _groupsParser(commands: Any) -> None:
     groups = commands.add_parser(
         "groups",
         help="manage virtual groups",
-        description="Create, change, delete and list the virtual groups in the file a running"
-        " broker's virtual_groups plugin reads; the broker picks changes up within its"
-        " poll_interval.",
+        description="Create, change, delete and list the virtual groups a running broker reads:"
+        " in its SQLite store ([store] plugin = sqlite), else in the virtual_groups plugin's own"
+        " file.  The broker picks changes up within the store's group_poll_interval (the"
+        " plugin's poll_interval for its own file).",
     )
     where = groups.add_mutually_exclusive_group(required=True)
     where.add_argument(
-        "--config", "-c", metavar="INI", help="the broker's mqttd.ini: its groups file"
+        "--config", "-c", metavar="INI", help="the broker's mqttd.ini: the file its groups are in"
     )
-    where.add_argument("--file", "-f", metavar="DB", help="the groups file itself")
+    where.add_argument(
+        "--file", "-f", metavar="DB", help="a groups file, or a broker's SQLite store, itself"
+    )
     actions = groups.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="group names, or one group's definition")
     listing.add_argument("name", metavar="NAME", nargs="?")

@@ -37,6 +37,10 @@ class BrokerConfig:
     message_size_limit: int = 0
     retain_available: bool = True
     allow_zero_length_clientid: bool = True
+    # MQTT 5 Topic Alias Maximum advertised in CONNACK: aliases one client may define.
+    topic_alias_maximum: int = 10
+    # Shared subscriptions ($share/{group}/{filter}), for 3.1.1 and 5.0 clients alike.
+    shared_subscriptions: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +148,15 @@ _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # Zero is the documented "no limit" for these; every other number must be positive, because a zero
 # window, queue or timeout would make the broker refuse all traffic rather than mean "unlimited".
 _ZERO_ALLOWED = frozenset(
-    {"message_size_limit", "connect_rate_per_address", "connect_burst_per_address"}
+    {
+        "message_size_limit",
+        "connect_rate_per_address",
+        "connect_burst_per_address",
+        "topic_alias_maximum",
+    }
 )
 # The keep-alive travels in a two-byte field, so a larger limit could never be reached.
-_MAXIMUM = {"max_keepalive": 65535}
+_MAXIMUM = {"max_keepalive": 65535, "topic_alias_maximum": 65535}
 
 
 def _parseInt(key: str, text: str) -> int:

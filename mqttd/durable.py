@@ -115,6 +115,20 @@ class Writer(Generic[Op]):
             return None
         return self._whenCommitted()
 
+    def commitNow(self) -> Deferred[None]:
+        """
+        A L{Deferred} firing once everything recorded so far is committed, in
+        either mode: what a reader of the file from the writer thread waits
+        for, so that it never reads older than the reactor thread's view.
+        """
+        pending = self._whenCommitted()
+        if self._ops and self._committing is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._handOver()
+        return pending if pending is not None else succeed(None)
+
     def _whenCommitted(self) -> Deferred[None] | None:
         if self._ops:
             d: Deferred[None] = Deferred()

@@ -26,7 +26,7 @@ class IClientConnection(Interface):
     WebSocket.
     """
 
-    protocolLevel = Attribute("The MQTT protocol level the client connected with (3 or 4).")
+    protocolLevel = Attribute("The MQTT protocol level the client connected with (3, 4 or 5).")
     clientAddress = Attribute("A printable peer address for logs.")
     paused = Attribute(
         "True while the transport's write buffer is full.  Sessions queue"
@@ -44,10 +44,13 @@ class IClientConnection(Interface):
         Write already-encoded bytes.  Never raises for a closed connection.
         """
 
-    def close(reason: str) -> None:
+    def close(reason: str, reasonCode: int | None = None) -> None:
         """
         Close the connection, logging C{reason}.  The session is detached by
         the caller first, so the connection's loss does not touch it again.
+
+        @param reasonCode: the MQTT 5 reason code a 5.0 client is sent in
+            DISCONNECT first; ignored for 3.1 / 3.1.1 clients.
         """
 
 
@@ -207,12 +210,15 @@ class PluginContext:
     @ivar brokerConfig: the broker's C{[broker]} settings.
     @ivar lookup: what L{plugin} asks; L{None} where no other plugin can be
         had (a plugin built on its own, as in a unit test).
+    @ivar storePlugin: the name of the broker's store plugin (C{[store]
+        plugin}), which L{plugin} gives; L{None} for the memory store.
     """
 
     reactor: Any
     configDirectory: str
     brokerConfig: Any
     lookup: Callable[[str, Any], Any] | None = None
+    storePlugin: str | None = None
 
     def path(self, value: str) -> str:
         """C{value}, a path from an option, made absolute against L{configDirectory}."""

@@ -4,7 +4,13 @@ An application message as the broker routes it.
 
 from __future__ import annotations
 
-from .codec.encoder import publish_prefix
+from math import ceil
+
+from .codec.encoder import encode_properties, property_block, publish_prefix
+from .codec.properties import NO_PROPERTIES, Properties
+
+# wirePrefix's cache key bit for the 5.0 form, whose Remaining Length counts the properties.
+_LEVEL5 = 16
 
 
 class Message:
@@ -18,9 +24,35 @@ class Message:
     @ivar storeId: the identifier the process's durable store wrote this
         message under, or L{None} until one does: a message queued for many
         persistent sessions is written once and referenced by each.
+    @ivar publisherId: the client identifier of the session that published
+        it, for MQTT 5's No Local; L{None} for the broker's own messages and
+        for those restored from a store.
+    @ivar properties: the MQTT 5 properties forwarded unaltered to every
+        5.0 subscriber [MQTT-3.3.2-15 to MQTT-3.3.2-18]; none here, see
+        L{PropertiedMessage}.
+    @ivar expiresAt: when (broker clock) the Message Expiry Interval runs
+        out, or L{None} if it has none.
     """
 
-    __slots__ = ("_prefixes", "_topicBytes", "payload", "qos", "retain", "storeId", "topic")
+    __slots__ = (
+        "_prefixes",
+        "_topicBytes",
+        "payload",
+        "publisherId",
+        "qos",
+        "retain",
+        "storeId",
+        "topic",
+    )
+
+    # Class attributes, not slots: most messages have no properties, and
+    # routing them stays as cheap as before MQTT 5 by not storing these.
+    properties: Properties = NO_PROPERTIES
+    expiresAt: float | None = None
+    # The encoded properties, bare and as a whole property block.
+    _properties5: tuple[bytes, bytes] = (b"", property_block(b""))
+    # The shared subscription a L{SharedDelivery} copy was made for.
+    viaShare: str | None = None
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.topic = topic
@@ -28,6 +60,7 @@ class Message:
         self.qos = qos
         self.retain = retain
         self.storeId: int | None = None
+        self.publisherId: str | None = None
         self._topicBytes: bytes | None = None
         self._prefixes: dict[int, bytes] = {}
 
@@ -47,8 +80,102 @@ class Message:
             self._prefixes[key] = prefix
         return prefix
 
+    def expired(self, now: float) -> bool:
+        """Whether the Message Expiry Interval has passed at C{now}."""
+        return self.expiresAt is not None and self.expiresAt <= now
+
+    def wire5(
+        self, qos: int, retain: bool, dup: bool, now: float, subscriptionIds: list[int]
+    ) -> tuple[bytes, bytes]:
+        """
+        The encoded 5.0 PUBLISH up to the packet identifier, and its property
+        block (which follows the identifier): the message's own properties,
+        encoded once, then the remaining expiry interval [MQTT-3.3.2-6] and
+        the Subscription Identifiers of this delivery [MQTT-3.3.4-3].
+        """
+        shared, sharedBlock = self._properties5
+        if self._topicBytes is None:
+            self._topicBytes = self.topic.encode("utf-8")
+        if self.expiresAt is None and not subscriptionIds:
+            key = qos | (retain << 2) | (dup << 3) | _LEVEL5
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                prefix = publish_prefix(
+                    self._topicBytes, len(self.payload), qos, retain, dup, sharedBlock
+                )
+                self._prefixes[key] = prefix
+            return prefix, sharedBlock
+        remaining = None
+        if self.expiresAt is not None:
+            # Rounded up, so a message not yet expired is never forwarded as expiring at once.
+            remaining = max(0, ceil(self.expiresAt - now))
+        own = Properties(
+            message_expiry_interval=remaining, subscription_identifiers=tuple(subscriptionIds)
+        )
+        block = property_block(shared, encode_properties(own))
+        return publish_prefix(self._topicBytes, len(self.payload), qos, retain, dup, block), block
+
     def __repr__(self) -> str:
         return (
             f"<Message topic={self.topic!r} qos={self.qos} retain={self.retain} "
             f"payload={len(self.payload)} bytes>"
         )
+
+
+class PropertiedMessage(Message):
+    """
+    A message published with MQTT 5 properties: what they say about the
+    message itself is kept; the rest (a Topic Alias, a Will Delay Interval)
+    concerned only its way to the broker [MQTT-3.3.2-7].
+    """
+
+    __slots__ = ("_properties5", "expiresAt", "properties")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties,
+        now: float,
+    ) -> None:
+        """
+        @param properties: the PUBLISH's or the will's properties.
+        @param now: when (broker clock) the message was received, from which
+            its Message Expiry Interval runs.
+        """
+        super().__init__(topic, payload, qos, retain)
+        interval = properties.message_expiry_interval
+        self.expiresAt = None if interval is None else now + interval
+        forwarded = Properties(
+            payload_format_indicator=properties.payload_format_indicator,
+            content_type=properties.content_type,
+            response_topic=properties.response_topic,
+            correlation_data=properties.correlation_data,
+            user_properties=properties.user_properties,
+        )
+        self.properties = NO_PROPERTIES if forwarded == NO_PROPERTIES else forwarded
+        bare = encode_properties(self.properties)
+        self._properties5 = (bare, property_block(bare))
+
+
+class SharedDelivery(PropertiedMessage):
+    """
+    A message's copy for the one member of a shared subscription it goes to,
+    so that the Subscription Identifiers it carries are that subscription's
+    and not those of the member's other subscriptions [MQTT-3.3.4-5].
+    """
+
+    __slots__ = ("viaShare",)
+
+    def __init__(self, message: Message, viaShare: str) -> None:
+        """
+        @param viaShare: the whole C{$share/} filter of the subscription.
+        """
+        Message.__init__(self, message.topic, message.payload, message.qos, message.retain)
+        self.publisherId = message.publisherId
+        self.properties = message.properties
+        self.expiresAt = message.expiresAt
+        self._properties5 = message._properties5
+        self.viaShare = viaShare

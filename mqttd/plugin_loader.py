@@ -124,6 +124,7 @@ class Plugins:
             configDirectory=config.configDirectory,
             brokerConfig=config.broker,
             lookup=self._lookup,
+            storePlugin=config.storePlugin,
         )
         self.built: dict[str, Any] = {}
 

@@ -17,9 +17,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .broker import Broker
+from .broker import KEEPALIVE_UNLIMITED, Broker
 from .codec import DecodeError, Decoder, encode
 from .codec.packets import (
+    Auth,
     Connack,
     ConnackCode,
     Connect,
@@ -33,9 +34,11 @@ from .codec.packets import (
     Publish,
     Pubrec,
     Pubrel,
+    ReasonCode,
     Subscribe,
     Unsubscribe,
 )
+from .codec.properties import Properties
 from .config import ListenerConfig
 from .interfaces import Allow, Deny, IClientConnection
 from .ratelimit import ConnectionRateLimiter
@@ -43,6 +46,16 @@ from .session import Session, SessionError
 from .transports.tls import IdentityError, certificateIdentity
 
 PINGRESP = encode(Pingresp())
+
+# The Connect Reason Codes that say to a 5.0 client what the authenticators and the broker core,
+# which answer in 3.1.1 return codes, meant [MQTT-3.2.2-8].
+_REASON_FOR_CONNACK_CODE: dict[int, int] = {
+    ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION: ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+    ConnackCode.IDENTIFIER_REJECTED: ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+    ConnackCode.SERVER_UNAVAILABLE: ReasonCode.SERVER_UNAVAILABLE,
+    ConnackCode.BAD_USERNAME_OR_PASSWORD: ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+    ConnackCode.NOT_AUTHORIZED: ReasonCode.NOT_AUTHORIZED,
+}
 
 
 @implementer(IClientConnection, IPushProducer)
@@ -69,6 +82,7 @@ class MQTTServerProtocol(Protocol):
         self.paused = False
         self._decoder = Decoder(
             server=True,
+            mqtt5=True,
             max_packet_size=broker.config.max_packet_size,
             max_connect_size=broker.config.max_connect_size,
         )
@@ -80,6 +94,8 @@ class MQTTServerProtocol(Protocol):
         self._closing = False
         self._closeReason = "connection lost"
         self._held: deque[Packet] | None = None
+        # A 5.0 client's Topic Aliases, alias to topic; this connection's only [MQTT-3.3.2-7].
+        self._topicAliases: dict[int, str] | None = None
         # The name the client's verified certificate gave it, on identity = cn | san listeners.
         self.certificateIdentity: str | None = None
 
@@ -150,7 +166,7 @@ class MQTTServerProtocol(Protocol):
             try:
                 result = handlers[type(packet)](self, packet)
             except SessionError as e:
-                self.close(f"protocol error: {e}")
+                self.close(f"protocol error: {e}", e.reasonCode)
                 return
             if result is not None:
                 self._held = deque(remaining)
@@ -167,8 +183,9 @@ class MQTTServerProtocol(Protocol):
 
     def _handlerFailed(self, failure: Failure) -> None:
         self._held = None
-        if failure.check(SessionError):
-            self.close(f"protocol error: {failure.value}")
+        error = failure.value
+        if isinstance(error, SessionError):
+            self.close(f"protocol error: {error}", error.reasonCode)
             return
         self.log.failure("handling a packet from {address}", failure, address=self.clientAddress)
         self.close("internal error")
@@ -176,13 +193,26 @@ class MQTTServerProtocol(Protocol):
     def _decodeFailed(self, error: DecodeError) -> None:
         spec = f" {error.spec}" if error.spec else ""
         reason = f"{type(error).__name__}: {error}{spec}"
-        if self.session is None and error.connack_code is not None:
+        if error.protocol_level == ProtocolLevel.MQTT_5:
+            # Answered with the error's reason code: in CONNACK before the connection is
+            # accepted, in DISCONNECT after [MQTT-4.13.1-1] (bad-inputs 17-20).
+            if self.clientId is None:
+                self.protocolLevel = ProtocolLevel.MQTT_5
+                self._refuse(error.reason_code, reason)
+            else:
+                self.close(reason, error.reason_code)
+        elif self.session is None and error.connack_code is not None:
             self._refuse(error.connack_code, reason)
         else:
             self.close(reason)
 
     def _refuse(self, code: int, reason: str) -> None:
-        """Answer CONNACK with a refusal code, then close [MQTT-3.2.2-5]."""
+        """
+        Answer CONNACK with a refusal code, then close [MQTT-3.2.2-5]; a 3.1.1
+        code becomes its 5.0 counterpart for a 5.0 client [MQTT-3.2.2-8].
+        """
+        if self.protocolLevel == ProtocolLevel.MQTT_5:
+            code = _REASON_FOR_CONNACK_CODE.get(code, code)
         self.sendPacket(Connack(False, code))
         self._closing = True
         self.log.info(
@@ -192,11 +222,15 @@ class MQTTServerProtocol(Protocol):
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, reasonCode: int | None = None) -> None:
         """
         Drop the connection at once; buffered output is discarded, so a peer
         that stopped reading cannot keep it open.  The will is published
         unless DISCONNECT was received.
+
+        @param reasonCode: for an accepted 5.0 client, the reason code of the
+            DISCONNECT to send first [MQTT-3.14.0-1]; it is sent only if the
+            transport can take it, else the connection is just dropped.
         """
         if self._closing:
             return
@@ -208,6 +242,18 @@ class MQTTServerProtocol(Protocol):
                 address=self.clientAddress,
                 reason=reason,
             )
+        if (
+            reasonCode is not None
+            and self.protocolLevel == ProtocolLevel.MQTT_5
+            and self.clientId is not None
+            and not self.paused
+        ):
+            self.transport.write(encode(Disconnect(reasonCode), ProtocolLevel.MQTT_5))  # type: ignore[union-attr]
+            # Nothing may follow DISCONNECT [MQTT-3.14.4-1]: paused, the session queues
+            # instead of writing while the transport flushes it and closes.
+            self.paused = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # Timers
@@ -221,7 +267,7 @@ class MQTTServerProtocol(Protocol):
         if idle >= self._keepaliveLimit:
             self._keepaliveTimer = None
             # [MQTT-3.1.2-24]: as if the network had failed, so the will goes.
-            self.close("keepalive timeout")
+            self.close("keepalive timeout", ReasonCode.KEEP_ALIVE_TIMEOUT)
         else:
             self._keepaliveTimer = self.clock.callLater(
                 self._keepaliveLimit - idle, self._checkKeepalive
@@ -230,7 +276,7 @@ class MQTTServerProtocol(Protocol):
     # IClientConnection
 
     def sendPacket(self, packet: Packet) -> None:
-        self.transport.write(encode(packet))  # type: ignore[union-attr]
+        self.transport.write(encode(packet, self.protocolLevel))  # type: ignore[union-attr]
 
     def writeSequence(self, chunks: Sequence[bytes]) -> None:
         self.transport.writeSequence(chunks)  # type: ignore[union-attr]
@@ -254,6 +300,15 @@ class MQTTServerProtocol(Protocol):
         if self._connectTimer is not None and self._connectTimer.active():
             self._connectTimer.cancel()
         self._connectTimer = None
+        # Refusals too are written at the client's level.
+        self.protocolLevel = ProtocolLevel(packet.protocol_level)
+        if packet.properties.authentication_method is not None:
+            # No enhanced authentication method is offered [MQTT-4.12.0-1].
+            self._refuse(
+                ReasonCode.BAD_AUTHENTICATION_METHOD,
+                f"authentication method {packet.properties.authentication_method!r}",
+            )
+            return None
         # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
         # precedes CONNECT, has been read; from now on it is the client.
         self._notePeer()
@@ -287,13 +342,18 @@ class MQTTServerProtocol(Protocol):
             return
         self.session = session
         self.clientId = session.clientId
-        self.protocolLevel = ProtocolLevel(packet.protocol_level)
-        if packet.keepalive:
-            self._keepaliveLimit = packet.keepalive * 1.5
+        keepalive = packet.keepalive
+        if self.protocolLevel == ProtocolLevel.MQTT_5:
+            properties, keepalive = self._accepted5(packet, session)
+            self.sendPacket(Connack(sessionPresent, 0, properties))
+        else:
+            session.maxInflight = self.broker.config.max_inflight
+            # MQTT 3.1 has no Session Present flag; its CONNACK byte is reserved.
+            present = sessionPresent and self.protocolLevel == ProtocolLevel.MQTT_3_1_1
+            self.sendPacket(Connack(present, 0))
+        if keepalive:
+            self._keepaliveLimit = keepalive * 1.5
             self._keepaliveTimer = self.clock.callLater(self._keepaliveLimit, self._checkKeepalive)
-        # MQTT 3.1 has no Session Present flag; its CONNACK byte is reserved.
-        present = sessionPresent and self.protocolLevel == ProtocolLevel.MQTT_3_1_1
-        self.sendPacket(Connack(present, 0))
         self.log.info(
             "{clientId} connected from {address} (protocol level {protocolLevel}, "
             "clean session {clean}, keepalive {keepalive})",
@@ -304,6 +364,45 @@ class MQTTServerProtocol(Protocol):
             keepalive=packet.keepalive,
         )
         session.resume(self)
+
+    def _accepted5(self, packet: Connect, session: Session) -> tuple[Properties, int]:
+        """
+        Apply a 5.0 client's limits to its connection and session, and say
+        the broker's own in CONNACK.
+
+        @return: the CONNACK properties and the keepalive to enforce.
+        """
+        config = self.broker.config
+        requested = packet.properties
+        # The client's Receive Maximum bounds the outbound window [MQTT-3.3.4-9].
+        session.maxInflight = min(config.max_inflight, requested.receive_maximum or 65535)
+        session.maxPacketSize = requested.maximum_packet_size or 0
+        keepalive = packet.keepalive
+        serverKeepAlive = None
+        if keepalive > config.max_keepalive or (
+            keepalive == 0 and config.max_keepalive < KEEPALIVE_UNLIMITED
+        ):
+            # Where 3.1.1 refuses, 5.0 tells the client the keepalive to use [MQTT-3.2.2-21].
+            keepalive = serverKeepAlive = config.max_keepalive
+        self._topicAliases = {}
+        self._handlers = self._handlers5
+        properties = Properties(
+            # [MQTT-3.2.2-16]
+            assigned_client_identifier=None if packet.client_id else session.clientId,
+            server_keep_alive=serverKeepAlive,
+            # Inbound QoS 1 is acknowledged as it is read, so the QoS 2 messages awaiting
+            # PUBREL are what a client can have unacknowledged [MQTT-3.3.4-7].
+            receive_maximum=min(config.max_awaiting_rel, 65535),
+            retain_available=int(config.retain_available),
+            # The decoder's limit is on the Remaining Length, so every packet within this
+            # total size is within it.
+            maximum_packet_size=config.max_packet_size,
+            topic_alias_maximum=config.topic_alias_maximum or None,
+            wildcard_subscription_available=1,
+            subscription_identifier_available=1,
+            shared_subscription_available=int(config.shared_subscriptions),
+        )
+        return properties, keepalive
 
     def _identified(self, packet: Connect) -> Connect | None:
         """
@@ -329,11 +428,31 @@ class MQTTServerProtocol(Protocol):
     def publishReceived(self, packet: Publish) -> Deferred[None] | None:
         return self.broker.publishReceived(self.session, packet)  # type: ignore[arg-type]
 
+    def publishReceived5(self, packet: Publish) -> Deferred[None] | None:
+        alias = packet.properties.topic_alias
+        if alias is not None:
+            aliases = self._topicAliases
+            assert aliases is not None
+            # The decoder refused alias 0 [MQTT-3.3.2-8].
+            if alias > self.broker.config.topic_alias_maximum:
+                # [MQTT-3.2.2-17]; bad-inputs 19.
+                raise SessionError(
+                    f"topic alias {alias} above the maximum", ReasonCode.TOPIC_ALIAS_INVALID
+                )
+            if packet.topic:
+                aliases[alias] = packet.topic
+            else:
+                topic = aliases.get(alias)
+                if topic is None:
+                    raise SessionError(f"topic alias {alias} was never set")
+                packet = replace(packet, topic=topic)
+        return self.broker.publishReceived(self.session, packet)  # type: ignore[arg-type]
+
     def pubackReceived(self, packet: Puback) -> None:
         self.session.pubackReceived(packet.packet_id)  # type: ignore[union-attr]
 
     def pubrecReceived(self, packet: Pubrec) -> Deferred[None] | None:
-        return self.broker.pubrecReceived(self.session, packet.packet_id)  # type: ignore[arg-type]
+        return self.broker.pubrecReceived(self.session, packet.packet_id, packet.reason_code)  # type: ignore[arg-type]
 
     def pubrelReceived(self, packet: Pubrel) -> Deferred[None] | None:
         return self.broker.pubrelReceived(self.session, packet.packet_id)  # type: ignore[arg-type]
@@ -351,8 +470,20 @@ class MQTTServerProtocol(Protocol):
         self.transport.write(PINGRESP)  # type: ignore[union-attr]
 
     def disconnectReceived(self, packet: Disconnect) -> None:
-        # [MQTT-3.14.4-3]: the will is discarded.
-        self._graceful = True
+        if self.protocolLevel == ProtocolLevel.MQTT_5:
+            session = self.session
+            assert session is not None
+            expiry = packet.properties.session_expiry_interval
+            if expiry is not None:
+                if expiry and not session.expiryInterval:
+                    # Section 3.14.2.2.2: a session that was to end cannot be kept after all.
+                    raise SessionError("Session Expiry Interval set on DISCONNECT after 0")
+                session.expiryInterval = expiry
+            # Only Normal Disconnection discards the will; 0x04 and errors publish it.
+            self._graceful = packet.reason_code == ReasonCode.NORMAL_DISCONNECTION
+        else:
+            # [MQTT-3.14.4-3]: the will is discarded.
+            self._graceful = True
         self._closing = True
         self._closeReason = "client sent DISCONNECT"
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -370,6 +501,17 @@ class MQTTServerProtocol(Protocol):
         Unsubscribe: unsubscribeReceived,
         Pingreq: pingReceived,
         Disconnect: disconnectReceived,
+    }
+
+    def authReceived(self, packet: Auth) -> None:
+        # CONNECT had no Authentication Method, as any accepted one has not [MQTT-4.12.0-7].
+        raise SessionError("AUTH without an authentication method")
+
+    # A 5.0 connection's own table, so 3.1.1 PUBLISH pays nothing for Topic Aliases.
+    _handlers5: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = {
+        **_handlers,
+        Publish: publishReceived5,
+        Auth: authReceived,
     }
 
 

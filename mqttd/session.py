@@ -8,24 +8,36 @@ L{mqttd.interfaces.IClientConnection}, and time arrives as arguments.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .codec import encode
-from .codec.packets import Pubrel, Will
+from .codec.packets import ProtocolLevel, Pubrel, ReasonCode, Will
 from .interfaces import IClientConnection, IMessageStore
 from .message import Message
+from .topics import SHARE_PREFIX, filter_matches
 
 WAIT_PUBACK = 1
 WAIT_PUBREC = 2
 WAIT_PUBCOMP = 3
+
+# The Session Expiry Interval that means the session never expires (section 3.1.2.11.2).
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
 class SessionError(Exception):
     """
     The client broke the session's rules (an acknowledgement of the wrong
     kind, too many QoS 2 messages awaiting PUBREL); close its connection.
+
+    @ivar reasonCode: the MQTT 5 reason code of the DISCONNECT that says why.
     """
+
+    def __init__(self, message: str, reasonCode: int = ReasonCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.reasonCode = reasonCode
 
 
 class Stats:
@@ -92,11 +104,16 @@ class Session:
         "clientId",
         "connection",
         "dropped",
+        "expiryInterval",
+        "identified",
         "inflight",
         "journal",
         "maxAwaitingRel",
         "maxInflight",
+        "maxPacketSize",
         "maxQueued",
+        "mqtt5",
+        "now",
         "pending",
         "subscriptions",
         "will",
@@ -124,13 +141,25 @@ class Session:
         self.pending: deque[tuple[Message, int, bool]] | None = None
         self.awaitingRel: dict[int, float] = {}
         self.dropped = 0
+        # Seconds the session outlives its connection (MQTT 5 Session Expiry Interval); 3.1.1
+        # sessions are kept for ever or end with the connection, as their clean session says.
+        self.expiryInterval = 0 if cleanSession else SESSION_NEVER_EXPIRES
         self.journal: IMessageStore | None = None
         self.maxInflight = maxInflight
+        # The Maximum Packet Size of a 5.0 client's CONNECT; 0 when it set none.
+        self.maxPacketSize = 0
         self.maxQueued = maxQueued
         self.maxAwaitingRel = maxAwaitingRel
         self.awaitRelTimeout = awaitRelTimeout
         self._nextPacketId = 1
         self._stats = stats
+        # Whether the connection speaks 5.0, whose PUBLISH carries properties; set by resume.
+        self.mqtt5 = False
+        # Whether a subscription may carry a Subscription Identifier, so 5.0 deliveries
+        # look for them only then; set by the broker, never cleared (a stale True costs a scan).
+        self.identified = False
+        # The broker's clock, for Message Expiry Intervals.
+        self.now: Callable[[], float] = time.time
 
     # Outbound: broker -> client
 
@@ -150,11 +179,38 @@ class Session:
             # [MQTT-4.6.0-6].
             self._enqueue(message, qos, retain)
         elif qos == 0:
-            conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
+            if self.mqtt5:
+                self._write5(conn, message, 0, retain, False, b"")
+            else:
+                conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
         elif len(self.inflight) < self.maxInflight:
             self._send(conn, message, qos, retain, False)
         else:
             self._enqueue(message, qos, retain)
+
+    def _write5(
+        self,
+        conn: IClientConnection,
+        message: Message,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packetId: bytes,
+    ) -> None:
+        ids = self._subscriptionIds(message) if self.identified else _NO_IDS
+        prefix, block = message.wire5(qos, retain, dup, self.now(), ids)
+        limit = self.maxPacketSize
+        if limit and len(prefix) + len(packetId) + len(block) + len(message.payload) > limit:
+            # Never sent, and settled as if delivered [MQTT-3.1.2-24, MQTT-3.1.2-25].
+            self.dropped += 1
+            self._stats.messagesDropped += 1
+            if packetId:
+                sent = int.from_bytes(packetId, "big")
+                del self.inflight[sent]
+                if self.journal is not None:
+                    self.journal.messageAcknowledged(self.clientId, sent)
+            return
+        conn.writeSequence((prefix, packetId, block, message.payload))
 
     def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
         pending = self.pending
@@ -178,6 +234,9 @@ class Session:
         )
         if self.journal is not None:
             self.journal.messageSent(self.clientId, packetId, message, qos, retain, queued)
+        if self.mqtt5:
+            self._write5(conn, message, qos, retain, False, packetId.to_bytes(2, "big"))
+            return
         conn.writeSequence(
             (message.wirePrefix(qos, retain, False), packetId.to_bytes(2, "big"), message.payload)
         )
@@ -200,14 +259,48 @@ class Session:
         pending = self.pending
         while pending and conn is not None and not conn.paused:
             message, qos, retain = pending[0]
-            if qos == 0:
+            if message.expiresAt is not None and message.expired(self.now()):
                 pending.popleft()
-                conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
+                self._expired(message, qos, retain)
+            elif qos == 0:
+                pending.popleft()
+                if self.mqtt5:
+                    self._write5(conn, message, 0, retain, False, b"")
+                else:
+                    conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
             elif len(self.inflight) < self.maxInflight:
                 pending.popleft()
                 self._send(conn, message, qos, retain, True)
             else:
                 break
+
+    def _subscriptionIds(self, message: Message) -> list[int]:
+        # Found when sent rather than carried from routing, so queues and stores keep
+        # (message, qos, retain): those of the matching ordinary subscriptions, or of the one
+        # shared subscription the delivery is for [MQTT-3.3.4-3, MQTT-3.3.4-5].
+        share = message.viaShare
+        if share is not None:
+            options = self.subscriptions.get(share, 0)
+            return [options >> 8] if options > 0xFF else _NO_IDS
+        topic = message.topic
+        return [
+            options >> 8
+            for topicFilter, options in self.subscriptions.items()
+            if options > 0xFF
+            and not topicFilter.startswith(SHARE_PREFIX)
+            and filter_matches(topicFilter, topic)
+        ]
+
+    def _expired(self, message: Message, qos: int, retain: bool) -> None:
+        # Never sent once its expiry interval has passed [MQTT-3.3.2-5].
+        self.dropped += 1
+        self._stats.messagesDropped += 1
+        if qos and self.journal is not None:
+            # The store has no event for a queued message leaving unsent; sent then
+            # acknowledged under an identifier not in use leaves it in that state.
+            packetId = self._allocatePacketId()
+            self.journal.messageSent(self.clientId, packetId, message, qos, retain, True)
+            self.journal.messageAcknowledged(self.clientId, packetId)
 
     def resume(self, conn: IClientConnection) -> None:
         """
@@ -216,9 +309,15 @@ class Session:
         packet identifiers [MQTT-4.4.0-1], then the queue.
         """
         self.connection = conn
-        for packetId, out in self.inflight.items():
+        self.mqtt5 = conn.protocolLevel == ProtocolLevel.MQTT_5
+        # A copy: a re-send too large for a 5.0 client leaves the window [MQTT-3.1.2-25].
+        for packetId, out in list(self.inflight.items()):
             if out.state == WAIT_PUBCOMP:
                 conn.writeSequence((encode(Pubrel(packetId)),))
+            elif self.mqtt5:
+                self._write5(
+                    conn, out.message, out.qos, out.retain, True, packetId.to_bytes(2, "big")
+                )
             else:
                 conn.writeSequence(
                     (
@@ -269,6 +368,24 @@ class Session:
         if self.connection is not None:
             self.connection.writeSequence((encode(Pubrel(packetId)),))
 
+    def pubrecRefused(self, packetId: int) -> None:
+        """
+        A 5.0 client answered a QoS 2 delivery with a PUBREC reason code of
+        0x80 or more: the delivery ends there, with no PUBREL
+        [MQTT-4.3.3-4], and the message is not offered again [MQTT-4.8.2-6].
+
+        @raise SessionError: C{packetId} names a QoS 1 delivery.
+        """
+        out = self.inflight.get(packetId)
+        if out is None or out.state == WAIT_PUBCOMP:
+            return
+        if out.state == WAIT_PUBACK:
+            raise SessionError(f"PUBREC for QoS 1 message {packetId}")
+        del self.inflight[packetId]
+        if self.journal is not None:
+            self.journal.messageAcknowledged(self.clientId, packetId)
+        self.pump()
+
     def pubcompReceived(self, packetId: int) -> None:
         """
         The client completed a QoS 2 delivery.
@@ -309,7 +426,11 @@ class Session:
                 if journal is not None:
                     journal.qos2Released(self.clientId, stale)
             if len(awaiting) >= self.maxAwaitingRel:
-                raise SessionError(f"more than {self.maxAwaitingRel} QoS 2 messages await PUBREL")
+                # maxAwaitingRel is the Receive Maximum advertised to MQTT 5 clients.
+                raise SessionError(
+                    f"more than {self.maxAwaitingRel} QoS 2 messages await PUBREL",
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                )
         awaiting[packetId] = now
         if journal is not None:
             journal.qos2Received(self.clientId, packetId, now)
@@ -328,6 +449,7 @@ class Session:
     def restore(self, state: SessionState) -> None:
         """Take over the state a store kept, into this fresh session."""
         self.subscriptions = dict(state.subscriptions)
+        self.identified = any(options > 0xFF for options in self.subscriptions.values())
         self.inflight = {
             packetId: Outgoing(message, qos, retain, st)
             for packetId, message, qos, retain, st in state.inflight
@@ -335,3 +457,6 @@ class Session:
         self.pending = deque(state.pending) if state.pending else None
         self.awaitingRel = dict(state.awaitingRel)
         self._nextPacketId = state.nextPacketId
+
+
+_NO_IDS: list[int] = []

@@ -1,5 +1,6 @@
 """
-Topic names, topic filters and the subscription trie (MQTT 3.1.1 section 4.7).
+Topic names, topic filters and the subscription trie (MQTT 3.1.1 section 4.7),
+and shared subscriptions (MQTT 5.0 section 4.8.2).
 
 Pure Python with no Twisted import: the broker core calls L{SubscriptionTree.match}
 once per PUBLISH, so matching splits the topic once and walks the trie
@@ -10,13 +11,22 @@ level cap in the validators is what bounds the work per message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "DEFAULT_MAX_LEVELS",
+    "SHARE_PREFIX",
     "InvalidTopic",
+    "SharedGroup",
+    "SharedSubscriptions",
     "SubscriptionTree",
+    "filter_matches",
+    "split_shared_filter",
     "validate_topic_filter",
     "validate_topic_name",
 ]
+
+SHARE_PREFIX = "$share/"
 
 DEFAULT_MAX_LEVELS = 128
 
@@ -76,11 +86,18 @@ def validate_topic_filter(topic_filter: str, max_levels: int = DEFAULT_MAX_LEVEL
     @param max_levels: the most C{/}-separated levels allowed.
     @raise InvalidTopic: if C{topic_filter} is empty [MQTT-4.7.3-1], has a
         C{#} that is not the whole last level [MQTT-4.7.1-2], a C{+} that is
-        not a whole level [MQTT-4.7.1-3], or more than C{max_levels} levels.
+        not a whole level [MQTT-4.7.1-3], or more than C{max_levels} levels;
+        for a shared subscription C{$share/{ShareName}/{filter}}, if the share
+        name is empty [MQTT-4.8.2-1], holds C{/}, C{+} or C{#}, or is not
+        followed by C{/} and a valid filter [MQTT-4.8.2-2].
     """
     if not topic_filter:
         raise InvalidTopic("empty topic filter", "MQTT-4.7.3-1")
     _check_levels(topic_filter, max_levels)
+    if topic_filter.startswith(SHARE_PREFIX):
+        topic_filter = split_shared_filter(topic_filter)[1]
+        if not topic_filter:
+            raise InvalidTopic("empty topic filter after the share name", "MQTT-4.8.2-2")
     if "+" not in topic_filter and "#" not in topic_filter:
         return
     levels = topic_filter.split("/")
@@ -96,14 +113,31 @@ def validate_topic_filter(topic_filter: str, max_levels: int = DEFAULT_MAX_LEVEL
             raise InvalidTopic(f"'+' not a whole level of {topic_filter[:64]!r}", "MQTT-4.7.1-3")
 
 
+def split_shared_filter(topic_filter: str) -> tuple[str, str]:
+    """
+    Split a shared subscription's topic filter (one starting with
+    L{SHARE_PREFIX}) into its share name and the filter it applies to.
+
+    @raise InvalidTopic: the share name is empty [MQTT-4.8.2-1], has a
+        wildcard or is not followed by C{/} [MQTT-4.8.2-2]; the filter after
+        it is returned unchecked.
+    """
+    share, separator, inner = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    if not share:
+        raise InvalidTopic(f"empty share name in {topic_filter[:64]!r}", "MQTT-4.8.2-1")
+    if "+" in share or "#" in share or not separator:
+        raise InvalidTopic(f"invalid share name in {topic_filter[:64]!r}", "MQTT-4.8.2-2")
+    return share, inner
+
+
 class _Node:
     """
     One level of the subscription trie.
 
     @ivar children: the next level, keyed by level text; the wildcards C{+}
         and C{#} are ordinary keys here.
-    @ivar subscribers: the maximum QoS of each subscriber whose filter ends
-        at this node.
+    @ivar subscribers: the maximum QoS (with any MQTT 5 options above it) of
+        each subscriber whose filter ends at this node.
     """
 
     __slots__ = ("children", "subscribers")
@@ -133,11 +167,14 @@ class SubscriptionTree:
     L{validate_topic_name}; the tree does not check them again.
     """
 
-    __slots__ = ("_cache", "_cache_slots", "_count", "_root")
+    __slots__ = ("_cache", "_cache_slots", "_count", "_root", "optioned")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._count = 0
+        # How many subscriptions carry more than a QoS (see subscribe), so that the broker
+        # checks for them once per message, not once per delivery, and only when there are any.
+        self.optioned = 0
         self._cache: dict[str, dict[str, int]] = {}
         self._cache_slots = 0
 
@@ -158,7 +195,11 @@ class SubscriptionTree:
 
         @param topic_filter: a valid topic filter.
         @param subscriber: the subscriber's identity (the client id).
-        @param qos: the granted maximum QoS.
+        @param qos: the granted maximum QoS, in the low two bits of the
+            subscription's options; a value of 4 or more (MQTT 5 options
+            beyond the QoS) counts in L{optioned}, and since it is larger than
+            any bare QoS, a subscriber matched by such a subscription is
+            matched with a value of 4 or more.
         @return: C{True} if the subscription is new, C{False} if it already
             existed and now has QoS C{qos} [MQTT-3.8.4-3].
         """
@@ -173,6 +214,7 @@ class SubscriptionTree:
             return False
         node.subscribers[subscriber] = qos
         self._invalidate()
+        self.optioned += (qos > 3) - (previous is not None and previous > 3)
         if previous is None:
             self._count += 1
             return True
@@ -195,8 +237,10 @@ class SubscriptionTree:
                 return False
             path.append((node, level))
             node = child
-        if node.subscribers.pop(subscriber, None) is None:
+        previous = node.subscribers.pop(subscriber, None)
+        if previous is None:
             return False
+        self.optioned -= previous > 3
         self._count -= 1
         self._invalidate()
         while path and not node.subscribers and not node.children:
@@ -277,3 +321,147 @@ class SubscriptionTree:
             cache[topic] = result
             self._cache_slots += slots
         return result
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """
+    Whether the valid topic filter C{topic_filter} matches the valid topic
+    name C{topic} (section 4.7), for the rare checks of one filter;
+    L{SubscriptionTree.match} is the way to match many.
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False  # [MQTT-4.7.2-1]
+    levels = topic.split("/")
+    filters = topic_filter.split("/")
+    for index, level in enumerate(filters):
+        if level == "#":
+            return True
+        if index >= len(levels) or (level != "+" and level != levels[index]):
+            return False
+    return len(filters) == len(levels)
+
+
+class SharedGroup:
+    """
+    The members of one shared subscription (one share name with one topic
+    filter): each message matching the filter goes to one member only.
+
+    @ivar topicFilter: the whole C{$share/{ShareName}/{filter}} filter.
+    @ivar members: each member's subscription options (an C{int} whose low
+        bits are the granted QoS) by subscriber, in the order they joined.
+    """
+
+    __slots__ = ("_cursor", "_order", "members", "topicFilter")
+
+    def __init__(self, topicFilter: str) -> None:
+        self.topicFilter = topicFilter
+        self.members: dict[str, int] = {}
+        # The members as a list too, so taking turns is an index, not a walk of the dict.
+        self._order: list[str] = []
+        self._cursor = 0
+
+    def add(self, subscriber: str, options: int) -> bool:
+        """
+        Add C{subscriber}, or change its options keeping its turn.
+
+        @return: C{True} if it was not a member.
+        """
+        new = subscriber not in self.members
+        self.members[subscriber] = options
+        if new:
+            self._order.append(subscriber)
+        return new
+
+    def remove(self, subscriber: str) -> bool:
+        """
+        @return: C{True} if C{subscriber} was a member.
+        """
+        if self.members.pop(subscriber, None) is None:
+            return False
+        order = self._order
+        index = order.index(subscriber)
+        del order[index]
+        # The member after the removed one keeps the turn it had.
+        if index < self._cursor:
+            self._cursor -= 1
+        if self._cursor >= len(order):
+            self._cursor = 0
+        return True
+
+    def pick(self, online: Callable[[str], bool]) -> str:
+        """
+        The member whose turn it is: the next one, in joining order, for which
+        C{online} is true; when none is, simply the next one, so messages
+        wait in turn in the offline members' queues.  The group must have
+        members.
+        """
+        order = self._order
+        count = len(order)
+        start = self._cursor
+        for step in range(count):
+            index = (start + step) % count
+            subscriber = order[index]
+            if online(subscriber):
+                self._cursor = (index + 1) % count
+                return subscriber
+        self._cursor = (start + 1) % count
+        return order[start]
+
+
+class SharedSubscriptions:
+    """
+    Every shared subscription of the broker, apart from the
+    L{SubscriptionTree} of ordinary ones so that a broker without shared
+    subscriptions pays nothing for them on each message.
+
+    @ivar groups: each shared subscription by its whole C{$share/} filter.
+    """
+
+    __slots__ = ("_tree", "groups")
+
+    def __init__(self) -> None:
+        # Keyed by whole $share/ filter, so each group appears once per match.
+        self._tree = SubscriptionTree()
+        self.groups: dict[str, SharedGroup] = {}
+
+    def __len__(self) -> int:
+        """
+        @return: the number of (shared subscription, member) pairs.
+        """
+        return sum(len(group.members) for group in self.groups.values())
+
+    def subscribe(self, topicFilter: str, subscriber: str, options: int) -> bool:
+        """
+        Make C{subscriber} a member of the shared subscription C{topicFilter}
+        (valid, starting with L{SHARE_PREFIX}), or change its options.
+
+        @return: C{True} if it was not a member.
+        """
+        group = self.groups.get(topicFilter)
+        if group is None:
+            group = self.groups[topicFilter] = SharedGroup(topicFilter)
+            self._tree.subscribe(split_shared_filter(topicFilter)[1], topicFilter, 0)
+        return group.add(subscriber, options)
+
+    def unsubscribe(self, topicFilter: str, subscriber: str) -> bool:
+        """
+        Take C{subscriber} out of the shared subscription C{topicFilter}; the
+        last member to leave ends it.
+
+        @return: C{True} if C{subscriber} was a member.
+        """
+        group = self.groups.get(topicFilter)
+        if group is None or not group.remove(subscriber):
+            return False
+        if not group.members:
+            del self.groups[topicFilter]
+            self._tree.unsubscribe(split_shared_filter(topicFilter)[1], topicFilter)
+        return True
+
+    def match(self, topic: str) -> list[SharedGroup]:
+        """
+        @param topic: a valid topic name.
+        @return: the shared subscriptions whose filter matches C{topic}.
+        """
+        groups = self.groups
+        return [groups[topicFilter] for topicFilter in self._tree.match(topic)]

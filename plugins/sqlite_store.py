@@ -1,6 +1,6 @@
 """
 The SQLite L{IMessageStore}: mqttd's embedded default (C{[store] plugin =
-sqlite}).
+sqlite}), and the L{IGroupStore} that holds virtual groups' membership.
 
 One table per kind of state.  A message queued for many persistent sessions
 is one row of C{messages} referenced by one C{deliveries} row per session,
@@ -8,12 +8,21 @@ and is deleted with its last reference.  The database runs in WAL mode with
 C{synchronous=FULL}; every write happens on one writer thread (see
 L{mqttd.durable.Writer}), the schema version is C{PRAGMA user_version}.
 
+Groups are read into memory when the store opens and are written through the
+writer thread like everything else.  C{mqttd groups} changes them in the same
+file with its own connection (WAL lets it write while the broker runs) and
+adds one to C{group_changes}; the store reads that count every
+C{group_poll_interval} seconds once someone watches its groups, and the
+groups again when the count moved.
+
 Options (C{[plugin:sqlite]}):
   - C{path}: the database file, relative to the configuration file's
     directory (created if missing, with its directory); default C{mqttd.db}.
   - C{durability}: C{sync} (default; a QoS 1/2 message is committed before
     its PUBACK/PUBREC) or C{batched} (committed every C{flush_ms}).
   - C{flush_ms}: the C{batched} commit interval in milliseconds; default 50.
+  - C{group_poll_interval}: seconds between looks for group changes made by
+    another process; default 1.
 """
 
 from __future__ import annotations
@@ -21,22 +30,34 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
 from mqttd.durable import Writer, durabilityOptions
-from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
+from mqttd.interfaces import (
+    Group,
+    IGroupStore,
+    IMessageStore,
+    IPluginFactory,
+    PluginConfigError,
+    PluginContext,
+)
 from mqttd.message import Message
 from mqttd.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, SessionState
 from mqttd.store import StoredSession, StoredState, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
+# Version 1; a new file is made with it and brought up to date by the same
+# MIGRATIONS an old file goes through, so the two never differ.
 SCHEMA = """
 CREATE TABLE messages (
     id INTEGER PRIMARY KEY,
@@ -82,6 +103,29 @@ CREATE TABLE wills (
 ) WITHOUT ROWID;
 """
 
+# From version N (the key) to N + 1: statements run one by one in the
+# transaction that sets the new user_version (executescript would commit
+# that transaction first).  group_changes holds one row, which every writer
+# of groups, the broker or mqttd groups, adds one to.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE groups (
+            name TEXT PRIMARY KEY,
+            by_username INTEGER NOT NULL,
+            topic TEXT,
+            echo INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE group_members (
+            group_name TEXT NOT NULL,
+            member TEXT NOT NULL,
+            qos INTEGER NOT NULL,
+            PRIMARY KEY (group_name, member)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE group_changes (changes INTEGER NOT NULL)",
+        "INSERT INTO group_changes VALUES (0)",
+    ),
+}
+
 _INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)"
 _SAVE_SESSION = (
     "INSERT INTO sessions VALUES (?, ?)"
@@ -113,6 +157,72 @@ _FORGET_UNREFERENCED = (
 Op = tuple[str, tuple[object, ...]]
 
 
+def groupOps(groups: Iterable[Group], deleted: Iterable[str]) -> list[Op]:
+    """The statements that replace C{groups} and delete the groups named C{deleted}."""
+    ops: list[Op] = []
+    for name in deleted:
+        ops.append(("DELETE FROM group_members WHERE group_name = ?", (name,)))
+        ops.append(("DELETE FROM groups WHERE name = ?", (name,)))
+    for group in groups:
+        ops.append(("DELETE FROM group_members WHERE group_name = ?", (group.name,)))
+        ops.append(
+            (
+                "INSERT OR REPLACE INTO groups VALUES (?, ?, ?, ?)",
+                (group.name, group.byUsername, group.topic, group.echo),
+            )
+        )
+        ops.extend(
+            ("INSERT INTO group_members VALUES (?, ?, ?)", (group.name, member, qos))
+            for member, qos in group.members.items()
+        )
+    ops.append(("UPDATE group_changes SET changes = changes + 1", ()))
+    return ops
+
+
+def readGroupChanges(db: sqlite3.Connection) -> int:
+    """How many changes to groups the file has seen, from any process."""
+    changes: int = db.execute("SELECT changes FROM group_changes").fetchone()[0]
+    return changes
+
+
+def readGroups(db: sqlite3.Connection) -> dict[str, Group]:
+    """Every group in the file."""
+    members: dict[str, dict[str, int]] = {}
+    for groupName, member, qos in db.execute("SELECT group_name, member, qos FROM group_members"):
+        members.setdefault(groupName, {})[member] = qos
+    return {
+        name: Group(name, members.get(name, {}), bool(byUsername), topic, bool(echo))
+        for name, byUsername, topic, echo in db.execute(
+            "SELECT name, by_username, topic, echo FROM groups"
+        )
+    }
+
+
+def writeGroups(db: sqlite3.Connection, groups: Iterable[Group], deleted: Iterable[str]) -> None:
+    """
+    For another process than the broker's (C{mqttd groups}): L{groupOps} in
+    one transaction of its own connection.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in groupOps(groups, deleted):
+            db.execute(sql, params)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _readGroupsIfChanged(db: sqlite3.Connection, known: int) -> tuple[int, dict[str, Group] | None]:
+    # One read transaction, so that the count and the groups agree.
+    db.execute("BEGIN")
+    try:
+        changes = readGroupChanges(db)
+        return changes, (readGroups(db) if changes != known else None)
+    finally:
+        db.execute("COMMIT")
+
+
 def openDatabase(path: str) -> sqlite3.Connection:
     """
     Open (creating if need be) the store at C{path} and check it is one this
@@ -130,14 +240,29 @@ def openDatabase(path: str) -> sqlite3.Connection:
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if version == 0 and tables == 0:
             db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;")
+            version = 1
         elif version == 0:
             raise StoreError(path, "an SQLite database, but not an mqttd store")
-        elif version != SCHEMA_VERSION:
+        elif version > SCHEMA_VERSION:
             raise StoreError(
                 path,
                 f"store schema version {version}; this mqttd reads version {SCHEMA_VERSION}",
             )
+        while version < SCHEMA_VERSION:
+            # IMMEDIATE, and the version read again inside: a second process opening the file
+            # at the same time (mqttd groups beside the broker) must not migrate it twice.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("PRAGMA user_version").fetchone()[0] == version:
+                    for statement in MIGRATIONS[version]:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {version + 1}")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
         check = db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise StoreError(path, f"corrupt SQLite store: {check}")
@@ -154,24 +279,46 @@ def openDatabase(path: str) -> sqlite3.Connection:
     return db
 
 
-@implementer(IMessageStore)
+@implementer(IMessageStore, IGroupStore)
 class SQLiteStore:
     """
-    L{IMessageStore} in one SQLite file.
+    L{IMessageStore} and L{IGroupStore} in one SQLite file.
 
     @param path: the database file; opened and checked here, synchronously,
         so that a bad file stops start-up before anything listens.
+    @param groupPollInterval: seconds between looks for group changes other
+        processes made.
     @raise StoreError: see L{openDatabase}.
     """
 
-    def __init__(self, reactor: Any, path: str, *, sync: bool, flushInterval: float) -> None:
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        path: str,
+        *,
+        sync: bool,
+        flushInterval: float,
+        groupPollInterval: float = 1.0,
+    ) -> None:
         self.path = path
         self._db = openDatabase(path)
         self._nextId = 1
+        # Read here, before the writer thread owns the connection: the
+        # routing asks for groups synchronously from the first message on.
+        self._groupChanges = readGroupChanges(self._db)
+        self._groups = readGroups(self._db)
+        self._groupWrites = 0
+        self._watchers: list[Callable[[], None]] = []
+        self._closed = False
         self._writer: Writer[Op] = Writer(
             reactor, self._apply, sync=sync, flushInterval=flushInterval, name="mqttd-sqlite"
         )
         self._record = self._writer.record
+        self._poll = LoopingCall(self._pollGroups)
+        self._poll.clock = reactor
+        self._groupPollInterval = groupPollInterval
 
     # On the writer thread
 
@@ -244,6 +391,9 @@ class SQLiteStore:
         return self._writer.flush()
 
     def close(self) -> Deferred[None]:
+        self._closed = True
+        if self._poll.running:
+            self._poll.stop()
         return self._writer.close(self._db.close)
 
     def _messageId(self, message: Message) -> int:
@@ -327,6 +477,80 @@ class SQLiteStore:
     def retainedDeleted(self, topic: str) -> None:
         self._record(("DELETE FROM retained WHERE topic = ?", (topic,)))
 
+    # IGroupSource
+
+    def group(self, name: str) -> Group | None:
+        return self._groups.get(name)
+
+    def groupNames(self) -> Iterable[str]:
+        return self._groups.keys()
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        self._watchers.append(changed)
+        # Nobody needs other processes' changes until someone watches.
+        if not self._poll.running and not self._closed:
+            self._poll.start(self._groupPollInterval, now=False)
+
+    # IGroupStore
+
+    def save(self, group: Group) -> Deferred[None]:
+        self._groups[group.name] = group
+        return self._groupsWritten(groupOps((group,), ()))
+
+    def delete(self, name: str) -> Deferred[None]:
+        # Written even for a group not in memory: another process may have just made it.
+        self._groups.pop(name, None)
+        return self._groupsWritten(groupOps((), (name,)))
+
+    def _groupsWritten(self, ops: list[Op]) -> Deferred[None]:
+        self._groupWrites += 1
+        for op in ops:
+            self._record(op)
+        self._groupsChanged()
+        # Committed now even when batched: a group change is rare, and whoever made it (a
+        # control-topic request) is answered once it is on disk.
+        return self._writer.commitNow()
+
+    def _groupsChanged(self) -> None:
+        for changed in self._watchers:
+            changed()
+
+    def _pollGroups(self) -> Deferred[None]:
+        writes = self._groupWrites
+        # After the commit of what this process recorded, so that the file is
+        # never older than the groups in memory.
+        read = self._writer.commitNow().addCallback(self._readGroupsIfChanged)
+        return read.addCallback(self._groupsRead, writes).addErrback(self._pollFailed)
+
+    def _readGroupsIfChanged(self, ignored: None) -> Deferred[tuple[int, dict[str, Group] | None]]:
+        if self._closed:
+            return succeed((self._groupChanges, None))
+        return self._writer.call(_readGroupsIfChanged, self._db, self._groupChanges)
+
+    def _groupsRead(self, result: tuple[int, dict[str, Group] | None], writes: int) -> None:
+        changes, groups = result
+        # A save or delete made while the file was read is not in what was read: the next
+        # poll reads again, after its commit.
+        if groups is None or writes != self._groupWrites:
+            return
+        self._groupChanges = changes
+        # The groups this process wrote itself come back unchanged: keep their objects, and
+        # with them what the routing prepared from them.
+        for name, group in groups.items():
+            if self._groups.get(name) == group:
+                groups[name] = self._groups[name]
+        if groups.keys() == self._groups.keys() and all(
+            groups[name] is self._groups[name] for name in groups
+        ):
+            return
+        self._groups = groups
+        self.log.info("read {count} groups changed in {path}", count=len(groups), path=self.path)
+        self._groupsChanged()
+
+    def _pollFailed(self, failure: Failure) -> None:
+        # Retried at the next poll; the groups in memory keep routing meanwhile.
+        self.log.failure("cannot read the groups in {path}", failure, path=self.path)
+
 
 @implementer(IPlugin, IPluginFactory)
 class SQLiteStoreFactory:
@@ -335,11 +559,26 @@ class SQLiteStoreFactory:
     name = "sqlite"
 
     def build(self, options: Mapping[str, str], context: PluginContext) -> SQLiteStore:
-        sync, flushInterval = durabilityOptions(options, frozenset({"path"}))
+        sync, flushInterval = durabilityOptions(options, frozenset({"path", "group_poll_interval"}))
+        text = options.get("group_poll_interval", "1").strip()
+        try:
+            groupPollInterval = float(text)
+        except ValueError:
+            groupPollInterval = 0.0
+        if not groupPollInterval > 0:
+            raise PluginConfigError(
+                "group_poll_interval", f"expected a positive number of seconds, got {text!r}"
+            )
         path = os.path.normpath(context.path(options.get("path", "mqttd.db").strip()))
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            return SQLiteStore(context.reactor, path, sync=sync, flushInterval=flushInterval)
+            return SQLiteStore(
+                context.reactor,
+                path,
+                sync=sync,
+                flushInterval=flushInterval,
+                groupPollInterval=groupPollInterval,
+            )
         except OSError as e:
             raise PluginConfigError("path", f"{path}: {e.strerror}") from None
         except StoreError as e:

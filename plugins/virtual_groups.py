@@ -9,11 +9,13 @@ delivery passes the receiving client's receive ACL, as any delivery does.  As an
 it first in C{[acl] chain}) the plugin lets the members of a group publish to it and abstains for
 everyone else, so the next authorizer decides about them.
 
-Groups live in one L{IGroupStore}, an SQLite file of the plugin's own, managed from
-C{[plugin:virtual_groups]} (C{group.NAME = ...}, written to the file at every start), from the
-control topics C{$CONTROL/mqttd/groups/ACTION} and from C{mqttd groups}; changes made by another
-process are picked up within C{poll_interval}.  Plugins named in C{sources} add groups computed
-elsewhere (L{IGroupSource}).  See C{docs/virtual-groups.md}.
+Groups live in one L{IGroupStore}: the broker's store when it is one (the shipped SQLite store,
+C{[store] plugin = sqlite}), else an SQLite file of the plugin's own (C{path}).  They are managed
+from C{[plugin:virtual_groups]} (C{group.NAME = ...}, written to the store at every start), from
+the control topics C{$CONTROL/mqttd/groups/ACTION} and from C{mqttd groups}; changes made by
+another process are picked up within the store's poll interval (C{group_poll_interval} of the
+SQLite store, C{poll_interval} here for the plugin's own file).  Plugins named in C{sources} add
+groups computed elsewhere (L{IGroupSource}).  See C{docs/virtual-groups.md}.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from mqttd.interfaces import (
     IBrokerAware,
     IGroupSource,
     IGroupStore,
+    IMessageStore,
     IPluginFactory,
     ISubscriberSelector,
     PluginConfigError,
@@ -588,7 +591,9 @@ class VirtualGroups:
         elif action == "delete":
             if existing is None:
                 raise GroupError(f"no group {name!r}")
-            return store.delete(name).addCallback(lambda _: {"ok": True, "group": name})
+            return maybeDeferred(store.delete, name).addCallback(
+                lambda _: {"ok": True, "group": name}
+            )
         elif action == "add":
             base = existing if existing is not None else makeGroup(name)
             group = replace(base, members={**base.members, **_members(request)})
@@ -603,7 +608,9 @@ class VirtualGroups:
             raise GroupError(
                 f"unknown action {action!r}; expected create, delete, add, remove or list"
             )
-        return store.save(group).addCallback(lambda _: {"ok": True, **describe(group)})
+        return maybeDeferred(store.save, group).addCallback(
+            lambda _: {"ok": True, **describe(group)}
+        )
 
     def _reply(
         self, answer: dict[str, Any], responseTopic: str, correlation: Any, qos: int
@@ -708,6 +715,21 @@ def staticGroups(options: Mapping[str, str]) -> list[Group]:
     return groups
 
 
+def brokerGroupStore(context: PluginContext) -> IGroupStore | None:
+    """
+    The broker's store if it also keeps groups, so that membership lives with the rest of the
+    broker's state; L{None} for a store that does not (the memory store, the file store).
+    """
+    if context.storePlugin is None:
+        return None
+    store = context.plugin(context.storePlugin, IMessageStore)
+    return store if IGroupStore.providedBy(store) else None
+
+
+def _saveFailed(failure: Failure, name: str) -> None:
+    Logger().failure("virtual groups: cannot store group {name}", failure, name=name)
+
+
 @implementer(IPlugin, IPluginFactory)
 class VirtualGroupsFactory:
     name = "virtual_groups"
@@ -738,15 +760,20 @@ class VirtualGroupsFactory:
                 sources.append(context.plugin(name, IGroupSource))
             except PluginConfigError as e:
                 raise PluginConfigError("sources", e.why) from None
-        path = os.path.normpath(context.path(options.get("path", "groups.db")))
         initial = staticGroups(options)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            store = SQLiteGroupStore(context.reactor, path, initial, pollInterval=pollInterval)
-        except OSError as e:
-            raise PluginConfigError("path", f"{path}: {e.strerror}") from None
-        except GroupError as e:
-            raise PluginConfigError("path", str(e)) from None
+        store = brokerGroupStore(context)
+        if store is not None:
+            for group in initial:
+                maybeDeferred(store.save, group).addErrback(_saveFailed, group.name)
+        else:
+            path = os.path.normpath(context.path(options.get("path", "groups.db")))
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                store = SQLiteGroupStore(context.reactor, path, initial, pollInterval=pollInterval)
+            except OSError as e:
+                raise PluginConfigError("path", f"{path}: {e.strerror}") from None
+            except GroupError as e:
+                raise PluginConfigError("path", str(e)) from None
         return VirtualGroups(
             store,
             sources,

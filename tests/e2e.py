@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -39,6 +40,7 @@ from mqttd.protocol import MQTTServerFactory, MQTTServerProtocol
 
 MQTTv31 = MQTTProtocolVersion.MQTTv31
 MQTTv311 = MQTTProtocolVersion.MQTTv311
+MQTTv5 = MQTTProtocolVersion.MQTTv5
 
 # Upper bound of every wait: only there so a failing broker cannot hang the run.
 TIMEOUT = 5.0
@@ -257,6 +259,8 @@ class WillSpec:
     payload: bytes
     qos: int = 0
     retain: bool = False
+    # MQTTv5 Will Properties (paho's PacketTypes.WILLMESSAGE).
+    properties: Properties | None = None
 
 
 class Client:
@@ -279,13 +283,19 @@ class Client:
         host: str = HOST,
         transport: Literal["tcp", "websockets"] = "tcp",
         setup: Callable[[paho.Client], object] | None = None,
+        properties: Properties | None = None,
     ) -> None:
         """
+        @param clean: Clean Session, or at MQTTv5 Clean Start.
         @param transport: paho's: C{"tcp"} or C{"websockets"}.
         @param setup: called with the paho client before it connects, for TLS and WebSocket
             options (C{tls_set}, C{ws_set_options}).
+        @param properties: at MQTTv5, the CONNECT properties.
         """
         self.client_id = client_id
+        # At MQTTv5: what CONNACK and the broker's DISCONNECT (if any) said.
+        self.connack_properties: Any = None
+        self.disconnect_reason: int | None = None
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
@@ -297,7 +307,8 @@ class Client:
         self.paho = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=clean,
+            # paho refuses Clean Session at 5.0, where Clean Start is given to connect().
+            clean_session=None if protocol == MQTTv5 else clean,
             protocol=protocol,
             reconnect_on_failure=False,
             transport=transport,
@@ -307,10 +318,13 @@ class Client:
         self.paho.on_message = self._onMessage
         self.paho.on_subscribe = self._onSubscribe
         if will is not None:
-            self.paho.will_set(will.topic, will.payload, will.qos, will.retain)
+            self.paho.will_set(will.topic, will.payload, will.qos, will.retain, will.properties)
         if setup is not None:
             setup(self.paho)
-        self.paho.connect(host, port, keepalive)
+        if protocol == MQTTv5:
+            self.paho.connect(host, port, keepalive, clean_start=clean, properties=properties)
+        else:
+            self.paho.connect(host, port, keepalive)
         self.paho.loop_start()
         if not self.connected.wait(TIMEOUT):
             self.close()
@@ -324,9 +338,11 @@ class Client:
     def _onConnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.session_present = bool(flags.session_present)
         self.connack_code = int(rc.value)
+        self.connack_properties = props
         self.connected.set()
 
     def _onDisconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.disconnect_reason = int(rc.value)
         self.disconnected.set()
 
     def _onMessage(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
@@ -421,9 +437,18 @@ def client(
     protocol: MQTTProtocolVersion = MQTTv311,
     will: WillSpec | None = None,
     keepalive: int = 60,
+    properties: Properties | None = None,
 ) -> Client:
     """A paho client connected (CONNACK 0 received) to the broker on C{port}."""
-    return Client(port, client_id, clean=clean, protocol=protocol, will=will, keepalive=keepalive)
+    return Client(
+        port,
+        client_id,
+        clean=clean,
+        protocol=protocol,
+        will=will,
+        keepalive=keepalive,
+        properties=properties,
+    )
 
 
 # Raw sockets, for what paho will not do

@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mqttd.broker import Broker
-from mqttd.codec import Decoder, encode
+from mqttd.codec import NO_PROPERTIES, Decoder, Properties, encode
 from mqttd.codec.packets import Connack, Connect, Packet, Publish, Subscribe, Will
 from mqttd.config import BrokerConfig, ListenerConfig
 from mqttd.protocol import MQTTServerFactory, MQTTServerProtocol
@@ -30,20 +30,25 @@ class Client:
 
     _port = 40000
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, level: int = 4) -> None:
+        """
+        @param level: the protocol level the client speaks; packets are
+            written and read in that level's format.
+        """
         Client._port += 1
+        self.level = level
         self.world = world
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", Client._port))
         protocol = world.factory.buildProtocol(self.transport.getPeer())
         assert protocol is not None
         self.protocol: MQTTServerProtocol = protocol
         self.protocol.makeConnection(self.transport)
-        self._decoder = Decoder(server=False)
+        self._decoder = Decoder(server=False, protocol_level=5 if level == 5 else None)
         self._unread: list[Packet] = []
 
     def send(self, *packets: Packet) -> None:
         for packet in packets:
-            self.sendBytes(encode(packet))
+            self.sendBytes(encode(packet, self.level))
 
     def sendBytes(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
@@ -89,8 +94,8 @@ class World:
         self.broker.start()
         self.factory = MQTTServerFactory(self.broker, listener, self.clock)
 
-    def client(self) -> Client:
-        return Client(self)
+    def client(self, level: int = 4) -> Client:
+        return Client(self, level)
 
     def connect(
         self,
@@ -99,10 +104,15 @@ class World:
         will: Will | None = None,
         keepalive: int = 0,
         level: int = 4,
+        properties: Properties = NO_PROPERTIES,
     ) -> Client:
-        """A client that sent CONNECT and got CONNACK 0."""
-        client = self.client()
-        client.send(Connect(level, clientId, clean, keepalive, will))
+        """
+        A client that sent CONNECT and got CONNACK 0.
+
+        @param properties: at level 5, the CONNECT's properties.
+        """
+        client = self.client(level)
+        client.send(Connect(level, clientId, clean, keepalive, will, properties=properties))
         connack, *client._unread = client.read()
         assert isinstance(connack, Connack) and connack.return_code == 0, connack
         client.connack = connack  # type: ignore[attr-defined]

@@ -103,12 +103,18 @@ def test_keepalive_above_maximum_refused() -> None:
 def test_bad_protocol_level_connack_1() -> None:
     """
     An unsupported protocol level is answered with CONNACK 0x01 then close
-    [MQTT-3.1.2-2] (bad-inputs 7), and other clients keep working.
+    [MQTT-3.1.2-2] (bad-inputs 7), and other clients keep working.  Level 6
+    of "MQTT", a later version than the broker speaks, gets the 5.0 CONNACK
+    0x84 a 5.0 client reads (5.0 section 3.1.2.2).
     """
     world = World()
     sub = world.subscriber("sub", ("t", 0))
+    later = world.client()
+    later.sendBytes(bytes.fromhex("100c00044d515454 06 02 003c 0000".replace(" ", "")))
+    assert later.transport.value() == bytes.fromhex("2003 00 84 00".replace(" ", ""))
+    assert later.closed
     client = world.client()
-    client.sendBytes(bytes.fromhex("100c00044d515454 05 02 003c 0000".replace(" ", "")))
+    client.sendBytes(bytes.fromhex("100c00044d515454 02 02 003c 0000".replace(" ", "")))
     assert client.read() == [Connack(False, 1)]
     assert client.closed
     pub = world.connect("pub")

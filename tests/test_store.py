@@ -9,10 +9,13 @@ store call is made in that thread through L{e2e.in_reactor}.
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 import struct
+import time
 import zlib
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from zope.interface.verify import verifyObject
 
 from mqttd.codec.packets import Will
 from mqttd.config import BrokerConfig, ConfigError
-from mqttd.interfaces import IMessageStore, PluginConfigError, PluginContext
+from mqttd.interfaces import Group, IGroupStore, IMessageStore, PluginConfigError, PluginContext
 from mqttd.message import Message
 from mqttd.plugin_loader import buildPlugin, findPlugins
 from mqttd.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
@@ -437,9 +440,79 @@ def test_sqliteSchemaVersion(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(
-        PluginConfigError, match="store schema version 7; this mqttd reads version 1"
+        PluginConfigError, match="store schema version 7; this mqttd reads version 2"
     ):
         sqliteStore(tmp_path)
+
+
+def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
+    """
+    A version 1 store (before groups) is brought to version 2 when opened: what it held is
+    restored, it has no groups, it takes groups, and its schema is that of a new store.
+    """
+    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
+    old.executescript(
+        f"BEGIN; {sqlitePlugin.SCHEMA} PRAGMA user_version = 1;"
+        " INSERT INTO retained VALUES ('r', x'6b657074', 1); COMMIT;"
+    )
+    old.close()
+    store = opened(sqliteStore, tmp_path)
+    assert [(m.topic, m.payload) for m in restored(store).retained] == [("r", b"kept")]
+    assert list(store.groupNames()) == []
+    e2e.in_reactor(lambda: maybeDeferred(store.save, Group("g", {"a": 1})))
+    closed(store)
+
+    def schema(path: Path) -> list[Any]:
+        with closing(sqlite3.connect(path)) as db:
+            version = db.execute("PRAGMA user_version").fetchall()
+            return version + db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+
+    (tmp_path / "new").mkdir()
+    closed(opened(sqliteStore, tmp_path / "new"))
+    assert schema(tmp_path / "mqttd.db") == schema(tmp_path / "new" / "mqttd.db")
+    store = opened(sqliteStore, tmp_path)
+    assert store.group("g") == Group("g", {"a": 1})
+    closed(store)
+
+
+@pytest.mark.parametrize("durability", ["sync", "batched"])
+def test_sqliteGroupStore(durability: str, tmp_path: Path) -> None:
+    """
+    The SQLite store is an L{IGroupStore}: saves and deletes answer at once and fire once on
+    disk (batched too, long before C{flush_ms}), are in the file for the next store on it, and
+    another process's change to the file (C{mqttd groups}) reaches the watchers within the poll
+    interval, while the store's own changes do not come back.
+    """
+    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    options = {"durability": durability, "flush_ms": "60000", "group_poll_interval": "0.02"}
+    store = e2e.in_reactor(
+        lambda: findPlugins()["sqlite"].build(
+            options, PluginContext(e2e.reactor, str(tmp_path), BrokerConfig())
+        )
+    )
+    verifyObject(IGroupStore, store)
+    changes: list[None] = []
+    e2e.in_reactor(store.watch, lambda: changes.append(None))
+    friends = Group("friends", {"bob": 2, "carol": 1}, byUsername=True, topic="in/{member}/{rest}")
+    e2e.in_reactor(lambda: maybeDeferred(store.save, friends))
+    e2e.in_reactor(lambda: maybeDeferred(store.save, Group("gone", {"x": 0}, echo=True)))
+    assert store.group("friends") is friends
+    e2e.in_reactor(lambda: maybeDeferred(store.delete, "gone"))
+    assert store.group("gone") is None
+    assert changes == [None, None, None]
+    time.sleep(0.1)
+    assert changes == [None, None, None]
+
+    with closing(sqlitePlugin.openDatabase(str(tmp_path / "mqttd.db"))) as db:
+        assert sqlitePlugin.readGroups(db) == {"friends": friends}
+        sqlitePlugin.writeGroups(db, [Group("other", {"dave": 0})], ["friends"])
+    e2e.wait_until(lambda: list(store.groupNames()) == ["other"], "the store to read the change")
+    assert len(changes) == 4
+    closed(store)
+    store = opened(sqliteStore, tmp_path)
+    assert store.group("other") == Group("other", {"dave": 0})
+    closed(store)
 
 
 @pytest.mark.parametrize("name", ["sqlite", "file"])

@@ -15,6 +15,7 @@ from mqttd.topics import (
     InvalidTopic,
     SubscriptionTree,
     _Node,
+    filter_matches,
     validate_topic_filter,
     validate_topic_name,
 )
@@ -501,3 +502,39 @@ def test_matches_reference(operations: list[tuple[object, ...]]) -> None:
     for topic_filter, subscriber in list(model):
         assert tree.unsubscribe(topic_filter, subscriber)
     assert node_count(tree) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic_filter=_FILTERS, topic=_TOPICS)
+def test_filter_matches_reference(topic_filter: str, topic: str) -> None:
+    """
+    L{filter_matches}, for checking one filter, agrees with the reference
+    matcher ('$' rule [MQTT-4.7.2-1], 'a/#' matching 'a' [MQTT-4.7.1-2],
+    '+' matching empty levels [MQTT-4.7.1-3]).
+    """
+    assert filter_matches(topic_filter, topic) is reference_match(topic_filter, topic)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    operations=st.lists(
+        st.tuples(_FILTERS, _SUBSCRIBERS, st.sampled_from([0, 1, 2, 4, 9, 0x205]), st.booleans()),
+        max_size=30,
+    )
+)
+def test_optioned_count(operations: list[tuple[str, str, int, bool]]) -> None:
+    """
+    L{SubscriptionTree.optioned} counts the subscriptions whose value is 4 or
+    more (MQTT 5 options beyond the QoS) through any subscribes, changes and
+    unsubscribes.
+    """
+    tree = SubscriptionTree()
+    model: dict[tuple[str, str], int] = {}
+    for topic_filter, subscriber, value, remove in operations:
+        if remove:
+            tree.unsubscribe(topic_filter, subscriber)
+            model.pop((topic_filter, subscriber), None)
+        else:
+            tree.subscribe(topic_filter, subscriber, value)
+            model[topic_filter, subscriber] = value
+        assert tree.optioned == sum(value > 3 for value in model.values())

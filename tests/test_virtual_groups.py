@@ -46,17 +46,28 @@ aclfile: Any = importlib.import_module("mqttd.plugins.aclfile")
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
 
-def context(directory: Path, sources: dict[str, Any] | None = None) -> PluginContext:
+def context(
+    directory: Path, sources: dict[str, Any] | None = None, storePlugin: str | None = None
+) -> PluginContext:
     def lookup(name: str, interface: Any) -> Any:
         if sources is None or name not in sources:
             raise PluginConfigError(None, f"unknown plugin {name!r}")
         return sources[name]
 
-    return PluginContext(e2e.reactor, str(directory), BrokerConfig(), lookup)
+    return PluginContext(e2e.reactor, str(directory), BrokerConfig(), lookup, storePlugin)
 
 
 def build(directory: Path, options: dict[str, str], **sources: Any) -> Any:
     return vg.virtualGroups.build(options, context(directory, sources))
+
+
+def sqliteStore(directory: Path) -> Any:
+    """The broker's SQLite store, built (and so watched, polling) in the reactor thread."""
+    return e2e.in_reactor(
+        findPlugins()["sqlite"].build,
+        {"path": "mqttd.db", "group_poll_interval": "0.05"},
+        context(directory),
+    )
 
 
 def client(clientId: str, username: str | None = None) -> ClientInfo:
@@ -180,6 +191,25 @@ def test_foreignDatabaseRefused(tmp_path: Path) -> None:
         build(tmp_path, {"path": str(other)})
 
 
+def test_groupsInTheBrokersStoreWhenItKeepsGroups(twisted_reactor: None, tmp_path: Path) -> None:
+    """
+    The plugin keeps its groups in the broker's store when that is an L{IGroupStore} (the SQLite
+    store), and in a file of its own when it is not (the file store, like the memory store).
+    """
+    for name, options in (("sqlite", {"path": "mqttd.db"}), ("file", {"path": "mqttd.log"})):
+        store = e2e.in_reactor(findPlugins()[name].build, options, context(tmp_path))
+        plugin = e2e.in_reactor(
+            vg.virtualGroups.build, {"group.g": "a"}, context(tmp_path, {name: store}, name)
+        )
+        assert plugin.find("g") == Group("g", {"a": 2})
+        if name == "sqlite":
+            assert plugin.store is store
+            assert not (tmp_path / "groups.db").exists()
+        else:
+            assert plugin.store.path == str(tmp_path / "groups.db")
+        e2e.in_reactor(store.close)
+
+
 def test_twistdConfigurationWiresTheSelector(tmp_path: Path) -> None:
     """
     C{[selectors] chain = virtual_groups} makes the plugin the broker's selector and, since it
@@ -214,12 +244,23 @@ class GroupBroker:
         self,
         options: dict[str, str],
         authorizers: Callable[[Any], tuple[Any, ...]] = lambda plugin: (),
+        store: Any = None,
         **sources: Any,
     ) -> tuple[e2e.RunningBroker, Any]:
-        plugin = build(self.directory, {"poll_interval": "0.05", **options}, **sources)
+        """
+        @param store: the broker's store, given to the plugin as plugin C{store}; the memory
+            store by default, and the plugin then keeps groups in a file of its own.
+        """
+        made = context(
+            self.directory,
+            {**sources, "store": store},
+            storePlugin=None if store is None else "store",
+        )
+        plugin = e2e.in_reactor(vg.virtualGroups.build, {"poll_interval": "0.05", **options}, made)
 
         def plugins() -> dict[str, Any]:
-            return {"selectors": (plugin,), "authorizers": authorizers(plugin)}
+            extra = {} if store is None else {"store": store}
+            return {"selectors": (plugin,), "authorizers": authorizers(plugin), **extra}
 
         running = e2e.start_broker(plugins=plugins)
         running.call(plugin.attach, running.broker)
@@ -464,18 +505,54 @@ def test_commandLineChangeReachesRunningBroker(groups: GroupBroker, tmp_path: Pa
     quiet(bob, carol)
 
 
-def test_membershipSurvivesBrokerRestartOnSQLite(tmp_path: Path) -> None:
+def test_commandLineChangeReachesRunningBrokerOnItsStore(
+    groups: GroupBroker, tmp_path: Path
+) -> None:
     """
-    A real C{twistd mqttd} with C{[selectors] chain = virtual_groups}: a group created over the
-    control topics is in the SQLite file after SIGTERM, and the restarted broker delivers to
-    its members from the first message.
+    With the broker's SQLite store, groups live in it (no file of the plugin's own), and
+    C{mqttd groups}, by C{--file} or by C{--config}, edits that file while the broker writes to
+    it: the next message after the store has read the change follows it.
+    """
+    store = sqliteStore(tmp_path)
+    running, plugin = groups.start({"group.g": "bob"}, store=store)
+    assert plugin.store is store
+    bob = groups.client(running.port, "bob")
+    carol = groups.client(running.port, "carol")
+    assert cli.main(["groups", "--file", store.path, "add", "g", "carol:1"]) == 0
+    e2e.wait_until(
+        lambda: running.call(lambda: plugin.find("g").members) == {"bob": 2, "carol": 1},
+        "the broker to read the change",
+    )
+    bob.publish("$group/g/x", b"hello", qos=1)
+    assert [m.qos for m in carol.wait_for(1)] == [1]
+    config = tmp_path / "mqttd.ini"
+    config.write_text(
+        "[listener:l]\nendpoint = tcp:1883\n"
+        "[store]\nplugin = sqlite\n[plugin:sqlite]\npath = mqttd.db\n"
+    )
+    assert cli.main(["groups", "--config", str(config), "remove", "g", "carol"]) == 0
+    e2e.wait_until(
+        lambda: running.call(lambda: plugin.find("g").members) == {"bob": 2},
+        "the broker to read the removal",
+    )
+    bob.publish("$group/g/x", b"not for carol", qos=1)
+    quiet(bob, carol)
+    assert not (tmp_path / "groups.db").exists()
+
+
+def test_membershipSurvivesBrokerRestartOnSQLite(tmp_path: Path, capsys: Any) -> None:
+    """
+    A real C{twistd mqttd} with C{[selectors] chain = virtual_groups} and the SQLite store: a
+    group created over the control topics is in the broker's store after SIGTERM (no groups
+    file is made), and the restarted broker delivers to its members from the first message.
     """
     port = freePort()
     config = tmp_path / "mqttd.ini"
     config.write_text(
         f"[listener:e2e]\nendpoint = tcp:{port}:interface=127.0.0.1\nallow_anonymous = true\n"
+        "[store]\nplugin = sqlite\n[plugin:sqlite]\npath = var/mqttd.db\n"
         "[selectors]\nchain = virtual_groups\n"
-        "[plugin:virtual_groups]\ncontrol = true\npath = var/groups.db\n"
+        "[plugin:virtual_groups]\ncontrol = true\n"
     )
     for run in ("first", "restarted"):
         log = tmp_path / f"{run}.log"
@@ -502,4 +579,7 @@ def test_membershipSurvivesBrokerRestartOnSQLite(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    assert not list(tmp_path.glob("**/groups.db"))
+    capsys.readouterr()
     assert cli.main(["groups", "--config", str(config), "list", "g"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == {"member": 2}
