@@ -45,6 +45,7 @@ from .interfaces import (
     IAuthorizer,
     IBrokerObserver,
     IClientConnection,
+    IEnhancedAuthenticator,
     IMessageStore,
     ISubscriberSelector,
 )
@@ -150,19 +151,41 @@ class Broker:
         return maybeDeferred(self.store.restore).addCallback(self._restored)
 
     def _restored(self, state: StoredState) -> None:
+        now = self.clock.seconds()
         for message in state.retained:
             self.retained.set(message.topic, message)
         for sessionState in state.sessions:
-            session = self._newSession(sessionState.clientId, cleanSession=False)
+            clientId = sessionState.clientId
+            session = self._newSession(clientId, cleanSession=False)
             session.restore(sessionState)
             for topicFilter, qos in session.subscriptions.items():
-                self._addSubscription(topicFilter, session.clientId, qos)
+                self._addSubscription(topicFilter, clientId, qos)
+            interval = session.expiryInterval = sessionState.expiryInterval
+            if interval != SESSION_NEVER_EXPIRES:
+                # A client connected at the crash lost its connection at the restart.
+                expiresAt = sessionState.expiresAt
+                if expiresAt is None:
+                    expiresAt = now + interval
+                    self.store.sessionExpiry(clientId, interval, expiresAt)
+                # [MQTT-3.1.2-23]; a session past its deadline ends in the reactor's first turn.
+                self._expiries[clientId] = self.clock.callLater(
+                    max(0.0, expiresAt - now), self._sessionExpired, session
+                )
         for clientId, will in state.wills.items():
-            self.publishWill(will)
-            self.store.willCleared(clientId)
+            delay = will.properties.will_delay_interval
+            if delay and clientId in self.sessions:
+                # The crash counts as the connection's loss at the restart: the will waits its
+                # whole delay from now, or less if the session ends first [MQTT-3.1.2-8].  The
+                # store keeps no deadline for it, so one whose delay was already running at the
+                # crash waits again in full: late, never before its client could have come back.
+                timer = self.clock.callLater(delay, self._willDelayElapsed, clientId)
+                self._delayedWills[clientId] = (timer, will, None)
+            else:
+                self.publishWill(will)
+                self.store.willCleared(clientId)
         self.log.info(
             "Restored {retained} retained messages and {sessions} sessions;"
-            " published {wills} wills of connections open at the last stop",
+            " {wills} wills of connections open at the last stop are published or delayed",
             retained=len(self.retained),
             sessions=len(self.sessions),
             wills=len(state.wills),
@@ -211,7 +234,18 @@ class Broker:
             if listener.allow_anonymous or certificateName is not None:
                 return Allow()
             return Deny(ConnackCode.NOT_AUTHORIZED, "anonymous clients are refused")
-        credentials = Credentials(
+        credentials = self.credentials(packet, listener, address, certificateName)
+        return self._authenticateFrom(chain, 0, credentials, listener)
+
+    def credentials(
+        self,
+        packet: Connect,
+        listener: ListenerConfig,
+        address: str,
+        certificateName: str | None = None,
+    ) -> Credentials:
+        """What a CONNECT presents to the authenticators (see L{authenticate})."""
+        return Credentials(
             clientId=packet.client_id,
             username=packet.username,
             password=packet.password,
@@ -219,7 +253,21 @@ class Broker:
             address=address,
             listener=listener.name,
         )
-        return self._authenticateFrom(chain, 0, credentials, listener)
+
+    def enhancedAuthenticator(
+        self, listener: ListenerConfig, method: str
+    ) -> IEnhancedAuthenticator | None:
+        """
+        The first of the listener's authenticators offering the MQTT 5.0
+        Authentication Method C{method}, or L{None}.
+        """
+        for authenticator in self.listenerAuthenticators.get(listener.name, self.authenticators):
+            if (
+                IEnhancedAuthenticator.providedBy(authenticator)
+                and authenticator.authenticationMethod == method
+            ):
+                return authenticator
+        return None
 
     def _authenticateFrom(
         self,
@@ -345,6 +393,12 @@ class Broker:
             self._cancelExpiry(clientId)
             # Back before its will's delay ran out: the will is not sent [MQTT-3.1.3-9].
             self._endWillDelay(clientId, publish=False)
+        if not session.cleanSession and (
+            expiryInterval != SESSION_NEVER_EXPIRES
+            or session.expiryInterval != SESSION_NEVER_EXPIRES
+        ):
+            # A 3.1.1 persistent session, never expiring as the store assumes, costs no write.
+            self.store.sessionExpiry(clientId, expiryInterval, None)
         session.expiryInterval = expiryInterval
         session.will = packet.will
         if packet.will is not None:
@@ -419,11 +473,18 @@ class Broker:
                 self.store.willCleared(session.clientId)
         if ends:
             self._discardSession(session)
-        elif session.expiryInterval != SESSION_NEVER_EXPIRES:
+            return
+        interval = session.expiryInterval
+        expiresAt = None
+        if interval != SESSION_NEVER_EXPIRES:
             # [MQTT-3.1.2-23]: kept for the interval, then ended.
             self._expiries[session.clientId] = self.clock.callLater(
-                session.expiryInterval, self._sessionExpired, session
+                interval, self._sessionExpired, session
             )
+            expiresAt = self.clock.seconds() + interval
+        if expiresAt is not None or conn.protocolLevel == ProtocolLevel.MQTT_5:
+            # The deadline survives a restart; a 5.0 DISCONNECT may have changed the interval.
+            self.store.sessionExpiry(session.clientId, interval, expiresAt)
 
     def _sessionExpired(self, session: Session) -> None:
         del self._expiries[session.clientId]

@@ -1,7 +1,8 @@
 """
 The C{mqttd} command: C{mqttd passwd}, which manages password files as C{mosquitto_passwd} does,
-and C{mqttd groups}, which manages the virtual groups a running broker reads: in its SQLite store,
-or in the virtual groups plugin's own file when the broker has no SQLite store.
+C{mqttd scram}, which manages the credentials files of the C{scram} plugin, and C{mqttd groups},
+which manages the virtual groups a running broker reads: in its SQLite store, or in the virtual
+groups plugin's own file when the broker has no SQLite store.
 """
 
 from __future__ import annotations
@@ -58,6 +59,56 @@ def _passwd(args: argparse.Namespace) -> int:
         kept.append(f"{args.user}:{hashed.encode()}")
     _replace(args.file, "".join(line + "\n" for line in kept))
     return 0
+
+
+def _scram(args: argparse.Namespace) -> int:
+    pluginPackage()
+    scram = importlib.import_module("mqttd.plugins.scram")
+    if ":" in args.user or not args.user:
+        print("mqttd scram: a user name cannot be empty or hold ':'", file=sys.stderr)
+        return 1
+    lines: list[str] = []
+    if os.path.exists(args.file):
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            print(f"mqttd scram: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+            return 1
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Reenter password: ") != password:
+            print("mqttd scram: passwords do not match", file=sys.stderr)
+            return 1
+    kept = [line for line in lines if line.partition(":")[0] != args.user]
+    credential = scram.makeCredential(password.encode("utf-8"), args.iterations)
+    kept.append(f"{args.user}:{credential.encode()}")
+    _replace(args.file, "".join(line + "\n" for line in kept))
+    return 0
+
+
+def _scramParser(commands: Any) -> None:
+    scram = commands.add_parser(
+        "scram",
+        help="manage SCRAM-SHA-256 credentials files",
+        description="Manage the credentials file of the scram plugin (MQTT 5.0 enhanced"
+        " authentication): only salted keys are stored, never the password.",
+    )
+    actions = scram.add_subparsers(dest="action", required=True)
+    add = actions.add_parser(
+        "add", help="add or update a user", description="Add or update USER in FILE."
+    )
+    add.add_argument(
+        "--iterations",
+        "-i",
+        type=int,
+        default=4096,
+        help="PBKDF2 iterations (default 4096, RFC 7677's minimum)",
+    )
+    add.add_argument("file", metavar="FILE")
+    add.add_argument("user", metavar="USER")
+    add.add_argument("password", metavar="PASSWORD", nargs="?", help="prompted for when absent")
 
 
 def _replace(path: str, text: str) -> None:
@@ -228,9 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     passwd.add_argument("user", metavar="USER")
     passwd.add_argument("password", metavar="PASSWORD", nargs="?")
     _groupsParser(commands)
+    _scramParser(commands)
     args = parser.parse_args(argv)
     if args.command == "groups":
         return _groups(args)
+    if args.command == "scram":
+        if args.iterations < 1:
+            parser.error("--iterations must be positive")
+        return _scram(args)
     if args.iterations < 1:
         parser.error("-I must be positive")
     if args.create and args.delete:

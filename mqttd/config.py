@@ -41,6 +41,9 @@ class BrokerConfig:
     topic_alias_maximum: int = 10
     # Shared subscriptions ($share/{group}/{filter}), for 3.1.1 and 5.0 clients alike.
     shared_subscriptions: bool = True
+    # MQTT 5 Response Information for a client that asks for it: a topic prefix for its
+    # responses, {clientid} standing for its client identifier; empty = never sent.
+    response_information: str = "reply/{clientid}/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +290,24 @@ def _settable(cls: type, exclude: frozenset[str] = frozenset()) -> dict[str, typ
     return {f.name: hints[f.name] for f in fields(cls) if f.name not in exclude}
 
 
+def _parseResponseInformation(key: str, text: str) -> str:
+    # What remains once the placeholder is gone is sent as is, so it must be topic text.
+    rest = text.replace("{clientid}", "")
+    if any(c in rest for c in "+#{}\0"):
+        raise ValueError(
+            f"expected a topic prefix without wildcards, {{clientid}} its only placeholder,"
+            f" got {text!r}"
+        )
+    return text
+
+
+_BROKER_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "response_information": _parseResponseInformation,
+}
+
+
 def _brokerConfig(path: str, values: Mapping[str, str]) -> BrokerConfig:
-    typed = _typedValues(path, "broker", values, _settable(BrokerConfig), {})
+    typed = _typedValues(path, "broker", values, _settable(BrokerConfig), _BROKER_PARSERS)
     return BrokerConfig(**typed)  # type: ignore[arg-type]
 
 

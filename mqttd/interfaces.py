@@ -114,11 +114,24 @@ class IMessageStore(Interface):
         [MQTT-3.1.2-6].
         """
 
+    def sessionExpiry(clientId: str, interval: int, expiresAt: float | None) -> None:
+        """
+        C{clientId}'s persistent session has this Session Expiry Interval
+        (seconds; C{0xFFFFFFFF} for never) and, once its client is offline,
+        expires at C{expiresAt} (broker clock, the wall clock outside tests);
+        C{expiresAt} is L{None} while the client is connected.  A restarted
+        broker ends the session at C{expiresAt}, or C{interval} after the
+        restart if the client was connected at the crash [MQTT-3.1.2-23].
+        """
+
     def messageQueued(clientId: str, message: Any, qos: int, retain: bool) -> None:
         """
         C{message} (QoS 1 or 2 as delivered) joined the end of C{clientId}'s
         queue, because the client is offline [MQTT-3.1.2-5] or its in-flight
-        window is full.
+        window is full.  A durable store keeps its MQTT 5 properties and its
+        C{expiresAt} deadline too (L{mqttd.store.dumpProperties},
+        L{mqttd.store.storedMessage}), here and in L{messageSent} and
+        L{retainedSet}.
         """
 
     def messageSent(
@@ -160,7 +173,8 @@ class IMessageStore(Interface):
     def willSet(clientId: str, will: Any) -> None:
         """
         A connection of C{clientId} with this L{mqttd.codec.packets.Will} was
-        accepted; any session, clean or not, may have one.
+        accepted; any session, clean or not, may have one.  Its Will
+        Properties are kept with it, the Will Delay Interval included.
         """
 
     def willCleared(clientId: str) -> None:
@@ -307,9 +321,13 @@ class Allow:
 
     @ivar identity: the name the authorizers know the client by (and ACL
         files call the user); L{None} keeps the CONNECT's user name.
+    @ivar authData: from an L{IEnhancedAuthenticator} only: the last
+        Authentication Data the client is sent (in CONNACK, or in AUTH 0x00
+        after a re-authentication), such as a SCRAM server signature.
     """
 
     identity: str | None = None
+    authData: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +345,22 @@ class Deny:
 
 
 AuthDecision = Allow | Deny | None
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """
+    An L{IEnhancedAuthenticator} needs another step: the client is sent AUTH
+    0x18 with C{authData} [MQTT-4.12.0-2], and its answering AUTH 0x18
+    [MQTT-4.12.0-3] goes to L{IEnhancedAuthenticator.continueAuthentication}
+    with C{state}.
+
+    @ivar state: whatever the authenticator needs to take the next step; the
+        broker only hands it back.
+    """
+
+    authData: bytes | None
+    state: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +400,49 @@ class IAuthenticator(Interface):
         While a Deferred is outstanding the client's later packets wait, so
         slow I/O here delays only this client.  A raised exception or failed
         Deferred denies the client (fail closed) and is logged.
+        """
+
+
+class IEnhancedAuthenticator(IAuthenticator):
+    """
+    An authenticator that also offers an MQTT 5.0 enhanced authentication
+    method: a challenge / response exchange of AUTH packets (section 4.12).
+
+    A 5.0 CONNECT naming an Authentication Method is decided by the first
+    member of the listener's chain offering that method, and by it alone
+    (no other is asked); with none, the client gets CONNACK 0x8C
+    [MQTT-4.12.0-1].  Every packet the broker sends in the exchange, and
+    the successful CONNACK, carries the method [MQTT-4.12.0-5].  The
+    CONNECT timeout covers the whole exchange.  A CONNECT without a method
+    is asked of L{authenticate}, which may abstain.
+
+    Each step returns, or returns a L{Deferred} firing with, L{Continue}
+    (another round trip), L{Allow} (CONNACK 0x00, or AUTH 0x00 after a
+    re-authentication, with L{Allow.authData}) or L{Deny} (CONNACK 0x86 for
+    code 4, else 0x87 [MQTT-4.12.0-4]; after CONNACK, DISCONNECT 0x87
+    [MQTT-4.12.1-2], as 0x86 is no Disconnect Reason Code); anything else,
+    a raised exception or a failed Deferred denies (fail closed) and is
+    logged.  The client's packets wait
+    while a Deferred is outstanding.
+
+    A client may re-authenticate at any time after CONNACK with the same
+    method [MQTT-4.12.1-1]: the exchange runs again from
+    L{startAuthentication}, and must allow the same identity as before (a
+    connection cannot change user), else the client is disconnected.
+    """
+
+    authenticationMethod = Attribute("The Authentication Method offered, e.g. 'SCRAM-SHA-256'.")
+
+    def startAuthentication(credentials: Credentials, authData: bytes | None) -> Any:
+        """
+        Begin an exchange: C{authData} is the Authentication Data of the
+        CONNECT, or of the client's AUTH 0x19 when it re-authenticates.
+        """
+
+    def continueAuthentication(state: Any, authData: bytes | None) -> Any:
+        """
+        Take the next step: C{state} is that of the L{Continue} the client
+        answered, C{authData} the Authentication Data of its AUTH 0x18.
         """
 
 

@@ -85,18 +85,30 @@ class Message:
         return self.expiresAt is not None and self.expiresAt <= now
 
     def wire5(
-        self, qos: int, retain: bool, dup: bool, now: float, subscriptionIds: list[int]
+        self,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        now: float,
+        subscriptionIds: list[int],
+        alias: int = 0,
+        aliasKnown: bool = False,
     ) -> tuple[bytes, bytes]:
         """
         The encoded 5.0 PUBLISH up to the packet identifier, and its property
         block (which follows the identifier): the message's own properties,
-        encoded once, then the remaining expiry interval [MQTT-3.3.2-6] and
-        the Subscription Identifiers of this delivery [MQTT-3.3.4-3].
+        encoded once, then the remaining expiry interval [MQTT-3.3.2-6], the
+        Subscription Identifiers of this delivery [MQTT-3.3.4-3] and its
+        Topic Alias, if any.
+
+        @param alias: the Topic Alias this delivery carries, or 0 for none.
+        @param aliasKnown: the client already has C{alias} for this topic, so
+            the Topic Name is sent empty.
         """
         shared, sharedBlock = self._properties5
         if self._topicBytes is None:
             self._topicBytes = self.topic.encode("utf-8")
-        if self.expiresAt is None and not subscriptionIds:
+        if self.expiresAt is None and not subscriptionIds and not alias:
             key = qos | (retain << 2) | (dup << 3) | _LEVEL5
             prefix = self._prefixes.get(key)
             if prefix is None:
@@ -110,10 +122,13 @@ class Message:
             # Rounded up, so a message not yet expired is never forwarded as expiring at once.
             remaining = max(0, ceil(self.expiresAt - now))
         own = Properties(
-            message_expiry_interval=remaining, subscription_identifiers=tuple(subscriptionIds)
+            message_expiry_interval=remaining,
+            subscription_identifiers=tuple(subscriptionIds),
+            topic_alias=alias or None,
         )
         block = property_block(shared, encode_properties(own))
-        return publish_prefix(self._topicBytes, len(self.payload), qos, retain, dup, block), block
+        topic = b"" if aliasKnown else self._topicBytes
+        return publish_prefix(topic, len(self.payload), qos, retain, dup, block), block
 
     def __repr__(self) -> str:
         return (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -40,7 +40,14 @@ from .codec.packets import (
 )
 from .codec.properties import Properties
 from .config import ListenerConfig
-from .interfaces import Allow, Deny, IClientConnection
+from .interfaces import (
+    Allow,
+    Continue,
+    Credentials,
+    Deny,
+    IClientConnection,
+    IEnhancedAuthenticator,
+)
 from .ratelimit import ConnectionRateLimiter
 from .session import Session, SessionError
 from .transports.tls import IdentityError, certificateIdentity
@@ -56,6 +63,28 @@ _REASON_FOR_CONNACK_CODE: dict[int, int] = {
     ConnackCode.BAD_USERNAME_OR_PASSWORD: ReasonCode.BAD_USER_NAME_OR_PASSWORD,
     ConnackCode.NOT_AUTHORIZED: ReasonCode.NOT_AUTHORIZED,
 }
+
+
+@dataclass(slots=True)
+class _EnhancedAuth:
+    """
+    A connection's enhanced authentication (section 4.12), kept after CONNACK
+    for re-authentication.
+
+    @ivar connect: the CONNECT awaiting its CONNACK; L{None} once accepted.
+    @ivar identity: what the authenticator allowed the connection as, which
+        a re-authentication must allow again.
+    @ivar state: that of the last L{Continue}, for the client's answer.
+    @ivar waiting: a L{Continue} was sent and the client's AUTH 0x18 is due.
+    """
+
+    authenticator: IEnhancedAuthenticator
+    method: str
+    credentials: Credentials
+    connect: Connect | None
+    identity: str | None = None
+    state: Any = None
+    waiting: bool = False
 
 
 @implementer(IClientConnection, IPushProducer)
@@ -98,6 +127,7 @@ class MQTTServerProtocol(Protocol):
         self._topicAliases: dict[int, str] | None = None
         # The name the client's verified certificate gave it, on identity = cn | san listeners.
         self.certificateIdentity: str | None = None
+        self._enhanced: _EnhancedAuth | None = None
 
     # Connection life cycle
 
@@ -260,7 +290,15 @@ class MQTTServerProtocol(Protocol):
 
     def _connectTimedOut(self) -> None:
         self._connectTimer = None
-        self.close("no CONNECT within the connect timeout")
+        if self._enhanced is not None:
+            self.close("enhanced authentication not finished within the connect timeout")
+        else:
+            self.close("no CONNECT within the connect timeout")
+
+    def _stopConnectTimer(self) -> None:
+        if self._connectTimer is not None and self._connectTimer.active():
+            self._connectTimer.cancel()
+        self._connectTimer = None
 
     def _checkKeepalive(self) -> None:
         idle = self.clock.seconds() - self._lastReceived
@@ -297,18 +335,13 @@ class MQTTServerProtocol(Protocol):
     # Packet handlers
 
     def connectReceived(self, packet: Connect) -> Deferred[None] | None:
-        if self._connectTimer is not None and self._connectTimer.active():
-            self._connectTimer.cancel()
-        self._connectTimer = None
+        method = packet.properties.authentication_method
+        if method is None:
+            # An enhanced authentication exchange stays within the CONNECT's time budget, so
+            # the timer runs on until its CONNACK.
+            self._stopConnectTimer()
         # Refusals too are written at the client's level.
         self.protocolLevel = ProtocolLevel(packet.protocol_level)
-        if packet.properties.authentication_method is not None:
-            # No enhanced authentication method is offered [MQTT-4.12.0-1].
-            self._refuse(
-                ReasonCode.BAD_AUTHENTICATION_METHOD,
-                f"authentication method {packet.properties.authentication_method!r}",
-            )
-            return None
         # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
         # precedes CONNECT, has been read; from now on it is the client.
         self._notePeer()
@@ -317,6 +350,8 @@ class MQTTServerProtocol(Protocol):
             if identified is None:
                 return None
             packet = identified
+        if method is not None:
+            return self._startEnhanced(packet, method)
         decision = self.broker.authenticate(
             packet, self.listener, self._host, self.certificateIdentity
         )
@@ -324,6 +359,84 @@ class MQTTServerProtocol(Protocol):
             return decision.addCallback(self._authenticated, packet)
         self._authenticated(decision, packet)
         return None
+
+    def _startEnhanced(self, packet: Connect, method: str) -> Deferred[None] | None:
+        authenticator = self.broker.enhancedAuthenticator(self.listener, method)
+        if authenticator is None:
+            # [MQTT-4.12.0-1]
+            self._refuse(
+                ReasonCode.BAD_AUTHENTICATION_METHOD,
+                f"authentication method {method!r} not offered",
+            )
+            return None
+        credentials = self.broker.credentials(
+            packet, self.listener, self._host, self.certificateIdentity
+        )
+        self._enhanced = _EnhancedAuth(authenticator, method, credentials, packet)
+        self._handlers = self._authenticatingHandlers
+        return self._authStep(
+            authenticator.startAuthentication, credentials, packet.properties.authentication_data
+        )
+
+    def _authStep(self, step: Callable[..., Any], *args: Any) -> Deferred[None] | None:
+        """
+        Ask the enhanced authenticator for its next step and act on it; a
+        L{Deferred} answer holds the client's packets until it fires.
+        """
+        try:
+            result = step(*args)
+        except Exception:
+            result = self._authenticatorFailed(Failure())
+        if isinstance(result, Deferred):
+            return result.addErrback(self._authenticatorFailed).addCallback(self._authStepped)
+        self._authStepped(result)
+        return None
+
+    def _authenticatorFailed(self, failure: Failure) -> Deny:
+        self.log.failure(
+            "enhanced authenticator failed on {address}; refusing",
+            failure,
+            address=self.clientAddress,
+        )
+        return Deny(ConnackCode.NOT_AUTHORIZED, "authenticator failed")
+
+    def _authStepped(self, step: object) -> None:
+        enhanced = self._enhanced
+        if self._closing or enhanced is None:
+            return
+        if isinstance(step, Continue):
+            enhanced.state = step.state
+            enhanced.waiting = True
+            # [MQTT-4.12.0-2, MQTT-4.12.0-5]
+            self.sendPacket(
+                Auth(
+                    ReasonCode.CONTINUE_AUTHENTICATION,
+                    Properties(
+                        authentication_method=enhanced.method, authentication_data=step.authData
+                    ),
+                )
+            )
+            return
+        connect = enhanced.connect
+        if connect is not None:
+            if isinstance(step, Allow):
+                enhanced.identity = step.identity
+            # Anything but a decision denies, as an abstention does [MQTT-4.12.0-4].
+            self._authenticated(step if isinstance(step, Allow | Deny) else None, connect)
+            return
+        if isinstance(step, Allow) and step.identity == enhanced.identity:
+            self.sendPacket(
+                Auth(
+                    ReasonCode.SUCCESS,
+                    Properties(
+                        authentication_method=enhanced.method, authentication_data=step.authData
+                    ),
+                )
+            )
+            return
+        why = step.reason if isinstance(step, Deny) else "no decision"
+        # [MQTT-4.12.1-2]; 0x86 is no Disconnect Reason Code, so every refusal is 0x87.
+        self.close(f"re-authentication failed: {why}", ReasonCode.NOT_AUTHORIZED)
 
     def _authenticated(self, decision: Allow | Deny | None, packet: Connect) -> None:
         if self._closing:
@@ -343,8 +456,17 @@ class MQTTServerProtocol(Protocol):
         self.session = session
         self.clientId = session.clientId
         keepalive = packet.keepalive
+        self._stopConnectTimer()
         if self.protocolLevel == ProtocolLevel.MQTT_5:
             properties, keepalive = self._accepted5(packet, session)
+            if self._enhanced is not None:
+                # [MQTT-4.12.0-5]
+                properties = replace(
+                    properties,
+                    authentication_method=self._enhanced.method,
+                    authentication_data=decision.authData,
+                )
+                self._enhanced.connect = None
             self.sendPacket(Connack(sessionPresent, 0, properties))
         else:
             session.maxInflight = self.broker.config.max_inflight
@@ -377,6 +499,8 @@ class MQTTServerProtocol(Protocol):
         # The client's Receive Maximum bounds the outbound window [MQTT-3.3.4-9].
         session.maxInflight = min(config.max_inflight, requested.receive_maximum or 65535)
         session.maxPacketSize = requested.maximum_packet_size or 0
+        # Absent or 0: no Topic Alias is sent [MQTT-3.1.2-27].
+        session.aliasMaximum = requested.topic_alias_maximum or 0
         keepalive = packet.keepalive
         serverKeepAlive = None
         if keepalive > config.max_keepalive or (
@@ -401,8 +525,22 @@ class MQTTServerProtocol(Protocol):
             wildcard_subscription_available=1,
             subscription_identifier_available=1,
             shared_subscription_available=int(config.shared_subscriptions),
+            response_information=self._responseInformation(requested, session.clientId),
         )
         return properties, keepalive
+
+    def _responseInformation(self, requested: Properties, clientId: str) -> str | None:
+        """
+        The Response Information for a client that asked for it: the configured prefix,
+        never sent unasked [MQTT-3.1.2-28], nor when the client identifier would put a
+        wildcard in it (the prefix is for building topic names).
+        """
+        prefix = self.broker.config.response_information
+        if requested.request_response_information != 1 or not prefix:
+            return None
+        if "{clientid}" in prefix and ("+" in clientId or "#" in clientId):
+            return None
+        return prefix.replace("{clientid}", clientId)
 
     def _identified(self, packet: Connect) -> Connect | None:
         """
@@ -503,15 +641,64 @@ class MQTTServerProtocol(Protocol):
         Disconnect: disconnectReceived,
     }
 
-    def authReceived(self, packet: Auth) -> None:
-        # CONNECT had no Authentication Method, as any accepted one has not [MQTT-4.12.0-7].
-        raise SessionError("AUTH without an authentication method")
+    def authReceived(self, packet: Auth) -> Deferred[None] | None:
+        enhanced = self._enhanced
+        if enhanced is None:
+            # [MQTT-4.12.0-7]
+            raise SessionError("AUTH without an authentication method")
+        if packet.properties.authentication_method != enhanced.method:
+            # [MQTT-4.12.0-5, MQTT-4.12.1-1]
+            raise SessionError("AUTH with another authentication method")
+        data = packet.properties.authentication_data
+        if packet.reason_code == ReasonCode.CONTINUE_AUTHENTICATION and enhanced.waiting:
+            # [MQTT-4.12.0-3]
+            enhanced.waiting = False
+            return self._authStep(
+                enhanced.authenticator.continueAuthentication, enhanced.state, data
+            )
+        if (
+            packet.reason_code == ReasonCode.RE_AUTHENTICATE
+            and enhanced.connect is None
+            and not enhanced.waiting
+        ):
+            # [MQTT-4.12.1-1]; other packets flow on meanwhile.
+            return self._authStep(
+                enhanced.authenticator.startAuthentication, enhanced.credentials, data
+            )
+        raise SessionError(f"AUTH 0x{packet.reason_code:02x} out of turn")
 
     # A 5.0 connection's own table, so 3.1.1 PUBLISH pays nothing for Topic Aliases.
     _handlers5: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = {
         **_handlers,
         Publish: publishReceived5,
         Auth: authReceived,
+    }
+
+    def authBeforeConnack(self, packet: Auth) -> Deferred[None] | None:
+        try:
+            return self.authReceived(packet)
+        except SessionError as e:
+            # Not yet accepted, so answered in CONNACK rather than DISCONNECT.
+            self._refuse(e.reasonCode, f"protocol error: {e}")
+            return None
+
+    def notDuringAuthentication(self, packet: Packet) -> None:
+        # [MQTT-3.1.2-30]
+        self._refuse(
+            ReasonCode.PROTOCOL_ERROR,
+            f"protocol error: {type(packet).__name__} during enhanced authentication",
+        )
+
+    def authenticationAbandoned(self, packet: Disconnect) -> None:
+        self._closing = True
+        self._closeReason = "client sent DISCONNECT during enhanced authentication"
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # From a CONNECT with an Authentication Method to its CONNACK.
+    _authenticatingHandlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = {
+        **dict.fromkeys(_handlers, notDuringAuthentication),
+        Auth: authBeforeConnack,
+        Disconnect: authenticationAbandoned,
     }
 
 

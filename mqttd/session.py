@@ -70,7 +70,9 @@ class SessionState:
     an L{mqttd.interfaces.IMessageStore}.
 
     C{inflight} holds C{(packetId, message, qos, retain, state)}, C{pending}
-    holds C{(message, qos, retain)}, both in delivery order.
+    holds C{(message, qos, retain)}, both in delivery order.  C{expiresAt}
+    is when (broker clock) an offline session's Session Expiry Interval
+    C{expiryInterval} runs out; L{None} while its client was connected.
     """
 
     clientId: str
@@ -79,6 +81,8 @@ class SessionState:
     pending: list[tuple[Message, int, bool]] = field(default_factory=list)
     awaitingRel: dict[int, float] = field(default_factory=dict)
     nextPacketId: int = 1
+    expiryInterval: int = SESSION_NEVER_EXPIRES
+    expiresAt: float | None = None
 
 
 class Session:
@@ -98,6 +102,8 @@ class Session:
     __slots__ = (
         "_nextPacketId",
         "_stats",
+        "aliasMaximum",
+        "aliases",
         "awaitRelTimeout",
         "awaitingRel",
         "cleanSession",
@@ -148,6 +154,10 @@ class Session:
         self.maxInflight = maxInflight
         # The Maximum Packet Size of a 5.0 client's CONNECT; 0 when it set none.
         self.maxPacketSize = 0
+        # The Topic Alias Maximum of a 5.0 client's CONNECT, and the aliases this connection
+        # gave topics: the first topics sent keep theirs, and the rest go by name.
+        self.aliasMaximum = 0
+        self.aliases: dict[str, int] = {}
         self.maxQueued = maxQueued
         self.maxAwaitingRel = maxAwaitingRel
         self.awaitRelTimeout = awaitRelTimeout
@@ -198,7 +208,15 @@ class Session:
         packetId: bytes,
     ) -> None:
         ids = self._subscriptionIds(message) if self.identified else _NO_IDS
-        prefix, block = message.wire5(qos, retain, dup, self.now(), ids)
+        alias = 0
+        known = False
+        if self.aliasMaximum:
+            alias = self.aliases.get(message.topic, 0)
+            known = alias != 0
+            if not known and len(self.aliases) < self.aliasMaximum:
+                # Numbered from 1 up to the client's maximum [MQTT-3.3.2-8, MQTT-3.1.2-26].
+                alias = len(self.aliases) + 1
+        prefix, block = message.wire5(qos, retain, dup, self.now(), ids, alias, known)
         limit = self.maxPacketSize
         if limit and len(prefix) + len(packetId) + len(block) + len(message.payload) > limit:
             # Never sent, and settled as if delivered [MQTT-3.1.2-24, MQTT-3.1.2-25].
@@ -210,6 +228,9 @@ class Session:
                 if self.journal is not None:
                     self.journal.messageAcknowledged(self.clientId, sent)
             return
+        if alias and not known:
+            # Only once sent: the client must have seen the topic its alias stands for.
+            self.aliases[message.topic] = alias
         conn.writeSequence((prefix, packetId, block, message.payload))
 
     def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
@@ -310,6 +331,9 @@ class Session:
         """
         self.connection = conn
         self.mqtt5 = conn.protocolLevel == ProtocolLevel.MQTT_5
+        if self.aliases:
+            # Aliases are the connection's, not the session's [MQTT-3.3.2-7].
+            self.aliases = {}
         # A copy: a re-send too large for a 5.0 client leaves the window [MQTT-3.1.2-25].
         for packetId, out in list(self.inflight.items()):
             if out.state == WAIT_PUBCOMP:

@@ -8,16 +8,25 @@ meaning is written down once, here.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from zope.interface import implementer
 
 from .codec.packets import Will
+from .codec.properties import NO_PROPERTIES, Properties
 from .interfaces import IMessageStore
-from .message import Message
-from .session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, SessionState
+from .message import Message, PropertiedMessage
+from .session import (
+    SESSION_NEVER_EXPIRES,
+    WAIT_PUBACK,
+    WAIT_PUBCOMP,
+    WAIT_PUBREC,
+    SessionState,
+)
 
 
 class StoreError(Exception):
@@ -38,6 +47,70 @@ class StoreError(Exception):
         return f"{self.file}: {self.why}"
 
 
+# What a durable store keeps of a message's or a will's MQTT 5 properties: those a message
+# forwards, and the will's own; the rest only concerned the packet that carried them.
+_KEPT_PROPERTIES = (
+    "payload_format_indicator",
+    "message_expiry_interval",
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "user_properties",
+    "will_delay_interval",
+)
+
+
+def dumpProperties(properties: Properties) -> str | None:
+    """
+    C{properties} as the JSON text a durable store keeps, or L{None} if
+    there is nothing to keep (every 3.1.1 message), so that those cost nothing.
+    """
+    if properties is NO_PROPERTIES:
+        return None
+    kept: dict[str, Any] = {}
+    for name in _KEPT_PROPERTIES:
+        value = getattr(properties, name)
+        if value is None or value == ():
+            continue
+        kept[name] = value.hex() if isinstance(value, bytes) else value
+    return json.dumps(kept, separators=(",", ":")) if kept else None
+
+
+def loadProperties(text: str | None) -> Properties:
+    """The L{Properties} L{dumpProperties} wrote as C{text}."""
+    if text is None:
+        return NO_PROPERTIES
+    kept = json.loads(text)
+    if "correlation_data" in kept:
+        kept["correlation_data"] = bytes.fromhex(kept["correlation_data"])
+    if "user_properties" in kept:
+        kept["user_properties"] = tuple((name, value) for name, value in kept["user_properties"])
+    return Properties(**kept)
+
+
+def storedMessage(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    properties: str | None,
+    expiresAt: float | None,
+) -> Message:
+    """
+    A message as a durable store restores it.
+
+    @param properties: what L{dumpProperties} made of its properties.
+    @param expiresAt: its L{Message.expiresAt}: kept as a deadline on the
+        broker's clock (the wall clock outside tests), so that the time it
+        has left is right after a restart [MQTT-3.3.2-5, MQTT-3.3.2-6].
+    """
+    if properties is None and expiresAt is None:
+        return Message(topic, payload, qos, retain)
+    message = PropertiedMessage(topic, payload, qos, retain, loadProperties(properties), 0.0)
+    message.expiresAt = expiresAt
+    return message
+
+
 @dataclass
 class StoredState:
     """
@@ -55,10 +128,12 @@ class StoredState:
 class StoredSession:
     """One persistent session as a store sees it."""
 
-    __slots__ = ("awaitingRel", "inflight", "queue", "subscriptions")
+    __slots__ = ("awaitingRel", "expiresAt", "expiryInterval", "inflight", "queue", "subscriptions")
 
     def __init__(self, subscriptions: Mapping[str, int]) -> None:
         self.subscriptions = dict(subscriptions)
+        self.expiryInterval = SESSION_NEVER_EXPIRES
+        self.expiresAt: float | None = None
         self.queue: deque[tuple[Message, int, bool]] = deque()
         # In send order, which is the order of re-sending on resume.
         self.inflight: dict[int, list[object]] = {}
@@ -77,6 +152,8 @@ class StoredSession:
             pending=list(self.queue),
             awaitingRel=dict(self.awaitingRel),
             nextPacketId=nextPacketId,
+            expiryInterval=self.expiryInterval,
+            expiresAt=self.expiresAt,
         )
 
 
@@ -116,6 +193,11 @@ class MemoryStore:
 
     def sessionDeleted(self, clientId: str) -> None:
         self.sessions.pop(clientId, None)
+
+    def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
+        session = self.sessions[clientId]
+        session.expiryInterval = interval
+        session.expiresAt = expiresAt
 
     def messageQueued(self, clientId: str, message: Message, qos: int, retain: bool) -> None:
         self.sessions[clientId].queue.append((message, qos, retain))

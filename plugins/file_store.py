@@ -10,7 +10,10 @@ message queued for many sessions is one C{M} record referenced by id.
 
 Opening the log replays it into a L{MemoryStore}; a crash can only tear the
 last record, which is dropped (and cut off the file).  A bad record with
-good ones after it is corruption and stops start-up.  When the log has
+good ones after it is corruption and stops start-up.  Format 2 added MQTT 5
+state as trailing fields (properties, expiry deadlines) and the C{E} record
+(a session's expiry); a format 1 log replays as it did and is rewritten in
+format 2 when opened.  When the log has
 grown past twice its size after the last compaction (and past
 C{compact_bytes}), the live state is written to a new file, synced, and
 renamed over the log: compaction never leaves a moment without a complete
@@ -41,10 +44,19 @@ from mqttd.durable import Writer, durabilityOptions
 from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
 from mqttd.message import Message
 from mqttd.session import WAIT_PUBCOMP
-from mqttd.store import MemoryStore, StoredState, StoreError
+from mqttd.store import (
+    MemoryStore,
+    StoredState,
+    StoreError,
+    dumpProperties,
+    loadProperties,
+    storedMessage,
+)
 
 MAGIC = b"MQTTDLOG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The versions readLog replays; older ones are rewritten as FORMAT_VERSION on opening.
+_READABLE = range(1, FORMAT_VERSION + 1)
 _HEADER = struct.Struct(">8sI")
 _FRAME = struct.Struct(">II")
 _FIELDS = struct.Struct(">I")
@@ -72,6 +84,21 @@ def record(tag: bytes, fields: list[Any], payload: bytes = b"") -> bytes:
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
+def messageRecord(mid: int, m: Message) -> bytes:
+    fields = [mid, m.topic, m.qos, m.retain, dumpProperties(m.properties), m.expiresAt]
+    return record(b"M", fields, m.payload)
+
+
+def retainedRecord(m: Message) -> bytes:
+    fields = [m.topic, m.qos, dumpProperties(m.properties), m.expiresAt]
+    return record(b"P", fields, m.payload)
+
+
+def willRecord(clientId: str, will: Will) -> bytes:
+    fields = [clientId, will.topic, will.qos, will.retain, dumpProperties(will.properties)]
+    return record(b"W", fields, will.payload)
+
+
 def _header() -> bytes:
     return _HEADER.pack(MAGIC, FORMAT_VERSION)
 
@@ -88,13 +115,18 @@ class _Replay:
         model = self.model
         messages = self.messages
         if tag == b"M":
-            mid, topic, qos, retain = fields
-            message = messages[mid] = Message(topic, payload, qos, retain)
+            # Format 1 had no properties and no deadline.
+            mid, topic, qos, retain, properties, expiresAt = [*fields, None, None][:6]
+            message = messages[mid] = storedMessage(
+                topic, payload, qos, retain, properties, expiresAt
+            )
             message.storeId = mid
         elif tag == b"S":
             model.sessionSaved(fields[0], fields[1])
         elif tag == b"D":
             model.sessionDeleted(fields[0])
+        elif tag == b"E":
+            model.sessionExpiry(fields[0], fields[1], fields[2])
         elif tag == b"Q":
             clientId, mid, qos, retain = fields
             model.messageQueued(clientId, messages[mid], qos, retain)
@@ -110,25 +142,26 @@ class _Replay:
         elif tag == b"r":
             model.qos2Released(fields[0], fields[1])
         elif tag == b"W":
-            clientId, topic, qos, retain = fields
-            model.willSet(clientId, Will(topic, payload, qos, retain))
+            clientId, topic, qos, retain, properties = [*fields, None][:5]
+            model.willSet(clientId, Will(topic, payload, qos, retain, loadProperties(properties)))
         elif tag == b"w":
             model.willCleared(fields[0])
         elif tag == b"P":
-            topic, qos = fields
-            model.retainedSet(Message(topic, payload, qos, True))
+            topic, qos, properties, expiresAt = [*fields, None, None][:4]
+            model.retainedSet(storedMessage(topic, payload, qos, True, properties, expiresAt))
         elif tag == b"p":
             model.retainedDeleted(fields[0])
         else:
             raise ValueError(f"unknown record type {tag!r}")
 
 
-def readLog(path: str) -> tuple[_Replay, int]:
+def readLog(path: str) -> tuple[_Replay, int, int]:
     """
     Replay the log at C{path}.
 
-    @return: the replayed state and the length of the log's good part, which
-        is shorter than the file when its last record was torn by a crash.
+    @return: the replayed state, the length of the log's good part, which
+        is shorter than the file when its last record was torn by a crash,
+        and the log's format version.
     @raise StoreError: the file is not an mqttd log, has another format
         version, or has a bad record before its last one.
     """
@@ -139,13 +172,13 @@ def readLog(path: str) -> tuple[_Replay, int]:
         if not MAGIC.startswith(data[: len(MAGIC)]):
             raise StoreError(path, "not an mqttd log file")
         # Torn while the empty log was being created.
-        return replay, 0
+        return replay, 0, FORMAT_VERSION
     magic, version = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise StoreError(path, "not an mqttd log file")
-    if version != FORMAT_VERSION:
+    if version not in _READABLE:
         raise StoreError(
-            path, f"log format version {version}; this mqttd reads version {FORMAT_VERSION}"
+            path, f"log format version {version}; this mqttd reads versions 1 to {FORMAT_VERSION}"
         )
     offset = _HEADER.size
     end = len(data)
@@ -175,7 +208,7 @@ def readLog(path: str) -> tuple[_Replay, int]:
             ) from None
         offset = start + length
         index += 1
-    return replay, offset
+    return replay, offset, version
 
 
 @implementer(IMessageStore)
@@ -200,19 +233,28 @@ class FileStore:
         self.path = path
         try:
             if os.path.exists(path):
-                replay, good = readLog(path)
+                replay, good, version = readLog(path)
                 if good == 0:
                     self._replace(_header())
                 elif good < os.path.getsize(path):
                     os.truncate(path, good)
             else:
-                replay, good = _Replay(path), 0
+                replay, good, version = _Replay(path), 0, FORMAT_VERSION
                 self._replace(_header())
-            self._file: BinaryIO = open(path, "ab")
         except OSError as e:
             raise StoreError(path, f"cannot use the log: {e.strerror}") from None
         self._model = replay.model
         self._written: set[int] = set(replay.messages)
+        try:
+            if version != FORMAT_VERSION:
+                # Records appended from now on have the current format's fields, which the
+                # header must announce: the whole log is rewritten in that format first.
+                snapshot = self._snapshot()
+                self._replace(snapshot)
+                good = len(snapshot)
+            self._file: BinaryIO = open(path, "ab")
+        except OSError as e:
+            raise StoreError(path, f"cannot use the log: {e.strerror}") from None
         self._nextId = max(replay.messages, default=0) + 1
         self._size = max(good, _HEADER.size)
         self._compactBytes = compactBytes
@@ -287,15 +329,16 @@ class FileStore:
             assert mid is not None
             if mid not in written:
                 written.add(mid)
-                out.append(record(b"M", [mid, m.topic, m.qos, m.retain], m.payload))
+                out.append(messageRecord(mid, m))
             return mid
 
-        for topic, retained in model.retained.items():
-            out.append(record(b"P", [topic, retained.qos], retained.payload))
+        for retained in model.retained.values():
+            out.append(retainedRecord(retained))
         for clientId, will in model.wills.items():
-            out.append(record(b"W", [clientId, will.topic, will.qos, will.retain], will.payload))
+            out.append(willRecord(clientId, will))
         for clientId, session in model.sessions.items():
             out.append(record(b"S", [clientId, session.subscriptions]))
+            out.append(record(b"E", [clientId, session.expiryInterval, session.expiresAt]))
             for packetId, (m, qos, retain, state) in session.inflight.items():
                 mid = message(m)  # type: ignore[arg-type]
                 out.append(record(b"T", [clientId, packetId, mid, qos, retain, False]))
@@ -316,9 +359,7 @@ class FileStore:
         if mid not in self._written:
             # Once per log file, however many sessions reference it.
             self._written.add(mid)
-            self._record(
-                record(b"M", [mid, message.topic, message.qos, message.retain], message.payload)
-            )
+            self._record(messageRecord(mid, message))
         return mid
 
     # IMessageStore
@@ -339,6 +380,10 @@ class FileStore:
     def sessionDeleted(self, clientId: str) -> None:
         self._model.sessionDeleted(clientId)
         self._record(record(b"D", [clientId]))
+
+    def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
+        self._model.sessionExpiry(clientId, interval, expiresAt)
+        self._record(record(b"E", [clientId, interval, expiresAt]))
 
     def messageQueued(self, clientId: str, message: Message, qos: int, retain: bool) -> None:
         self._model.messageQueued(clientId, message, qos, retain)
@@ -375,7 +420,7 @@ class FileStore:
 
     def willSet(self, clientId: str, will: Will) -> None:
         self._model.willSet(clientId, will)
-        self._record(record(b"W", [clientId, will.topic, will.qos, will.retain], will.payload))
+        self._record(willRecord(clientId, will))
 
     def willCleared(self, clientId: str) -> None:
         self._model.willCleared(clientId)
@@ -383,7 +428,7 @@ class FileStore:
 
     def retainedSet(self, message: Message) -> None:
         self._model.retainedSet(message)
-        self._record(record(b"P", [message.topic, message.qos], message.payload))
+        self._record(retainedRecord(message))
 
     def retainedDeleted(self, topic: str) -> None:
         self._model.retainedDeleted(topic)

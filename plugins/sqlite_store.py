@@ -52,9 +52,16 @@ from mqttd.interfaces import (
 )
 from mqttd.message import Message
 from mqttd.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, SessionState
-from mqttd.store import StoredSession, StoredState, StoreError
+from mqttd.store import (
+    StoredSession,
+    StoredState,
+    StoreError,
+    dumpProperties,
+    loadProperties,
+    storedMessage,
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1; a new file is made with it and brought up to date by the same
 # MIGRATIONS an old file goes through, so the two never differ.
@@ -124,11 +131,22 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE group_changes (changes INTEGER NOT NULL)",
         "INSERT INTO group_changes VALUES (0)",
     ),
+    # MQTT 5: properties as mqttd.store.dumpProperties' JSON, deadlines on the broker's clock.
+    # A session from before has the 3.1.1 meaning of a persistent one: it never expires.
+    2: (
+        "ALTER TABLE messages ADD COLUMN properties TEXT",
+        "ALTER TABLE messages ADD COLUMN expires_at REAL",
+        "ALTER TABLE retained ADD COLUMN properties TEXT",
+        "ALTER TABLE retained ADD COLUMN expires_at REAL",
+        "ALTER TABLE wills ADD COLUMN properties TEXT",
+        "ALTER TABLE sessions ADD COLUMN expiry_interval INTEGER NOT NULL DEFAULT 4294967295",
+        "ALTER TABLE sessions ADD COLUMN expires_at REAL",
+    ),
 }
 
-_INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SAVE_SESSION = (
-    "INSERT INTO sessions VALUES (?, ?)"
+    "INSERT INTO sessions (client_id, subscriptions) VALUES (?, ?)"
     " ON CONFLICT (client_id) DO UPDATE SET subscriptions = excluded.subscriptions"
 )
 _QUEUE = "INSERT INTO deliveries (client_id, message_id, qos, retain) VALUES (?, ?, ?, ?)"
@@ -338,9 +356,11 @@ class SQLiteStore:
         return {
             "nextId": db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchall(),
             "messages": db.execute(
-                "SELECT id, topic, payload, qos, retain FROM messages"
+                "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"
             ).fetchall(),
-            "sessions": db.execute("SELECT client_id, subscriptions FROM sessions").fetchall(),
+            "sessions": db.execute(
+                "SELECT client_id, subscriptions, expiry_interval, expires_at FROM sessions"
+            ).fetchall(),
             "deliveries": db.execute(
                 "SELECT client_id, message_id, qos, retain, packet_id, state"
                 " FROM deliveries ORDER BY seq"
@@ -348,9 +368,11 @@ class SQLiteStore:
             "awaiting": db.execute(
                 "SELECT client_id, packet_id, received FROM awaiting_rel"
             ).fetchall(),
-            "retained": db.execute("SELECT topic, payload, qos FROM retained").fetchall(),
+            "retained": db.execute(
+                "SELECT topic, payload, qos, properties, expires_at FROM retained"
+            ).fetchall(),
             "wills": db.execute(
-                "SELECT client_id, topic, payload, qos, retain FROM wills"
+                "SELECT client_id, topic, payload, qos, retain, properties FROM wills"
             ).fetchall(),
         }
 
@@ -362,13 +384,16 @@ class SQLiteStore:
     def _restored(self, rows: dict[str, list[Any]]) -> StoredState:
         self._nextId = rows["nextId"][0][0]
         messages: dict[int, Message] = {}
-        for mid, topic, payload, qos, retain in rows["messages"]:
-            message = messages[mid] = Message(topic, payload, qos, bool(retain))
+        for mid, topic, payload, qos, retain, properties, expiresAt in rows["messages"]:
+            message = messages[mid] = storedMessage(
+                topic, payload, qos, bool(retain), properties, expiresAt
+            )
             message.storeId = mid
-        sessions: dict[str, StoredSession] = {
-            clientId: StoredSession(json.loads(subscriptions))
-            for clientId, subscriptions in rows["sessions"]
-        }
+        sessions: dict[str, StoredSession] = {}
+        for clientId, subscriptions, expiryInterval, expiresAt in rows["sessions"]:
+            session = sessions[clientId] = StoredSession(json.loads(subscriptions))
+            session.expiryInterval = expiryInterval
+            session.expiresAt = expiresAt
         try:
             for clientId, mid, qos, retain, packetId, state in rows["deliveries"]:
                 session = sessions[clientId]
@@ -382,9 +407,11 @@ class SQLiteStore:
             raise StoreError(self.path, f"corrupt store: dangling reference {e}") from None
         states: list[SessionState] = [s.state(c) for c, s in sessions.items()]
         return StoredState(
-            retained=[Message(t, p, q, True) for t, p, q in rows["retained"]],
+            retained=[storedMessage(t, p, q, True, pr, e) for t, p, q, pr, e in rows["retained"]],
             sessions=states,
-            wills={c: Will(t, p, q, bool(r)) for c, t, p, q, r in rows["wills"]},
+            wills={
+                c: Will(t, p, q, bool(r), loadProperties(pr)) for c, t, p, q, r, pr in rows["wills"]
+            },
         )
 
     def flush(self) -> Deferred[None] | None:
@@ -405,7 +432,18 @@ class SQLiteStore:
         # written again if it comes back (a retained message) after its last
         # reference went.
         self._record(
-            (_INSERT_MESSAGE, (mid, message.topic, message.payload, message.qos, message.retain))
+            (
+                _INSERT_MESSAGE,
+                (
+                    mid,
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    message.retain,
+                    dumpProperties(message.properties),
+                    message.expiresAt,
+                ),
+            )
         )
         return mid
 
@@ -418,6 +456,14 @@ class SQLiteStore:
         record(("DELETE FROM awaiting_rel WHERE client_id = ?", (clientId,)))
         record(("DELETE FROM sessions WHERE client_id = ?", (clientId,)))
         record((_FORGET_UNREFERENCED, ()))
+
+    def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
+        self._record(
+            (
+                "UPDATE sessions SET expiry_interval = ?, expires_at = ? WHERE client_id = ?",
+                (interval, expiresAt, clientId),
+            )
+        )
 
     def messageQueued(self, clientId: str, message: Message, qos: int, retain: bool) -> None:
         self._record((_QUEUE, (clientId, self._messageId(message), qos, retain)))
@@ -458,8 +504,15 @@ class SQLiteStore:
     def willSet(self, clientId: str, will: Will) -> None:
         self._record(
             (
-                "INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?)",
-                (clientId, will.topic, will.payload, will.qos, will.retain),
+                "INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    clientId,
+                    will.topic,
+                    will.payload,
+                    will.qos,
+                    will.retain,
+                    dumpProperties(will.properties),
+                ),
             )
         )
 
@@ -469,8 +522,14 @@ class SQLiteStore:
     def retainedSet(self, message: Message) -> None:
         self._record(
             (
-                "INSERT OR REPLACE INTO retained VALUES (?, ?, ?)",
-                (message.topic, message.payload, message.qos),
+                "INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)",
+                (
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    dumpProperties(message.properties),
+                    message.expiresAt,
+                ),
             )
         )
 

@@ -86,9 +86,15 @@ class World:
         self,
         store: MemoryStore | None = None,
         listener: ListenerConfig = LISTENER,
+        now: float = 0.0,
         **brokerOptions: Any,
     ) -> None:
+        """
+        @param now: the clock's time when the broker starts, for a restart on a store that kept
+            deadlines on an earlier broker's clock.
+        """
         self.clock = MemoryReactorClock()
+        self.clock.advance(now)
         self.store = store if store is not None else MemoryStore()
         self.broker = Broker(replace(BrokerConfig(), **brokerOptions), self.clock, self.store)
         self.broker.start()

@@ -57,6 +57,7 @@ def test_goodFile(tmp_path: Path) -> None:
         "await_rel_timeout = 2.5\n"
         "message_size_limit = 0\n"
         "retain_available = false\n"
+        "response_information = responses/{clientid}\n"
         "[listener:public]\n"
         "endpoint = tcp:1883\n"
         "connect_rate_per_address = 0.5\n"
@@ -67,7 +68,11 @@ def test_goodFile(tmp_path: Path) -> None:
     )
     assert load_config(path) == Config(
         broker=BrokerConfig(
-            max_inflight=5, await_rel_timeout=2.5, message_size_limit=0, retain_available=False
+            max_inflight=5,
+            await_rel_timeout=2.5,
+            message_size_limit=0,
+            retain_available=False,
+            response_information="responses/{clientid}",
         ),
         listeners=(
             ListenerConfig(
@@ -187,6 +192,8 @@ def test_unknownKey(tmp_path: Path, section: str, key: str) -> None:
         ("broker", "connect_timeout", "nan"),
         ("broker", "retain_available", "maybe"),
         ("broker", "retain_available", "1"),
+        ("broker", "response_information", "reply/+/{clientid}"),
+        ("broker", "response_information", "reply/{client}/"),
         ("listener:main", "allow_anonymous", "yes"),
         ("listener:main", "connect_rate_per_address", "-1"),
         ("listener:main", "connect_burst_per_address", "1.5"),

@@ -7,6 +7,7 @@ over a real socket against an independently written 5.0 implementation, and
 from __future__ import annotations
 
 import queue
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -16,6 +17,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from mqttd.config import BrokerConfig
+from mqttd.interfaces import PluginContext
+from mqttd.plugin_loader import findPlugins
+from tests import e2e
 from tests.conftest import Clients
 from tests.e2e import TIMEOUT, Client, MQTTv5, Received, RunningBroker, WillSpec, wait_until
 
@@ -54,6 +59,19 @@ def test_assigned_client_identifier(clients: Clients) -> None:
     assert c.connack_properties is not None
     assigned = c.connack_properties.AssignedClientIdentifier
     assert assigned and c.connack_code == 0
+
+
+def test_response_information(clients: Clients) -> None:
+    """
+    paho asking for Response Information gets the broker's prefix for its responses; not asking,
+    it gets none [MQTT-3.1.2-28].
+    """
+    asking = clients(
+        "asker", protocol=MQTTv5, properties=connectProperties(RequestResponseInformation=1)
+    )
+    assert asking.connack_properties.ResponseInformation == "reply/asker/"
+    quiet = clients("quiet", protocol=MQTTv5)
+    assert not hasattr(quiet.connack_properties, "ResponseInformation")
 
 
 @pytest.mark.broker_config(max_keepalive=30)
@@ -336,3 +354,79 @@ def test_keepalive_timeout_disconnect(clients: Clients) -> None:
     body = raw.recv_exactly(connack[1])
     assert body[:2] == b"\x00\x00"  # Session Present 0, Success
     assert raw.wait_closed() == bytes.fromhex("e0 01 8d")
+
+
+@pytest.mark.parametrize("plugin", ["sqlite", "file"])
+def test_mqtt5_state_survives_restart(twisted_reactor: None, tmp_path: Path, plugin: str) -> None:
+    """
+    On a durable store, a broker restart keeps a queued message's properties [MQTT-3.3.2-15 to
+    MQTT-3.3.2-18] and the time left of its Message Expiry Interval [MQTT-3.3.2-6], and an
+    offline session still expires on schedule, counted from its disconnection [MQTT-3.1.2-23].
+    """
+    e2e.REACTOR.takeErrors()
+
+    def durable() -> dict[str, Any]:
+        context = PluginContext(e2e.reactor, str(tmp_path), BrokerConfig())
+        return {"store": findPlugins()[plugin].build({"durability": "sync"}, context)}
+
+    first = e2e.start_broker(plugins=durable)
+    keeper = e2e.client(
+        first.port,
+        "keeper",
+        clean=False,
+        protocol=MQTTv5,
+        properties=connectProperties(SessionExpiryInterval=3600),
+    )
+    assert keeper.subscribe("restart/t", 1) == 1
+    keeper.disconnect()
+    brief = e2e.client(
+        first.port,
+        "brief",
+        clean=False,
+        protocol=MQTTv5,
+        properties=connectProperties(SessionExpiryInterval=3),
+    )
+    brief.disconnect()
+    first.wait_gone("keeper")
+    first.wait_gone("brief")
+    publisher = e2e.client(first.port, "publisher", protocol=MQTTv5)
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = "replies/x"
+    properties.CorrelationData = b"\x00\xff"
+    properties.UserProperty = [("b", "1"), ("a", "2"), ("b", "3")]
+    properties.ContentType = "text/plain"
+    properties.PayloadFormatIndicator = 1
+    properties.MessageExpiryInterval = 600
+    publisher.paho.publish("restart/t", b"kept", 1, properties=properties).wait_for_publish(TIMEOUT)
+    publisher.close()
+    first.stop()
+
+    second = e2e.start_broker(plugins=durable)
+    try:
+        assert second.call(lambda: sorted(second.broker.sessions)) == ["brief", "keeper"]
+        log: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        back = e2e.Client(
+            second.port,
+            "keeper",
+            clean=False,
+            protocol=MQTTv5,
+            properties=connectProperties(SessionExpiryInterval=3600),
+            setup=lambda c: setattr(c, "on_message", lambda cl, u, m: log.put(m)),
+        )
+        assert back.session_present is True
+        (message,) = nextMessages(log, 1)
+        got: Any = message.properties
+        assert (message.topic, message.payload) == ("restart/t", b"kept")
+        assert (got.ResponseTopic, got.CorrelationData) == ("replies/x", b"\x00\xff")
+        assert got.UserProperty == [("b", "1"), ("a", "2"), ("b", "3")]
+        assert (got.ContentType, got.PayloadFormatIndicator) == ("text/plain", 1)
+        assert 590 < got.MessageExpiryInterval <= 600
+        back.close()
+        wait_until(
+            lambda: "brief" not in second.call(lambda: set(second.broker.sessions)),
+            "the restored session to expire",
+        )
+    finally:
+        second.stop()
+    errors = e2e.REACTOR.takeErrors()
+    assert not errors, "errors logged in the reactor:\n" + "\n".join(errors)

@@ -20,10 +20,14 @@ from mqttd.codec.packets import (
     Pingreq,
     Pingresp,
     Puback,
+    Pubcomp,
     Publish,
     Pubrec,
     Pubrel,
+    Suback,
     Subscribe,
+    Unsuback,
+    Unsubscribe,
     Will,
 )
 from mqttd.protocol import MQTTServerProtocol
@@ -84,6 +88,62 @@ def test_connack_advertises_limits() -> None:
     assert p.shared_subscription_available == 1
     assert p.maximum_qos is None
     assert p.assigned_client_identifier is None and p.server_keep_alive is None
+
+
+def test_response_information_only_when_requested() -> None:
+    """
+    A client that sets Request Response Information 1 is told the configured topic prefix for
+    responses, with its client identifier in it; without the request (absent or 0) no Response
+    Information is sent [MQTT-3.1.2-28]; nor when configured off, or when the client
+    identifier would put a wildcard in it.
+    """
+    world = World()
+    asked = connack(connect5(world, "c", request_response_information=1)).properties
+    assert asked.response_information == "reply/c/"
+    for unasked in (connect5(world, "d"), connect5(world, "e", request_response_information=0)):
+        assert connack(unasked).properties.response_information is None
+    wild = connect5(world, "a+b", request_response_information=1)
+    assert connack(wild).properties.response_information is None
+    fixed = World(response_information="responses")
+    p = connack(connect5(fixed, "a+b", request_response_information=1)).properties
+    assert p.response_information == "responses"
+    off = World(response_information="")
+    p = connack(connect5(off, "c", request_response_information=1)).properties
+    assert p.response_information is None
+
+
+def test_no_problem_information_when_refused() -> None:
+    """
+    With Request Problem Information 0 the broker sends no Reason String and no User Properties
+    on any packet but PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: here on SUBACK, UNSUBACK,
+    PUBACK, PUBREC, PUBREL and PUBCOMP, with failure reason codes among them; a PUBLISH still
+    carries the publisher's User Properties [MQTT-3.3.2-17].
+    """
+    world = World()
+    client = connect5(world, "c", request_problem_information=0)
+    client.send(Subscribe(1, [("t/#", 2), ("$share//bad", 1)]))
+    client.send(Unsubscribe(2, ["never"]))
+    client.send(Publish("t/1", b"x", 1, packet_id=3))
+    client.send(
+        Publish("t/2", b"y", 2, packet_id=4, properties=Properties(user_properties=(("k", "v"),)))
+    )
+    client.send(Pubrel(4))
+    client.send(Pubrel(99))
+    packets = client.read()
+    publishes = [p for p in packets if isinstance(p, Publish)]
+    for publish in publishes:
+        if publish.qos == 1:
+            client.send(Puback(publish.packet_id))  # type: ignore[arg-type]
+        else:
+            client.send(Pubrec(publish.packet_id))  # type: ignore[arg-type]
+    packets += client.read()
+    kinds = {type(p) for p in packets}
+    assert {Suback, Unsuback, Puback, Pubrec, Pubrel, Pubcomp} <= kinds
+    for packet in packets:
+        if not isinstance(packet, Publish | Connack | Disconnect):
+            properties = packet.properties  # type: ignore[union-attr]
+            assert properties.reason_string is None and properties.user_properties == ()
+    assert [p.properties.user_properties for p in publishes] == [(), (("k", "v"),)]
 
 
 def test_connack_retain_unavailable() -> None:
@@ -229,6 +289,64 @@ def test_topic_alias_sets_and_resolves() -> None:
     pub.send(Publish("", b"2", properties=Properties(topic_alias=2)))
     assert [(p.topic, p.payload) for p in sub.publishes()] == [("a/b", b"1"), ("a/b", b"2")]
     assert not pub.closed
+
+
+def test_outbound_topic_aliases() -> None:
+    """
+    To a client that declared a Topic Alias Maximum, the broker gives the first topics it sends
+    aliases from 1 up to that maximum [MQTT-3.3.2-8, MQTT-3.1.2-26, MQTT-3.3.2-11] and then sends
+    them with an empty Topic Name; other topics go by name.  A new connection starts with no
+    aliases [MQTT-3.3.2-7]; a client that declared none is sent none [MQTT-3.1.2-27].
+    """
+    world = World()
+
+    def subscriber(clientId: str, **properties: Any) -> Client:
+        client = connect5(world, clientId, clean=False, session_expiry_interval=60, **properties)
+        client.send(Subscribe(1, [("t/#", 1)]))
+        client.read()
+        return client
+
+    aliased = subscriber("aliased", topic_alias_maximum=2)
+    plain = subscriber("plain")
+    pub = world.connect("pub")
+    for n, topic in enumerate(["t/a", "t/a", "t/b", "t/c", "t/a", "t/c", "t/b"]):
+        pub.send(Publish(topic, b"%d" % n, qos=n % 2, packet_id=n % 2 * (n + 1) or None))
+    got = [(p.topic, p.properties.topic_alias) for p in aliased.publishes()]
+    assert got == [
+        ("t/a", 1),
+        ("", 1),
+        ("t/b", 2),
+        ("t/c", None),
+        ("", 1),
+        ("t/c", None),
+        ("", 2),
+    ]
+    assert {p.properties.topic_alias for p in plain.publishes()} == {None}
+    aliased.drop()
+    again = connect5(world, "aliased", clean=False, topic_alias_maximum=2)
+    pub.send(Publish("t/b", b"again"))
+    # The unacknowledged QoS 1 messages are re-sent first, naming their topics afresh.
+    assert [(p.topic, p.properties.topic_alias) for p in again.publishes()] == [
+        ("t/a", 1),
+        ("t/c", 2),
+        ("", 2),
+        ("t/b", None),
+    ]
+
+
+def test_outbound_alias_not_given_by_a_dropped_packet() -> None:
+    """
+    A PUBLISH dropped as larger than the client's Maximum Packet Size [MQTT-3.1.2-24] gives its
+    topic no alias, so the next one on that topic names it.
+    """
+    world = World()
+    client = connect5(world, "c", topic_alias_maximum=5, maximum_packet_size=100)
+    client.send(Subscribe(1, [("t", 0)]))
+    client.read()
+    pub = world.connect("pub")
+    pub.send(Publish("t", b"x" * 200), Publish("t", b"small"), Publish("t", b"again"))
+    got = [(p.topic, p.properties.topic_alias, p.payload) for p in client.publishes()]
+    assert got == [("t", 1, b"small"), ("", 1, b"again")]
 
 
 def test_topic_alias_above_maximum_disconnect_0x94() -> None:
@@ -574,6 +692,76 @@ def test_takeover_publishes_undelayed_will() -> None:
     connect5(world, "c", clean=False, will=Will("will", b"w"), session_expiry_interval=60)
     connect5(world, "c", clean=False, session_expiry_interval=60)
     assert [p.payload for p in sub.publishes()] == [b"w"]
+
+
+# A restart on the store: the broker's clock goes on from where the crashed broker's stopped.
+
+
+def test_offline_session_expires_on_schedule_after_restart() -> None:
+    """
+    A session offline at a crash ends when its Session Expiry Interval, counted from its
+    disconnection, runs out: the store keeps the deadline and the restarted broker re-arms it
+    [MQTT-3.1.2-23]; a session past its deadline is not resumed.
+    """
+    world = World()
+    client = connect5(world, "c", clean=False, session_expiry_interval=100)
+    client.send(Subscribe(1, [("t", 1)]))
+    client.drop()
+    connect5(world, "late", clean=False, session_expiry_interval=10).drop()
+    reborn = World(store=world.store, now=60)
+    assert "c" in reborn.broker.sessions
+    assert reborn.broker.sessions["c"].subscriptions == {"t": 1}
+    reborn.clock.advance(0)
+    assert "late" not in reborn.broker.sessions
+    reborn.clock.advance(39)
+    assert "c" in reborn.broker.sessions
+    reborn.clock.advance(1)
+    assert "c" not in reborn.broker.sessions
+    assert reborn.store.restore().sessions == []
+
+
+def test_session_connected_at_crash_expires_after_restart() -> None:
+    """
+    A session whose client was connected at the crash lost its connection with the restart: it
+    is kept for its Session Expiry Interval from then [MQTT-3.1.2-23], and resumed within it
+    with Session Present 1 [MQTT-3.2.2-3].
+    """
+    world = World()
+    connect5(world, "c", clean=False, session_expiry_interval=100)
+    connect5(world, "back", clean=False, session_expiry_interval=100)
+    reborn = World(store=world.store, now=500)
+    reborn.clock.advance(99)
+    assert connack(connect5(reborn, "back", clean=False)).session_present
+    assert "c" in reborn.broker.sessions
+    reborn.clock.advance(1)
+    assert "c" not in reborn.broker.sessions
+    assert "back" in reborn.broker.sessions
+
+
+def test_delayed_will_waits_again_after_restart() -> None:
+    """
+    A will with a Will Delay Interval whose connection was open at a crash (or whose delay was
+    running) waits its whole delay from the restart, which counts as the connection's loss; it
+    goes sooner if the session ends first [MQTT-3.1.2-8], and not at all if the client comes
+    back in time [MQTT-3.1.3-9].  A will without a delay is published at the restart.
+    """
+    world = World()
+    delayed = Properties(will_delay_interval=30)
+    connect5(world, "a", will=Will("will", b"a", properties=delayed), session_expiry_interval=100)
+    connect5(world, "b", will=Will("will", b"b", properties=delayed), session_expiry_interval=10)
+    connect5(world, "c", will=Will("will", b"c", properties=delayed), session_expiry_interval=100)
+    connect5(world, "d", will=Will("will", b"d"), session_expiry_interval=100)
+    reborn = World(store=world.store, now=1000)
+    assert set(reborn.store.wills) == {"a", "b", "c"}
+    sub = reborn.subscriber("sub", ("will", 0))
+    connect5(reborn, "c", clean=False, session_expiry_interval=100)
+    reborn.clock.advance(10)
+    assert [p.payload for p in sub.publishes()] == [b"b"]
+    reborn.clock.advance(19)
+    assert sub.publishes() == []
+    reborn.clock.advance(1)
+    assert [p.payload for p in sub.publishes()] == [b"a"]
+    assert set(reborn.store.restore().wills) == set()
 
 
 def test_pubrel_resent_at_level_5() -> None:

@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface.verify import verifyObject
 
 from mqttd.codec.packets import Will
+from mqttd.codec.properties import NO_PROPERTIES, Properties
 from mqttd.config import BrokerConfig, ConfigError
 from mqttd.interfaces import Group, IGroupStore, IMessageStore, PluginConfigError, PluginContext
-from mqttd.message import Message
+from mqttd.message import Message, PropertiedMessage
 from mqttd.plugin_loader import buildPlugin, findPlugins
 from mqttd.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
 from mqttd.store import MemoryStore, StoredState
@@ -227,6 +229,130 @@ def test_roundTrip(kind: str, tmp_path: Path) -> None:
     ]
 
 
+def journal5(store: Any) -> None:
+    """The MQTT 5 state: message, retained and will properties, deadlines, session expiry."""
+    properties = Properties(
+        payload_format_indicator=1,
+        content_type="text/plain",
+        response_topic="replies/x",
+        correlation_data=b"\x00\xff",
+        user_properties=(("b", "1"), ("a", "2"), ("b", "3")),
+    )
+    message = PropertiedMessage(
+        "a/b", b"m", 1, False, replace(properties, message_expiry_interval=60), 1000.0
+    )
+    bare = PropertiedMessage("a/c", b"e", 2, False, Properties(message_expiry_interval=5), 10.0)
+    # QoS, No Local, Retain As Published and Subscription Identifier 300 in one int.
+    store.sessionSaved("s5", {"a/#": 1 | 4 | 8 | (300 << 8)})
+    store.sessionExpiry("s5", 3600, None)
+    store.messageQueued("s5", message, 1, False)
+    store.messageSent("s5", 1, bare, 2, False, False)
+    store.sessionSaved("offline", {})
+    store.sessionExpiry("offline", 60, 1234.5)
+    store.sessionSaved("old", {})
+    store.retainedSet(message)
+    store.willSet("s5", Will("w", b"bye", 1, False, replace(properties, will_delay_interval=30)))
+
+
+def normal5(state: StoredState) -> dict[str, Any]:
+    def message(m: Message) -> tuple[Any, ...]:
+        return (m.topic, m.payload, m.properties, m.expiresAt)
+
+    sessions = {s.clientId: s for s in state.sessions}
+    s5 = sessions["s5"]
+    return {
+        "s5": (
+            s5.subscriptions,
+            s5.expiryInterval,
+            s5.expiresAt,
+            [message(m) for m, _, _ in s5.pending],
+            [message(m) for _, m, _, _, _ in s5.inflight],
+        ),
+        "expiry": {c: (s.expiryInterval, s.expiresAt) for c, s in sessions.items()},
+        "retained": [message(m) for m in state.retained],
+        "wills": state.wills,
+    }
+
+
+EXPECTED5 = {
+    "s5": (
+        {"a/#": 1 | 4 | 8 | (300 << 8)},
+        3600,
+        None,
+        [
+            (
+                "a/b",
+                b"m",
+                Properties(
+                    payload_format_indicator=1,
+                    content_type="text/plain",
+                    response_topic="replies/x",
+                    correlation_data=b"\x00\xff",
+                    user_properties=(("b", "1"), ("a", "2"), ("b", "3")),
+                ),
+                1060.0,
+            )
+        ],
+        [("a/c", b"e", NO_PROPERTIES, 15.0)],
+    ),
+    "expiry": {"s5": (3600, None), "offline": (60, 1234.5), "old": (0xFFFFFFFF, None)},
+    "retained": [
+        (
+            "a/b",
+            b"m",
+            Properties(
+                payload_format_indicator=1,
+                content_type="text/plain",
+                response_topic="replies/x",
+                correlation_data=b"\x00\xff",
+                user_properties=(("b", "1"), ("a", "2"), ("b", "3")),
+            ),
+            1060.0,
+        )
+    ],
+    "wills": {
+        "s5": Will(
+            "w",
+            b"bye",
+            1,
+            False,
+            Properties(
+                payload_format_indicator=1,
+                content_type="text/plain",
+                response_topic="replies/x",
+                correlation_data=b"\x00\xff",
+                user_properties=(("b", "1"), ("a", "2"), ("b", "3")),
+                will_delay_interval=30,
+            ),
+        )
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["memory", *sorted(DURABLE)])
+def test_mqtt5RoundTrip(kind: str, tmp_path: Path) -> None:
+    """
+    Every store keeps what MQTT 5 adds: a message's Payload Format Indicator, Content Type,
+    Response Topic, Correlation Data and User Properties in order [MQTT-3.3.2-15 to
+    MQTT-3.3.2-18], its expiry as a deadline so the interval forwarded after a restart is what is
+    left [MQTT-3.3.2-6], the same for a retained message, a will's properties with its Will Delay
+    Interval, a session's Session Expiry Interval and the deadline of an offline one
+    [MQTT-3.1.2-23], and subscription options with the Subscription Identifier [MQTT-3.8.3-3].
+    """
+    if kind == "memory":
+        memory = MemoryStore()
+        journal5(memory)
+        assert normal5(memory.restore()) == EXPECTED5
+        return
+    factory = DURABLE[kind]
+    store = opened(factory, tmp_path)
+    e2e.in_reactor(journal5, store)
+    closed(store)
+    again = opened(factory, tmp_path)
+    assert normal5(restored(again)) == EXPECTED5
+    closed(again)
+
+
 def test_providesIMessageStore(tmp_path: Path) -> None:
     """Every store, and what each shipped store plugin builds, provides IMessageStore."""
     assert verifyObject(IMessageStore, MemoryStore())
@@ -384,7 +510,7 @@ def test_fileNotALog(tmp_path: Path) -> None:
         fileStore(tmp_path)
     log.write_bytes(b"MQTTDLOG\x00\x00\x00\x63")
     with pytest.raises(
-        PluginConfigError, match="log format version 99; this mqttd reads version 1"
+        PluginConfigError, match="log format version 99; this mqttd reads versions 1 to 2"
     ):
         fileStore(tmp_path)
 
@@ -440,15 +566,15 @@ def test_sqliteSchemaVersion(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(
-        PluginConfigError, match="store schema version 7; this mqttd reads version 2"
+        PluginConfigError, match="store schema version 7; this mqttd reads version 3"
     ):
         sqliteStore(tmp_path)
 
 
 def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
     """
-    A version 1 store (before groups) is brought to version 2 when opened: what it held is
-    restored, it has no groups, it takes groups, and its schema is that of a new store.
+    A version 1 store (before groups) is brought to version 3 through version 2 when opened: what
+    it held is restored, it has no groups, it takes groups, and its schema is that of a new store.
     """
     sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
     old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
@@ -474,6 +600,78 @@ def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
     store = opened(sqliteStore, tmp_path)
     assert store.group("g") == Group("g", {"a": 1})
     closed(store)
+
+
+def test_sqliteMigratesFromVersion2(tmp_path: Path) -> None:
+    """
+    A version 2 store (before MQTT 5 state) is brought to version 3 when opened: its messages,
+    retained messages and wills have no properties and never expire, and its sessions keep the
+    3.1.1 meaning of a persistent session, never expiring; new MQTT 5 state is then kept.
+    """
+    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
+    old.executescript(f"BEGIN; {sqlitePlugin.SCHEMA} COMMIT;")
+    old.execute("BEGIN")
+    for statement in sqlitePlugin.MIGRATIONS[1]:
+        old.execute(statement)
+    old.execute("PRAGMA user_version = 2")
+    old.execute("INSERT INTO messages VALUES (1, 'q', x'6d', 1, 0)")
+    old.execute("""INSERT INTO sessions VALUES ('s', '{"q": 1}')""")
+    old.execute("INSERT INTO deliveries (client_id, message_id, qos, retain) VALUES ('s', 1, 1, 0)")
+    old.execute("INSERT INTO retained VALUES ('r', x'6b', 1)")
+    old.execute("INSERT INTO wills VALUES ('s', 'w', x'62', 0, 0)")
+    old.execute("COMMIT")
+    old.close()
+    store = opened(sqliteStore, tmp_path)
+    state = restored(store)
+    ((message, _, _),) = state.sessions[0].pending
+    (retained,) = state.retained
+    assert [(m.topic, m.properties, m.expiresAt) for m in (message, retained)] == [
+        ("q", NO_PROPERTIES, None),
+        ("r", NO_PROPERTIES, None),
+    ]
+    assert (state.sessions[0].expiryInterval, state.sessions[0].expiresAt) == (0xFFFFFFFF, None)
+    assert state.wills == {"s": Will("w", b"b", 0, False)}
+    e2e.in_reactor(store.sessionExpiry, "s", 10, 5.0)
+    closed(store)
+    store = opened(sqliteStore, tmp_path)
+    assert (restored(store).sessions[0].expiryInterval, restored(store).sessions[0].expiresAt) == (
+        10,
+        5.0,
+    )
+    closed(store)
+
+
+def test_fileMigratesFromFormat1(tmp_path: Path) -> None:
+    """
+    A format 1 log (before MQTT 5 state) replays as before, without properties and with sessions
+    that never expire, and is rewritten in format 2 when opened, keeping new MQTT 5 state.
+    """
+    filePlugin: Any = importlib.import_module("mqttd.plugins.file_store")
+    record = filePlugin.record
+    (tmp_path / "mqttd.log").write_bytes(
+        b"MQTTDLOG\x00\x00\x00\x01"
+        + record(b"M", [1, "q", 1, False], b"m")
+        + record(b"S", ["s", {"q": 1}])
+        + record(b"Q", ["s", 1, 1, False])
+        + record(b"P", ["r", 1], b"k")
+        + record(b"W", ["s", "w", 0, False], b"b")
+    )
+    store = opened(fileStore, tmp_path)
+    state = restored(store)
+    ((message, _, _),) = state.sessions[0].pending
+    (retained,) = state.retained
+    assert [(m.topic, m.properties, m.expiresAt) for m in (message, retained)] == [
+        ("q", NO_PROPERTIES, None),
+        ("r", NO_PROPERTIES, None),
+    ]
+    assert (state.sessions[0].expiryInterval, state.sessions[0].expiresAt) == (0xFFFFFFFF, None)
+    assert state.wills == {"s": Will("w", b"b", 0, False)}
+    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x02"
+    e2e.in_reactor(store.sessionExpiry, "s", 10, 5.0)
+    closed(store)
+    session = restored(opened(fileStore, tmp_path)).sessions[0]
+    assert (session.expiryInterval, session.expiresAt, len(session.pending)) == (10, 5.0, 1)
 
 
 @pytest.mark.parametrize("durability", ["sync", "batched"])
