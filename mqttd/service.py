@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.broker import Broker
-from mqttd.config import Config, ListenerConfig
+from mqttd.config import Config, ConfigError, ListenerConfig
 from mqttd.interfaces import (
     IAuthenticator,
     IAuthorizer,
@@ -238,8 +238,8 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
 
     @param reactor: the reactor the broker keeps time with and the listeners listen on, so it must
         also provide whatever the endpoint strings need (L{IReactorTCP}, L{IReactorSSL}, ...).
-    @raise ConfigError: a plugin named in C{config} is unknown, lacks an interface its chain
-        needs, or rejects its options.
+    @raise ConfigError: a TLS file of a listener cannot be used, or a plugin named in C{config}
+        is unknown, lacks an interface its chain needs, or rejects its options.
     """
     plugins = Plugins(config, reactor)
     listenerAuthenticators = {
@@ -275,12 +275,19 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         endpoint = _AnnouncingEndpoint(serverFromString(reactor, listener.endpoint), listener)
         # The upgrade gets the CONNECT's budget: both are what a connection must send before
         # it has proved to be a client.
-        factory, tls = listenerFactory(
-            MQTTServerFactory(broker, listener, reactor),
-            listener,
-            reactor,
-            config.broker.connect_timeout,
-        )
+        try:
+            factory, tls = listenerFactory(
+                MQTTServerFactory(broker, listener, reactor),
+                listener,
+                reactor,
+                config.broker.connect_timeout,
+            )
+        except TLSFileError as e:
+            # The files were read when the config was loaded; one that changed since still
+            # stops start-up with the one-line message, not a traceback.
+            raise ConfigError(
+                config.source or "<default>", f"listener:{listener.name}", e.key, e.why
+            ) from None
         if tls is not None:
             service.tls[listener.name] = tls
         listening = StreamServerEndpointService(endpoint, factory)

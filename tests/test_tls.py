@@ -383,3 +383,23 @@ def test_identityTakesNoClientCertificateOverSsl(tmp_path: Path, pki: PKI) -> No
     )
     with pytest.raises(ConfigError, match="already ssl"):
         load_config(str(path))
+
+
+def test_tlsFileGoneBeforeServiceBuiltIsOneLine(pki: PKI, tmp_path: Path) -> None:
+    """
+    A key file that disappears between loading the configuration and building the service
+    still stops start-up with a ConfigError naming the file, the listener's section and the key.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mqttd.service import makeBrokerService
+
+    key = tmp_path / "server.key"
+    key.write_bytes(Path(pki.server.key).read_bytes())
+    path = writeConfig(tmp_path, f"certificate = {pki.server.certificate}\nprivate_key = {key}\n")
+    config = load_config(str(path))
+    key.unlink()
+    with pytest.raises(ConfigError) as raised:
+        makeBrokerService(config, MemoryReactorClock())
+    message = str(raised.value)
+    assert str(path) in message and "[listener:secure]" in message and "private_key" in message
