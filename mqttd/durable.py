@@ -11,6 +11,7 @@ broker made it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -21,10 +22,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .interfaces import PluginConfigError
+from .interfaces import PluginConfigError, PluginContext
+from .store import StoreError
 
 Op = TypeVar("Op")
 T = TypeVar("T")
+S = TypeVar("S")
 
 SYNC = "sync"
 BATCHED = "batched"
@@ -50,6 +53,26 @@ def durabilityOptions(options: Mapping[str, str], known: frozenset[str]) -> tupl
     if not text.isdigit() or int(text) < 1:
         raise PluginConfigError("flush_ms", f"expected a positive integer, got {text!r}")
     return durability == SYNC, int(text) / 1000.0
+
+
+def openStoreFile(
+    options: Mapping[str, str], context: PluginContext, default: str, open: Callable[[str], S]
+) -> S:
+    """
+    Resolve a store's C{path} option against the configuration's directory,
+    create its directory, and open the store there with C{open(path)}.
+
+    @raise PluginConfigError: naming C{path}, when the directory cannot be
+        made or the file is not a usable store.
+    """
+    path = os.path.normpath(context.path(options.get("path", default).strip()))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path)
+    except OSError as e:
+        raise PluginConfigError("path", f"{path}: {e.strerror}") from None
+    except StoreError as e:
+        raise PluginConfigError("path", str(e)) from None
 
 
 class Writer(Generic[Op]):

@@ -40,7 +40,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
-from mqttd.durable import Writer, durabilityOptions
+from mqttd.durable import Writer, durabilityOptions, openStoreFile
 from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
 from mqttd.message import Message
 from mqttd.session import WAIT_PUBCOMP
@@ -451,20 +451,18 @@ class FileStoreFactory:
     def build(self, options: Mapping[str, str], context: PluginContext) -> FileStore:
         sync, flushInterval = durabilityOptions(options, frozenset({"path", "compact_bytes"}))
         compactBytes = _positive(options, "compact_bytes", DEFAULT_COMPACT_BYTES)
-        path = os.path.normpath(context.path(options.get("path", "mqttd.log").strip()))
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            return FileStore(
+        return openStoreFile(
+            options,
+            context,
+            "mqttd.log",
+            lambda path: FileStore(
                 context.reactor,
                 path,
                 sync=sync,
                 flushInterval=flushInterval,
                 compactBytes=compactBytes,
-            )
-        except OSError as e:
-            raise PluginConfigError("path", f"{path}: {e.strerror}") from None
-        except StoreError as e:
-            raise PluginConfigError("path", str(e)) from None
+            ),
+        )
 
 
 file = FileStoreFactory()

@@ -28,7 +28,6 @@ Options (C{[plugin:sqlite]}):
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -41,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
-from mqttd.durable import Writer, durabilityOptions
+from mqttd.durable import Writer, durabilityOptions, openStoreFile
 from mqttd.interfaces import (
     Group,
     IGroupStore,
@@ -628,20 +627,18 @@ class SQLiteStoreFactory:
             raise PluginConfigError(
                 "group_poll_interval", f"expected a positive number of seconds, got {text!r}"
             )
-        path = os.path.normpath(context.path(options.get("path", "mqttd.db").strip()))
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            return SQLiteStore(
+        return openStoreFile(
+            options,
+            context,
+            "mqttd.db",
+            lambda path: SQLiteStore(
                 context.reactor,
                 path,
                 sync=sync,
                 flushInterval=flushInterval,
                 groupPollInterval=groupPollInterval,
-            )
-        except OSError as e:
-            raise PluginConfigError("path", f"{path}: {e.strerror}") from None
-        except StoreError as e:
-            raise PluginConfigError("path", str(e)) from None
+            ),
+        )
 
 
 sqlite = SQLiteStoreFactory()
