@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .broker import KEEPALIVE_UNLIMITED, Broker
+from .broker import KEEPALIVE_UNLIMITED, NO_LOCAL, RETAIN_AS_PUBLISHED, Broker
 from .codec import DecodeError, Decoder, encode
 from .codec.packets import (
     Auth,
@@ -53,6 +53,8 @@ from .session import Session, SessionError
 from .transports.tls import IdentityError, certificateIdentity
 
 PINGRESP = encode(Pingresp())
+# What a 3.1 / 3.1.1 bridge's subscriptions get beyond their QoS: an MQTT 5 bridge asks for both.
+BRIDGE_SUBSCRIPTION_OPTIONS = NO_LOCAL | RETAIN_AS_PUBLISHED
 
 # The Connect Reason Codes that say to a 5.0 client what the authenticators and the broker core,
 # which answer in 3.1.1 return codes, meant [MQTT-3.2.2-8].
@@ -128,6 +130,8 @@ class MQTTServerProtocol(Protocol):
         # The name the client's verified certificate gave it, on identity = cn | san listeners.
         self.certificateIdentity: str | None = None
         self._enhanced: _EnhancedAuth | None = None
+        # Set when the client's CONNECT carried the bridge bit: it is another broker.
+        self.bridge = False
 
     # Connection life cycle
 
@@ -342,6 +346,7 @@ class MQTTServerProtocol(Protocol):
             self._stopConnectTimer()
         # Refusals too are written at the client's level.
         self.protocolLevel = ProtocolLevel(packet.protocol_level)
+        self.bridge = packet.bridge
         # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
         # precedes CONNECT, has been read; from now on it is the client.
         self._notePeer()
@@ -477,11 +482,12 @@ class MQTTServerProtocol(Protocol):
             self._keepaliveLimit = keepalive * 1.5
             self._keepaliveTimer = self.clock.callLater(self._keepaliveLimit, self._checkKeepalive)
         self.log.info(
-            "{clientId} connected from {address} (protocol level {protocolLevel}, "
+            "{clientId} connected from {address} (protocol level {protocolLevel}{bridge}, "
             "clean session {clean}, keepalive {keepalive})",
             clientId=session.clientId,
             address=self.clientAddress,
             protocolLevel=packet.protocol_level,
+            bridge=", bridge" if self.bridge else "",
             clean=packet.clean_session,
             keepalive=packet.keepalive,
         )
@@ -599,6 +605,16 @@ class MQTTServerProtocol(Protocol):
         self.session.pubcompReceived(packet.packet_id)  # type: ignore[union-attr]
 
     def subscribeReceived(self, packet: Subscribe) -> Deferred[None] | None:
+        if self.bridge:
+            # As mosquitto treats its bridges: what the bridge published is not sent back to it
+            # (no loops), and retained flags go as published, so the other broker retains too.
+            packet = replace(
+                packet,
+                subscriptions=[
+                    (topicFilter, qos | BRIDGE_SUBSCRIPTION_OPTIONS)
+                    for topicFilter, qos in packet.subscriptions
+                ],
+            )
         return self.broker.subscribe(self.session, packet)  # type: ignore[arg-type]
 
     def unsubscribeReceived(self, packet: Unsubscribe) -> None:

@@ -490,6 +490,11 @@ class Decoder:
             self._table = handlers.table
             self._limit = self._max_packet_size
             return packet
+        # A bridge marks its 3.1 / 3.1.1 CONNECT with the top bit of the level (mosquitto's
+        # try_private); the level itself is what the rest of the connection speaks.
+        bridge = level in (0x83, 0x84)
+        if bridge:
+            level &= 0x7F
         if not ((name == b"MQTT" and level == 4) or (name == b"MQIsdp" and level == 3)):
             error = UnacceptableProtocol(
                 f"CONNECT: unsupported protocol {name!r} level {level}", "MQTT-3.1.2-2"
@@ -535,4 +540,13 @@ class Decoder:
             )
         self._table = _SERVER_TABLE
         self._limit = self._max_packet_size
-        return Connect(level, client_id, bool(flags & 0x02), keepalive, will, username, password)
+        return Connect(
+            level,
+            client_id,
+            bool(flags & 0x02),
+            keepalive,
+            will,
+            username,
+            password,
+            bridge=bridge,
+        )

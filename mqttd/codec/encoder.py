@@ -232,7 +232,7 @@ def _connect(packet: Connect) -> bytes:
         flags |= 0x04 | (will.qos << 3) | (will.retain << 5)
     parts = [
         _string(name),
-        bytes((level, flags)),
+        bytes((level | 0x80 if packet.bridge else level, flags)),
         _U16.pack(packet.keepalive),
         _string(packet.client_id),
     ]

@@ -211,7 +211,10 @@ class Will:
 class Connect:
     """
     CONNECT.  C{clean_session} is the Clean Start flag at 5.0, where a
-    password may also come without a user name.
+    password may also come without a user name.  C{bridge} is the bit
+    mosquitto's bridges set on a 3.1 / 3.1.1 protocol level (0x83, 0x84) to
+    say that the client is another broker; C{protocol_level} is then the
+    level without it.
     """
 
     protocol_level: int
@@ -222,6 +225,7 @@ class Connect:
     username: str | None = None
     password: bytes | None = None
     properties: Properties = NO_PROPERTIES
+    bridge: bool = False
 
     @property
     def protocol_name(self) -> str:
