@@ -19,6 +19,14 @@ from zope.interface import implementer
 
 from .broker import KEEPALIVE_UNLIMITED, NO_LOCAL, RETAIN_AS_PUBLISHED, Broker
 from .codec import DecodeError, Decoder, encode
+from .codec.errors import (
+    IdentifierRejected,
+    LimitExceeded,
+    MalformedPacket,
+    PacketTooLarge,
+    ProtocolViolation,
+    UnacceptableProtocol,
+)
 from .codec.packets import (
     Auth,
     Connack,
@@ -97,9 +105,15 @@ class MQTTServerProtocol(Protocol):
     @ivar paused: set while the transport's write buffer is over its limit;
         the session then queues (bounded) instead of writing, so a stalled
         subscriber never stalls the publisher or grows memory without bound.
+    @ivar maxPacketSize: a 5.0 client's Maximum Packet Size, 0 when it set
+        none; no packet larger is sent to it [MQTT-3.1.2-24].
+    @cvar closeTimeout: seconds a closing connection has to hand its last
+        bytes (a CONNACK or DISCONNECT saying why) to the peer before it is
+        aborted, so a peer that stopped reading cannot hold it open.
     """
 
     log = Logger()
+    closeTimeout = 5.0
 
     def __init__(self, broker: Broker, listener: ListenerConfig, clock: IReactorTime) -> None:
         self.broker = broker
@@ -124,6 +138,8 @@ class MQTTServerProtocol(Protocol):
         self._graceful = False
         self._closing = False
         self._closeReason = "connection lost"
+        self._abortTimer: IDelayedCall | None = None
+        self.maxPacketSize = 0
         self._held: deque[Packet] | None = None
         # A 5.0 client's Topic Aliases, alias to topic; this connection's only [MQTT-3.3.2-7].
         self._topicAliases: dict[int, str] | None = None
@@ -149,10 +165,10 @@ class MQTTServerProtocol(Protocol):
         self._host = host if host else str(peer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for timer in (self._connectTimer, self._keepaliveTimer):
+        for timer in (self._connectTimer, self._keepaliveTimer, self._abortTimer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._connectTimer = self._keepaliveTimer = None
+        self._connectTimer = self._keepaliveTimer = self._abortTimer = None
         # Also tells an authenticator's late answer that there is no one left to answer.
         self._closing = True
         session = self.session
@@ -170,11 +186,13 @@ class MQTTServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        packets: list[Any]
         try:
             packets = self._decoder.feed(data)
         except DecodeError as e:
-            self._decodeFailed(e)
-            return
+            # The good packets read before the bad one are handled first, as mosquitto does:
+            # a CONNECT gets its CONNACK, a PUBLISH is delivered; then the error, in its place.
+            packets = [*e.packets, e]
         if not packets:
             # Keepalive counts control packets [MQTT-3.1.2-24], so a peer
             # trickling one byte at a time cannot hold a connection open.
@@ -224,7 +242,7 @@ class MQTTServerProtocol(Protocol):
         self.log.failure("handling a packet from {address}", failure, address=self.clientAddress)
         self.close("internal error")
 
-    def _decodeFailed(self, error: DecodeError) -> None:
+    def decodeFailed(self, error: DecodeError) -> None:
         spec = f" {error.spec}" if error.spec else ""
         reason = f"{type(error).__name__}: {error}{spec}"
         if error.protocol_level == ProtocolLevel.MQTT_5:
@@ -254,17 +272,39 @@ class MQTTServerProtocol(Protocol):
             address=self.clientAddress,
             reason=reason,
         )
+        self._loseConnection()
+
+    def _loseConnection(self) -> None:
+        """
+        Close with FIN once the transport has written what it holds, so the
+        peer reads the CONNACK or DISCONNECT that says why; abort if that has
+        not happened within L{closeTimeout}.
+        """
+        # Nothing may follow the last packet [MQTT-3.14.4-1]: paused, the session queues
+        # instead of writing while the transport flushes and closes.
+        self.paused = True
         self.transport.loseConnection()  # type: ignore[union-attr]
+        if self._abortTimer is None:
+            self._abortTimer = self.clock.callLater(self.closeTimeout, self._closeTimedOut)
+
+    def _closeTimedOut(self) -> None:
+        self._abortTimer = None
+        self.log.info(
+            "{address} took no close within {timeout} s: aborted",
+            address=self.clientAddress,
+            timeout=self.closeTimeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def close(self, reason: str, reasonCode: int | None = None) -> None:
         """
-        Drop the connection at once; buffered output is discarded, so a peer
-        that stopped reading cannot keep it open.  The will is published
-        unless DISCONNECT was received.
+        Close the connection: the peer is sent what the transport holds and
+        then a FIN, and is aborted if it has not taken them within
+        L{closeTimeout}.  The will is published unless DISCONNECT was
+        received.
 
         @param reasonCode: for an accepted 5.0 client, the reason code of the
-            DISCONNECT to send first [MQTT-3.14.0-1]; it is sent only if the
-            transport can take it, else the connection is just dropped.
+            DISCONNECT to send first [MQTT-3.14.0-1].
         """
         if self._closing:
             return
@@ -280,15 +320,9 @@ class MQTTServerProtocol(Protocol):
             reasonCode is not None
             and self.protocolLevel == ProtocolLevel.MQTT_5
             and self.clientId is not None
-            and not self.paused
         ):
-            self.transport.write(encode(Disconnect(reasonCode), ProtocolLevel.MQTT_5))  # type: ignore[union-attr]
-            # Nothing may follow DISCONNECT [MQTT-3.14.4-1]: paused, the session queues
-            # instead of writing while the transport flushes it and closes.
-            self.paused = True
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        self.transport.abortConnection()  # type: ignore[union-attr]
+            self.sendPacket(Disconnect(reasonCode))
+        self._loseConnection()
 
     # Timers
 
@@ -318,7 +352,34 @@ class MQTTServerProtocol(Protocol):
     # IClientConnection
 
     def sendPacket(self, packet: Packet) -> None:
-        self.transport.write(encode(packet, self.protocolLevel))  # type: ignore[union-attr]
+        data = self._encodeWithin(packet)
+        if data is not None:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _encodeWithin(self, packet: Packet) -> bytes | None:
+        """
+        C{packet} encoded within the client's Maximum Packet Size: without its
+        Reason String and User Properties if that makes it fit [MQTT-3.1.2-24,
+        MQTT-3.2.2-19, MQTT-3.2.2-20 and their PUBACK to AUTH counterparts],
+        L{None} if nothing does, and then it is not sent [MQTT-3.1.2-25].
+        """
+        data = encode(packet, self.protocolLevel)
+        limit = self.maxPacketSize
+        if not limit or len(data) <= limit:
+            return data
+        properties: Properties | None = getattr(packet, "properties", None)
+        if properties is not None and (properties.reason_string or properties.user_properties):
+            bare = replace(properties, reason_string=None, user_properties=())
+            data = encode(replace(packet, properties=bare), self.protocolLevel)  # type: ignore[arg-type]
+            if len(data) <= limit:
+                return data
+        self.log.info(
+            "{packet} not sent to {address}: larger than its Maximum Packet Size {limit}",
+            packet=type(packet).__name__.upper(),
+            address=self.clientAddress,
+            limit=limit,
+        )
+        return None
 
     def writeSequence(self, chunks: Sequence[bytes]) -> None:
         self.transport.writeSequence(chunks)  # type: ignore[union-attr]
@@ -329,6 +390,9 @@ class MQTTServerProtocol(Protocol):
         self.paused = True
 
     def resumeProducing(self) -> None:
+        if self._closing:
+            # Closing: the transport drains its last bytes, and nothing more is written.
+            return
         self.paused = False
         if self.session is not None:
             self.session.pump()
@@ -344,9 +408,11 @@ class MQTTServerProtocol(Protocol):
             # An enhanced authentication exchange stays within the CONNECT's time budget, so
             # the timer runs on until its CONNACK.
             self._stopConnectTimer()
-        # Refusals too are written at the client's level.
+        # Refusals too are written at the client's level, and within its Maximum Packet Size.
         self.protocolLevel = ProtocolLevel(packet.protocol_level)
         self.bridge = packet.bridge
+        if packet.protocol_level == ProtocolLevel.MQTT_5:
+            self.maxPacketSize = packet.properties.maximum_packet_size or 0
         # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
         # precedes CONNECT, has been read; from now on it is the client.
         self._notePeer()
@@ -472,7 +538,16 @@ class MQTTServerProtocol(Protocol):
                     authentication_data=decision.authData,
                 )
                 self._enhanced.connect = None
-            self.sendPacket(Connack(sessionPresent, 0, properties))
+            connack = self._encodeWithin(Connack(sessionPresent, 0, properties))
+            if connack is None:
+                # The client cannot be told it is connected [MQTT-3.1.2-25]; closed as
+                # refused, so its will is not published either, and the session is
+                # attached only for connectionLost to end it as any other.
+                self._graceful = True
+                session.connection = self
+                self.close("CONNACK larger than the client's Maximum Packet Size")
+                return
+            self.transport.write(connack)  # type: ignore[union-attr]
         else:
             session.maxInflight = self.broker.config.max_inflight
             # MQTT 3.1 has no Session Present flag; its CONNACK byte is reserved.
@@ -621,7 +696,9 @@ class MQTTServerProtocol(Protocol):
         self.broker.unsubscribe(self.session, packet)  # type: ignore[arg-type]
 
     def pingReceived(self, packet: Pingreq) -> None:
-        self.transport.write(PINGRESP)  # type: ignore[union-attr]
+        if self.maxPacketSize != 1:
+            # PINGRESP is 2 bytes: only a Maximum Packet Size of 1 is smaller [MQTT-3.1.2-24].
+            self.transport.write(PINGRESP)  # type: ignore[union-attr]
 
     def disconnectReceived(self, packet: Disconnect) -> None:
         if self.protocolLevel == ProtocolLevel.MQTT_5:
@@ -640,11 +717,26 @@ class MQTTServerProtocol(Protocol):
             self._graceful = True
         self._closing = True
         self._closeReason = "client sent DISCONNECT"
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._loseConnection()
+
+    # A decoding error comes in the packet stream, after the good packets of its read.
+    _errorHandlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = dict.fromkeys(
+        (
+            DecodeError,
+            MalformedPacket,
+            ProtocolViolation,
+            PacketTooLarge,
+            LimitExceeded,
+            UnacceptableProtocol,
+            IdentifierRejected,
+        ),
+        decodeFailed,
+    )
 
     # The decoder only lets CONNECT through first and never a second one, so
     # every handler but connectReceived runs with a session attached.
     _handlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = {
+        **_errorHandlers,
         Connect: connectReceived,
         Publish: publishReceived,
         Puback: pubackReceived,
@@ -708,13 +800,14 @@ class MQTTServerProtocol(Protocol):
     def authenticationAbandoned(self, packet: Disconnect) -> None:
         self._closing = True
         self._closeReason = "client sent DISCONNECT during enhanced authentication"
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._loseConnection()
 
     # From a CONNECT with an Authentication Method to its CONNACK.
     _authenticatingHandlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]] = {
         **dict.fromkeys(_handlers, notDuringAuthentication),
         Auth: authBeforeConnack,
         Disconnect: authenticationAbandoned,
+        **_errorHandlers,
     }
 
 

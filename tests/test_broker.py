@@ -104,13 +104,18 @@ def test_bad_protocol_level_connack_1() -> None:
     """
     An unsupported protocol level is answered with CONNACK 0x01 then close
     [MQTT-3.1.2-2] (bad-inputs 7), and other clients keep working.  Level 6
-    of "MQTT", a later version than the broker speaks, gets the 5.0 CONNACK
-    0x84 a 5.0 client reads (5.0 section 3.1.2.2).
+    of "MQTT" laid out as a 3.1.1 CONNECT gets the 3.1.1 CONNACK return
+    code 1, as mosquitto answers; laid out as 5.0's (a Property Length before
+    the payload), the 5.0 CONNACK 0x84 a 5.0 client reads (5.0 section 3.1.2.2).
     """
     world = World()
     sub = world.subscriber("sub", ("t", 0))
     later = world.client()
     later.sendBytes(bytes.fromhex("100c00044d515454 06 02 003c 0000".replace(" ", "")))
+    assert later.transport.value() == bytes.fromhex("2002 00 01".replace(" ", ""))
+    assert later.closed
+    later = world.client()
+    later.sendBytes(bytes.fromhex("100d00044d515454 06 02 003c 00 0000".replace(" ", "")))
     assert later.transport.value() == bytes.fromhex("2003 00 84 00".replace(" ", ""))
     assert later.closed
     client = world.client()

@@ -269,6 +269,23 @@ _SERVER_TABLE = _table(_SERVER_RECEIVES)
 _CLIENT_TABLE = _table(_CLIENT_RECEIVES)
 
 
+def _table31(table: list[Entry | None]) -> list[Entry | None]:
+    """
+    C{table} as MQTT 3.1 reads it: 3.1 sends PUBREL, SUBSCRIBE and UNSUBSCRIBE at
+    QoS 1 and sets DUP on a re-sent one (3.1 section 2.1, "DUP"), so 0x6A, 0x8A and
+    0xAA are the re-sent forms of 0x62, 0x82 and 0xA2; the fixed flags of
+    [MQTT-2.2.2-1] are 3.1.1's.
+    """
+    table = list(table)
+    for first in (0x62, 0x82, 0xA2):
+        table[first | 0x08] = table[first]
+    return table
+
+
+_SERVER_TABLE_31 = _table31(_SERVER_TABLE)
+_CLIENT_TABLE_31 = _table31(_CLIENT_TABLE)
+
+
 def _header_error(first: int, server: bool) -> DecodeError:
     """Say why a first byte with no entry in the decoding table is refused."""
     kind = first >> 4
@@ -363,7 +380,7 @@ class Decoder:
             self._table = self._level5.table
             self._limit = max_packet_size
         else:
-            self._table = _CLIENT_TABLE
+            self._table = _CLIENT_TABLE_31 if protocol_level == 3 else _CLIENT_TABLE
             self._limit = max_packet_size
 
     def feed(self, data: bytes) -> list[Packet]:
@@ -371,10 +388,13 @@ class Decoder:
         Add received bytes; return every packet they complete, in order.
 
         @raise DecodeError: on the first bad packet, its C{protocol_level}
-            set to the decoder's.  The decoder is then dead and raises the
-            same error on every later call.
+            set to the decoder's and its C{packets} holding the good packets
+            these bytes completed before it, which are to be handled before
+            the error is.  The decoder is then dead and raises the same error,
+            with no packets, on every later call.
         """
         if self._error is not None:
+            self._error.packets = []
             raise self._error
         buffer = self._buffer
         try:
@@ -405,6 +425,15 @@ class Decoder:
             at the size the unused tail must reach before a retry can progress.
         """
         packets: list[Packet] = []
+        try:
+            return self._parse_into(packets, data, end)
+        except DecodeError as e:
+            e.packets = packets
+            raise
+
+    def _parse_into(
+        self, packets: list[Packet], data: Buffer, end: int
+    ) -> tuple[list[Packet], int]:
         pos = 0
         table = self._table
         limit = self._limit
@@ -499,54 +528,71 @@ class Decoder:
             error = UnacceptableProtocol(
                 f"CONNECT: unsupported protocol {name!r} level {level}", "MQTT-3.1.2-2"
             )
-            if name == b"MQTT" and level >= 5:
-                # A peer that speaks 5.0 or later reads a 5.0 CONNACK (0x84).
+            if name == b"MQTT" and (level == 5 or (level > 5 and not _reads_as_3(data, p, end))):
+                # A peer that speaks 5.0, or a later level in 5.0's CONNECT layout, reads a 5.0
+                # CONNACK (0x84); one whose CONNECT is laid out as 3.1.1's reads return code 1
+                # in a 3.1.1 CONNACK [MQTT-3.1.2-2], as mosquitto answers.
                 error.protocol_level = 5
             raise error
         self.protocol_level = level
-        flags = data[p + 1]
-        keepalive = (data[p + 2] << 8) | data[p + 3]
-        p += 4
-        if flags & 0x01:
-            raise malformed("CONNECT: reserved flag set", "MQTT-3.1.2-3")
-        will_qos = (flags >> 3) & 3
-        if not flags & 0x04:
-            if will_qos:
-                raise malformed("CONNECT: Will QoS without Will flag", "MQTT-3.1.2-13")
-            if flags & 0x20:
-                raise malformed("CONNECT: Will Retain without Will flag", "MQTT-3.1.2-15")
-        elif will_qos == 3:
-            raise malformed("CONNECT: Will QoS 3", "MQTT-3.1.2-14")
-        if flags & 0x40 and not flags & 0x80:
-            raise malformed("CONNECT: password flag without user name flag", "MQTT-3.1.2-22")
-        client_id, p = read_string(data, p, end, "CONNECT client identifier")
-        will = None
-        if flags & 0x04:
-            will_topic, p = read_string(data, p, end, "CONNECT will topic")
-            check_topic_name(will_topic, "CONNECT will topic")
-            will_payload, p = read_binary(data, p, end, "CONNECT will message")
-            will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20))
-        username = None
-        if flags & 0x80:
-            username, p = read_string(data, p, end, "CONNECT user name")
-        password = None
-        if flags & 0x40:
-            password, p = read_binary(data, p, end, "CONNECT password")
-        if p != end:
-            raise malformed("CONNECT: trailing bytes after the payload")
-        if level == 3 and not 1 <= len(client_id) <= _MQTT_3_1_CLIENT_ID_MAX:
-            raise IdentifierRejected(
-                "CONNECT: MQTT 3.1 client identifier must be 1 to 23 characters", "MQTT-3.1.3-9"
-            )
-        self._table = _SERVER_TABLE
+        packet = _connect3(data, p, end, level, bridge)
+        self._table = _SERVER_TABLE_31 if level == 3 else _SERVER_TABLE
         self._limit = self._max_packet_size
-        return Connect(
-            level,
-            client_id,
-            bool(flags & 0x02),
-            keepalive,
-            will,
-            username,
-            password,
-            bridge=bridge,
+        return packet
+
+
+def _reads_as_3(data: Buffer, p: int, end: int) -> bool:
+    """Whether a CONNECT's bytes from its level on are a well-formed 3.1.1 CONNECT's."""
+    try:
+        _connect3(data, p, end, 4, False)
+    except DecodeError:
+        return False
+    return True
+
+
+def _connect3(data: Buffer, p: int, end: int, level: int, bridge: bool) -> Connect:
+    """
+    Decode a 3.1 or 3.1.1 CONNECT from its protocol level byte at C{p} on.
+
+    @param bridge: the level carried the bridge bit.
+
+    @raise DecodeError: the CONNECT is malformed, or a 3.1 client identifier
+        is refused.
+    """
+    flags = data[p + 1]
+    keepalive = (data[p + 2] << 8) | data[p + 3]
+    p += 4
+    if flags & 0x01:
+        raise malformed("CONNECT: reserved flag set", "MQTT-3.1.2-3")
+    will_qos = (flags >> 3) & 3
+    if not flags & 0x04:
+        if will_qos:
+            raise malformed("CONNECT: Will QoS without Will flag", "MQTT-3.1.2-13")
+        if flags & 0x20:
+            raise malformed("CONNECT: Will Retain without Will flag", "MQTT-3.1.2-15")
+    elif will_qos == 3:
+        raise malformed("CONNECT: Will QoS 3", "MQTT-3.1.2-14")
+    if flags & 0x40 and not flags & 0x80:
+        raise malformed("CONNECT: password flag without user name flag", "MQTT-3.1.2-22")
+    client_id, p = read_string(data, p, end, "CONNECT client identifier")
+    will = None
+    if flags & 0x04:
+        will_topic, p = read_string(data, p, end, "CONNECT will topic")
+        check_topic_name(will_topic, "CONNECT will topic")
+        will_payload, p = read_binary(data, p, end, "CONNECT will message")
+        will = Will(will_topic, will_payload, will_qos, bool(flags & 0x20))
+    username = None
+    if flags & 0x80:
+        username, p = read_string(data, p, end, "CONNECT user name")
+    password = None
+    if flags & 0x40:
+        password, p = read_binary(data, p, end, "CONNECT password")
+    if p != end:
+        raise malformed("CONNECT: trailing bytes after the payload")
+    if level == 3 and not 1 <= len(client_id) <= _MQTT_3_1_CLIENT_ID_MAX:
+        raise IdentifierRejected(
+            "CONNECT: MQTT 3.1 client identifier must be 1 to 23 characters", "MQTT-3.1.3-9"
         )
+    return Connect(
+        level, client_id, bool(flags & 0x02), keepalive, will, username, password, bridge=bridge
+    )

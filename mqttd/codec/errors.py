@@ -8,6 +8,8 @@ Each error tells the protocol layer how to answer, at either protocol level:
   - At 3.1 / 3.1.1, C{connack_code} is the CONNACK return code to send before
     closing (only meaningful while the connection is still waiting for
     CONNECT), or C{None} to close without a reply.
+  - C{packets} are the good packets the same read completed before the bad
+    one: they are handled first, as if the error had come with the next read.
   - At 5.0, C{reason_code} is the L{ReasonCode} to answer with: in a CONNACK
     while the connection is waiting for CONNECT (every one of these codes is
     a Connect Reason Code, bad-inputs entry 17), in a DISCONNECT after it
@@ -16,7 +18,7 @@ Each error tells the protocol layer how to answer, at either protocol level:
 
 from __future__ import annotations
 
-from .packets import ConnackCode, ReasonCode
+from .packets import ConnackCode, Packet, ReasonCode
 
 
 class DecodeError(Exception):
@@ -36,6 +38,7 @@ class DecodeError(Exception):
         super().__init__(message)
         self.spec = spec
         self.protocol_level: int | None = None
+        self.packets: list[Packet] = []
         if reason_code is not None:
             self.reason_code = reason_code
 
