@@ -1098,24 +1098,27 @@ class Broker:
         if self.observers and client is not None:
             for topicFilter, options, _ in granted:
                 self._notify("subscribed", client, topicFilter, options & QOS_BITS)
-        checked = bool(self.authorizers or self.observers)
         for topicFilter, options, new in granted:
-            if topicFilter.startswith(SHARE_PREFIX):
-                # Retained messages go to new non-shared subscriptions only (5.0 section 3.3.1.3).
-                continue
-            handling = options & RETAIN_HANDLING
-            if handling == RETAIN_HANDLING_NEVER or (handling and not new):
-                # [MQTT-3.3.1-10, MQTT-3.3.1-11]
-                continue
-            qos = options & QOS_BITS
-            now = self.clock.seconds()
-            for message in self.retained.matching(topicFilter):
-                if message.expired(now):
-                    continue  # [MQTT-3.3.2-5]
-                if checked:
-                    self._deliverChecked(session, message, min(qos, message.qos), retain=True)
-                else:
-                    session.deliver(message, min(qos, message.qos), retain=True)
+            self._sendRetained(session, topicFilter, options, new)
+
+    def _sendRetained(self, session: Session, topicFilter: str, options: int, new: bool) -> None:
+        if topicFilter.startswith(SHARE_PREFIX):
+            # Retained messages go to new non-shared subscriptions only (5.0 section 3.3.1.3).
+            return
+        handling = options & RETAIN_HANDLING
+        if handling == RETAIN_HANDLING_NEVER or (handling and not new):
+            # [MQTT-3.3.1-10, MQTT-3.3.1-11]
+            return
+        checked = bool(self.authorizers or self.observers)
+        qos = options & QOS_BITS
+        now = self.clock.seconds()
+        for message in self.retained.matching(topicFilter):
+            if message.expired(now):
+                continue  # [MQTT-3.3.2-5]
+            if checked:
+                self._deliverChecked(session, message, min(qos, message.qos), retain=True)
+            else:
+                session.deliver(message, min(qos, message.qos), retain=True)
 
     def unsubscribe(self, session: Session, packet: Unsubscribe) -> None:
         """
@@ -1137,6 +1140,101 @@ class Broker:
         if conn is not None:
             level5 = conn.protocolLevel == ProtocolLevel.MQTT_5
             conn.sendPacket(Unsuback(packet.packet_id, codes if level5 else []))
+
+    # Management: what an operator does through the HTTP API or mqttd ctl
+
+    def publish(self, message: Message) -> None:
+        """
+        Publish C{message} on the operator's behalf: the observers are told
+        (with no client), then it is routed like any client's message.
+        """
+        self.stats.messagesReceived += 1
+        if self.observers:
+            self._notify("messagePublished", None, message)
+        self.route(message)
+
+    def kick(self, clientId: str) -> bool:
+        """
+        Disconnect C{clientId}'s client as if its network had failed (its will
+        is published), a 5.0 client being told DISCONNECT 0x98 first; a clean
+        session ends, a persistent one stays.
+
+        @return: whether the client was connected.
+        """
+        session = self.sessions.get(clientId)
+        conn = session.connection if session is not None else None
+        if session is None or conn is None:
+            return False
+        self.connectionLost(session, conn, graceful=False)
+        conn.close("disconnected by an administrator", ReasonCode.ADMINISTRATIVE_ACTION)
+        return True
+
+    def endSession(self, clientId: str) -> bool:
+        """
+        End C{clientId}'s session, disconnecting its client first if it is
+        connected.
+
+        @return: whether there was a session.
+        """
+        self.kick(clientId)
+        session = self.sessions.get(clientId)
+        if session is None:
+            return False
+        self._discardSession(session)
+        return True
+
+    def subscribeFor(self, clientId: str, topicFilter: str, qos: int) -> bool:
+        """
+        Subscribe C{clientId}'s session to C{topicFilter} at C{qos} on the
+        operator's authority (no SUBSCRIBE, no SUBACK, no subscribe ACL; the
+        receive ACL still applies to each delivery), then send the retained
+        messages it matches.
+
+        @return: whether the session exists.
+        @raise InvalidTopic: C{topicFilter} is not a valid filter.
+        """
+        validate_topic_filter(topicFilter, self.config.max_topic_levels)
+        if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
+            raise InvalidTopic("shared subscriptions are turned off", None)
+        session = self.sessions.get(clientId)
+        if session is None:
+            return False
+        new = topicFilter not in session.subscriptions
+        self._addSubscription(topicFilter, clientId, qos)
+        session.subscriptions[topicFilter] = qos
+        if not session.cleanSession:
+            self.store.sessionSaved(clientId, session.subscriptions)
+        client = self.clients.get(clientId)
+        if self.observers and client is not None:
+            self._notify("subscribed", client, topicFilter, qos)
+        self._sendRetained(session, topicFilter, qos, new)
+        return True
+
+    def unsubscribeFor(self, clientId: str, topicFilter: str) -> bool:
+        """
+        Remove C{clientId}'s subscription to C{topicFilter}, without UNSUBACK.
+
+        @return: whether there was one.
+        """
+        session = self.sessions.get(clientId)
+        if session is None or session.subscriptions.pop(topicFilter, None) is None:
+            return False
+        self._removeSubscription(topicFilter, clientId)
+        if not session.cleanSession:
+            self.store.sessionSaved(clientId, session.subscriptions)
+        return True
+
+    def deleteRetained(self, topic: str) -> bool:
+        """
+        Forget the retained message of C{topic}, as a retained PUBLISH with
+        an empty payload would [MQTT-3.3.1-10].
+
+        @return: whether there was one.
+        """
+        if not self.retained.delete(topic):
+            return False
+        self.store.retainedDeleted(topic)
+        return True
 
     def _subscribeFailure(self, topicFilter: str) -> int:
         # The 5.0 SUBACK says why: a valid filter was refused as shared or by the ACL.

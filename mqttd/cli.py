@@ -258,6 +258,79 @@ def _groupsParser(commands: Any) -> None:
             parser.add_argument("--echo", action="store_true", help="deliver to the publisher too")
 
 
+def _apikeyFile(args: argparse.Namespace) -> str:
+    """The key file: C{--file}, else C{api_keys} of the configuration's (only, or named) HTTP
+    listener."""
+    if args.file is not None:
+        return str(args.file)
+    config = load_config(args.config)
+    http = [
+        listener
+        for listener in config.listeners
+        if listener.protocol == "http" and (args.listener in (None, listener.name))
+    ]
+    if len(http) != 1 or http[0].api_keys is None:
+        raise ConfigError(
+            config.source or args.config,
+            None,
+            None,
+            "expected one protocol = http listener with api_keys"
+            + ("" if args.listener is None else f" named {args.listener}")
+            + "; choose one with --listener, or give --file",
+        )
+    return http[0].api_keys
+
+
+def _apikey(args: argparse.Namespace) -> int:
+    from mqttd.http.apikeys import ApiKeyError, ApiKeys
+
+    try:
+        keys = ApiKeys(_apikeyFile(args))
+        if args.action == "add":
+            print(keys.add(args.name, args.role))
+            print(
+                f"mqttd apikey: the key {args.name} ({args.role}) is shown only now;"
+                " send it as Authorization: Bearer KEY",
+                file=sys.stderr,
+            )
+        elif args.action == "delete":
+            if not keys.delete(args.name):
+                raise ApiKeyError(f"no key {args.name!r}")
+        else:
+            for key in keys.keys().values():
+                print(f"{key.name} {key.role}")
+    except (ConfigError, ApiKeyError) as e:
+        print(f"mqttd apikey: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mqttd apikey: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _apikeyParser(commands: Any) -> None:
+    apikey = commands.add_parser(
+        "apikey",
+        help="manage the HTTP API's keys",
+        description="Add, delete and list the API keys of an HTTP listener (its api_keys file)."
+        " A new key is printed once; the file keeps only its SHA-256.  Changes count at the"
+        " next request, without a restart.",
+    )
+    where = apikey.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", "-c", metavar="INI", help="the broker's mqttd.ini")
+    where.add_argument("--file", "-f", metavar="FILE", help="an api_keys file itself")
+    apikey.add_argument("--listener", "-l", metavar="NAME", help="which HTTP listener's keys")
+    actions = apikey.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="make a key and print it")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--role", choices=("admin", "viewer"), default="admin", help="viewer keys may only read"
+    )
+    delete = actions.add_parser("delete", help="delete a key")
+    delete.add_argument("name", metavar="NAME")
+    actions.add_parser("list", help="key names and roles")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqttd", description="mqttd administration")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -280,7 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     passwd.add_argument("password", metavar="PASSWORD", nargs="?")
     _groupsParser(commands)
     _scramParser(commands)
+    _apikeyParser(commands)
     args = parser.parse_args(argv)
+    if args.command == "apikey":
+        return _apikey(args)
     if args.command == "groups":
         return _groups(args)
     if args.command == "scram":

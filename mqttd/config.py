@@ -67,6 +67,10 @@ class ListenerConfig:
     crl_file: str | None = None
     # The listener's own authenticator chain; None means [auth] chain.
     auth: tuple[str, ...] | None = None
+    # protocol = http: the file of API keys (mqttd apikey), and the users of the listener's
+    # authenticators who may log in to the dashboard.
+    api_keys: str | None = None
+    admins: tuple[str, ...] = ()
 
     def tlsSettings(self) -> TLSSettings | None:
         """The listener's mqttd-managed TLS, or L{None} for plain and C{ssl:} endpoints."""
@@ -244,10 +248,19 @@ def _parseName(key: str, text: str) -> str:
     return text
 
 
+def _parseUsers(key: str, text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names) or any(":" in n for n in names):
+        raise ValueError(f"expected comma-separated user names, got {text!r}")
+    return names
+
+
 _LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "admins": _parseUsers,
+    "api_keys": _parseFile,
     "auth": _parseNames,
     "endpoint": _parseEndpoint,
-    "protocol": _choice("mqtt", "websocket"),
+    "protocol": _choice("mqtt", "websocket", "http"),
     "path": _parsePath,
     "certificate": _parseFile,
     "private_key": _parseFile,
@@ -323,7 +336,10 @@ def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> Liste
         raise ConfigError(path, section, "endpoint", "required, e.g. tcp:1883:interface=127.0.0.1")
     if "path" in typed and typed.get("protocol") != "websocket":
         raise ConfigError(path, section, "path", "only used with protocol = websocket")
-    for key in _TLS_FILES:
+    for key in ("api_keys", "admins"):
+        if key in typed and typed.get("protocol") != "http":
+            raise ConfigError(path, section, key, "only used with protocol = http")
+    for key in (*_TLS_FILES, "api_keys"):
         if key in typed:
             # Relative to the configuration file, so the file works from any directory.
             typed[key] = os.path.join(os.path.dirname(os.path.abspath(path)), str(typed[key]))

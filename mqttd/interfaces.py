@@ -449,6 +449,34 @@ class IEnhancedAuthenticator(IAuthenticator):
 # Authorisation
 
 
+class IUserStore(Interface):
+    """
+    An authenticator whose users can be managed through mqttd (the HTTP
+    API, C{mqttd ctl}): a change is written to its file and takes effect
+    for the next CONNECT.
+    """
+
+    def usernames() -> Iterable[str]:
+        """Every user it knows."""
+
+    def setPassword(username: str, password: str) -> None:
+        """
+        Create C{username} or change its password.
+
+        @raise ValueError: C{username} cannot be stored (empty, or holding
+            a character the file format reserves).
+        @raise OSError: the file cannot be written; nothing changed.
+        """
+
+    def deleteUser(username: str) -> bool:
+        """
+        Forget C{username}.
+
+        @return: whether it existed.
+        @raise OSError: the file cannot be written; nothing changed.
+        """
+
+
 class Action(enum.IntEnum):
     """What an authorizer is asked to allow on a topic."""
 
@@ -492,6 +520,18 @@ class IAuthorizer(Interface):
 
 
 # Routing and events
+
+
+class IRuleListing(Interface):
+    """An authorizer whose rules can be shown to an operator (the HTTP API)."""
+
+    def listRules() -> Sequence[Mapping[str, Any]]:
+        """
+        Its rules in the order they are kept, each a mapping with at least
+        C{topic} and C{access} (C{read}, C{write}, C{readwrite} or C{deny})
+        and, where the rule is for one user or a pattern, C{user} or
+        C{pattern: True}.
+        """
 
 
 class ISubscriberSelector(Interface):

@@ -61,6 +61,8 @@ def _layers(listener: ListenerConfig) -> str:
             layers += " with client certificates"
     if listener.protocol == "websocket":
         layers += f", WebSocket at {listener.path}"
+    elif listener.protocol == "http":
+        layers += ", HTTP API and dashboard"
     return layers
 
 
@@ -273,11 +275,20 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             service.brokerAware.append(plugin)
     for listener in config.listeners:
         endpoint = _AnnouncingEndpoint(serverFromString(reactor, listener.endpoint), listener)
+        served: IProtocolFactory
+        if listener.protocol == "http":
+            # Imported only when configured: a broker without one loads nothing of twisted.web.
+            from mqttd.http.site import makeHttpSite
+
+            served, _, sampler = makeHttpSite(broker, listener, reactor, plugins.built)
+            sampler.setServiceParent(service)
+        else:
+            served = MQTTServerFactory(broker, listener, reactor)
         # The upgrade gets the CONNECT's budget: both are what a connection must send before
         # it has proved to be a client.
         try:
             factory, tls = listenerFactory(
-                MQTTServerFactory(broker, listener, reactor),
+                served,
                 listener,
                 reactor,
                 config.broker.connect_timeout,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
@@ -40,6 +41,7 @@ from mqttd.interfaces import (
     IAuthorizer,
     IPluginFactory,
     IReloadable,
+    IRuleListing,
     PluginConfigError,
     PluginContext,
 )
@@ -156,7 +158,7 @@ def _substitute(topic: str, client: ClientInfo) -> str | None:
     return topic
 
 
-@implementer(IAuthorizer, IReloadable)
+@implementer(IAuthorizer, IReloadable, IRuleListing)
 class ACLFileAuthorizer:
     log = Logger()
 
@@ -186,6 +188,14 @@ class ACLFileAuthorizer:
             return True
         return None
 
+    def listRules(self) -> list[dict[str, Any]]:
+        rules = self.rules
+        listed: list[dict[str, Any]] = [_listed(e) for e in rules.anonymous]
+        for user, entries in rules.users.items():
+            listed.extend({"user": user, **_listed(e)} for e in entries)
+        listed.extend({"pattern": True, **_listed(e)} for e in rules.patterns)
+        return listed
+
     def reload(self) -> None:
         try:
             rules = readACLFile(self.path)
@@ -193,6 +203,11 @@ class ACLFileAuthorizer:
             self.log.error("keeping the previous rules: {why}", why=str(e))
             return
         self.rules = rules
+
+
+def _listed(entry: Entry) -> dict[str, Any]:
+    access = next(word for word, bits in _ACCESS.items() if bits == entry.access)
+    return {"topic": entry.topic, "access": access}
 
 
 @implementer(IPlugin, IPluginFactory)

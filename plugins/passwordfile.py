@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from mqttd.files import replaceUserLine
 from mqttd.interfaces import (
     Allow,
     Credentials,
@@ -37,6 +38,7 @@ from mqttd.interfaces import (
     IAuthenticator,
     IPluginFactory,
     IReloadable,
+    IUserStore,
     PluginConfigError,
     PluginContext,
 )
@@ -137,7 +139,7 @@ def readPasswordFile(path: str) -> dict[str, PasswordHash]:
     return parsePasswordFile(text)
 
 
-@implementer(IAuthenticator, IReloadable)
+@implementer(IAuthenticator, IReloadable, IUserStore)
 class PasswordFileAuthenticator:
     """Checks user names and passwords against the users of one password file."""
 
@@ -156,6 +158,23 @@ class PasswordFileAuthenticator:
         if stored.matches(credentials.password):
             return Allow(credentials.username)
         return Deny(BAD_USERNAME_OR_PASSWORD, "wrong password")
+
+    def usernames(self) -> list[str]:
+        return sorted(self.users)
+
+    def setPassword(self, username: str, password: str) -> None:
+        if not username or ":" in username or "\n" in username:
+            raise ValueError("a user name cannot be empty or hold ':' or a line break")
+        hashed = hashPassword(password.encode("utf-8"))
+        replaceUserLine(self.path, username, f"{username}:{hashed.encode()}")
+        self.users = {**self.users, username: hashed}
+
+    def deleteUser(self, username: str) -> bool:
+        if username not in self.users:
+            return False
+        replaceUserLine(self.path, username, None)
+        self.users = {u: h for u, h in self.users.items() if u != username}
+        return True
 
     def reload(self) -> None:
         try:

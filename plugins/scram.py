@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from mqttd.files import replaceUserLine
 from mqttd.interfaces import (
     Allow,
     Continue,
@@ -41,6 +42,7 @@ from mqttd.interfaces import (
     IEnhancedAuthenticator,
     IPluginFactory,
     IReloadable,
+    IUserStore,
     PluginConfigError,
     PluginContext,
 )
@@ -162,7 +164,7 @@ class _Exchange:
     nonce: str
 
 
-@implementer(IEnhancedAuthenticator, IReloadable)
+@implementer(IEnhancedAuthenticator, IReloadable, IUserStore)
 class ScramAuthenticator:
     """The SCRAM-SHA-256 server side, over the users of one credentials file."""
 
@@ -240,6 +242,23 @@ class ScramAuthenticator:
             return Deny(BAD_USERNAME_OR_PASSWORD, f"SCRAM proof of {state.username!r} refused")
         verifier = base64.b64encode(_hmac(credential.serverKey, authMessage))
         return Allow(state.username, b"v=" + verifier)
+
+    def usernames(self) -> list[str]:
+        return sorted(self.users)
+
+    def setPassword(self, username: str, password: str) -> None:
+        if not username or ":" in username or "\n" in username:
+            raise ValueError("a user name cannot be empty or hold ':' or a line break")
+        credential = makeCredential(password.encode("utf-8"))
+        replaceUserLine(self.path, username, f"{username}:{credential.encode()}")
+        self.users = {**self.users, username: credential}
+
+    def deleteUser(self, username: str) -> bool:
+        if username not in self.users:
+            return False
+        replaceUserLine(self.path, username, None)
+        self.users = {u: c for u, c in self.users.items() if u != username}
+        return True
 
     def reload(self) -> None:
         try:

@@ -1,0 +1,103 @@
+"""
+The C{protocol = http} listener's site: the dashboard at C{/}, the REST API at C{/api/v1/}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from mqttd.broker import Broker
+from mqttd.config import ListenerConfig
+from mqttd.http.api import HISTORY_INTERVAL, ApiResource, Management
+from mqttd.http.apikeys import ApiKeys
+from mqttd.http.auth import Guard
+
+DASHBOARD = Path(__file__).resolve().parent / "dashboard"
+_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".svg": b"image/svg+xml",
+}
+# Everything the dashboard loads is its own: no inline script, nothing from elsewhere, and no
+# other site may frame it (clickjacking).
+_CSP = b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+
+
+class DashboardFiles(Resource):
+    """The dashboard's static files (shipped in the package: no build step)."""
+
+    isLeaf = True
+
+    def __init__(self, directory: Path = DASHBOARD) -> None:
+        super().__init__()
+        self.files = {
+            p.name.encode(): p for p in directory.iterdir() if p.suffix in _TYPES and p.is_file()
+        }
+
+    def render_GET(self, request: Request) -> bytes:
+        postpath = request.postpath or []
+        name = postpath[0] if postpath and postpath[0] else b"index.html"
+        path = self.files.get(name) if len(postpath) <= 1 else None
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", _CSP)
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        if path is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found"
+        request.setHeader(b"content-type", _TYPES[path.suffix])
+        request.setHeader(b"cache-control", b"no-cache")
+        return path.read_bytes()
+
+
+class Root(Resource):
+    """C{/api} goes to the API, anything else to the dashboard's files."""
+
+    def __init__(self, api: ApiResource, dashboard: Resource) -> None:
+        super().__init__()
+        self.api = api
+        self.dashboard = dashboard
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"api":
+            return self.api
+        # The dashboard resource is a leaf: give it back the segment it is to serve.
+        assert request.postpath is not None and request.prepath is not None
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self.dashboard
+
+
+def makeHttpSite(
+    broker: Broker,
+    listener: ListenerConfig,
+    clock: IReactorTime,
+    plugins: Mapping[str, Any],
+) -> tuple[Site, Management, TimerService]:
+    """
+    The site of an HTTP listener, the L{Management} it works on, and the service sampling the
+    numbers the dashboard charts.
+    """
+    management = Management.fromPlugins(broker, clock, plugins, listener.admins)
+    guard = Guard(
+        clock,
+        ApiKeys(listener.api_keys) if listener.api_keys is not None else None,
+        broker.listenerAuthenticators.get(listener.name, broker.authenticators),
+        frozenset(listener.admins),
+        listener.name,
+        secure=listener.certificate is not None or listener.endpoint.startswith("ssl:"),
+    )
+    site = Site(Root(ApiResource(management, guard), DashboardFiles()))
+    site.displayTracebacks = False
+    sampler = TimerService(HISTORY_INTERVAL, management.sample)
+    sampler.clock = clock
+    return site, management, sampler
