@@ -135,6 +135,8 @@ class Broker:
         self._decisions: dict[str, dict[tuple[Action, str], bool]] = {}
         # A client's receive check still waiting on a Deferred: its later deliveries queue behind.
         self._receiving: dict[str, Deferred[Any]] = {}
+        # Connections whose sessions wait on the receive ACL before resuming (see resume).
+        self._resuming: dict[str, IClientConnection] = {}
         # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.
         self._expiries: dict[str, IDelayedCall] = {}
         self._delayedWills: dict[str, tuple[IDelayedCall, Will, ClientInfo | None]] = {}
@@ -328,8 +330,10 @@ class Broker:
         @param allowed: the authenticators' answer, naming the identity the
             authorizers will see.
         @return: C{(returnCode, session, sessionPresent)}; C{session} is
-            C{None} unless C{returnCode} is C{ConnackCode.ACCEPTED}.  The
-            caller writes CONNACK, then calls L{Session.resume}.
+            C{None} unless C{returnCode} is C{ConnackCode.ACCEPTED}: refused
+            (5) when the client id's session belongs to another identity and
+            C{session_owner_conflict} is C{refuse}.  The caller writes
+            CONNACK, then calls L{resume}.
         """
         config = self.config
         clientId = packet.client_id
@@ -358,25 +362,37 @@ class Broker:
                 return ConnackCode.IDENTIFIER_REJECTED, None, False
             expiryInterval = 0 if packet.clean_session else SESSION_NEVER_EXPIRES
 
+        username = allowed.identity if allowed.identity is not None else packet.username
+        # Anonymous clients share the identity "": their sessions are theirs as a group.
+        owner = username if username is not None else ""
         existing = self.sessions.get(clientId)
+        if existing is not None and existing.owner is not None and existing.owner != owner:
+            if config.session_owner_conflict == "refuse":
+                self.log.warn(
+                    "refused {clientId} from {address}: its session belongs to {owner!r},"
+                    " not {identity!r}",
+                    clientId=clientId,
+                    address=address,
+                    owner=existing.owner,
+                    identity=owner,
+                )
+                return ConnackCode.NOT_AUTHORIZED, None, False
+            self.log.warn(
+                "{identity!r} from {address} took client id {clientId}: the session of"
+                " {owner!r} is discarded",
+                clientId=clientId,
+                address=address,
+                owner=existing.owner,
+                identity=owner,
+            )
+            # Nothing of it is inherited: its connection goes as for a takeover, then the
+            # session itself.
+            self._detach(existing, continued=False)
+            self._discardSession(existing)
+            existing = None
         continued = existing is not None and not (packet.clean_session or existing.cleanSession)
-        if existing is not None and existing.connection is not None:
-            # [MQTT-3.1.4-2]: the older connection goes; its will is published
-            # unless the new connection continues the session (at 5.0: and the
-            # will was to wait for a reconnection [MQTT-3.1.3-9]).
-            old = existing.connection
-            will = existing.will
-            existing.connection = None
-            existing.will = None
-            if will is not None:
-                if not continued or (
-                    old.protocolLevel == ProtocolLevel.MQTT_5
-                    and not will.properties.will_delay_interval
-                ):
-                    self.publishWill(will, self.clients.get(clientId))
-                self.store.willCleared(clientId)
-            # [MQTT-3.1.4-3]
-            old.close("session taken over by a new connection", ReasonCode.SESSION_TAKEN_OVER)
+        if existing is not None:
+            self._detach(existing, continued)
 
         sessionPresent = False
         if existing is not None and not continued:
@@ -385,11 +401,23 @@ class Broker:
             existing = None
         if existing is None:
             session = self._newSession(clientId, expiryInterval == 0)
+            session.owner = owner
             if expiryInterval:
                 self.store.sessionSaved(clientId, session.subscriptions)
+                self.store.sessionOwned(clientId, owner)
         else:
             session = existing
             sessionPresent = True  # [MQTT-3.2.2-2]
+            if session.owner is None:
+                # Restored from a store that kept no owner: the first identity back claims it.
+                self.log.info(
+                    "{clientId}'s session had no recorded owner; it now belongs to {owner!r}",
+                    clientId=clientId,
+                    owner=owner,
+                )
+                session.owner = owner
+                if not session.cleanSession:
+                    self.store.sessionOwned(clientId, owner)
             self._cancelExpiry(clientId)
             # Back before its will's delay ran out: the will is not sent [MQTT-3.1.3-9].
             self._endWillDelay(clientId, publish=False)
@@ -405,7 +433,6 @@ class Broker:
             # Kept even for clean sessions: after a crash, the restarted broker
             # publishes it as the connection's loss demands [MQTT-3.1.2-8].
             self.store.willSet(clientId, packet.will)
-        username = allowed.identity if allowed.identity is not None else packet.username
         client = ClientInfo(clientId, username, address, listener.name)
         self._forgetClient(clientId)
         self.clients[clientId] = client
@@ -417,6 +444,78 @@ class Broker:
         if sessionPresent and self.authorizers:
             self._recheck(session, client)
         return ConnackCode.ACCEPTED, session, sessionPresent
+
+    def _detach(self, existing: Session, continued: bool) -> None:
+        """
+        [MQTT-3.1.4-2]: a new connection for C{existing}'s client id; the
+        older connection goes, its will published unless the new connection
+        continues the session (at 5.0: and the will was to wait for a
+        reconnection [MQTT-3.1.3-9]).
+        """
+        clientId = existing.clientId
+        old = existing.connection
+        if old is None:
+            old = self._resuming.pop(clientId, None)
+            if old is None:
+                return
+        will = existing.will
+        existing.connection = None
+        existing.will = None
+        if will is not None:
+            if not continued or (
+                old.protocolLevel == ProtocolLevel.MQTT_5
+                and not will.properties.will_delay_interval
+            ):
+                self.publishWill(will, self.clients.get(clientId))
+            self.store.willCleared(clientId)
+        # [MQTT-3.1.4-3]
+        old.close("session taken over by a new connection", ReasonCode.SESSION_TAKEN_OVER)
+
+    def resume(self, session: Session, conn: IClientConnection) -> Deferred[None] | None:
+        """
+        Attach C{conn}, whose CONNACK was written, to its C{session}
+        (L{Session.resume}): first every delivery waiting in the session
+        passes the receive ACL as it stands now, since the rules (a reload)
+        or the rights of the identity may have changed while the client was
+        away; those denied are dropped and counted.
+
+        @return: L{None}, or a L{Deferred} firing once an authorizer's
+            Deferred answers are in and the session is resumed; until then
+            the session takes deliveries as an offline one does.
+        """
+        client = self.clients.get(session.clientId)
+        if not self.authorizers or client is None or not (session.inflight or session.pending):
+            session.resume(conn)
+            return None
+        topics = {out.message.topic for out in session.inflight.values()}
+        topics.update(message.topic for message, _, _ in session.pending or ())
+        decisions = {topic: self._decide(client, Action.RECEIVE, topic) for topic in topics}
+        if not any(isinstance(d, Deferred) for d in decisions.values()):
+            self._resumeDecided(decisions, session, conn)  # type: ignore[arg-type]
+            return None
+        self._resuming[session.clientId] = conn
+        names = list(decisions)
+        waiting = [d if isinstance(d, Deferred) else succeed(d) for d in decisions.values()]
+
+        def decided(answers: list[bool]) -> None:
+            if self._resuming.get(session.clientId) is not conn:
+                return  # Gone, or taken over, meanwhile.
+            del self._resuming[session.clientId]
+            self._resumeDecided(dict(zip(names, answers, strict=True)), session, conn)
+
+        return gatherResults(waiting).addCallback(decided)
+
+    def _resumeDecided(
+        self, allowed: Mapping[str, bool], session: Session, conn: IClientConnection
+    ) -> None:
+        dropped = session.withhold(lambda message: not allowed[message.topic])
+        if dropped:
+            self.log.info(
+                "{clientId}: {count} waiting messages dropped on resume: the ACL denies them",
+                clientId=session.clientId,
+                count=dropped,
+            )
+        session.resume(conn)
 
     def _recheck(self, session: Session, client: ClientInfo) -> None:
         """
@@ -450,8 +549,10 @@ class Broker:
         Session Expiry Interval has passed.
         """
         if session.connection is not conn:
-            # Taken over: connect() already settled this connection's will.
-            return
+            if self._resuming.get(session.clientId) is not conn:
+                # Taken over: connect() already settled this connection's will.
+                return
+            del self._resuming[session.clientId]
         session.connection = None
         will = session.will
         session.will = None
@@ -540,6 +641,7 @@ class Broker:
         self._forgetClient(clientId)
         self._decisions.pop(clientId, None)
         self._receiving.pop(clientId, None)
+        self._resuming.pop(clientId, None)
         if not session.cleanSession:
             self.store.sessionDeleted(session.clientId)
 

@@ -44,6 +44,10 @@ class BrokerConfig:
     # MQTT 5 Response Information for a client that asks for it: a topic prefix for its
     # responses, {clientid} standing for its client identifier; empty = never sent.
     response_information: str = "reply/{clientid}/"
+    # What a CONNECT gets whose client id has a session belonging to another identity:
+    # "refuse" (CONNACK 5 / 0x87, logged) or "discard" (the old session is ended and the
+    # newcomer starts afresh, as if the client id had been free).
+    session_owner_conflict: str = "refuse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,10 @@ class ListenerConfig:
     # authenticators who may log in to the dashboard.
     api_keys: str | None = None
     admins: tuple[str, ...] = ()
+    # mosquitto's: the client id is the authenticated user name, or the verified certificate's
+    # identity (identity = cn | san), whatever the CONNECT says, so one user is one session.
+    use_username_as_clientid: bool = False
+    use_identity_as_clientid: bool = False
 
     def tlsSettings(self) -> TLSSettings | None:
         """The listener's mqttd-managed TLS, or L{None} for plain and C{ssl:} endpoints."""
@@ -316,6 +324,7 @@ def _parseResponseInformation(key: str, text: str) -> str:
 
 _BROKER_PARSERS: dict[str, Callable[[str, str], object]] = {
     "response_information": _parseResponseInformation,
+    "session_owner_conflict": _choice("refuse", "discard"),
 }
 
 
@@ -344,6 +353,10 @@ def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> Liste
             # Relative to the configuration file, so the file works from any directory.
             typed[key] = os.path.join(os.path.dirname(os.path.abspath(path)), str(typed[key]))
     listener = ListenerConfig(name=name, **typed)  # type: ignore[arg-type]
+    if listener.use_identity_as_clientid and listener.tlsSettings() is None:
+        raise ConfigError(
+            path, section, "use_identity_as_clientid", "needs identity = cn or san (TLS)"
+        )
     _checkTLS(path, section, listener, set(typed))
     return listener
 
@@ -375,6 +388,8 @@ def _checkTLS(path: str, section: str, listener: ListenerConfig, given: set[str]
                 refuse(key, "client certificates need ca_certificates to verify them")
     if listener.identity != "none" and not listener.require_certificate:
         refuse("identity", "needs require_certificate = true")
+    if listener.use_identity_as_clientid and listener.identity == "none":
+        refuse("use_identity_as_clientid", "needs identity = cn or san")
     settings = listener.tlsSettings()
     assert settings is not None
     try:

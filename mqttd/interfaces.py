@@ -114,6 +114,16 @@ class IMessageStore(Interface):
         [MQTT-3.1.2-6].
         """
 
+    def sessionOwned(clientId: str, owner: str) -> None:
+        """
+        C{clientId}'s persistent session belongs to the identity C{owner}
+        (the user name or TLS certificate identity of the client that
+        created it; C{""} for an anonymous client), told once after its
+        first L{sessionSaved}.  A restored session carries it as
+        L{mqttd.session.SessionState.owner}, and a client with another
+        identity never resumes it.
+        """
+
     def sessionExpiry(clientId: str, interval: int, expiresAt: float | None) -> None:
         """
         C{clientId}'s persistent session has this Session Expiry Interval

@@ -75,6 +75,18 @@ _REASON_FOR_CONNACK_CODE: dict[int, int] = {
 }
 
 
+# What an authenticator refusing a login may answer, 3.1.1's two return codes and their 5.0
+# counterparts; every one becomes one answer to a CONNECT carrying a user name.
+_LOGIN_REFUSALS = frozenset(
+    {
+        ConnackCode.BAD_USERNAME_OR_PASSWORD,
+        ConnackCode.NOT_AUTHORIZED,
+        ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+        ReasonCode.NOT_AUTHORIZED,
+    }
+)
+
+
 @dataclass(slots=True)
 class _EnhancedAuth:
     """
@@ -428,8 +440,7 @@ class MQTTServerProtocol(Protocol):
         )
         if isinstance(decision, Deferred):
             return decision.addCallback(self._authenticated, packet)
-        self._authenticated(decision, packet)
-        return None
+        return self._authenticated(decision, packet)
 
     def _startEnhanced(self, packet: Connect, method: str) -> Deferred[None] | None:
         authenticator = self.broker.enhancedAuthenticator(self.listener, method)
@@ -460,8 +471,7 @@ class MQTTServerProtocol(Protocol):
             result = self._authenticatorFailed(Failure())
         if isinstance(result, Deferred):
             return result.addErrback(self._authenticatorFailed).addCallback(self._authStepped)
-        self._authStepped(result)
-        return None
+        return self._authStepped(result)
 
     def _authenticatorFailed(self, failure: Failure) -> Deny:
         self.log.failure(
@@ -471,10 +481,10 @@ class MQTTServerProtocol(Protocol):
         )
         return Deny(ConnackCode.NOT_AUTHORIZED, "authenticator failed")
 
-    def _authStepped(self, step: object) -> None:
+    def _authStepped(self, step: object) -> Deferred[None] | None:
         enhanced = self._enhanced
         if self._closing or enhanced is None:
-            return
+            return None
         if isinstance(step, Continue):
             enhanced.state = step.state
             enhanced.waiting = True
@@ -487,14 +497,13 @@ class MQTTServerProtocol(Protocol):
                     ),
                 )
             )
-            return
+            return None
         connect = enhanced.connect
         if connect is not None:
             if isinstance(step, Allow):
                 enhanced.identity = step.identity
             # Anything but a decision denies, as an abstention does [MQTT-4.12.0-4].
-            self._authenticated(step if isinstance(step, Allow | Deny) else None, connect)
-            return
+            return self._authenticated(step if isinstance(step, Allow | Deny) else None, connect)
         if isinstance(step, Allow) and step.identity == enhanced.identity:
             self.sendPacket(
                 Auth(
@@ -504,26 +513,47 @@ class MQTTServerProtocol(Protocol):
                     ),
                 )
             )
-            return
+            return None
         why = step.reason if isinstance(step, Deny) else "no decision"
         # [MQTT-4.12.1-2]; 0x86 is no Disconnect Reason Code, so every refusal is 0x87.
         self.close(f"re-authentication failed: {why}", ReasonCode.NOT_AUTHORIZED)
+        return None
 
-    def _authenticated(self, decision: Allow | Deny | None, packet: Connect) -> None:
+    def _authenticated(
+        self, decision: Allow | Deny | None, packet: Connect
+    ) -> Deferred[None] | None:
         if self._closing:
             # Gone while an authenticator was answering: nothing to attach to.
-            return
+            return None
         if not isinstance(decision, Allow):
             code = decision.code if isinstance(decision, Deny) else ConnackCode.NOT_AUTHORIZED
             why = decision.reason if isinstance(decision, Deny) else "no decision"
+            if packet.username is not None and code in _LOGIN_REFUSALS and self._enhanced is None:
+                # One answer for every failed login, an unknown user or a wrong password alike,
+                # so that the answer does not tell which user names exist (as mosquitto).
+                code = (
+                    ReasonCode.BAD_USER_NAME_OR_PASSWORD
+                    if self.protocolLevel == ProtocolLevel.MQTT_5
+                    else ConnackCode.NOT_AUTHORIZED
+                )
             self._refuse(code, f"client id {packet.client_id!r} not authenticated: {why}")
-            return
+            return None
+        if self.listener.use_identity_as_clientid:
+            # The configuration allows this key only on identity = cn | san listeners.
+            assert self.certificateIdentity is not None
+            packet = replace(packet, client_id=self.certificateIdentity)
+        elif self.listener.use_username_as_clientid:
+            name = decision.identity if decision.identity is not None else packet.username
+            if name is None:
+                self._refuse(ConnackCode.NOT_AUTHORIZED, "use_username_as_clientid: no user name")
+                return None
+            packet = replace(packet, client_id=name)
         code, session, sessionPresent = self.broker.connect(
             self, packet, self.listener, decision, self._host
         )
         if session is None:
             self._refuse(code, f"CONNACK {code} for client id {packet.client_id!r}")
-            return
+            return None
         self.session = session
         self.clientId = session.clientId
         keepalive = packet.keepalive
@@ -566,7 +596,7 @@ class MQTTServerProtocol(Protocol):
             clean=packet.clean_session,
             keepalive=packet.keepalive,
         )
-        session.resume(self)
+        return self.broker.resume(session, self)
 
     def _accepted5(self, packet: Connect, session: Session) -> tuple[Properties, int]:
         """

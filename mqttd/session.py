@@ -73,6 +73,8 @@ class SessionState:
     holds C{(message, qos, retain)}, both in delivery order.  C{expiresAt}
     is when (broker clock) an offline session's Session Expiry Interval
     C{expiryInterval} runs out; L{None} while its client was connected.
+    C{owner} is the identity that created the session (see L{Session.owner}),
+    L{None} when the store does not know it (a session from before owners).
     """
 
     clientId: str
@@ -83,6 +85,7 @@ class SessionState:
     nextPacketId: int = 1
     expiryInterval: int = SESSION_NEVER_EXPIRES
     expiresAt: float | None = None
+    owner: str | None = None
 
 
 class Session:
@@ -94,6 +97,10 @@ class Session:
         back.  Bounded by C{maxQueued}; when full the newest message is dropped
         and counted, as mosquitto does, so what a client already has queued
         is never displaced.
+    @ivar owner: the identity (user name, or TLS certificate identity) of the
+        client that created the session, C{""} for an anonymous one;
+        L{None} while unknown (restored from a store that kept none).  Only
+        a client with this identity may connect with this client identifier.
     @ivar journal: the store told of every change to the QoS 1/2 state, for
         a persistent session; L{None} for a clean one, which no store keeps,
         so clean sessions pay one test per change and nothing more.
@@ -120,6 +127,7 @@ class Session:
         "maxQueued",
         "mqtt5",
         "now",
+        "owner",
         "pending",
         "subscriptions",
         "will",
@@ -139,6 +147,7 @@ class Session:
         self.clientId = clientId
         self.cleanSession = cleanSession
         self.connection: IClientConnection | None = None
+        self.owner: str | None = None
         self.will: Will | None = None
         self.subscriptions: dict[str, int] = {}
         self.inflight: dict[int, Outgoing] = {}
@@ -323,6 +332,45 @@ class Session:
             self.journal.messageSent(self.clientId, packetId, message, qos, retain, True)
             self.journal.messageAcknowledged(self.clientId, packetId)
 
+    def withhold(self, denied: Callable[[Message], bool]) -> int:
+        """
+        Drop every in-flight and queued delivery whose message C{denied}
+        says the client may no longer receive (its rights changed while it
+        was away), before L{resume} re-sends them.  A QoS 2 delivery already
+        answered with PUBREC stays: the client has the message.
+
+        @return: how many were dropped, also counted as dropped messages.
+        """
+        dropped = 0
+        journal = self.journal
+        for packetId, out in list(self.inflight.items()):
+            if out.state != WAIT_PUBCOMP and denied(out.message):
+                del self.inflight[packetId]
+                dropped += 1
+                if journal is not None:
+                    journal.messageAcknowledged(self.clientId, packetId)
+        pending = self.pending
+        if pending and any(denied(message) for message, _, _ in pending):
+            # The store's queue changes only at its head, so it is emptied in order and the
+            # deliveries kept are queued again, as they were.
+            kept: deque[tuple[Message, int, bool]] = deque()
+            for entry in pending:
+                message, qos, retain = entry
+                if qos and journal is not None:
+                    packetId = self._allocatePacketId()
+                    journal.messageSent(self.clientId, packetId, message, qos, retain, True)
+                    journal.messageAcknowledged(self.clientId, packetId)
+                if denied(message):
+                    dropped += 1
+                    continue
+                kept.append(entry)
+                if qos and journal is not None:
+                    journal.messageQueued(self.clientId, message, qos, retain)
+            self.pending = kept or None
+        self.dropped += dropped
+        self._stats.messagesDropped += dropped
+        return dropped
+
     def resume(self, conn: IClientConnection) -> None:
         """
         Attach a new connection (after its CONNACK was written) and re-send
@@ -481,6 +529,7 @@ class Session:
         self.pending = deque(state.pending) if state.pending else None
         self.awaitingRel = dict(state.awaitingRel)
         self._nextPacketId = state.nextPacketId
+        self.owner = state.owner
 
 
 _NO_IDS: list[int] = []

@@ -128,10 +128,19 @@ class StoredState:
 class StoredSession:
     """One persistent session as a store sees it."""
 
-    __slots__ = ("awaitingRel", "expiresAt", "expiryInterval", "inflight", "queue", "subscriptions")
+    __slots__ = (
+        "awaitingRel",
+        "expiresAt",
+        "expiryInterval",
+        "inflight",
+        "owner",
+        "queue",
+        "subscriptions",
+    )
 
     def __init__(self, subscriptions: Mapping[str, int]) -> None:
         self.subscriptions = dict(subscriptions)
+        self.owner: str | None = None
         self.expiryInterval = SESSION_NEVER_EXPIRES
         self.expiresAt: float | None = None
         self.queue: deque[tuple[Message, int, bool]] = deque()
@@ -154,6 +163,7 @@ class StoredSession:
             nextPacketId=nextPacketId,
             expiryInterval=self.expiryInterval,
             expiresAt=self.expiresAt,
+            owner=self.owner,
         )
 
 
@@ -193,6 +203,9 @@ class MemoryStore:
 
     def sessionDeleted(self, clientId: str) -> None:
         self.sessions.pop(clientId, None)
+
+    def sessionOwned(self, clientId: str, owner: str) -> None:
+        self.sessions[clientId].owner = owner
 
     def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
         session = self.sessions[clientId]

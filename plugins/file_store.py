@@ -12,8 +12,9 @@ Opening the log replays it into a L{MemoryStore}; a crash can only tear the
 last record, which is dropped (and cut off the file).  A bad record with
 good ones after it is corruption and stops start-up.  Format 2 added MQTT 5
 state as trailing fields (properties, expiry deadlines) and the C{E} record
-(a session's expiry); a format 1 log replays as it did and is rewritten in
-format 2 when opened.  When the log has
+(a session's expiry); format 3 the C{O} record (a session's owner).  An
+older log replays as it did and is rewritten in the current format when
+opened.  When the log has
 grown past twice its size after the last compaction (and past
 C{compact_bytes}), the live state is written to a new file, synced, and
 renamed over the log: compaction never leaves a moment without a complete
@@ -54,7 +55,7 @@ from mqttd.store import (
 )
 
 MAGIC = b"MQTTDLOG"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # The versions readLog replays; older ones are rewritten as FORMAT_VERSION on opening.
 _READABLE = range(1, FORMAT_VERSION + 1)
 _HEADER = struct.Struct(">8sI")
@@ -127,6 +128,8 @@ class _Replay:
             model.sessionDeleted(fields[0])
         elif tag == b"E":
             model.sessionExpiry(fields[0], fields[1], fields[2])
+        elif tag == b"O":
+            model.sessionOwned(fields[0], fields[1])
         elif tag == b"Q":
             clientId, mid, qos, retain = fields
             model.messageQueued(clientId, messages[mid], qos, retain)
@@ -339,6 +342,8 @@ class FileStore:
         for clientId, session in model.sessions.items():
             out.append(record(b"S", [clientId, session.subscriptions]))
             out.append(record(b"E", [clientId, session.expiryInterval, session.expiresAt]))
+            if session.owner is not None:
+                out.append(record(b"O", [clientId, session.owner]))
             for packetId, (m, qos, retain, state) in session.inflight.items():
                 mid = message(m)  # type: ignore[arg-type]
                 out.append(record(b"T", [clientId, packetId, mid, qos, retain, False]))
@@ -380,6 +385,10 @@ class FileStore:
     def sessionDeleted(self, clientId: str) -> None:
         self._model.sessionDeleted(clientId)
         self._record(record(b"D", [clientId]))
+
+    def sessionOwned(self, clientId: str, owner: str) -> None:
+        self._model.sessionOwned(clientId, owner)
+        self._record(record(b"O", [clientId, owner]))
 
     def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
         self._model.sessionExpiry(clientId, interval, expiresAt)

@@ -12,7 +12,10 @@ file's directory.
 
 A client without a user name or password, or whose user is not in the file, is not this plugin's
 to judge: it abstains, so the next authenticator, or the listener's C{allow_anonymous}, decides.
-A known user with a wrong password is refused (CONNACK 4).  SIGHUP re-reads the file; a file that
+A known user with a wrong password is refused.  An unknown user's password is still hashed,
+against a dummy entry of the file's most common hash form, so that the time an answer takes does
+not tell which user names exist; the broker answers both failed logins alike (CONNACK 5, at
+MQTT 5.0 0x86).  SIGHUP re-reads the file; a file that
 cannot be read or parsed then leaves the previous users in place.
 """
 
@@ -23,7 +26,8 @@ import binascii
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -87,6 +91,18 @@ def hashPassword(password: bytes, iterations: int = DEFAULT_ITERATIONS) -> Passw
     )
 
 
+def dummyHash(hashes: Iterable[PasswordHash]) -> PasswordHash:
+    """
+    A hash no password matches, of the form (scheme, iterations, length) most of C{hashes} have,
+    so that checking a password against it costs what checking one against a real entry does.
+    """
+    forms = Counter((h.iterations, len(h.salt), len(h.digest)) for h in hashes)
+    iterations, saltLength, digestLength = (
+        forms.most_common(1)[0][0] if forms else (DEFAULT_ITERATIONS, SALT_BYTES, 64)
+    )
+    return PasswordHash(iterations, os.urandom(saltLength), os.urandom(digestLength))
+
+
 def parseHash(text: str) -> PasswordHash:
     """
     @raise PasswordFileError: C{text} is neither a C{$6$} nor a C{$7$} hash.
@@ -148,12 +164,15 @@ class PasswordFileAuthenticator:
     def __init__(self, path: str) -> None:
         self.path = path
         self.users = readPasswordFile(path)
+        self._dummy = dummyHash(self.users.values())
 
     def authenticate(self, credentials: Credentials) -> Allow | Deny | None:
         if credentials.username is None or credentials.password is None:
             return None
         stored = self.users.get(credentials.username)
         if stored is None:
+            # The work a known user's check costs, so that timing does not tell them apart.
+            self._dummy.matches(credentials.password)
             return None
         if stored.matches(credentials.password):
             return Allow(credentials.username)
@@ -183,6 +202,7 @@ class PasswordFileAuthenticator:
             self.log.error("keeping the previous users: {why}", why=str(e))
             return
         self.users = users
+        self._dummy = dummyHash(users.values())
 
 
 @implementer(IPlugin, IPluginFactory)

@@ -60,7 +60,7 @@ from mqttd.store import (
     storedMessage,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 1; a new file is made with it and brought up to date by the same
 # MIGRATIONS an old file goes through, so the two never differ.
@@ -141,6 +141,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE sessions ADD COLUMN expiry_interval INTEGER NOT NULL DEFAULT 4294967295",
         "ALTER TABLE sessions ADD COLUMN expires_at REAL",
     ),
+    # The identity a session belongs to; NULL for a session from before, which the next client
+    # to resume it claims (its deliveries still pass that client's receive check).
+    3: ("ALTER TABLE sessions ADD COLUMN owner TEXT",),
 }
 
 _INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -358,7 +361,7 @@ class SQLiteStore:
                 "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"
             ).fetchall(),
             "sessions": db.execute(
-                "SELECT client_id, subscriptions, expiry_interval, expires_at FROM sessions"
+                "SELECT client_id, subscriptions, expiry_interval, expires_at, owner FROM sessions"
             ).fetchall(),
             "deliveries": db.execute(
                 "SELECT client_id, message_id, qos, retain, packet_id, state"
@@ -389,10 +392,11 @@ class SQLiteStore:
             )
             message.storeId = mid
         sessions: dict[str, StoredSession] = {}
-        for clientId, subscriptions, expiryInterval, expiresAt in rows["sessions"]:
+        for clientId, subscriptions, expiryInterval, expiresAt, owner in rows["sessions"]:
             session = sessions[clientId] = StoredSession(json.loads(subscriptions))
             session.expiryInterval = expiryInterval
             session.expiresAt = expiresAt
+            session.owner = owner
         try:
             for clientId, mid, qos, retain, packetId, state in rows["deliveries"]:
                 session = sessions[clientId]
@@ -455,6 +459,9 @@ class SQLiteStore:
         record(("DELETE FROM awaiting_rel WHERE client_id = ?", (clientId,)))
         record(("DELETE FROM sessions WHERE client_id = ?", (clientId,)))
         record((_FORGET_UNREFERENCED, ()))
+
+    def sessionOwned(self, clientId: str, owner: str) -> None:
+        self._record(("UPDATE sessions SET owner = ? WHERE client_id = ?", (owner, clientId)))
 
     def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
         self._record(

@@ -286,12 +286,12 @@ def fileBroker(twisted_reactor: None, tmp_path: Path) -> Iterator[e2e.RunningBro
 
 def test_filePluginsThroughBroker(fileBroker: e2e.RunningBroker) -> None:
     """
-    With paho-mqtt over TCP: a wrong password is refused with CONNACK 4, a user without a
-    password entry with 5; alice connects, a filter outside her ACL gets SUBACK 0x80, and a
-    PUBLISH she may not make is acknowledged but never delivered.
+    With paho-mqtt over TCP: a wrong password and a user without a password entry are both
+    refused with CONNACK 5 (one answer for every failed login); alice connects, a filter outside
+    her ACL gets SUBACK 0x80, and a PUBLISH she may not make is acknowledged but never delivered.
     """
     port = fileBroker.port
-    assert connectPaho(port, "x", "alice", "wrong") == 4
+    assert connectPaho(port, "x", "alice", "wrong") == 5
     assert connectPaho(port, "y", "mallory", "secret") == 5
 
     def setup(client: paho.Client) -> None:
@@ -403,7 +403,8 @@ def test_httpAuthThroughBroker(httpService: tuple[str, Endpoint], tmp_path: Path
     running = e2e.start_broker(listener=listener, plugins=plugins)
     try:
         assert connectPaho(running.port, "a", "good", "pw") == 0
-        assert connectPaho(running.port, "b", "nobody", "pw") == 4
+        # Any failed login is 5 at 3.1.1 (as mosquitto), whatever the service meant.
+        assert connectPaho(running.port, "b", "nobody", "pw") == 5
     finally:
         running.stop()
 

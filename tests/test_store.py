@@ -510,7 +510,7 @@ def test_fileNotALog(tmp_path: Path) -> None:
         fileStore(tmp_path)
     log.write_bytes(b"MQTTDLOG\x00\x00\x00\x63")
     with pytest.raises(
-        PluginConfigError, match="log format version 99; this mqttd reads versions 1 to 2"
+        PluginConfigError, match="log format version 99; this mqttd reads versions 1 to 3"
     ):
         fileStore(tmp_path)
 
@@ -566,15 +566,16 @@ def test_sqliteSchemaVersion(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(
-        PluginConfigError, match="store schema version 7; this mqttd reads version 3"
+        PluginConfigError, match="store schema version 7; this mqttd reads version 4"
     ):
         sqliteStore(tmp_path)
 
 
 def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
     """
-    A version 1 store (before groups) is brought to version 3 through version 2 when opened: what
-    it held is restored, it has no groups, it takes groups, and its schema is that of a new store.
+    A version 1 store (before groups) is brought to version 4 through versions 2 and 3 when
+    opened: what it held is restored, it has no groups, it takes groups, and its schema is that
+    of a new store.
     """
     sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
     old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
@@ -604,7 +605,7 @@ def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
 
 def test_sqliteMigratesFromVersion2(tmp_path: Path) -> None:
     """
-    A version 2 store (before MQTT 5 state) is brought to version 3 when opened: its messages,
+    A version 2 store (before MQTT 5 state) is brought to version 4 when opened: its messages,
     retained messages and wills have no properties and never expire, and its sessions keep the
     3.1.1 meaning of a persistent session, never expiring; new MQTT 5 state is then kept.
     """
@@ -645,7 +646,7 @@ def test_sqliteMigratesFromVersion2(tmp_path: Path) -> None:
 def test_fileMigratesFromFormat1(tmp_path: Path) -> None:
     """
     A format 1 log (before MQTT 5 state) replays as before, without properties and with sessions
-    that never expire, and is rewritten in format 2 when opened, keeping new MQTT 5 state.
+    that never expire, and is rewritten in format 3 when opened, keeping new MQTT 5 state.
     """
     filePlugin: Any = importlib.import_module("mqttd.plugins.file_store")
     record = filePlugin.record
@@ -667,7 +668,7 @@ def test_fileMigratesFromFormat1(tmp_path: Path) -> None:
     ]
     assert (state.sessions[0].expiryInterval, state.sessions[0].expiresAt) == (0xFFFFFFFF, None)
     assert state.wills == {"s": Will("w", b"b", 0, False)}
-    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x02"
+    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x03"
     e2e.in_reactor(store.sessionExpiry, "s", 10, 5.0)
     closed(store)
     session = restored(opened(fileStore, tmp_path)).sessions[0]

@@ -1,0 +1,593 @@
+"""
+Trust (issue 10): a session belongs to the identity that created it, and what it holds is read
+again through the receive ACL when it resumes; one answer for every bad login.
+
+The end-to-end tests run the broker on a real socket with the shipped C{passwordfile} (users
+made by C{mosquitto_passwd}) and C{aclfile} plugins, as a new user would set them up, and talk
+to it with paho-mqtt, or with a raw socket where a client must hold deliveries unacknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from mqttd.codec import Decoder, encode
+from mqttd.codec.packets import Connack, Connect, Publish, Suback, Subscribe
+from mqttd.config import BrokerConfig, ConfigError, ListenerConfig, load_config
+from mqttd.interfaces import Credentials, PluginContext
+from mqttd.message import Message
+from mqttd.plugin_loader import findPlugins, pluginPackage
+from mqttd.store import MemoryStore
+from tests import e2e
+from tests.e2e import MQTTv5, MQTTv311
+
+pluginPackage()
+passwordfile: Any = importlib.import_module("mqttd.plugins.passwordfile")
+aclfile: Any = importlib.import_module("mqttd.plugins.aclfile")
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+
+# The ACL of the issue: alice reads and writes her tree, everyone their own users/NAME tree.
+ACL = "user alice\ntopic readwrite alice/#\n\npattern readwrite users/%u/#\n"
+PASSWORDS = {"alice": "secret", "bob": "hunter2", "backend": "b4ck"}
+
+
+def mosquittoPasswd(*args: str) -> None:
+    assert MOSQUITTO_PASSWD, "mosquitto_passwd missing: apt-get install mosquitto (see .ci/run)"
+    subprocess.run([MOSQUITTO_PASSWD, *args], check=True, capture_output=True)
+
+
+@dataclass
+class SecureBroker:
+    """A broker with passwordfile and aclfile, the files in C{directory}."""
+
+    running: e2e.RunningBroker
+    directory: Path
+    acl: Any
+    clients: list[Any]
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def client(
+        self,
+        clientId: str,
+        user: str,
+        *,
+        clean: bool = True,
+        protocol: MQTTProtocolVersion = MQTTv311,
+    ) -> e2e.Client:
+        def setup(p: paho.Client) -> None:
+            p.username_pw_set(user, PASSWORDS[user])
+
+        c = e2e.Client(self.port, clientId, clean=clean, protocol=protocol, setup=setup)
+        self.clients.append(c)
+        return c
+
+    def reloadACL(self, text: str) -> None:
+        """What SIGHUP does for the ACL: the plugin re-reads its file, the broker forgets."""
+        (self.directory / "acl").write_text(text)
+
+        def reload() -> None:
+            self.acl.reload()
+            self.running.broker.authorizationChanged()
+
+        self.running.call(reload)
+
+
+def startSecureBroker(directory: Path, **overrides: Any) -> SecureBroker:
+    passwd = directory / "passwd"
+    mosquittoPasswd("-c", "-b", str(passwd), "alice", PASSWORDS["alice"])
+    for user in ("bob", "backend"):
+        mosquittoPasswd("-b", str(passwd), user, PASSWORDS[user])
+    (directory / "acl").write_text(ACL + "user backend\ntopic write #\n")
+    context = PluginContext(e2e.reactor, str(directory), BrokerConfig())
+    made: dict[str, Any] = {}
+
+    def plugins() -> dict[str, Any]:
+        made["acl"] = aclfile.aclfile.build({"file": "acl"}, context)
+        return {
+            "authenticators": [passwordfile.passwordfile.build({"file": "passwd"}, context)],
+            "authorizers": [made["acl"]],
+        }
+
+    listener = ListenerConfig("secure", f"tcp:0:interface={e2e.HOST}")
+    running = e2e.start_broker(listener=listener, plugins=plugins, **overrides)
+    return SecureBroker(running, directory, made["acl"], [])
+
+
+@pytest.fixture
+def secure(twisted_reactor: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    marker = request.node.get_closest_marker("broker_config")
+    e2e.REACTOR.takeErrors()
+    made = startSecureBroker(tmp_path, **(dict(marker.kwargs) if marker is not None else {}))
+    yield made
+    for c in made.clients:
+        c.close()
+    made.running.stop()
+    errors = e2e.REACTOR.takeErrors()
+    assert not errors, "errors logged in the reactor:\n" + "\n".join(errors)
+
+
+def connack(
+    port: int, clientId: str, user: str | None, password: str | None, protocol: int = 4
+) -> tuple[int, bool]:
+    """
+    The CONNACK return code (3.1.1) or reason code (5.0) and Session Present of one CONNECT,
+    read from a raw socket, so that nothing between the wire and the test translates it.
+    """
+    raw = e2e.RawClient(port)
+    try:
+        raw.send(
+            encode(
+                Connect(
+                    protocol,
+                    clientId,
+                    clean_session=False,
+                    username=user,
+                    password=None if password is None else password.encode(),
+                ),
+                protocol,
+            )
+        )
+        decoder = Decoder(server=False, protocol_level=5 if protocol == 5 else None)
+        raw.sock.settimeout(e2e.TIMEOUT)
+        packets: list[Any] = []
+        while not packets:
+            data = raw.sock.recv(65536)
+            assert data, "closed without CONNACK"
+            packets = decoder.feed(data)
+        answer = packets[0]
+        assert isinstance(answer, Connack)
+        return answer.return_code, answer.session_present
+    finally:
+        raw.close()
+
+
+class RawHolder:
+    """
+    A client that receives PUBLISHes and never acknowledges them, so that they stay in flight,
+    then vanishes (TCP reset) as a crashed device does.
+    """
+
+    def __init__(self, port: int, clientId: str, user: str) -> None:
+        self.raw = e2e.RawClient(port)
+        self.decoder = Decoder(server=False)
+        self.raw.send(
+            encode(
+                Connect(
+                    4,
+                    clientId,
+                    clean_session=False,
+                    username=user,
+                    password=PASSWORDS[user].encode(),
+                )
+            )
+        )
+        (answer,) = self.read(1)
+        assert isinstance(answer, Connack) and answer.return_code == 0
+
+    def read(self, n: int) -> list[Any]:
+        got: list[Any] = []
+        self.raw.sock.settimeout(e2e.TIMEOUT)
+        while len(got) < n:
+            data = self.raw.sock.recv(65536)
+            assert data, f"closed after {got}"
+            got.extend(self.decoder.feed(data))
+        return got
+
+    def subscribe(self, *filters: str) -> None:
+        self.raw.send(encode(Subscribe(1, [(f, 1) for f in filters])))
+        (answer,) = self.read(1)
+        assert isinstance(answer, Suback) and all(c == 1 for c in answer.return_codes)
+
+    def vanish(self) -> None:
+        self.raw.abort()
+
+
+def quiet(*clients: e2e.Client) -> None:
+    """Nothing more arrived for any of C{clients}."""
+    time.sleep(0.2)
+    for c in clients:
+        assert c.pending() == []
+
+
+def holdFourForAlice(secure: SecureBroker) -> None:
+    """
+    alice's persistent session ends up with two messages in flight (sent, never acknowledged)
+    and two queued behind them (max_inflight is 2), then her connection vanishes.
+    """
+    holder = RawHolder(secure.port, "alice-phone", "alice")
+    holder.subscribe("alice/#")
+    backend = secure.client("backend-1", "backend")
+    for n in range(4):
+        backend.publish(f"alice/private/{n}", b"for alice only %d" % n, qos=1)
+    sent = holder.read(2)
+    assert [p.topic for p in sent if isinstance(p, Publish)] == [
+        "alice/private/0",
+        "alice/private/1",
+    ]
+    holder.vanish()
+    secure.running.wait_gone("alice-phone")
+
+
+# A session has an owner
+
+
+@pytest.mark.broker_config(max_inflight=2)
+@pytest.mark.parametrize(
+    ("protocol", "refusal"), [(MQTTv311, 5), (MQTTv5, 0x87)], ids=["3.1.1", "5.0"]
+)
+def test_bobCannotTakeAlicesSession(
+    secure: SecureBroker, protocol: MQTTProtocolVersion, refusal: int
+) -> None:
+    """
+    bob, logged in with his own password and with no right to read C{alice/#}, connects with the
+    client id of alice's persistent session, which holds two messages in flight and two queued:
+    he is refused (CONNACK 5, at 5.0 0x87) and gets none of them; alice, coming back, gets all
+    four, the two in flight again with DUP [MQTT-4.4.0-1].
+    """
+    holdFourForAlice(secure)
+    level = 5 if protocol == MQTTv5 else 4
+    assert connack(secure.port, "alice-phone", "bob", PASSWORDS["bob"], level) == (refusal, False)
+    alice = secure.client("alice-phone", "alice", clean=False)
+    assert alice.session_present is True
+    got = alice.wait_for(4)
+    assert sorted(m.payload for m in got) == [b"for alice only %d" % n for n in range(4)]
+    quiet(alice)
+
+
+@pytest.mark.broker_config(max_inflight=2, session_owner_conflict="discard")
+def test_discardPolicyEndsTheOldSessionAndInheritsNothing(secure: SecureBroker) -> None:
+    """
+    With C{session_owner_conflict = discard}, bob's CONNECT with alice's client id is accepted
+    as a new session (Session Present 0) holding none of her messages, and her session is gone:
+    alice coming back, in turn, discards bob's and finds none of her own (Session Present 0).
+    """
+    holdFourForAlice(secure)
+    bob = secure.client("alice-phone", "bob", clean=False)
+    assert bob.session_present is False
+    quiet(bob)
+    bob.disconnect()
+    secure.running.wait_gone("alice-phone")
+    assert connack(secure.port, "alice-phone", "alice", PASSWORDS["alice"]) == (0, False)
+
+
+def test_anonymousCannotTakeAUsersSession(tmp_path: Path, twisted_reactor: None) -> None:
+    """
+    On a listener allowing anonymous clients, an anonymous CONNECT with a user's client id is
+    refused too: "no user name" is an identity of its own.
+    """
+    from tests.harness import World
+
+    world = World()
+    alice = world.client()
+    alice.send(Connect(4, "alice-phone", clean_session=False, username="alice"))
+    assert isinstance(alice.read()[0], Connack)
+    alice.drop()
+    anonymous = world.client()
+    anonymous.send(Connect(4, "alice-phone", clean_session=False))
+    (answer,) = anonymous.read()
+    assert isinstance(answer, Connack) and answer.return_code == 5
+    again = world.client()
+    again.send(Connect(4, "alice-phone", clean_session=False, username="alice"))
+    (answer,) = again.read()
+    assert isinstance(answer, Connack) and (answer.return_code, answer.session_present) == (0, True)
+
+
+@pytest.mark.broker_config(max_inflight=2)
+def test_aclReloadWhileOfflineAppliesOnResume(secure: SecureBroker) -> None:
+    """
+    alice's session holds messages on C{alice/...} (two in flight, two queued) and on
+    C{users/alice/...}; while she is offline the ACL is reloaded without her C{alice/#} right.
+    On resume only C{users/alice/...} arrives: what she may no longer read is dropped and
+    counted, in flight and queued alike, and the subscription itself is gone.
+    """
+    holder = RawHolder(secure.port, "alice-phone", "alice")
+    holder.subscribe("alice/#", "users/alice/#")
+    backend = secure.client("backend-1", "backend")
+    for n in range(4):
+        backend.publish(f"alice/private/{n}", b"revoked %d" % n, qos=1)
+    holder.read(2)
+    holder.vanish()
+    secure.running.wait_gone("alice-phone")
+    backend.publish("users/alice/inbox", b"still yours", qos=1)
+    dropped = secure.running.call(lambda: secure.running.broker.stats.messagesDropped)
+    secure.reloadACL("pattern readwrite users/%u/#\nuser backend\ntopic write #\n")
+    alice = secure.client("alice-phone", "alice", clean=False)
+    assert alice.session_present is True
+    (got,) = alice.wait_for(1)
+    assert (got.topic, got.payload) == ("users/alice/inbox", b"still yours")
+    quiet(alice)
+    assert secure.running.call(lambda: secure.running.broker.stats.messagesDropped) == dropped + 4
+    subscriptions = secure.running.call(
+        lambda: dict(secure.running.broker.sessions["alice-phone"].subscriptions)
+    )
+    assert list(subscriptions) == ["users/alice/#"]
+
+
+# The owner in every store
+
+
+def _durable(kind: str, directory: Path) -> Any:
+    options = {"path": "mqttd.db" if kind == "sqlite" else "mqttd.log"}
+    return e2e.in_reactor(
+        findPlugins()[kind].build, options, PluginContext(e2e.reactor, str(directory), None)
+    )
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file"])
+def test_everyStoreKeepsTheOwner(kind: str, tmp_path: Path, twisted_reactor: None) -> None:
+    """
+    Every store restores a session's owner (a user, or C{""} for anonymous clients); a session
+    told of no owner restores with none.
+    """
+    from twisted.internet.defer import maybeDeferred
+
+    store = MemoryStore() if kind == "memory" else _durable(kind, tmp_path)
+
+    def journal() -> None:
+        store.sessionSaved("phone", {"a/#": 1})
+        store.sessionOwned("phone", "alice")
+        store.sessionSaved("sensor", {})
+        store.sessionOwned("sensor", "")
+        store.sessionSaved("old", {})
+        store.messageQueued("phone", Message("a/b", b"x", 1), 1, False)
+
+    e2e.in_reactor(journal)
+    if kind != "memory":
+        e2e.in_reactor(lambda: maybeDeferred(store.close))
+        store = _durable(kind, tmp_path)
+    state = e2e.in_reactor(lambda: maybeDeferred(store.restore))
+    assert {s.clientId: s.owner for s in state.sessions} == {
+        "phone": "alice",
+        "sensor": "",
+        "old": None,
+    }
+    if kind != "memory":
+        e2e.in_reactor(lambda: maybeDeferred(store.close))
+
+
+def test_sqliteVersion3SessionsHaveNoOwnerUntilClaimed(
+    tmp_path: Path, twisted_reactor: None
+) -> None:
+    """
+    A version 3 store (before owners) is migrated to version 4: its sessions restore without an
+    owner, and an owner told afterwards is kept.
+    """
+    from twisted.internet.defer import maybeDeferred
+
+    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
+    old.executescript(f"BEGIN; {sqlitePlugin.SCHEMA} COMMIT;")
+    old.execute("BEGIN")
+    for version in (1, 2):
+        for statement in sqlitePlugin.MIGRATIONS[version]:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 3")
+    old.execute("""INSERT INTO sessions (client_id, subscriptions) VALUES ('s', '{"q": 1}')""")
+    old.execute("COMMIT")
+    old.close()
+    store = _durable("sqlite", tmp_path)
+    (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
+    assert (session.clientId, session.owner, session.subscriptions) == ("s", None, {"q": 1})
+    e2e.in_reactor(store.sessionOwned, "s", "alice")
+    e2e.in_reactor(lambda: maybeDeferred(store.close))
+    with sqlite3.connect(tmp_path / "mqttd.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    store = _durable("sqlite", tmp_path)
+    (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
+    assert session.owner == "alice"
+    e2e.in_reactor(lambda: maybeDeferred(store.close))
+
+
+def test_fileFormat2SessionsHaveNoOwnerUntilClaimed(tmp_path: Path, twisted_reactor: None) -> None:
+    """
+    A format 2 log (before owners) replays with sessions without an owner and is rewritten in
+    format 3, which keeps an owner told afterwards.
+    """
+    from twisted.internet.defer import maybeDeferred
+
+    filePlugin: Any = importlib.import_module("mqttd.plugins.file_store")
+    (tmp_path / "mqttd.log").write_bytes(
+        b"MQTTDLOG\x00\x00\x00\x02" + filePlugin.record(b"S", ["s", {"q": 1}])
+    )
+    store = _durable("file", tmp_path)
+    (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
+    assert (session.clientId, session.owner) == ("s", None)
+    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x03"
+    e2e.in_reactor(store.sessionOwned, "s", "alice")
+    e2e.in_reactor(lambda: maybeDeferred(store.close))
+    store = _durable("file", tmp_path)
+    (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
+    assert session.owner == "alice"
+    e2e.in_reactor(lambda: maybeDeferred(store.close))
+
+
+def test_restoredSessionWithoutOwnerIsClaimedByTheFirstClient() -> None:
+    """
+    A session restored without an owner (from a store before owners) belongs to the first
+    identity that resumes it, which the store is told; another identity is then refused.
+    """
+    from tests.harness import World
+
+    store = MemoryStore()
+    store.sessionSaved("phone", {})
+    world = World(store=store)
+    alice = world.client()
+    alice.send(Connect(4, "phone", clean_session=False, username="alice"))
+    (answer,) = alice.read()
+    assert isinstance(answer, Connack) and (answer.return_code, answer.session_present) == (0, True)
+    assert store.sessions["phone"].owner == "alice"
+    alice.drop()
+    bob = world.client()
+    bob.send(Connect(4, "phone", clean_session=False, username="bob"))
+    (answer,) = bob.read()
+    assert isinstance(answer, Connack) and answer.return_code == 5
+
+
+# Client ids from identities, per listener
+
+
+def test_usernameAsClientId(secure: SecureBroker, twisted_reactor: None) -> None:
+    """
+    On a listener with C{use_username_as_clientid = true} (mosquitto's), the session is the
+    user's, whatever client id the CONNECT names: alice's two devices share one session, the
+    second taking it over; a CONNECT without a user name is refused (CONNACK 5).
+    """
+    context = PluginContext(e2e.reactor, str(secure.directory), BrokerConfig())
+
+    def plugins() -> dict[str, Any]:
+        return {
+            "authenticators": [passwordfile.passwordfile.build({"file": "passwd"}, context)],
+        }
+
+    listener = ListenerConfig(
+        "byname", f"tcp:0:interface={e2e.HOST}", use_username_as_clientid=True
+    )
+    running = e2e.start_broker(listener=listener, plugins=plugins)
+    try:
+
+        def setup(p: paho.Client) -> None:
+            p.username_pw_set("alice", PASSWORDS["alice"])
+
+        first = e2e.Client(running.port, "phone", clean=False, setup=setup)
+        first.subscribe("news", 1)
+        assert running.call(lambda: sorted(running.broker.sessions)) == ["alice"]
+        second = e2e.Client(running.port, "laptop", clean=False, setup=setup)
+        assert second.session_present is True
+        first.disconnected.wait(e2e.TIMEOUT)
+        assert first.disconnected.is_set()
+        second.close()
+        first.close()
+        raw = e2e.RawClient(running.port)
+        raw.send(e2e.connect_packet("anonymous"))
+        assert raw.wait_closed() == b"\x20\x02\x00\x05"
+        raw.close()
+    finally:
+        running.stop()
+
+
+def test_identityAsClientId(pki: Any, listen: Any) -> None:
+    """
+    On a mutual-TLS listener with C{identity = cn} and C{use_identity_as_clientid = true}, the
+    client id is the certificate's common name, whatever the CONNECT says.
+    """
+    from tests.test_tls import mutualListener, pahoTLS
+
+    started = listen(mutualListener(pki, use_identity_as_clientid=True))
+    c = e2e.Client(started.port, "anything", setup=pahoTLS(pki, pki.client))
+    try:
+        assert started.broker.call(lambda: sorted(started.broker.broker.sessions)) == ["alice"]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "why"),
+    [
+        ("use_identity_as_clientid = true\n", "use_identity_as_clientid", "needs identity"),
+        ("use_username_as_clientid = maybe\n", "use_username_as_clientid", "true or false"),
+    ],
+)
+def test_clientIdKeysChecked(tmp_path: Path, body: str, key: str, why: str) -> None:
+    """A clientid key that cannot work stops start-up with one line naming its key."""
+    ini = tmp_path / "mqttd.ini"
+    ini.write_text(f"[listener:l]\nendpoint = tcp:1883\n{body}")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(ini))
+    assert (info.value.section, info.value.key) == ("listener:l", key)
+    assert why in info.value.why
+
+
+def test_sessionOwnerConflictChecked(tmp_path: Path) -> None:
+    """C{[broker] session_owner_conflict} is refuse or discard; anything else names the key."""
+    ini = tmp_path / "mqttd.ini"
+    ini.write_text("[broker]\nsession_owner_conflict = allow\n[listener:l]\nendpoint = tcp:1883\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(ini))
+    assert (info.value.section, info.value.key) == ("broker", "session_owner_conflict")
+    ini.write_text(
+        "[broker]\nsession_owner_conflict = discard\n[listener:l]\nendpoint = tcp:1883\n"
+    )
+    assert load_config(str(ini)).broker.session_owner_conflict == "discard"
+
+
+# One answer for a bad login
+
+
+def pahoConnack(port: int, user: str, password: str, protocol: MQTTProtocolVersion) -> int:
+    """The CONNACK code paho-mqtt reports for one login (paho 2 reports 3.1.1 codes as 5.0's)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, "login", protocol=protocol)
+    client.username_pw_set(user, password)
+    codes: list[int] = []
+    client.on_connect = lambda c, u, f, rc, p: codes.append(int(rc.value))
+    client.connect(e2e.HOST, port)
+    client.loop_start()
+    try:
+        e2e.wait_until(lambda: bool(codes), "CONNACK")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
+
+
+def test_badLoginsLookTheSame(secure: SecureBroker) -> None:
+    """
+    A wrong password for an existing user and any password for an unknown user get the same
+    CONNACK, byte for byte: 5 (not authorized) at 3.1.1 and 0x86 (bad user name or password) at
+    5.0 [MQTT-3.2.2-6, MQTT-3.2.2-8]; paho-mqtt sees one answer for both.
+    """
+    wrong = ("alice", "not her password")
+    unknown = ("mallory", "secret")
+    for level, expected in ((4, (5, False)), (5, (0x86, False))):
+        assert connack(secure.port, "x", *wrong, level) == expected
+        assert connack(secure.port, "x", *unknown, level) == expected
+    for protocol in (MQTTv311, MQTTv5):
+        assert pahoConnack(secure.port, *wrong, protocol) == pahoConnack(
+            secure.port, *unknown, protocol
+        )
+    # A good login still works, at either level.
+    assert connack(secure.port, "x", "alice", PASSWORDS["alice"], 5) == (0, False)
+
+
+def test_unknownUserCostsWhatAWrongPasswordDoes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    passwordfile hashes an unknown user's password as it hashes a known user's, against a dummy
+    entry of the file's hash form (iterations, salt and digest length), so response time does
+    not reveal which user names exist.
+    """
+    mosquittoPasswd("-c", "-b", str(tmp_path / "passwd"), "alice", "secret")
+    plugin = passwordfile.PasswordFileAuthenticator(str(tmp_path / "passwd"))
+    calls: list[tuple[Any, ...]] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counted(name: str, password: bytes, salt: bytes, iterations: int, length: int) -> bytes:
+        calls.append((name, len(salt), iterations, length))
+        return real(name, password, salt, iterations, length)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counted)
+
+    def work(user: str) -> list[tuple[Any, ...]]:
+        calls.clear()
+        plugin.authenticate(Credentials("c", user, b"guess", None, "127.0.0.1", "l"))
+        return list(calls)
+
+    known = work("alice")
+    assert len(known) == 1
+    assert work("mallory") == known
