@@ -576,7 +576,7 @@ class MQTTServerProtocol(Protocol):
                 self._graceful = True
                 session.connection = self
                 self.close("CONNACK larger than the client's Maximum Packet Size")
-                return
+                return None
             self.transport.write(connack)  # type: ignore[union-attr]
         else:
             session.maxInflight = self.broker.config.max_inflight
