@@ -107,6 +107,7 @@ class Config:
     @ivar storePlugin: C{[store] plugin}, the L{IMessageStore} plugin; L{None} for the memory
         store.
     @ivar selectorChain: C{[selectors] chain}, the L{ISubscriberSelector} plugins.
+    @ivar observerChain: C{[observers] chain}, the L{IBrokerObserver} plugins.
     """
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -118,6 +119,7 @@ class Config:
     aclChain: tuple[str, ...] = ()
     storePlugin: str | None = None
     selectorChain: tuple[str, ...] = ()
+    observerChain: tuple[str, ...] = ()
 
     @property
     def configDirectory(self) -> str:
@@ -426,7 +428,7 @@ def load_config(path: str) -> Config:
 
     unknownSection = (
         "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store],"
-        " [selectors] or [plugin:NAME]"
+        " [selectors], [observers] or [plugin:NAME]"
     )
     if parser.defaults():
         # configparser would copy these keys into every section, hiding where a value came from.
@@ -470,6 +472,7 @@ def load_config(path: str) -> Config:
         aclChain=chains.get("acl", ()),  # type: ignore[arg-type]
         storePlugin=chains.get("store"),  # type: ignore[arg-type]
         selectorChain=chains.get("selectors", ()),  # type: ignore[arg-type]
+        observerChain=chains.get("observers", ()),  # type: ignore[arg-type]
     )
 
 
@@ -487,6 +490,7 @@ _CHAIN_SECTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "acl": ("chain", _parseNames),
     "store": ("plugin", _parseName),
     "selectors": ("chain", _parseNames),
+    "observers": ("chain", _parseNames),
 }
 
 

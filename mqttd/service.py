@@ -34,6 +34,7 @@ from mqttd.interfaces import (
     IAuthenticator,
     IAuthorizer,
     IBrokerAware,
+    IBrokerObserver,
     IMessageStore,
     IReloadable,
     ISubscriberSelector,
@@ -265,6 +266,9 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         authorizers=plugins.chain(config.aclChain, IAuthorizer, section="acl", key="chain"),
         selectors=plugins.chain(
             config.selectorChain, ISubscriberSelector, section="selectors", key="chain"
+        ),
+        observers=plugins.chain(
+            config.observerChain, IBrokerObserver, section="observers", key="chain"
         ),
     )
     service = BrokerService(broker, IReactorFromThreads(reactor, None))
