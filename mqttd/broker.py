@@ -1059,6 +1059,27 @@ class Broker:
         self.log.failure("authorizer {index} failed; denying", failure, index=index)
         return False
 
+    def authorize(self, client: ClientInfo, action: Action, topic: str) -> Decision:
+        """
+        The ACL chain's answer for C{client} (C{True} when no authorizer is configured), cached
+        as every answer is: for a gateway that checks messages arriving outside a session
+        (MQTT-SN's QoS -1).
+        """
+        if not self.authorizers:
+            return True
+        return self._decide(client, action, topic)
+
+    def setWill(self, session: Session, will: Will | None) -> None:
+        """
+        Replace (or with L{None} remove) the will of C{session}'s live connection, as an
+        MQTT-SN client's WILLTOPICUPD and WILLMSGUPD do; the store keeps it for a restart.
+        """
+        session.will = will
+        if will is None:
+            self.store.willCleared(session.clientId)
+        else:
+            self.store.willSet(session.clientId, will)
+
     def authorizationChanged(self) -> None:
         """
         The authorizers' rules changed (a reload): forget every cached

@@ -18,6 +18,8 @@ from typing import NoReturn, get_type_hints
 
 from twisted.internet.endpoints import _parseServer
 
+from mqttd.sn.endpoint import parseUDPEndpoint
+from mqttd.topics import InvalidTopic, validate_topic_name
 from mqttd.transports.tls import TLS_VERSIONS, TLSFileError, TLSSettings, load
 
 
@@ -79,6 +81,19 @@ class ListenerConfig:
     # identity (identity = cn | san), whatever the CONNECT says, so one user is one session.
     use_username_as_clientid: bool = False
     use_identity_as_clientid: bool = False
+    # MQTT-SN (protocol = mqtt-sn) only; see docs/mqtt-sn.md.  The GwId of ADVERTISE and GWINFO.
+    gateway_id: int = 1
+    # Topic ids clients may use without registering them: (id, topic name) pairs.
+    predefined_topics: tuple[tuple[int, str], ...] = ()
+    # Tretry and Nretry (section 6.13): a message the client must answer is sent again after
+    # retry_interval seconds, at most retry_count times; then the client is taken as lost.
+    retry_interval: float = 10.0
+    retry_count: int = 5
+    # Where ADVERTISE is sent (a broadcast or multicast HOST:PORT), every advertise_interval s.
+    advertise: str | None = None
+    advertise_interval: int = 900
+    # Clients between CONNECT and CONNACK (will exchange, authentication) at once.
+    max_half_open: int = 100
 
     def tlsSettings(self) -> TLSSettings | None:
         """The listener's mqttd-managed TLS, or L{None} for plain and C{ssl:} endpoints."""
@@ -173,7 +188,13 @@ _ZERO_ALLOWED = frozenset(
     }
 )
 # The keep-alive travels in a two-byte field, so a larger limit could never be reached.
-_MAXIMUM = {"max_keepalive": 65535, "topic_alias_maximum": 65535}
+_MAXIMUM = {
+    "max_keepalive": 65535,
+    "topic_alias_maximum": 65535,
+    # MQTT-SN's GwId is one octet and ADVERTISE's Duration two.
+    "gateway_id": 255,
+    "advertise_interval": 65535,
+}
 
 
 def _parseInt(key: str, text: str) -> int:
@@ -265,12 +286,55 @@ def _parseUsers(key: str, text: str) -> tuple[str, ...]:
     return names
 
 
+def _parsePredefinedTopics(key: str, text: str) -> tuple[tuple[int, str], ...]:
+    # One "ID = topic name" a line, so topic names may hold any character but a line break.
+    topics: dict[int, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        number, equals, topic = (part.strip() for part in line.partition("="))
+        if not equals or not _INTEGER.fullmatch(number) or not 1 <= int(number) <= 0xFFFE:
+            raise ValueError(f"expected lines of 'ID = topic' with ID 1 to 65534, got {line!r}")
+        try:
+            validate_topic_name(topic)
+        except InvalidTopic as e:
+            raise ValueError(f"topic id {number}: {e}") from None
+        if int(number) in topics:
+            raise ValueError(f"topic id {number} given twice")
+        topics[int(number)] = topic
+    return tuple(topics.items())
+
+
+def _parseHostPort(key: str, text: str) -> str:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+# Keys of an MQTT-SN listener only, and keys it cannot use (MQTT-SN over DTLS is not offered).
+_SN_KEYS = frozenset(
+    {
+        "gateway_id",
+        "predefined_topics",
+        "retry_interval",
+        "retry_count",
+        "advertise",
+        "advertise_interval",
+        "max_half_open",
+    }
+)
+_NOT_SN_KEYS = ("path", "certificate", "private_key", "ca_certificates", "require_certificate")
+
+
 _LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
     "admins": _parseUsers,
     "api_keys": _parseFile,
     "auth": _parseNames,
     "endpoint": _parseEndpoint,
-    "protocol": _choice("mqtt", "websocket", "http"),
+    "protocol": _choice("mqtt", "websocket", "http", "mqtt-sn"),
+    "predefined_topics": _parsePredefinedTopics,
+    "advertise": _parseHostPort,
     "path": _parsePath,
     "certificate": _parseFile,
     "private_key": _parseFile,
@@ -280,6 +344,14 @@ _LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
     "tls_version_min": _choice(*TLS_VERSIONS),
 }
 
+
+def _parseUDPEndpoint(key: str, text: str) -> str:
+    parseUDPEndpoint(text)
+    return text
+
+
+# An MQTT-SN listener's endpoint is a UDP port, which Twisted's endpoint strings do not describe.
+_SN_LISTENER_PARSERS = {**_LISTENER_PARSERS, "endpoint": _parseUDPEndpoint}
 
 _PARSERS: dict[type, Callable[[str, str], object]] = {
     int: _parseInt,
@@ -342,9 +414,17 @@ def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> Liste
             path, section, None, "a listener name is letters, digits, '_', '.' or '-'"
         )
     types = _settable(ListenerConfig, exclude=frozenset({"name"}))
-    typed = _typedValues(path, section, values, types, _LISTENER_PARSERS)
+    sn = values.get("protocol", "").strip() == "mqtt-sn"
+    typed = _typedValues(
+        path, section, values, types, _SN_LISTENER_PARSERS if sn else _LISTENER_PARSERS
+    )
     if "endpoint" not in typed:
         raise ConfigError(path, section, "endpoint", "required, e.g. tcp:1883:interface=127.0.0.1")
+    for key in _NOT_SN_KEYS if sn else _SN_KEYS:
+        if key in typed:
+            raise ConfigError(
+                path, section, key, ("not" if sn else "only") + " used with protocol = mqtt-sn"
+            )
     if "path" in typed and typed.get("protocol") != "websocket":
         raise ConfigError(path, section, "path", "only used with protocol = websocket")
     for key in ("api_keys", "admins"):

@@ -278,6 +278,14 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         if IBrokerAware.providedBy(plugin):
             service.brokerAware.append(plugin)
     for listener in config.listeners:
+        if listener.protocol == "mqtt-sn":
+            # Imported only when configured: a broker without MQTT-SN loads none of it.
+            from mqttd.sn.listener import SNListenerService
+
+            sn = SNListenerService(broker, listener, reactor)
+            sn.setName(listener.name)
+            sn.setServiceParent(service)
+            continue
         endpoint = _AnnouncingEndpoint(serverFromString(reactor, listener.endpoint), listener)
         served: IProtocolFactory
         if listener.protocol == "http":

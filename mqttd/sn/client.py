@@ -1,0 +1,824 @@
+"""
+One MQTT-SN client as the broker core sees it: an L{IClientConnection} whose session is like any
+other, and the client's side of the MQTT-SN state machine (section 6): the will exchange, topic
+ids, one message at a time awaiting its answer with Tretry/Nretry retransmission, keepalive, and
+the asleep / awake states of a sleeping client.
+
+Nothing here touches a socket: datagrams go out through the gateway's C{send}, and time through
+its clock.  The broker writes MQTT packets (it knows no other kind); they are read back here and
+said again in MQTT-SN.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..codec import packets as mqtt
+from ..interfaces import Allow, Deny, IClientConnection
+from ..session import Session, SessionError
+from ..topics import InvalidTopic, validate_topic_name
+from . import packets as sn
+from .codec import encode
+from .packets import ReturnCode, TopicIdType, shortTopicId
+from .topicids import TopicIds, topicName
+
+if TYPE_CHECKING:
+    from .gateway import MQTTSNGateway
+
+# Datagrams of one client kept while a plugin or the store answers about an earlier one; more are
+# dropped (the client retransmits what it needs answered).
+HELD_LIMIT = 64
+# The largest UDP payload IPv4 carries.
+MAX_DATAGRAM = 65507
+
+
+class State(enum.Enum):
+    WILLTOPIC = "awaiting WILLTOPIC"
+    WILLMSG = "awaiting WILLMSG"
+    AUTHENTICATING = "authenticating"
+    ACTIVE = "active"
+    ASLEEP = "asleep"
+    AWAKE = "awake"
+    CLOSED = "closed"
+
+
+_CONNECTING = (State.WILLTOPIC, State.WILLMSG, State.AUTHENTICATING)
+
+
+class _Outstanding:
+    """The one message sent to the client that awaits its answer (section 6.13)."""
+
+    __slots__ = ("answer", "data", "msgId", "publish", "retries", "then", "topicId")
+
+    def __init__(
+        self,
+        answer: type,
+        msgId: int,
+        data: bytes,
+        publish: sn.Publish | None = None,
+        then: mqtt.Publish | None = None,
+        topicId: int = 0,
+    ) -> None:
+        self.answer = answer
+        self.msgId = msgId
+        self.data = data
+        # A PUBLISH is sent again with DUP set.
+        self.publish = publish
+        # A REGISTER's delivery, sent once REGACK gives its topic id.
+        self.then = then
+        self.topicId = topicId
+        self.retries = 0
+
+
+@implementer(IClientConnection)
+class SNClient:
+    """
+    The gateway's state for one client address.
+
+    @ivar paused: set while the client has a message awaiting its answer, is asleep, or has not
+        been accepted yet: the session then queues, bounded by C{max_queued_messages}, which is
+        also what holds a sleeping client's messages until it wakes.
+    """
+
+    log = Logger()
+    protocolLevel = mqtt.ProtocolLevel.MQTT_3_1_1
+
+    def __init__(
+        self, gateway: MQTTSNGateway, address: tuple[str, int], connect: sn.Connect
+    ) -> None:
+        self.gateway = gateway
+        self.address = address
+        self.clientAddress = f"{address[0]}:{address[1]}"
+        self.clientId = connect.client_id
+        self.paused = True
+        self.session: Session | None = None
+        self.state = State.AUTHENTICATING
+        self.topicIds = TopicIds()
+        self._connect = connect
+        self._will: mqtt.Will | None = None
+        self._willTopic = sn.WillTopic("")
+        self._outstanding: _Outstanding | None = None
+        self._outbox: deque[mqtt.Publish | mqtt.Pubrel] = deque()
+        self._held: deque[Any] | None = None
+        self._lastReceived = gateway.clock.seconds()
+        self._sleepDuration = 0
+        self._supervisor: IDelayedCall | None = None
+        self._retryTimer: IDelayedCall | None = None
+        # Topic id of each inbound QoS 1 PUBLISH until the broker acknowledges it, for PUBACK.
+        self._inboundTopicIds: dict[int, int] = {}
+        # What each SUBSCRIBE named, until the broker's SUBACK says whether it was granted.
+        self._subscribing: dict[int, sn.Subscribe] = {}
+        self._nextMsgId = 1
+
+    # Connecting (section 6.3)
+
+    def begin(self, storedWill: mqtt.Will | None) -> None:
+        """
+        Start the CONNECT's exchange: ask for the will if the client has one, else authenticate.
+
+        @param storedWill: the will the gateway kept for this client id, used when a CONNECT
+            without the Will flag continues a session (section 6.3's CleanSession rules).
+        """
+        gateway = self.gateway
+        self._supervisor = gateway.clock.callLater(
+            gateway.broker.config.connect_timeout, self._connectTimedOut
+        )
+        if self._connect.will:
+            self.state = State.WILLTOPIC
+            self._send(sn.WillTopicReq())
+            return
+        self._will = None if self._connect.clean_session else storedWill
+        self._authenticate()
+
+    @property
+    def connecting(self) -> bool:
+        return self.state in _CONNECTING
+
+    def _connectTimedOut(self) -> None:
+        self._supervisor = None
+        self.gateway.count("connect timeout")
+        self._forget(f"{self.state.value} for longer than the connect timeout")
+
+    def _willTopicReceived(self, packet: sn.WillTopic) -> None:
+        if self.state not in (State.WILLTOPIC, State.WILLMSG):
+            self.gateway.count("unexpected")
+            return
+        if packet.topic:
+            try:
+                validate_topic_name(packet.topic, self.gateway.broker.config.max_topic_levels)
+            except InvalidTopic as e:
+                self._refuse(ReturnCode.NOT_SUPPORTED, f"will topic: {e}")
+                return
+            if packet.qos < 0:
+                self._refuse(ReturnCode.NOT_SUPPORTED, "will QoS -1")
+                return
+        elif self.state == State.WILLTOPIC:
+            # An empty WILLTOPIC: the client has no will after all (section 5.4.8).
+            self._will = None
+            self._authenticate()
+            return
+        self._willTopic = packet
+        # A WILLTOPIC again means our WILLMSGREQ was lost.
+        self.state = State.WILLMSG
+        self._send(sn.WillMsgReq())
+
+    def _willMsgReceived(self, packet: sn.WillMsg) -> None:
+        if self.state != State.WILLMSG:
+            self.gateway.count("unexpected")
+            return
+        topic = self._willTopic
+        self._will = mqtt.Will(topic.topic, packet.payload, topic.qos, topic.retain)
+        self._authenticate()
+
+    def _authenticate(self) -> None:
+        self.state = State.AUTHENTICATING
+        connect = self._connect
+        packet = mqtt.Connect(
+            protocol_level=mqtt.ProtocolLevel.MQTT_3_1_1,
+            client_id=connect.client_id,
+            clean_session=connect.clean_session,
+            keepalive=connect.duration,
+            will=self._will,
+        )
+        gateway = self.gateway
+        decision = gateway.broker.authenticate(packet, gateway.listener, self.address[0])
+        if isinstance(decision, Deferred):
+            decision.addCallback(self._authenticated, packet)
+            decision.addErrback(self._authenticationFailed)
+        else:
+            self._authenticated(decision, packet)
+
+    def _authenticationFailed(self, failure: Failure) -> None:
+        self.log.failure("authenticating {clientId}", failure, clientId=self.clientId)
+        self._refuse(ReturnCode.NOT_SUPPORTED, "authentication failed")
+
+    def _authenticated(self, decision: Allow | Deny | None, packet: mqtt.Connect) -> None:
+        if self.state != State.AUTHENTICATING:
+            # Gone (timed out, replaced) while an authenticator was answering.
+            return
+        if not isinstance(decision, Allow):
+            why = decision.reason if isinstance(decision, Deny) else "no decision"
+            self._refuse(ReturnCode.NOT_SUPPORTED, f"not authenticated: {why}")
+            return
+        gateway = self.gateway
+        code, session, _ = gateway.broker.connect(
+            self, packet, gateway.listener, decision, self.address[0]
+        )
+        if session is None:
+            self._refuse(ReturnCode.NOT_SUPPORTED, f"refused by the broker (CONNACK {code})")
+            return
+        self._cancelSupervisor()
+        self.session = session
+        self.state = State.ACTIVE
+        gateway.accepted(self, self._will if not packet.clean_session else None)
+        self._send(sn.Connack(ReturnCode.ACCEPTED))
+        self.log.info(
+            "MQTT-SN client {clientId} connected from {address} (clean session {clean},"
+            " keepalive {keepalive}, will {will})",
+            clientId=self.clientId,
+            address=self.clientAddress,
+            clean=packet.clean_session,
+            keepalive=packet.keepalive,
+            will=self._will is not None,
+        )
+        self._supervise()
+        self.paused = False
+        session.resume(self)
+
+    def _refuse(self, code: int, reason: str) -> None:
+        self._send(sn.Connack(code))
+        self.gateway.count("refused")
+        self._forget(reason)
+
+    def _forget(self, reason: str) -> None:
+        """End a client that never got a session."""
+        self.log.info(
+            "MQTT-SN CONNECT of {clientId!r} from {address} refused: {reason}",
+            clientId=self.clientId,
+            address=self.clientAddress,
+            reason=reason,
+        )
+        self._closed()
+
+    # Datagrams from the client
+
+    def received(self, packet: Any) -> None:
+        """A message from this client's address; the gateway keeps CONNECT, SEARCHGW, QoS -1."""
+        self._lastReceived = self.gateway.clock.seconds()
+        if self._held is not None:
+            if len(self._held) >= HELD_LIMIT:
+                self.gateway.count("congestion")
+                return
+            self._held.append(packet)
+            return
+        self._handle(packet)
+
+    def _handle(self, packet: Any) -> None:
+        if self.state == State.CLOSED:
+            return
+        if self.connecting:
+            handler = self._connectingHandlers.get(type(packet))
+        else:
+            handler = self._handlers.get(type(packet))
+        if handler is None:
+            self.gateway.count("unexpected")
+            return
+        try:
+            result = handler(self, packet)
+        except SessionError as e:
+            self._lost(f"protocol error: {e}")
+            return
+        if isinstance(result, Deferred):
+            if self._held is None:
+                self._held = deque()
+            result.addCallbacks(self._handlerDone, self._handlerFailed)
+
+    def _handlerDone(self, ignored: object) -> None:
+        held, self._held = self._held, None
+        while held and self._held is None:
+            self._handle(held.popleft())
+        if self._held is not None and held:
+            # Still waiting: what was held before goes before anything that arrives meanwhile.
+            held.extend(self._held)
+            self._held = held
+
+    def _handlerFailed(self, failure: Failure) -> None:
+        self._held = None
+        if isinstance(failure.value, SessionError):
+            self._lost(f"protocol error: {failure.value}")
+            return
+        self.log.failure("handling a message from {address}", failure, address=self.clientAddress)
+        self._lost("internal error")
+
+    def _publishReceived(self, packet: sn.Publish) -> Deferred[None] | None:
+        gateway = self.gateway
+        topic = topicName(packet.topic_id_type, packet.topic_id, self.topicIds, gateway.predefined)
+        if topic is None:
+            # Section 6.7: the client learns the id is unknown, and may register again.
+            gateway.count("unknown topic id")
+            self._send(sn.Puback(packet.topic_id, packet.msg_id, ReturnCode.INVALID_TOPIC_ID))
+            return None
+        try:
+            validate_topic_name(topic, gateway.broker.config.max_topic_levels)
+        except InvalidTopic:
+            gateway.count("invalid topic")
+            self._send(sn.Puback(packet.topic_id, packet.msg_id, ReturnCode.NOT_SUPPORTED))
+            return None
+        qos = packet.qos
+        if qos == 1:
+            self._inboundTopicIds[packet.msg_id] = packet.topic_id
+        assert self.session is not None
+        return gateway.broker.publishReceived(
+            self.session,
+            mqtt.Publish(
+                topic,
+                packet.payload,
+                qos,
+                packet.retain,
+                packet.dup,
+                packet.msg_id if qos else None,
+            ),
+        )
+
+    def _registerReceived(self, packet: sn.Register) -> None:
+        try:
+            validate_topic_name(packet.topic_name, self.gateway.broker.config.max_topic_levels)
+        except InvalidTopic:
+            self.gateway.count("invalid topic")
+            self._send(sn.Regack(0, packet.msg_id, ReturnCode.NOT_SUPPORTED))
+            return
+        topicId = self.topicIds.register(packet.topic_name)
+        if topicId is None:
+            self.gateway.count("topic ids exhausted")
+            self._send(sn.Regack(0, packet.msg_id, ReturnCode.CONGESTION))
+            return
+        self._send(sn.Regack(topicId, packet.msg_id, ReturnCode.ACCEPTED))
+
+    def _subscribeReceived(self, packet: sn.Subscribe) -> Deferred[None] | None:
+        name = self._filterOf(packet.topic_id_type, packet.topic_name, packet.topic_id)
+        if name is None:
+            self.gateway.count("unknown topic id")
+            self._send(sn.Suback(0, packet.msg_id, ReturnCode.INVALID_TOPIC_ID))
+            return None
+        if packet.qos < 0:
+            self._send(sn.Suback(0, packet.msg_id, ReturnCode.NOT_SUPPORTED))
+            return None
+        self._subscribing[packet.msg_id] = replace(packet, topic_name=name)
+        assert self.session is not None
+        return self.gateway.broker.subscribe(
+            self.session, mqtt.Subscribe(packet.msg_id, [(name, packet.qos)])
+        )
+
+    def _unsubscribeReceived(self, packet: sn.Unsubscribe) -> None:
+        name = self._filterOf(packet.topic_id_type, packet.topic_name, packet.topic_id)
+        if name is None:
+            # Nothing by that id can be subscribed; UNSUBACK all the same, as MQTT does.
+            self._send(sn.Unsuback(packet.msg_id))
+            return
+        assert self.session is not None
+        self.gateway.broker.unsubscribe(self.session, mqtt.Unsubscribe(packet.msg_id, [name]))
+
+    def _filterOf(self, kind: int, name: str, topicId: int) -> str | None:
+        if kind == TopicIdType.PREDEFINED:
+            return self.gateway.predefined.name(topicId)
+        return name
+
+    def _pubackReceived(self, packet: sn.Puback) -> None:
+        outstanding = self._outstanding
+        if packet.return_code == ReturnCode.INVALID_TOPIC_ID:
+            # The client lost the registration: the next delivery registers the topic again.
+            self.topicIds.forget(packet.topic_id)
+        session = self.session
+        assert session is not None
+        if (
+            outstanding is not None
+            and outstanding.answer in (sn.Puback, sn.Pubrec)
+            and outstanding.msgId == packet.msg_id
+        ):
+            self._settle()
+            if outstanding.answer is sn.Pubrec:
+                # Section 5.4.14: a QoS 2 PUBLISH refused with PUBACK ends there.
+                session.pubrecRefused(packet.msg_id)
+            else:
+                session.pubackReceived(packet.msg_id)
+            if packet.return_code != ReturnCode.ACCEPTED:
+                self.gateway.count("delivery refused by client")
+        elif packet.return_code == ReturnCode.ACCEPTED:
+            session.pubackReceived(packet.msg_id)
+        self._drain()
+
+    def _pubrecReceived(self, packet: sn.Pubrec) -> Deferred[None] | None:
+        self._settleIf(sn.Pubrec, packet.msg_id)
+        assert self.session is not None
+        result = self.gateway.broker.pubrecReceived(self.session, packet.msg_id)
+        self._drain()
+        return result
+
+    def _pubrelReceived(self, packet: sn.Pubrel) -> Deferred[None] | None:
+        assert self.session is not None
+        return self.gateway.broker.pubrelReceived(self.session, packet.msg_id)
+
+    def _pubcompReceived(self, packet: sn.Pubcomp) -> None:
+        self._settleIf(sn.Pubcomp, packet.msg_id)
+        assert self.session is not None
+        self.session.pubcompReceived(packet.msg_id)
+        self._drain()
+
+    def _regackReceived(self, packet: sn.Regack) -> None:
+        outstanding = self._outstanding
+        if (
+            outstanding is None
+            or outstanding.answer is not sn.Regack
+            or outstanding.msgId != packet.msg_id
+        ):
+            self.gateway.count("unexpected")
+            return
+        self._settle()
+        delivery = outstanding.then
+        assert delivery is not None
+        if packet.return_code != ReturnCode.ACCEPTED:
+            self.topicIds.forget(outstanding.topicId)
+            self._undeliverable(delivery, "client refused the topic's REGISTER")
+        else:
+            self._sendPublish(delivery, TopicIdType.NORMAL, outstanding.topicId)
+        self._drain()
+
+    def _pingreqReceived(self, packet: sn.Pingreq) -> None:
+        if self.state == State.ASLEEP:
+            if packet.client_id is not None and packet.client_id != self.clientId:
+                self.gateway.count("wrong client id")
+                return
+            # Section 6.14: awake, the client is sent what was kept for it, then PINGRESP.
+            self.state = State.AWAKE
+            outstanding = self._outstanding
+            if outstanding is not None:
+                outstanding.retries = 0
+                self._resend()
+            self._drain()
+        elif self.state == State.AWAKE:
+            self._sleepIfFlushed()
+        else:
+            self._send(sn.Pingresp())
+
+    def _disconnectReceived(self, packet: sn.Disconnect) -> None:
+        self._send(sn.Disconnect())
+        if packet.duration:
+            # Section 6.14: asleep; messages are kept until it wakes or the duration runs out.
+            self.state = State.ASLEEP
+            self.paused = True
+            self._sleepDuration = packet.duration
+            self._cancelRetry()
+            self._supervise()
+            self.log.info(
+                "MQTT-SN client {clientId} asleep for {duration} s",
+                clientId=self.clientId,
+                duration=packet.duration,
+            )
+            return
+        self._end(True, "client sent DISCONNECT")
+
+    def _willTopicUpdReceived(self, packet: sn.WillTopicUpd) -> None:
+        if not packet.topic:
+            self._setWill(None)
+            self._send(sn.WillTopicResp(ReturnCode.ACCEPTED))
+            return
+        try:
+            validate_topic_name(packet.topic, self.gateway.broker.config.max_topic_levels)
+        except InvalidTopic:
+            self._send(sn.WillTopicResp(ReturnCode.NOT_SUPPORTED))
+            return
+        if packet.qos < 0:
+            self._send(sn.WillTopicResp(ReturnCode.NOT_SUPPORTED))
+            return
+        payload = self._will.payload if self._will is not None else b""
+        self._setWill(mqtt.Will(packet.topic, payload, packet.qos, packet.retain))
+        self._send(sn.WillTopicResp(ReturnCode.ACCEPTED))
+
+    def _willMsgUpdReceived(self, packet: sn.WillMsgUpd) -> None:
+        if self._will is None:
+            # No will topic to publish it on.
+            self._send(sn.WillMsgResp(ReturnCode.NOT_SUPPORTED))
+            return
+        self._setWill(replace(self._will, payload=packet.payload))
+        self._send(sn.WillMsgResp(ReturnCode.ACCEPTED))
+
+    def _setWill(self, will: mqtt.Will | None) -> None:
+        self._will = will
+        assert self.session is not None
+        self.gateway.broker.setWill(self.session, will)
+        self.gateway.willChanged(self.clientId, will, self._connect.clean_session)
+
+    def _ignored(self, packet: object) -> None:
+        # A WILLTOPIC or WILLMSG retransmitted after CONNACK was lost on the way: nothing to do.
+        self.gateway.count("unexpected")
+
+    _handlers: dict[type, Any] = {
+        sn.Publish: _publishReceived,
+        sn.Puback: _pubackReceived,
+        sn.Pubrec: _pubrecReceived,
+        sn.Pubrel: _pubrelReceived,
+        sn.Pubcomp: _pubcompReceived,
+        sn.Register: _registerReceived,
+        sn.Regack: _regackReceived,
+        sn.Subscribe: _subscribeReceived,
+        sn.Unsubscribe: _unsubscribeReceived,
+        sn.Pingreq: _pingreqReceived,
+        sn.Disconnect: _disconnectReceived,
+        sn.WillTopicUpd: _willTopicUpdReceived,
+        sn.WillMsgUpd: _willMsgUpdReceived,
+        sn.WillTopic: _ignored,
+        sn.WillMsg: _ignored,
+    }
+    _connectingHandlers: dict[type, Any] = {
+        sn.WillTopic: _willTopicReceived,
+        sn.WillMsg: _willMsgReceived,
+    }
+
+    # IClientConnection: what the broker and the session write, said again in MQTT-SN
+
+    def sendPacket(self, packet: Any) -> None:
+        if self.state == State.CLOSED:
+            return
+        match packet:
+            case mqtt.Puback():
+                topicId = self._inboundTopicIds.pop(packet.packet_id, 0)
+                self._send(sn.Puback(topicId, packet.packet_id, ReturnCode.ACCEPTED))
+            case mqtt.Pubrec():
+                self._send(sn.Pubrec(packet.packet_id))
+            case mqtt.Pubcomp():
+                self._send(sn.Pubcomp(packet.packet_id))
+            case mqtt.Suback():
+                self._subackSent(packet)
+            case mqtt.Unsuback():
+                self._send(sn.Unsuback(packet.packet_id))
+
+    def _subackSent(self, packet: mqtt.Suback) -> None:
+        asked = self._subscribing.pop(packet.packet_id, None)
+        code = packet.return_codes[0] if packet.return_codes else mqtt.SUBACK_FAILURE
+        if asked is None or code == mqtt.SUBACK_FAILURE:
+            self._send(sn.Suback(0, packet.packet_id, ReturnCode.NOT_SUPPORTED))
+            return
+        topicId = 0
+        if asked.topic_id_type == TopicIdType.PREDEFINED:
+            topicId = asked.topic_id
+        elif asked.topic_id_type == TopicIdType.NORMAL and not _hasWildcard(asked.topic_name):
+            # Section 6.9: a topic name's id comes in SUBACK, so deliveries need no REGISTER.
+            topicId = self.topicIds.register(asked.topic_name) or 0
+        self._send(sn.Suback(topicId, packet.packet_id, ReturnCode.ACCEPTED, code))
+
+    def writeSequence(self, chunks: Sequence[bytes]) -> None:
+        if self.state == State.CLOSED:
+            return
+        for packet in self.gateway.readBack(b"".join(chunks)):
+            if isinstance(packet, mqtt.Publish | mqtt.Pubrel):
+                self._outboxAdd(packet)
+
+    def close(self, reason: str, reasonCode: int | None = None) -> None:
+        """
+        The broker let go of this client (taken over by a new connection, or shutting down): the
+        client is told with DISCONNECT (section 6.6 lets a gateway send one at any time).
+        """
+        if self.state == State.CLOSED:
+            return
+        self.session = None
+        if self.gateway.clients.get(self.address) is self:
+            # Not when the client itself connected again from here: it awaits CONNACK.
+            self._send(sn.Disconnect())
+        self.log.info(
+            "MQTT-SN client {clientId} from {address} closed: {reason}",
+            clientId=self.clientId,
+            address=self.clientAddress,
+            reason=reason,
+        )
+        self._closed()
+
+    # Outbound, one message awaiting its answer at a time
+
+    def _outboxAdd(self, packet: mqtt.Publish | mqtt.Pubrel) -> None:
+        if self._outstanding is None and not self._outbox and self.state != State.ASLEEP:
+            self._transmit(packet)
+        else:
+            self._outbox.append(packet)
+            self.paused = True
+
+    def _transmit(self, packet: mqtt.Publish | mqtt.Pubrel) -> None:
+        if isinstance(packet, mqtt.Pubrel):
+            self._expect(sn.Pubcomp, packet.packet_id, encode(sn.Pubrel(packet.packet_id)))
+            return
+        topic = packet.topic
+        kind = TopicIdType.NORMAL
+        topicId = self.gateway.predefined.known(topic)
+        if topicId is not None:
+            kind = TopicIdType.PREDEFINED
+        elif len(topic) == 2 and len(topic.encode("utf-8")) == 2:
+            kind = TopicIdType.SHORT
+            topicId = shortTopicId(topic)
+        else:
+            topicId = self.topicIds.known(topic)
+        if topicId is None:
+            # Section 6.10: the client learns the topic's id before the first message on it.
+            topicId = self.topicIds.register(topic)
+            if topicId is None:
+                self._undeliverable(packet, "the client's topic ids are exhausted")
+                return
+            msgId = self._allocateMsgId()
+            self._expect(
+                sn.Regack,
+                msgId,
+                encode(sn.Register(topicId, msgId, topic)),
+                then=packet,
+                topicId=topicId,
+            )
+            return
+        self._sendPublish(packet, kind, topicId)
+
+    def _sendPublish(self, packet: mqtt.Publish, kind: int, topicId: int) -> None:
+        message = sn.Publish(
+            topicId,
+            packet.packet_id or 0,
+            packet.payload,
+            packet.qos,
+            packet.retain,
+            packet.dup,
+            kind,
+        )
+        try:
+            data = encode(message)
+        except ValueError:
+            data = b""
+        if not data or len(data) > MAX_DATAGRAM:
+            self._undeliverable(packet, "too large for one datagram")
+            return
+        if packet.qos == 0:
+            self._sendBytes(data)
+            return
+        assert packet.packet_id is not None
+        self._expect(
+            sn.Puback if packet.qos == 1 else sn.Pubrec, packet.packet_id, data, publish=message
+        )
+
+    def _undeliverable(self, packet: mqtt.Publish, why: str) -> None:
+        self.gateway.count("undeliverable")
+        self.log.info(
+            "message on {topic} not delivered to MQTT-SN client {clientId}: {why}",
+            topic=packet.topic,
+            clientId=self.clientId,
+            why=why,
+        )
+        session = self.session
+        if session is None or packet.packet_id is None:
+            return
+        # Settled as if refused, so the session's window does not wait for it for ever.
+        if packet.qos == 1:
+            session.pubackReceived(packet.packet_id)
+        else:
+            session.pubrecRefused(packet.packet_id)
+
+    def _allocateMsgId(self) -> int:
+        msgId = self._nextMsgId
+        self._nextMsgId = msgId % 0xFFFF + 1
+        return msgId
+
+    def _expect(self, answer: type, msgId: int, data: bytes, **kwargs: Any) -> None:
+        self._outstanding = _Outstanding(answer, msgId, data, **kwargs)
+        self.paused = True
+        self._sendBytes(data)
+        self._startRetry()
+
+    def _startRetry(self) -> None:
+        self._cancelRetry()
+        if self.state in (State.ACTIVE, State.AWAKE):
+            self._retryTimer = self.gateway.clock.callLater(
+                self.gateway.listener.retry_interval, self._retry
+            )
+
+    def _retry(self) -> None:
+        self._retryTimer = None
+        outstanding = self._outstanding
+        if outstanding is None:
+            return
+        if outstanding.retries >= self.gateway.listener.retry_count:
+            self._lost(f"no answer after {outstanding.retries} retransmissions")
+            return
+        outstanding.retries += 1
+        self.gateway.count("retransmitted")
+        self._resend()
+
+    def _resend(self) -> None:
+        outstanding = self._outstanding
+        assert outstanding is not None
+        if outstanding.publish is not None and not outstanding.publish.dup:
+            outstanding.publish = replace(outstanding.publish, dup=True)
+            outstanding.data = encode(outstanding.publish)
+        self._sendBytes(outstanding.data)
+        self._startRetry()
+
+    def _settle(self) -> None:
+        self._outstanding = None
+        self._cancelRetry()
+
+    def _settleIf(self, answer: type, msgId: int) -> None:
+        outstanding = self._outstanding
+        if outstanding is not None and outstanding.answer is answer and outstanding.msgId == msgId:
+            self._settle()
+
+    def _drain(self) -> None:
+        """Send what waits, then let the session write again once nothing awaits an answer."""
+        while (
+            self._outstanding is None
+            and self._outbox
+            and self.state
+            in (
+                State.ACTIVE,
+                State.AWAKE,
+            )
+        ):
+            self._transmit(self._outbox.popleft())
+        if (
+            self._outstanding is None
+            and not self._outbox
+            and self.state in (State.ACTIVE, State.AWAKE)
+            and self.paused
+        ):
+            self.paused = False
+            assert self.session is not None
+            self.session.pump()
+        if self.state == State.AWAKE:
+            self._sleepIfFlushed()
+
+    def _sleepIfFlushed(self) -> None:
+        session = self.session
+        if self._outstanding is not None or self._outbox or (session and session.pending):
+            return
+        # Section 6.14: PINGRESP says everything kept was sent; the client sleeps again.
+        self.state = State.ASLEEP
+        self.paused = True
+        self._send(sn.Pingresp())
+
+    # Keepalive and sleep supervision (sections 6.6, 6.14)
+
+    def _supervise(self) -> None:
+        self._cancelSupervisor()
+        asleep = self.state in (State.ASLEEP, State.AWAKE)
+        seconds = self._sleepDuration if asleep else self._connect.duration
+        if not seconds:
+            return
+        limit = seconds * 1.5
+        idle = self.gateway.clock.seconds() - self._lastReceived
+        self._supervisor = self.gateway.clock.callLater(max(0.0, limit - idle), self._check)
+
+    def _check(self) -> None:
+        self._supervisor = None
+        asleep = self.state in (State.ASLEEP, State.AWAKE)
+        seconds = self._sleepDuration if asleep else self._connect.duration
+        if self.gateway.clock.seconds() - self._lastReceived >= seconds * 1.5:
+            self._lost("sleep duration over" if asleep else "keepalive timeout")
+        else:
+            self._supervise()
+
+    def _cancelSupervisor(self) -> None:
+        if self._supervisor is not None and self._supervisor.active():
+            self._supervisor.cancel()
+        self._supervisor = None
+
+    def _cancelRetry(self) -> None:
+        if self._retryTimer is not None and self._retryTimer.active():
+            self._retryTimer.cancel()
+        self._retryTimer = None
+
+    # Endings
+
+    def lost(self, reason: str) -> None:
+        """The client is gone without DISCONNECT (or can no longer be reached): its will goes."""
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
+        if self.connecting:
+            self._forget(reason)
+            return
+        self._end(False, reason)
+
+    def _end(self, graceful: bool, reason: str) -> None:
+        if self.state == State.CLOSED:
+            return
+        session, self.session = self.session, None
+        self._closed()
+        if session is not None:
+            self.gateway.broker.connectionLost(session, self, graceful)
+        self.log.info(
+            "MQTT-SN client {clientId} from {address} disconnected: {reason}",
+            clientId=self.clientId,
+            address=self.clientAddress,
+            reason=reason,
+        )
+
+    def _closed(self) -> None:
+        self.state = State.CLOSED
+        self.paused = True
+        self._cancelSupervisor()
+        self._cancelRetry()
+        self._outbox.clear()
+        self._held = None
+        self.gateway.forget(self)
+
+    # Output
+
+    def _send(self, packet: Any) -> None:
+        self._sendBytes(encode(packet))
+
+    def _sendBytes(self, data: bytes) -> None:
+        self.gateway.send(data, self.address)
+
+
+def _hasWildcard(topicFilter: str) -> bool:
+    return "+" in topicFilter or "#" in topicFilter
