@@ -14,13 +14,16 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import NoReturn, get_type_hints
+from typing import TYPE_CHECKING, NoReturn, get_type_hints
 
 from twisted.internet.endpoints import _parseServer
 
 from mqttd.sn.endpoint import parseUDPEndpoint
 from mqttd.topics import InvalidTopic, validate_topic_name
 from mqttd.transports.tls import TLS_VERSIONS, TLSFileError, TLSSettings, load
+
+if TYPE_CHECKING:
+    from mqttd.bridge.config import BridgeConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class Config:
         store.
     @ivar selectorChain: C{[selectors] chain}, the L{ISubscriberSelector} plugins.
     @ivar observerChain: C{[observers] chain}, the L{IBrokerObserver} plugins.
+    @ivar bridges: the C{[bridge:NAME]} sections, connections to other brokers.
     """
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -135,6 +139,7 @@ class Config:
     storePlugin: str | None = None
     selectorChain: tuple[str, ...] = ()
     observerChain: tuple[str, ...] = ()
+    bridges: tuple[BridgeConfig, ...] = ()
 
     @property
     def configDirectory(self) -> str:
@@ -508,7 +513,7 @@ def load_config(path: str) -> Config:
 
     unknownSection = (
         "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store],"
-        " [selectors], [observers] or [plugin:NAME]"
+        " [selectors], [observers], [plugin:NAME] or [bridge:NAME]"
     )
     if parser.defaults():
         # configparser would copy these keys into every section, hiding where a value came from.
@@ -518,6 +523,7 @@ def load_config(path: str) -> Config:
     listeners = []
     chains: dict[str, object] = {}
     pluginSections: dict[str, Mapping[str, str]] = {}
+    bridges = []
     for section in parser.sections():
         values = dict(parser.items(section))
         if section == "broker":
@@ -533,6 +539,11 @@ def load_config(path: str) -> Config:
             if not _PLUGIN_NAME.fullmatch(name):
                 raise ConfigError(path, section, None, "not a plugin name")
             pluginSections[name] = {k: v.strip() for k, v in values.items()}
+        elif section.startswith("bridge:"):
+            # Imported here: the bridge package builds on this module.
+            from mqttd.bridge.config import bridgeConfig
+
+            bridges.append(bridgeConfig(path, section, values))
         else:
             raise ConfigError(path, section, None, unknownSection)
     if not listeners:
@@ -553,6 +564,7 @@ def load_config(path: str) -> Config:
         storePlugin=chains.get("store"),  # type: ignore[arg-type]
         selectorChain=chains.get("selectors", ()),  # type: ignore[arg-type]
         observerChain=chains.get("observers", ()),  # type: ignore[arg-type]
+        bridges=tuple(bridges),
     )
 
 

@@ -319,4 +319,12 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         listening._raiseSynchronously = True
         listening.setName(listener.name)
         listening.setServiceParent(service)
+    if config.bridges:
+        # Imported only when configured, as most brokers have no bridge.
+        from mqttd.bridge.bridge import Bridge, BridgeService
+
+        # Added after the listeners: a MultiService stops its children in reverse order, so a
+        # bridge's link closes (cleanly, with DISCONNECT) while the broker still runs.
+        for bridgeConfig in config.bridges:
+            BridgeService(Bridge(bridgeConfig, broker, reactor)).setServiceParent(service)
     return service

@@ -94,9 +94,10 @@ class Session:
 
     @ivar pending: deliveries waiting for the in-flight window, for the
         connection to drain, or (persistent sessions) for the client to come
-        back.  Bounded by C{maxQueued}; when full the newest message is dropped
-        and counted, as mosquitto does, so what a client already has queued
-        is never displaced.
+        back.  Bounded by C{maxQueued} messages and, when C{maxQueuedBytes}
+        is set, by that many payload bytes (C{queuedBytes}); when full the
+        newest message is dropped and counted, as mosquitto does, so what a
+        client already has queued is never displaced.
     @ivar owner: the identity (user name, or TLS certificate identity) of the
         client that created the session, C{""} for an anonymous one;
         L{None} while unknown (restored from a store that kept none).  Only
@@ -125,10 +126,12 @@ class Session:
         "maxInflight",
         "maxPacketSize",
         "maxQueued",
+        "maxQueuedBytes",
         "mqtt5",
         "now",
         "owner",
         "pending",
+        "queuedBytes",
         "subscriptions",
         "will",
     )
@@ -168,6 +171,9 @@ class Session:
         self.aliasMaximum = 0
         self.aliases: dict[str, int] = {}
         self.maxQueued = maxQueued
+        # 0: bounded by count only.
+        self.maxQueuedBytes = 0
+        self.queuedBytes = 0
         self.maxAwaitingRel = maxAwaitingRel
         self.awaitRelTimeout = awaitRelTimeout
         self._nextPacketId = 1
@@ -250,6 +256,12 @@ class Session:
             self.dropped += 1
             self._stats.messagesDropped += 1
             return
+        size = len(message.payload)
+        if self.maxQueuedBytes and self.queuedBytes + size > self.maxQueuedBytes:
+            self.dropped += 1
+            self._stats.messagesDropped += 1
+            return
+        self.queuedBytes += size
         pending.append((message, qos, retain))
         # QoS 0 is at most once: losing it in a crash breaks no promise.
         if qos and self.journal is not None:
@@ -291,15 +303,18 @@ class Session:
             message, qos, retain = pending[0]
             if message.expiresAt is not None and message.expired(self.now()):
                 pending.popleft()
+                self.queuedBytes -= len(message.payload)
                 self._expired(message, qos, retain)
             elif qos == 0:
                 pending.popleft()
+                self.queuedBytes -= len(message.payload)
                 if self.mqtt5:
                     self._write5(conn, message, 0, retain, False, b"")
                 else:
                     conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
             elif len(self.inflight) < self.maxInflight:
                 pending.popleft()
+                self.queuedBytes -= len(message.payload)
                 self._send(conn, message, qos, retain, True)
             else:
                 break
@@ -527,6 +542,7 @@ class Session:
             for packetId, message, qos, retain, st in state.inflight
         }
         self.pending = deque(state.pending) if state.pending else None
+        self.queuedBytes = sum(len(message.payload) for message, _, _ in state.pending)
         self.awaitingRel = dict(state.awaitingRel)
         self._nextPacketId = state.nextPacketId
         self.owner = state.owner

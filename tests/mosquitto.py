@@ -46,14 +46,14 @@ class Mosquitto:
         self.port = port or freePort()
         self.log = directory / f"{name}.log"
         self.config = directory / f"{name}.conf"
+        persistence = "" if "persistence" in config else "persistence false\n"
         self.config.write_text(
             f"listener {self.port} {e2e.HOST}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
             # As root mosquitto would switch to the mosquitto user, who cannot write the log here.
             f"user {getpass.getuser()}\n"
             f"log_dest file {self.log}\n"
-            "log_type all\n" + config
+            "log_type all\n" + persistence + config
         )
         self._process: subprocess.Popen[bytes] | None = None
 

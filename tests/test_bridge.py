@@ -1,0 +1,475 @@
+"""
+mqttd as a bridge: C{[bridge:NAME]} links from a broker in this process to real mosquitto
+processes and to a second mqttd, all on ephemeral ports of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from mqttd.bridge.bridge import Bridge
+from mqttd.bridge.config import BridgeConfig, bridgeConfig
+from tests import e2e, listeners
+from tests.conftest import Clients
+from tests.mosquitto import Mosquitto, Start, mosquittos
+
+__all__ = ["mosquittos"]
+
+StartBridge = Callable[..., Bridge]
+
+
+@pytest.fixture
+def bridges(twisted_reactor: None) -> Iterator[StartBridge]:
+    """
+    C{bridges(broker, addresses=..., topic=..., **keys)} starts a bridge of C{broker} from
+    C{[bridge:test]} keys given as ini text (fast reconnection unless given); all are stopped
+    at teardown.
+    """
+    started: list[Bridge] = []
+
+    def start(broker: e2e.RunningBroker, name: str = "test", **keys: str) -> Bridge:
+        values = {"reconnect_delay_min": "0.05", "reconnect_delay_max": "0.2", **keys}
+        config = bridgeConfig("test.ini", f"bridge:{name}", values)
+        bridge: Bridge = broker.call(lambda: Bridge(config, broker.broker, e2e.reactor))
+        started.append(bridge)
+        broker.call(bridge.start)
+        return bridge
+
+    yield start
+    for bridge in started:
+        e2e.in_reactor(bridge.stop)
+
+
+def address(port: int) -> str:
+    return f"{e2e.HOST}:{port}"
+
+
+def waitLinked(bridge: Bridge, port: int | None = None) -> None:
+    """Wait until the bridge's link is up (to C{port}, if given)."""
+
+    def linked() -> bool:
+        return bridge.connected and (port is None or bridge.address[1] == port)
+
+    e2e.wait_until(lambda: e2e.in_reactor(linked), f"bridge {bridge.config.name} linked")
+
+
+def waitSubscribed(broker: Mosquitto, clientId: str, count: int = 1) -> None:
+    """Wait until mosquitto logged C{count} SUBSCRIBEs from C{clientId}, e.g. a bridge."""
+    e2e.wait_until(
+        lambda: broker.logText().count(f"Received SUBSCRIBE from {clientId}") >= count,
+        f"{clientId} subscribed on mosquitto",
+    )
+
+
+def topics(received: list[e2e.Received]) -> list[tuple[str, bytes]]:
+    return [(m.topic, m.payload) for m in received]
+
+
+def test_outToMosquittoWithPrefixes(
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    C{topic sensors/# out 1 site/ plant/}: a QoS 1 message on site/sensors/t here arrives at
+    mosquitto as plant/sensors/t at QoS 1; a QoS 2 one is capped to the rule's QoS 1; topics no
+    rule names stay here; and the retained flag of a retained message is kept.
+    """
+    remote = mosquittos("remote")
+    far = e2e.client(remote.port, "far")
+    try:
+        far.subscribe("#", 2)
+        bridge = bridges(
+            e2e_broker, addresses=address(remote.port), topic="sensors/# out 1 site/ plant/"
+        )
+        waitLinked(bridge)
+        local = clients("local")
+        local.publish("site/sensors/t", b"21", qos=1)
+        local.publish("site/sensors/h", b"40", qos=2)
+        local.publish("elsewhere/x", b"no", qos=1)
+        local.publish("site/sensors/r", b"kept", qos=1, retain=True)
+        got = far.wait_for(3)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [
+            ("plant/sensors/t", b"21", 1),
+            ("plant/sensors/h", b"40", 1),
+            ("plant/sensors/r", b"kept", 1),
+        ]
+        late = e2e.client(remote.port, "late")
+        try:
+            late.subscribe("plant/#", 1)
+            assert [(m.topic, m.retain) for m in late.wait_for(1)] == [("plant/sensors/r", True)]
+        finally:
+            late.close()
+        assert far.pending() == []
+    finally:
+        far.close()
+
+
+def test_inFromMosquitto(
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    C{topic cmd/+ in 1 local/ remote/}: mosquitto's remote/cmd/a arrives here as local/cmd/a
+    at QoS 1, with the bridge subscribed on mosquitto to remote/cmd/+ only.
+    """
+    remote = mosquittos("remote")
+    local = clients("local")
+    local.subscribe("#", 1)
+    bridge = bridges(
+        e2e_broker,
+        addresses=address(remote.port),
+        topic="cmd/+ in 1 local/ remote/",
+        client_id="b1",
+    )
+    waitLinked(bridge)
+    waitSubscribed(remote, "b1")
+    far = e2e.client(remote.port, "far")
+    try:
+        far.publish("remote/cmd/a", b"go", qos=1)
+        far.publish("remote/other", b"not bridged", qos=1)
+        far.publish("remote/cmd/b", b"stop", qos=1)
+        got = local.wait_for(2)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [
+            ("local/cmd/a", b"go", 1),
+            ("local/cmd/b", b"stop", 1),
+        ]
+        assert "remote/cmd/+ (QoS 1)" in remote.logText()
+    finally:
+        far.close()
+
+
+def test_bothWithoutLoops(
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    C{topic chat/# both 1}: a message published on either side reaches the other side's
+    subscriber once and its own side's once, never coming back over the bridge (the bridge's
+    local subscription has No Local; mosquitto is told it is a bridge by the 0x84 level).
+    """
+    remote = mosquittos("remote")
+    local = clients("local")
+    local.subscribe("chat/#", 1)
+    bridge = bridges(
+        e2e_broker, addresses=address(remote.port), topic="chat/# both 1", client_id="b2"
+    )
+    waitLinked(bridge)
+    waitSubscribed(remote, "b2")
+    far = e2e.client(remote.port, "far")
+    try:
+        far.subscribe("chat/#", 1)
+        local.publish("chat/here", b"1", qos=1)
+        far.publish("chat/there", b"2", qos=1)
+        # Sentinels behind any echo on each path.
+        local.publish("chat/end-here", b"", qos=1)
+        far.publish("chat/end-there", b"", qos=1)
+        localGot = sorted(m.topic for m in local.wait_for(4))
+        farGot = sorted(m.topic for m in far.wait_for(4))
+        expected = ["chat/end-here", "chat/end-there", "chat/here", "chat/there"]
+        assert localGot == expected
+        assert farGot == expected
+        # An echo would come after both sentinels of its path; one more round trip shows none.
+        local.publish("chat/last", b"", qos=1)
+        assert [m.topic for m in far.wait_for(1)] == ["chat/last"]
+        assert [m.topic for m in local.wait_for(1)] == ["chat/last"]
+        assert local.pending() == [] and far.pending() == []
+    finally:
+        far.close()
+
+
+def test_remoteDownThenUpLosesNoQos1(
+    e2e_broker: e2e.RunningBroker,
+    clients: Clients,
+    mosquittos: Start,
+    bridges: StartBridge,
+    tmp_path: Path,
+) -> None:
+    """
+    mosquitto is stopped; 50 QoS 1 messages published here meanwhile wait in the bridge's
+    local session (the state topic says 0); mosquitto is started again on the same port and
+    every message arrives, in order, at its persistent subscriber; the state topic says 1.
+    """
+    # Persistent, so that the subscriber's session and queue survive mosquitto's restart.
+    remote = mosquittos("remote", f"persistence true\npersistence_location {tmp_path}/\n")
+    far = e2e.client(remote.port, "far", clean=False)
+    far.subscribe("q/#", 1)
+    far.disconnect()
+    local = clients("local")
+    local.subscribe("$SYS/broker/connection/test/state", 1)
+    bridge = bridges(e2e_broker, addresses=address(remote.port), topic="q/# out 1")
+    waitLinked(bridge)
+    assert [m.payload for m in local.wait_for(2)][-1] == b"1"
+
+    remote.stop()
+    e2e.wait_until(lambda: not e2e.in_reactor(lambda: bridge.connected), "the link to drop")
+    assert [(m.payload, m.retain) for m in local.wait_for(1)] == [(b"0", False)]
+    for i in range(50):
+        local.publish(f"q/{i}", str(i).encode(), qos=1)
+    counters = e2e.in_reactor(bridge.counters)
+    assert counters["queue/messages"] == 50
+    remote.start()
+    waitLinked(bridge)
+    assert [m.payload for m in local.wait_for(1)] == [b"1"]
+    e2e.wait_until(lambda: e2e.in_reactor(bridge.counters)["queue/messages"] == 0, "queue drained")
+    far = e2e.client(remote.port, "far", clean=False)
+    try:
+        got = far.wait_for(50)
+        assert [m.payload for m in got] == [str(i).encode() for i in range(50)]
+        assert {m.qos for m in got} == {1}
+    finally:
+        far.close()
+    assert e2e.in_reactor(bridge.counters)["reconnects"] == 1
+
+
+def test_failoverAndBackToPrimary(
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    Two addresses, primary first (round_robin false): the bridge links to the primary; with
+    the primary stopped it fails over to the secondary and messages flow there; once the
+    primary is back, the bridge notices (primary_retry_interval) and moves the link back.
+    """
+    primary = mosquittos("primary")
+    secondary = mosquittos("secondary")
+    bridge = bridges(
+        e2e_broker,
+        addresses=f"{address(primary.port)} {address(secondary.port)}",
+        topic="f/# out 1",
+        primary_retry_interval="0.2",
+    )
+    waitLinked(bridge, primary.port)
+    local = clients("local")
+
+    def deliveredAt(broker: Mosquitto, payload: bytes) -> None:
+        far = e2e.client(broker.port, f"far-{broker.port}")
+        try:
+            far.subscribe("f/#", 1)
+            local.publish("f/x", payload, qos=1)
+            assert [m.payload for m in far.wait_for(1)] == [payload]
+        finally:
+            far.close()
+
+    deliveredAt(primary, b"to primary")
+    primary.stop()
+    waitLinked(bridge, secondary.port)
+    deliveredAt(secondary, b"to secondary")
+    primary.start()
+    waitLinked(bridge, primary.port)
+    deliveredAt(primary, b"back on primary")
+
+
+def test_roundRobinMovesOn(
+    e2e_broker: e2e.RunningBroker, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    round_robin true: a lost link is retried at the next address, and the bridge stays there
+    even when the first one is back (no return to a primary).
+    """
+    first = mosquittos("first")
+    second = mosquittos("second")
+    bridge = bridges(
+        e2e_broker,
+        addresses=f"{address(first.port)},{address(second.port)}",
+        topic="r/# out 0",
+        round_robin="true",
+        primary_retry_interval="0.1",
+    )
+    waitLinked(bridge, first.port)
+    first.stop()
+    waitLinked(bridge, second.port)
+    first.start()
+    # Five primary_retry_intervals: a primary-mode bridge would have moved back meanwhile.
+    time.sleep(0.5)
+    assert e2e.in_reactor(lambda: bridge.address[1]) == second.port
+    second.stop()
+    waitLinked(bridge, first.port)
+
+
+def test_tlsWithClientCertificate(
+    e2e_broker: e2e.RunningBroker,
+    clients: Clients,
+    mosquittos: Start,
+    bridges: StartBridge,
+    pki: listeners.PKI,
+) -> None:
+    """
+    mosquitto with a TLS listener that requires a client certificate from the test CA: the
+    bridge verifies the server (CA and host name 127.0.0.1) and presents its own certificate,
+    and messages flow; without the client certificate the link is never accepted.
+    """
+    tls = (
+        f"cafile {pki.ca.path}\ncertfile {pki.server.certificate}\nkeyfile {pki.server.key}\n"
+        "require_certificate true\ntls_version tlsv1.2\n"
+    )
+    remote = mosquittos("remote", tls)
+    local = clients("local")
+    bridge = bridges(
+        e2e_broker,
+        addresses=address(remote.port),
+        topic="secure/# out 1",
+        ca_certificates=str(pki.ca.path),
+        certificate=str(pki.client.certificate),
+        private_key=str(pki.client.key),
+    )
+    waitLinked(bridge)
+    plain = bridges(
+        e2e_broker,
+        name="nocert",
+        addresses=address(remote.port),
+        topic="secure/# out 1",
+        ca_certificates=str(pki.ca.path),
+        local_client_id="nocert-local",
+    )
+
+    def setup(c: Any) -> None:
+        c.tls_set(
+            ca_certs=str(pki.ca.path),
+            certfile=str(pki.client.certificate),
+            keyfile=str(pki.client.key),
+        )
+
+    far = e2e.Client(remote.port, "far", setup=setup)
+    try:
+        far.subscribe("secure/#", 1)
+        local.publish("secure/1", b"over TLS", qos=1)
+        assert [m.payload for m in far.wait_for(1)] == [b"over TLS"]
+    finally:
+        far.close()
+    e2e.wait_until(lambda: e2e.in_reactor(lambda: plain.stats.connectFailures) >= 2, "refusals")
+    assert not e2e.in_reactor(lambda: plain.connected)
+
+
+def test_mqtt5PropertiesBothWays(
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    protocol = 5.0 to mosquitto: User Properties and Content Type pass through the bridge
+    both ways, and C{both} topics do not loop (No Local and Retain As Published asked of
+    mosquitto in the SUBSCRIBE options).
+    """
+    remote = mosquittos("remote")
+    got: list[Any] = []
+    localGot: list[Any] = []
+    watch = e2e.Client(e2e_broker.port, "watch", protocol=e2e.MQTTv5, setup=onMessage(localGot))
+    watch.subscribe("p/#", 1)
+    local = clients("local", protocol=e2e.MQTTv5)
+    bridge = bridges(
+        e2e_broker,
+        addresses=address(remote.port),
+        topic="p/# both 1",
+        protocol="5.0",
+        client_id="b5",
+    )
+    waitLinked(bridge)
+    waitSubscribed(remote, "b5")
+    far = e2e.Client(remote.port, "far", protocol=e2e.MQTTv5, setup=onMessage(got))
+    try:
+        far.subscribe("p/#", 1)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("k", "v")]
+        props.ContentType = "text/plain"
+        local.paho.publish("p/out", b"x", 1, properties=props).wait_for_publish(e2e.TIMEOUT)
+        e2e.wait_until(lambda: len(got) >= 1, "the message at mosquitto")
+        message = got[0]
+        assert message.topic == "p/out"
+        assert message.properties.UserProperty == [("k", "v")]
+        assert message.properties.ContentType == "text/plain"
+
+        # paho's UserProperty setter appends: a fresh set for this message.
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("from", "mosquitto")]
+        props.ContentType = "text/plain"
+        far.paho.publish("p/in", b"y", 1, properties=props).wait_for_publish(e2e.TIMEOUT)
+        e2e.wait_until(lambda: len(localGot) >= 2, "the message here")
+        assert localGot[1].topic == "p/in"
+        assert localGot[1].properties.UserProperty == [("from", "mosquitto")]
+        assert localGot[1].properties.ContentType == "text/plain"
+        # No loops: one more message each way and nothing else arrives.
+        local.paho.publish("p/end", b"", 1).wait_for_publish(e2e.TIMEOUT)
+        e2e.wait_until(lambda: len(got) >= 3, "p/in and p/end at mosquitto")
+        assert [m.topic for m in got] == ["p/out", "p/in", "p/end"]
+        e2e.wait_until(lambda: len(localGot) >= 3, "p/end here")
+        assert [m.topic for m in localGot] == ["p/out", "p/in", "p/end"]
+    finally:
+        far.close()
+        watch.close()
+
+
+def onMessage(into: list[Any]) -> Callable[[Any], None]:
+    """A paho set-up that collects whole messages (with their MQTT 5 properties) into C{into}."""
+
+    def setup(c: Any) -> None:
+        c.on_message = lambda client, userdata, message: into.append(message)
+
+    return setup
+
+
+def test_mqttdToMqttd(clients: Clients, bridges: StartBridge) -> None:
+    """
+    Two mqttd brokers: a bridge from one to the other with C{both} (at level 0x84, which the
+    other accepts as a bridge), QoS 1 both ways, no loops, retained flags kept.
+    """
+    here = clients.broker
+    there = e2e.start_broker()
+    try:
+        bridge = bridges(here, addresses=address(there.port), topic="m/# both 1", client_id="mm")
+        waitLinked(bridge)
+        e2e.wait_until(lambda: there.is_connected("mm"), "the bridge at the other mqttd")
+        conn = there.call(lambda: there.broker.sessions["mm"].connection)
+        assert conn is not None and conn.bridge  # type: ignore[attr-defined]
+        e2e.wait_until(
+            lambda: there.call(lambda: "m/#" in there.broker.sessions["mm"].subscriptions),
+            "the bridge's subscription",
+        )
+        a = clients("a")
+        a.subscribe("m/#", 1)
+        b = e2e.client(there.port, "b")
+        try:
+            b.subscribe("m/#", 1)
+            a.publish("m/1", b"from here", qos=1)
+            b.publish("m/2", b"from there", qos=1, retain=True)
+            a.publish("m/end", b"", qos=1)
+            assert sorted(topics(a.wait_for(3))) == [
+                ("m/1", b"from here"),
+                ("m/2", b"from there"),
+                ("m/end", b""),
+            ]
+            assert sorted(topics(b.wait_for(3))) == [
+                ("m/1", b"from here"),
+                ("m/2", b"from there"),
+                ("m/end", b""),
+            ]
+            # The retained message crossed as retained: a new subscriber here gets it.
+            late = clients("late")
+            late.subscribe("m/2", 1)
+            assert [(m.topic, m.retain) for m in late.wait_for(1)] == [("m/2", True)]
+            b.publish("m/last", b"", qos=1)
+            assert [m.topic for m in a.wait_for(1)] == ["m/last"]
+            assert [m.topic for m in b.wait_for(1)] == ["m/last"]
+            assert a.pending() == [] and b.pending() == []
+        finally:
+            b.close()
+    finally:
+        there.stop()
+
+
+def test_configExample(tmp_path: Path) -> None:
+    """The docs' example section parses to the values docs/bridge.md describes."""
+    config: BridgeConfig = bridgeConfig(
+        "mqttd.ini",
+        "bridge:cloud",
+        {
+            "addresses": "broker1:1883, [::1]:8883",
+            "topic": 'sensors/# out 1 site/ plant/\n"" in 2 local/cmd remote/cmd\ndebug/#',
+        },
+    )
+    assert config.addresses == (("broker1", 1883), ("::1", 8883))
+    assert [(r.localFilter, r.remoteFilter, r.direction, r.qos) for r in config.topics] == [
+        ("site/sensors/#", "plant/sensors/#", "out", 1),
+        ("local/cmd", "remote/cmd", "in", 2),
+        ("debug/#", "debug/#", "out", 0),
+    ]
