@@ -1,0 +1,5 @@
+"""
+The C{protocol = http} listener: the REST API (C{api.py}, its callers in C{auth.py} and
+C{apikeys.py}), the dashboard's static files (C{dashboard/}) and the site joining them
+(C{site.py}).  Imported only when a listener is configured so.
+"""

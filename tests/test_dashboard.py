@@ -1,0 +1,135 @@
+"""
+The dashboard in headless Chromium (driven over the DevTools protocol, tests/cdp.py) against a
+running broker with paho-mqtt clients: what the page shows is read from its DOM, what it does is
+checked on the MQTT side, and screenshots are saved under the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import e2e
+from tests.cdp import Browser
+from tests.httpapi import HttpBroker, detachGroups, startHttpBroker
+
+
+@pytest.fixture
+def http(twisted_reactor: None, tmp_path: Path) -> Iterator[HttpBroker]:
+    e2e.REACTOR.takeErrors()
+    running = startHttpBroker(tmp_path)
+    running.request("POST", "/api/v1/users", {"username": "admin", "password": "s3cret"})
+    running.request("POST", "/api/v1/users", {"username": "guest", "password": "guest"})
+    yield running
+    detachGroups(running)()
+    running.stop()
+    errors = e2e.REACTOR.takeErrors()
+    assert not errors, "errors logged in the reactor:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    made = Browser(tmp_path / "profile")
+    yield made
+    made.close()
+
+
+def _logIn(browser: Browser, user: str, password: str) -> None:
+    browser.waitFor("!document.querySelector('#login').hidden", "the login form")
+    browser.evaluate(
+        f"document.querySelector('#login-user').value = {json.dumps(user)};"
+        f"document.querySelector('#login-password').value = {json.dumps(password)};"
+        "document.querySelector('#login-form').requestSubmit(); true"
+    )
+
+
+def _show(browser: Browser, view: str) -> None:
+    browser.evaluate(f"location.hash = '#{view}'; true")
+    browser.waitFor(f"!document.querySelector('#{view}').hidden", f"the {view} view")
+
+
+def test_dashboard(http: HttpBroker, browser: Browser, tmp_path: Path) -> None:
+    """
+    An admin logs in and sees the overview with the connected clients counted, finds a client
+    in the clients view and kicks it (the paho client is really disconnected), adds a member to
+    a group (who then receives the group's next message) and publishes a message a subscriber
+    receives at the chosen QoS.
+    """
+    device = e2e.Client(http.broker.port, "device-7")
+    watcher = e2e.Client(http.broker.port, "watcher")
+    watcher.subscribe("dash/#", 2)
+    member = e2e.Client(http.broker.port, "b")
+    assert http.request("POST", "/api/v1/groups", {"name": "crew", "members": ["a"]}).status == 201
+    http.request("POST", "/api/v1/publish", {"topic": "dash/kept", "payload": "x", "retain": True})
+    watcher.wait_for(1)
+    browser.open(http.url + "/")
+    _logIn(browser, "admin", "s3cret")
+    browser.waitFor(
+        "!document.querySelector('#overview').hidden"
+        " && document.querySelector('#ov-connections').textContent === '3'",
+        "the overview counting three connections",
+    )
+    assert browser.evaluate("document.querySelector('#who-name').textContent") == "admin"
+    assert browser.evaluate("document.querySelector('#ov-retained').textContent") == "1"
+    browser.screenshot(tmp_path / "overview.png")
+
+    _show(browser, "clients")
+    row = "document.querySelector('#clients-rows tr[data-clientid=\"device-7\"]')"
+    browser.waitFor(row, "device-7 in the clients table")
+    assert browser.evaluate(f"{row}.children[2].textContent") == e2e.HOST
+    browser.screenshot(tmp_path / "clients.png")
+    browser.evaluate(f"{row}.querySelector('button.kick').click(); true")
+    assert device.disconnected.wait(e2e.TIMEOUT)
+    http.broker.wait_gone("device-7")
+    browser.waitFor(f"!{row}", "device-7 to leave the table")
+    assert "device-7 disconnected" in browser.evaluate(
+        "document.querySelector('#message').textContent"
+    )
+
+    _show(browser, "groups")
+    group = "document.querySelector('.group[data-group=\"crew\"]')"
+    browser.waitFor(group, "the crew group")
+    browser.evaluate(
+        f"{group}.querySelector('input.add-member').value = 'b:1';"
+        f"{group}.querySelector('form').requestSubmit(); true"
+    )
+    browser.waitFor(
+        'document.querySelector(\'.group[data-group="crew"] li[data-member="b"]\')',
+        "b listed in crew",
+    )
+    browser.screenshot(tmp_path / "groups.png")
+    watcher.publish("$group/crew/news", b"welcome", 1)
+    (news,) = member.wait_for(1)
+    assert (news.payload, news.qos) == (b"welcome", 1)
+
+    _show(browser, "publish")
+    browser.evaluate(
+        "document.querySelector('#publish-topic').value = 'dash/hello';"
+        "document.querySelector('#publish-payload').value = 'from the browser';"
+        "document.querySelector('#publish-qos').value = '1';"
+        "document.querySelector('#publish-form').requestSubmit(); true"
+    )
+    (got,) = watcher.wait_for(1)
+    assert (got.topic, got.payload, got.qos) == ("dash/hello", b"from the browser", 1)
+    browser.screenshot(tmp_path / "publish.png")
+    for name in ("overview", "clients", "groups", "publish"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for c in (device, watcher, member):
+        c.close()
+
+
+def test_dashboardRefusesNonAdmin(http: HttpBroker, browser: Browser) -> None:
+    """A valid user not named in admins stays on the login form with the refusal shown."""
+    browser.open(http.url + "/")
+    _logIn(browser, "guest", "guest")
+    text = browser.waitFor(
+        "document.querySelector('#message').hidden ? ''"
+        " : document.querySelector('#message').textContent",
+        "the refusal",
+    )
+    assert "not an administrator" in text
+    assert browser.evaluate("document.querySelector('#overview').hidden") is True
+    assert browser.evaluate("document.cookie") == ""
