@@ -17,6 +17,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "broker_config(**overrides): BrokerConfig overrides for the e2e broker"
     )
+    config.addinivalue_line(
+        "markers", "sn_listener(**keys): ListenerConfig keys of tests/test_e2e_sn.py's gateway"
+    )
 
 
 @pytest.fixture(scope="session")
