@@ -5,6 +5,7 @@ processes and to a second mqttd, all on ephemeral ports of 127.0.0.1.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import Any
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
 
-from mqttd.bridge.bridge import Bridge
+from mqttd.bridge.bridge import Bridge, nextDelay
 from mqttd.bridge.config import BridgeConfig, bridgeConfig
+from mqttd.config import ConfigError, load_config
 from tests import e2e, listeners
 from tests.conftest import Clients
-from tests.mosquitto import Mosquitto, Start, mosquittos
+from tests.mosquitto import Mosquitto, Start, freePort, mosquittos
+from tests.test_store import sqliteStore
 
 __all__ = ["mosquittos"]
 
@@ -473,3 +478,233 @@ def test_configExample(tmp_path: Path) -> None:
         ("local/cmd", "remote/cmd", "in", 2),
         ("debug/#", "debug/#", "out", 0),
     ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "why"),
+    [
+        ({"topic": "a/# out 1"}, "addresses", "required"),
+        ({"addresses": "h:1883"}, "topic", "required"),
+        ({"addresses": "h", "topic": "a"}, "addresses", "host:port"),
+        ({"addresses": "h:0", "topic": "a"}, "addresses", "host:port"),
+        ({"addresses": "h:1", "topic": "a sideways"}, "topic", "direction"),
+        ({"addresses": "h:1", "topic": "a in 3"}, "topic", "QoS"),
+        ({"addresses": "h:1", "topic": "a in 1 x/"}, "topic", "expected PATTERN"),
+        ({"addresses": "h:1", "topic": "a/#/b"}, "topic", "no topic filter"),
+        ({"addresses": "h:1", "topic": '"" in 1 "" ""'}, "topic", "needs a prefix"),
+        ({"addresses": "h:1", "topic": "a in 1 + x/"}, "topic", "wildcards"),
+        ({"addresses": "h:1", "topic": "a", "protocol": "4"}, "protocol", "3.1.1"),
+        ({"addresses": "h:1", "topic": "a", "keepalive": "70000"}, "keepalive", "65535"),
+        ({"addresses": "h:1", "topic": "a", "colour": "red"}, "colour", "unknown key"),
+        ({"addresses": "h:1", "topic": "a", "verify_hostname": "false"}, "verify_hostname", "TLS"),
+        ({"addresses": "h:1", "topic": "a", "certificate": "c.pem"}, "private_key", "both"),
+        ({"addresses": "h:1", "topic": "a", "ca_certificates": "nope.pem"}, "ca_certificates", ""),
+        ({"addresses": "h:1", "topic": "a", "password": "p"}, "password", "username"),
+        (
+            {
+                "addresses": "h:1",
+                "topic": "a",
+                "reconnect_delay_min": "5",
+                "reconnect_delay_max": "1",
+            },
+            "reconnect_delay_max",
+            "reconnect_delay_min",
+        ),
+        (
+            {"addresses": "h:1", "topic": "a", "session_expiry_interval": "5"},
+            "session_expiry_interval",
+            "5.0",
+        ),
+    ],
+)
+def test_configErrorsNameTheKey(keys: dict[str, str], key: str, why: str, tmp_path: Path) -> None:
+    """A bad [bridge:NAME] key stops start-up with a ConfigError naming file, section and key."""
+    with pytest.raises(ConfigError) as raised:
+        bridgeConfig(str(tmp_path / "mqttd.ini"), "bridge:b", keys)
+    assert (raised.value.section, raised.value.key) == ("bridge:b", key)
+    assert why in raised.value.why
+
+
+def test_bridgeSectionsInTheFile(tmp_path: Path) -> None:
+    """
+    load_config collects [bridge:NAME] sections with multi-line topic keys, and a bad bridge
+    name is refused like a bad listener name.
+    """
+    path = tmp_path / "mqttd.ini"
+    path.write_text(
+        "[listener:l]\nendpoint = tcp:1883\n[bridge:a]\naddresses = h:1\ntopic =\n  x/# out\n"
+        "  y/# in 2\n[bridge:b]\naddresses = h:2\ntopic = z\nround_robin = true\n"
+    )
+    config = load_config(str(path))
+    assert [(b.name, len(b.topics), b.round_robin) for b in config.bridges] == [
+        ("a", 2, False),
+        ("b", 1, True),
+    ]
+    assert config.bridges[0].client_id.endswith(".a")
+    assert config.bridges[0].local_client_id == "local." + config.bridges[0].client_id
+    path.write_text("[listener:l]\nendpoint = tcp:1883\n[bridge:a b]\naddresses = h:1\ntopic = z\n")
+    with pytest.raises(ConfigError, match=r"\[bridge:a b\]"):
+        load_config(str(path))
+
+
+def test_backoffGrowsWithJitterAndIsCapped() -> None:
+    """
+    Reconnection delays start at the minimum, grow roughly threefold per failure, never pass
+    the maximum, and differ between bridges (jitter), so bridges do not return in step.
+    """
+    low, high = 1.0, 60.0
+    runs = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        delays = []
+        delay = 0.0
+        for _ in range(12):
+            delay = nextDelay(delay, low, high, rng)
+            delays.append(delay)
+        runs.append(delays)
+        assert delays[0] == low
+        assert all(low <= d <= high for d in delays)
+    assert max(max(run) for run in runs) > 30
+    assert len({round(run[3], 6) for run in runs}) > 10
+    # Growth: the median fifth delay is well above the first.
+    assert sorted(run[4] for run in runs)[10] > 4 * low
+
+
+def test_queueBoundedByCountAndBytes(
+    e2e_broker: e2e.RunningBroker, clients: Clients, bridges: StartBridge
+) -> None:
+    """
+    While the remote broker is unreachable, QoS 1 messages for it queue up to
+    max_queued_messages, or max_queued_bytes of payload; the newest beyond are dropped and
+    counted; QoS 0 messages are not queued.
+    """
+    nowhere = address(freePort())
+    count = bridges(e2e_broker, addresses=nowhere, topic="c/# out 1", max_queued_messages="5")
+    size = bridges(
+        e2e_broker,
+        name="bytes",
+        addresses=nowhere,
+        topic="b/# out 1",
+        max_queued_bytes="10",
+        local_client_id="bytes-local",
+    )
+    local = clients("local")
+    for i in range(8):
+        local.publish(f"c/{i}", b"x", qos=1)
+    local.publish("c/qos0", b"x", qos=0)
+    for i in range(4):
+        local.publish(f"b/{i}", b"1234", qos=1)
+    counters = e2e.in_reactor(count.counters)
+    assert (counters["queue/messages"], counters["queue/dropped"]) == (5, 3)
+    counters = e2e.in_reactor(size.counters)
+    assert (counters["queue/messages"], counters["queue/dropped"]) == (2, 2)
+    e2e.wait_until(
+        lambda: e2e.in_reactor(lambda: count.stats.connectFailures) >= 2, "refused attempts"
+    )
+
+
+def test_queueSurvivesBrokerRestart(
+    tmp_path: Path, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    QoS 1 messages queued for an unreachable remote broker are in mqttd's store (SQLite): after
+    mqttd restarts on the same store, the bridge links up and sends every one, in order.
+    """
+    port = freePort()
+    first = e2e.start_broker(plugins=lambda: {"store": sqliteStore(tmp_path)})
+    try:
+        bridge = bridges(first, addresses=address(port), topic="d/# out 1")
+        publisher = e2e.client(first.port, "pub")
+        for i in range(10):
+            publisher.publish(f"d/{i}", str(i).encode(), qos=1)
+        publisher.close()
+        assert e2e.in_reactor(bridge.counters)["queue/messages"] == 10
+        e2e.in_reactor(bridge.stop)
+    finally:
+        first.stop()
+    remote = mosquittos("remote", port=port)
+    far = e2e.client(remote.port, "far")
+    second = e2e.start_broker(plugins=lambda: {"store": sqliteStore(tmp_path)})
+    try:
+        far.subscribe("d/#", 1)
+        bridge = bridges(second, addresses=address(port), topic="d/# out 1")
+        waitLinked(bridge)
+        assert [m.payload for m in far.wait_for(10)] == [str(i).encode() for i in range(10)]
+        e2e.in_reactor(bridge.stop)
+    finally:
+        far.close()
+        second.stop()
+
+
+class _NoBridgeBit(Protocol):
+    """A broker that does not know the bridge bit: CONNACK 1 for level 0x84, 0 for 4."""
+
+    accepted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.accepted:
+            return
+        # Fixed header (2 bytes for a small CONNECT), then "\x00\x04MQTT", then the level.
+        level = data[8]
+        self.factory.levels.append(level)
+        self.accepted = not level & 0x80
+        self.transport.write(b"\x20\x02\x00" + (b"\x00" if self.accepted else b"\x01"))  # type: ignore[union-attr]
+
+
+def test_tryPrivateFallsBack(e2e_broker: e2e.RunningBroker, bridges: StartBridge) -> None:
+    """
+    A remote broker that refuses the bridge level (0x84) with CONNACK 1 is asked again at once
+    with the plain level 4, and the link comes up.
+    """
+    factory = Factory.forProtocol(_NoBridgeBit)
+    factory.levels = []  # type: ignore[attr-defined]
+    port = e2e.in_reactor(
+        lambda: serverFromString(e2e.reactor, f"tcp:0:interface={e2e.HOST}").listen(factory)
+    )
+    try:
+        bridge = bridges(e2e_broker, addresses=address(port.getHost().port), topic="x out")
+        waitLinked(bridge)
+        assert factory.levels == [0x84, 0x04]  # type: ignore[attr-defined]
+        e2e.in_reactor(bridge.stop)
+    finally:
+        e2e.in_reactor(port.stopListening)
+
+
+def test_sysCounters(
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    The bridge's counters are published under $SYS/broker/connection/NAME/ (retained) every
+    sys_interval: messages sent and received, queue length, reconnects.
+    """
+    remote = mosquittos("remote")
+    bridge = bridges(
+        e2e_broker,
+        addresses=address(remote.port),
+        topic="s/# out 1\nr/# in 1",
+        sys_interval="1",
+        client_id="bs",
+    )
+    waitLinked(bridge)
+    waitSubscribed(remote, "bs")
+    local = clients("local")
+    for i in range(3):
+        local.publish(f"s/{i}", b"", qos=1)
+    far = e2e.client(remote.port, "far")
+    try:
+        far.publish("r/1", b"", qos=1)
+    finally:
+        far.close()
+    watch = clients("watch")
+    watch.subscribe("$SYS/broker/connection/test/#", 0)
+    seen: dict[str, bytes] = {}
+
+    def settled() -> bool:
+        for m in watch.pending():
+            seen[m.topic.rsplit("test/", 1)[1]] = m.payload
+        return seen.get("messages/sent") == b"3" and seen.get("messages/received") == b"1"
+
+    e2e.wait_until(settled, "the counters in $SYS")
+    assert seen["state"] == b"1"
+    assert seen["queue/messages"] == b"0"
+    assert seen["reconnects"] == b"0"

@@ -390,9 +390,9 @@ class Bridge:
             return
         addresses = self.config.addresses
         self._index = (self._index + 1) % len(addresses)
-        low, high = self.config.reconnect_delay_min, self.config.reconnect_delay_max
-        # Decorrelated jitter: bridges that lost the same broker do not return in step.
-        self._delay = min(high, self._rng.uniform(low, max(low, self._delay * 3)))
+        self._delay = nextDelay(
+            self._delay, self.config.reconnect_delay_min, self.config.reconnect_delay_max, self._rng
+        )
         self._retry = self.clock.callLater(self._delay, self._connect)
 
     # The link (LinkOwner)
@@ -656,6 +656,15 @@ class Bridge:
             "reconnects": stats.reconnects,
             "connect_failures": stats.connectFailures,
         }
+
+
+def nextDelay(previous: float, low: float, high: float, rng: random.Random) -> float:
+    """
+    The wait before the next connection attempt: exponential backoff with "decorrelated
+    jitter", drawn between C{low} and three times the C{previous} wait (0 for the first),
+    capped at C{high}, so bridges that lost the same broker do not all return in step.
+    """
+    return min(high, rng.uniform(low, max(low, previous * 3)))
 
 
 def _pemBlocks(data: bytes) -> list[bytes]:
