@@ -1,6 +1,8 @@
 """
 The C{mqttd} command: C{mqttd passwd}, which manages password files as C{mosquitto_passwd} does,
-C{mqttd scram}, which manages the credentials files of the C{scram} plugin, and C{mqttd groups},
+C{mqttd scram}, which manages the credentials files of the C{scram} plugin, C{mqttd apikey}, which
+manages the HTTP API's keys, C{mqttd ctl} (L{mqttd.ctl}), which manages a running broker through
+that API, and C{mqttd groups},
 which manages the virtual groups a running broker reads: in its SQLite store, or in the virtual
 groups plugin's own file when the broker has no SQLite store.
 """
@@ -20,6 +22,7 @@ from contextlib import closing
 from dataclasses import replace
 from typing import Any
 
+from mqttd import ctl
 from mqttd.config import ConfigError, load_config
 from mqttd.plugin_loader import pluginPackage
 from mqttd.store import StoreError
@@ -354,9 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _groupsParser(commands)
     _scramParser(commands)
     _apikeyParser(commands)
+    ctl.addParser(commands)
     args = parser.parse_args(argv)
     if args.command == "apikey":
         return _apikey(args)
+    if args.command == "ctl":
+        return ctl.main(args)
     if args.command == "groups":
         return _groups(args)
     if args.command == "scram":
