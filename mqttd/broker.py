@@ -51,8 +51,20 @@ from .interfaces import (
 )
 from .message import Message, PropertiedMessage, SharedDelivery
 from .retain import RetainedMessages
-from .session import SESSION_NEVER_EXPIRES, Session, SessionError, Stats
+from .session import SESSION_NEVER_EXPIRES, Session, SessionError
+from .stats import (
+    ACL_PUBLISH,
+    ACL_RECEIVE,
+    ACL_SUBSCRIBE,
+    DROP_PUBLISH_DENIED,
+    DROP_RECEIVE_DENIED,
+    DROP_SIZE_LIMIT,
+    DROP_SYS_TOPIC,
+    DROP_WILL_DENIED,
+    Stats,
+)
 from .store import MemoryStore, StoredState
+from .sys import SysTree, presenceMessage
 from .topics import (
     SHARE_PREFIX,
     InvalidTopic,
@@ -114,6 +126,8 @@ class Broker:
     ) -> None:
         self.config = config
         self.clock = clock
+        # For $SYS/broker/uptime and the metrics.
+        self.startedAt = clock.seconds()
         self.store: IMessageStore = store if store is not None else MemoryStore()
         self.sessions: dict[str, Session] = {}
         self.subscriptions = SubscriptionTree()
@@ -140,6 +154,8 @@ class Broker:
         # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.
         self._expiries: dict[str, IDelayedCall] = {}
         self._delayedWills: dict[str, tuple[IDelayedCall, Will, ClientInfo | None]] = {}
+        # Publishes $SYS once the store is restored, if sys_interval says so.
+        self.sysTree: SysTree | None = None
 
     # Life cycle
 
@@ -192,6 +208,9 @@ class Broker:
             sessions=len(self.sessions),
             wills=len(state.wills),
         )
+        if self.config.sys_interval:
+            self.sysTree = SysTree(self, self.config.sys_interval)
+            self.sysTree.start()
 
     def stop(self) -> Deferred[None]:
         """
@@ -200,10 +219,13 @@ class Broker:
 
         @return: a L{Deferred} firing once the store has everything on disk.
         """
+        if self.sysTree is not None:
+            self.sysTree.stop()
+            self.sysTree = None
         for session in list(self.sessions.values()):
             conn = session.connection
             if conn is not None:
-                self.connectionLost(session, conn, graceful=False)
+                self.connectionLost(session, conn, graceful=False, reason="broker shutting down")
                 conn.close("broker shutting down", ReasonCode.SERVER_SHUTTING_DOWN)
         for clientId in list(self._delayedWills):
             self._endWillDelay(clientId, publish=True)
@@ -439,6 +461,14 @@ class Broker:
         if username is not None:
             self.clientIdsByUsername.setdefault(username, set()).add(clientId)
         self._decisions.pop(clientId, None)
+        stats = self.stats
+        stats.connects += 1
+        if len(self.sessions) > stats.clientsMaximum:
+            stats.clientsMaximum = len(self.sessions)
+        if self.config.presence_events:
+            self._presence(
+                "connected", clientId, packet.protocol_level, clean_start=packet.clean_session
+            )
         if self.observers:
             self._notify("clientConnected", client)
         if sessionPresent and self.authorizers:
@@ -458,6 +488,14 @@ class Broker:
             old = self._resuming.pop(clientId, None)
             if old is None:
                 return
+        if self.config.presence_events:
+            self._presence(
+                "disconnected",
+                clientId,
+                old.protocolLevel,
+                reason="session taken over by a new connection",
+                graceful=False,
+            )
         will = existing.will
         existing.connection = None
         existing.will = None
@@ -540,13 +578,21 @@ class Broker:
                 topicFilter=topicFilter,
             )
 
-    def connectionLost(self, session: Session, conn: IClientConnection, graceful: bool) -> None:
+    def connectionLost(
+        self,
+        session: Session,
+        conn: IClientConnection,
+        graceful: bool,
+        reason: str = "connection lost",
+    ) -> None:
         """
         C{conn}, attached to C{session}, is gone.  Publish the will unless the
         client sent DISCONNECT [MQTT-3.1.2-8, MQTT-3.1.2-10], after its Will
         Delay Interval if the session outlives the connection; end a clean
         session (Session Expiry Interval 0), keep a persistent one until its
         Session Expiry Interval has passed.
+
+        @param reason: why the connection ended, for the presence event.
         """
         if session.connection is not conn:
             if self._resuming.get(session.clientId) is not conn:
@@ -556,6 +602,14 @@ class Broker:
         session.connection = None
         will = session.will
         session.will = None
+        if self.config.presence_events:
+            self._presence(
+                "disconnected",
+                session.clientId,
+                conn.protocolLevel,
+                reason=reason,
+                graceful=graceful,
+            )
         client = self.clients.get(session.clientId)
         if self.observers and client is not None:
             self._notify("clientDisconnected", client, graceful)
@@ -587,8 +641,26 @@ class Broker:
             # The deadline survives a restart; a 5.0 DISCONNECT may have changed the interval.
             self.store.sessionExpiry(session.clientId, interval, expiresAt)
 
+    def _presence(self, event: str, clientId: str, protocolLevel: int, **extra: object) -> None:
+        """
+        Publish C{clientId}'s presence event C{event}, as the broker's own
+        message: the ACL's receive check decides who gets it.
+        """
+        client = self.clients.get(clientId)
+        body = {
+            "clientid": clientId,
+            "username": client.username if client is not None else None,
+            "address": client.address if client is not None else None,
+            "listener": client.listener if client is not None else None,
+            "protocol_level": int(protocolLevel),
+            **extra,
+            "timestamp": round(self.clock.seconds(), 3),
+        }
+        self.route(presenceMessage(clientId, event, body))
+
     def _sessionExpired(self, session: Session) -> None:
         del self._expiries[session.clientId]
+        self.stats.clientsExpired += 1
         self.log.info("{clientId}'s session expired", clientId=session.clientId)
         self._discardSession(session)
 
@@ -668,7 +740,9 @@ class Broker:
         """
         conn = session.connection
         qos = packet.qos
-        self.stats.messagesReceived += 1
+        stats = self.stats
+        stats.publishReceived[qos] += 1
+        stats.publishPayloadReceived[qos] += len(packet.payload)
         if qos == 2:
             assert packet.packet_id is not None
             if not session.qos2Received(packet.packet_id, self.clock.seconds()):
@@ -713,7 +787,8 @@ class Broker:
             self.route(message, client)
         else:
             # As mosquitto: acknowledged, so the client does not resend it forever, but dropped.
-            self.stats.messagesDropped += 1
+            self.stats.drop(DROP_PUBLISH_DENIED)
+            self.stats.aclDenied[ACL_PUBLISH] += 1
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "publish denied")
         return self._acknowledge(session, packet)
@@ -727,9 +802,14 @@ class Broker:
             # a crash cannot lose a message its publisher was told was taken.
             durable = self.store.flush()
             if durable is not None:
+                durable.addCallback(self._flushed, self.clock.seconds())
                 return durable.addCallback(lambda _: conn.sendPacket(ack))
             conn.sendPacket(ack)
         return None
+
+    def _flushed(self, result: None, requested: float) -> None:
+        self.stats.storeFlush.observe(self.clock.seconds() - requested)
+        return result
 
     def _acceptable(self, packet: Publish) -> bool:
         config = self.config
@@ -742,10 +822,10 @@ class Broker:
         if topic.startswith("$SYS"):
             # The broker alone writes $SYS; the QoS flow still completes so the
             # client does not retry forever.
-            self.stats.messagesDropped += 1
+            self.stats.drop(DROP_SYS_TOPIC)
             return False
         if config.message_size_limit and len(packet.payload) > config.message_size_limit:
-            self.stats.messagesDropped += 1
+            self.stats.drop(DROP_SIZE_LIMIT)
             return False
         return True
 
@@ -913,6 +993,7 @@ class Broker:
             try:
                 selected = selector.select(message, publisher)
                 if isinstance(selected, Mapping):
+                    self.stats.selectedDeliveries += len(selected)
                     if not recipients:
                         recipients = selected
                         continue
@@ -923,6 +1004,7 @@ class Broker:
                             merged[clientId] = wanted
                     continue
                 for recipient in selected:
+                    self.stats.selectedDeliveries += 1
                     clientId, wanted = recipient[0], recipient[1]
                     if len(recipient) > 2:
                         topic = recipient[2]
@@ -996,7 +1078,8 @@ class Broker:
         if allowed:
             self.route(message, client)
         else:
-            self.stats.messagesDropped += 1
+            self.stats.drop(DROP_WILL_DENIED)
+            self.stats.aclDenied[ACL_PUBLISH] += 1
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "will denied")
 
@@ -1138,7 +1221,8 @@ class Broker:
             if self.observers:
                 self._notify("messageDelivered", session.clientId, message, qos)
         else:
-            self.stats.messagesDropped += 1
+            self.stats.drop(DROP_RECEIVE_DENIED)
+            self.stats.aclDenied[ACL_RECEIVE] += 1
             if self.observers:
                 self._notify("messageDropped", session.clientId, message, "receive denied")
 
@@ -1206,7 +1290,10 @@ class Broker:
         for (topicFilter, requested), ok in zip(packet.subscriptions, allowed, strict=True):
             options = requested | identifier
             if not ok:
-                codes.append(self._subscribeFailure(topicFilter) if level5 else SUBACK_FAILURE)
+                failure = self._subscribeFailure(topicFilter)
+                if failure == ReasonCode.NOT_AUTHORIZED:
+                    self.stats.aclDenied[ACL_SUBSCRIBE] += 1
+                codes.append(failure if level5 else SUBACK_FAILURE)
                 continue
             new = topicFilter not in session.subscriptions
             self._addSubscription(topicFilter, session.clientId, options)

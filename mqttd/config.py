@@ -53,6 +53,10 @@ class BrokerConfig:
     # "refuse" (CONNACK 5 / 0x87, logged) or "discard" (the old session is ended and the
     # newcomer starts afresh, as if the client id had been free).
     session_owner_conflict: str = "refuse"
+    # Seconds between updates of the $SYS tree; 0 = no $SYS tree (mosquitto's sys_interval).
+    sys_interval: float = 10.0
+    # Whether $SYS/broker/clients/{clientid}/connected and /disconnected events are published.
+    presence_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,7 @@ _ZERO_ALLOWED = frozenset(
         "connect_rate_per_address",
         "connect_burst_per_address",
         "topic_alias_maximum",
+        "sys_interval",
     }
 )
 # The keep-alive travels in a two-byte field, so a larger limit could never be reached.

@@ -41,7 +41,11 @@ class IClientConnection(Interface):
 
     def writeSequence(chunks: Sequence[bytes]) -> None:
         """
-        Write already-encoded bytes.  Never raises for a closed connection.
+        Write one already-encoded PUBLISH packet, its fixed header and topic
+        first and its payload last, or a PUBREL as its fixed header and its
+        packet identifier (each is counted from the first and last chunks;
+        other packets go through L{sendPacket}).  Never raises for a closed
+        connection.
         """
 
     def close(reason: str, reasonCode: int | None = None) -> None:

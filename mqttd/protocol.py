@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -131,6 +132,7 @@ class MQTTServerProtocol(Protocol):
         self.broker = broker
         self.listener = listener
         self.clock = clock
+        self._stats = broker.stats
         self.session: Session | None = None
         self.clientId: str | None = None
         self.protocolLevel = ProtocolLevel.MQTT_3_1_1
@@ -164,6 +166,7 @@ class MQTTServerProtocol(Protocol):
     # Connection life cycle
 
     def connectionMade(self) -> None:
+        self._stats.sockets += 1
         self._notePeer()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connectTimer = self.clock.callLater(
@@ -183,11 +186,14 @@ class MQTTServerProtocol(Protocol):
         self._connectTimer = self._keepaliveTimer = self._abortTimer = None
         # Also tells an authenticator's late answer that there is no one left to answer.
         self._closing = True
+        if self.clientId is None and reason.check(SSL.Error) is not None:
+            # The TLS layer around this protocol gave up before any MQTT got through.
+            self._stats.tlsHandshakeFailures += 1
         session = self.session
         if session is None:
             return
         self.session = None
-        self.broker.connectionLost(session, self, self._graceful)
+        self.broker.connectionLost(session, self, self._graceful, self._closeReason)
         self.log.info(
             "{clientId} from {address} disconnected: {reason}",
             clientId=self.clientId,
@@ -199,6 +205,8 @@ class MQTTServerProtocol(Protocol):
         if self._closing:
             return
         packets: list[Any]
+        stats = self._stats
+        stats.bytesReceived += len(data)
         try:
             packets = self._decoder.feed(data)
         except DecodeError as e:
@@ -209,6 +217,7 @@ class MQTTServerProtocol(Protocol):
             # Keepalive counts control packets [MQTT-3.1.2-24], so a peer
             # trickling one byte at a time cannot hold a connection open.
             return
+        stats.packetsReceived += len(packets)
         self._lastReceived = self.clock.seconds()
         if self._held is not None:
             self._held.extend(packets)
@@ -366,7 +375,13 @@ class MQTTServerProtocol(Protocol):
     def sendPacket(self, packet: Packet) -> None:
         data = self._encodeWithin(packet)
         if data is not None:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        stats = self._stats
+        stats.controlSent += 1
+        stats.controlBytesSent += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _encodeWithin(self, packet: Packet) -> bytes | None:
         """
@@ -394,6 +409,13 @@ class MQTTServerProtocol(Protocol):
         return None
 
     def writeSequence(self, chunks: Sequence[bytes]) -> None:
+        # Only PUBLISH and PUBREL come this way: counted by first byte, so type, QoS, DUP and
+        # RETAIN are told apart later at no cost now; the packet identifier and 5.0 properties
+        # between the first and last chunks are added up from elsewhere (mqttd.stats).
+        header = chunks[0][0]
+        stats = self._stats
+        stats.sentByHeader[header] += 1
+        stats.sentBytesByHeader[header] += len(chunks[0]) + len(chunks[-1])
         self.transport.writeSequence(chunks)  # type: ignore[union-attr]
 
     # IPushProducer: the transport tells us when its write buffer fills.
@@ -526,6 +548,7 @@ class MQTTServerProtocol(Protocol):
             # Gone while an authenticator was answering: nothing to attach to.
             return None
         if not isinstance(decision, Allow):
+            self._stats.authFailures += 1
             code = decision.code if isinstance(decision, Deny) else ConnackCode.NOT_AUTHORIZED
             why = decision.reason if isinstance(decision, Deny) else "no decision"
             if packet.username is not None and code in _LOGIN_REFUSALS and self._enhanced is None:
@@ -577,7 +600,7 @@ class MQTTServerProtocol(Protocol):
                 session.connection = self
                 self.close("CONNACK larger than the client's Maximum Packet Size")
                 return None
-            self.transport.write(connack)  # type: ignore[union-attr]
+            self._write(connack)
         else:
             session.maxInflight = self.broker.config.max_inflight
             # MQTT 3.1 has no Session Present flag; its CONNACK byte is reserved.
@@ -728,7 +751,7 @@ class MQTTServerProtocol(Protocol):
     def pingReceived(self, packet: Pingreq) -> None:
         if self.maxPacketSize != 1:
             # PINGRESP is 2 bytes: only a Maximum Packet Size of 1 is smaller [MQTT-3.1.2-24].
-            self.transport.write(PINGRESP)  # type: ignore[union-attr]
+            self._write(PINGRESP)
 
     def disconnectReceived(self, packet: Disconnect) -> None:
         if self.protocolLevel == ProtocolLevel.MQTT_5:

@@ -13,15 +13,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .codec import encode
-from .codec.packets import ProtocolLevel, Pubrel, ReasonCode, Will
+from .codec.packets import ProtocolLevel, ReasonCode, Will
 from .interfaces import IClientConnection, IMessageStore
 from .message import Message
+from .stats import DROP_EXPIRED, DROP_QUEUE_FULL, DROP_RECEIVE_DENIED, DROP_TOO_LARGE, Stats
 from .topics import SHARE_PREFIX, filter_matches
 
 WAIT_PUBACK = 1
 WAIT_PUBREC = 2
 WAIT_PUBCOMP = 3
+
+# PUBREL's fixed header; its packet identifier follows.  Written as two chunks like a PUBLISH's
+# prefix and payload, so the connection counts it as it counts those (mqttd.stats).
+PUBREL_HEADER = b"\x62\x02"
 
 # The Session Expiry Interval that means the session never expires (section 3.1.2.11.2).
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
@@ -38,17 +42,6 @@ class SessionError(Exception):
     def __init__(self, message: str, reasonCode: int = ReasonCode.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.reasonCode = reasonCode
-
-
-class Stats:
-    """Broker-wide counters the sessions add to."""
-
-    __slots__ = ("messagesDropped", "messagesReceived", "messagesRouted")
-
-    def __init__(self) -> None:
-        self.messagesDropped = 0
-        self.messagesReceived = 0
-        self.messagesRouted = 0
 
 
 class Outgoing:
@@ -236,13 +229,14 @@ class Session:
         if limit and len(prefix) + len(packetId) + len(block) + len(message.payload) > limit:
             # Never sent, and settled as if delivered [MQTT-3.1.2-24, MQTT-3.1.2-25].
             self.dropped += 1
-            self._stats.messagesDropped += 1
+            self._stats.drop(DROP_TOO_LARGE)
             if packetId:
                 sent = int.from_bytes(packetId, "big")
                 del self.inflight[sent]
                 if self.journal is not None:
                     self.journal.messageAcknowledged(self.clientId, sent)
             return
+        self._stats.propertyBytesSent[qos] += len(block)
         if alias and not known:
             # Only once sent: the client must have seen the topic its alias stands for.
             self.aliases[message.topic] = alias
@@ -254,12 +248,12 @@ class Session:
             pending = self.pending = deque()
         elif len(pending) >= self.maxQueued:
             self.dropped += 1
-            self._stats.messagesDropped += 1
+            self._stats.drop(DROP_QUEUE_FULL)
             return
         size = len(message.payload)
         if self.maxQueuedBytes and self.queuedBytes + size > self.maxQueuedBytes:
             self.dropped += 1
-            self._stats.messagesDropped += 1
+            self._stats.drop(DROP_QUEUE_FULL)
             return
         self.queuedBytes += size
         pending.append((message, qos, retain))
@@ -339,7 +333,7 @@ class Session:
     def _expired(self, message: Message, qos: int, retain: bool) -> None:
         # Never sent once its expiry interval has passed [MQTT-3.3.2-5].
         self.dropped += 1
-        self._stats.messagesDropped += 1
+        self._stats.drop(DROP_EXPIRED)
         if qos and self.journal is not None:
             # The store has no event for a queued message leaving unsent; sent then
             # acknowledged under an identifier not in use leaves it in that state.
@@ -384,6 +378,7 @@ class Session:
             self.pending = kept or None
         self.dropped += dropped
         self._stats.messagesDropped += dropped
+        self._stats.dropped[DROP_RECEIVE_DENIED] += dropped
         return dropped
 
     def resume(self, conn: IClientConnection) -> None:
@@ -400,7 +395,7 @@ class Session:
         # A copy: a re-send too large for a 5.0 client leaves the window [MQTT-3.1.2-25].
         for packetId, out in list(self.inflight.items()):
             if out.state == WAIT_PUBCOMP:
-                conn.writeSequence((encode(Pubrel(packetId)),))
+                conn.writeSequence((PUBREL_HEADER, packetId.to_bytes(2, "big")))
             elif self.mqtt5:
                 self._write5(
                     conn, out.message, out.qos, out.retain, True, packetId.to_bytes(2, "big")
@@ -453,7 +448,7 @@ class Session:
         a client that lost track after a reconnect can finish its flow.
         """
         if self.connection is not None:
-            self.connection.writeSequence((encode(Pubrel(packetId)),))
+            self.connection.writeSequence((PUBREL_HEADER, packetId.to_bytes(2, "big")))
 
     def pubrecRefused(self, packetId: int) -> None:
         """

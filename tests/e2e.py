@@ -214,7 +214,8 @@ def start_broker(
     **overrides: Any,
 ) -> RunningBroker:
     """
-    A fresh broker, C{BrokerConfig} defaults but for C{overrides}, on an ephemeral port.
+    A fresh broker, C{BrokerConfig} defaults but for C{overrides}, on an ephemeral port, with no
+    C{$SYS} tree unless C{sys_interval} is among them: other tests see only their own messages.
 
     @param listener: the listener's settings (its endpoint must be an ephemeral port).
     @param plugins: called in the reactor thread for the L{Broker}'s plugin keyword arguments
@@ -224,7 +225,8 @@ def start_broker(
 
     def setup() -> Deferred[RunningBroker]:
         extra = plugins() if plugins is not None else {}
-        broker = Broker(replace(BrokerConfig(), **overrides), reactor, **extra)
+        config = replace(BrokerConfig(), **{"sys_interval": 0, **overrides})
+        broker = Broker(config, reactor, **extra)
         factory = _TrackingFactory(broker, listener, reactor)
         d: Deferred[Any] = broker.start()
         d.addCallback(lambda _: serverFromString(reactor, listener.endpoint).listen(factory))

@@ -92,11 +92,14 @@ class World:
         """
         @param now: the clock's time when the broker starts, for a restart on a store that kept
             deadlines on an earlier broker's clock.
+        @param brokerOptions: L{BrokerConfig} fields; C{sys_interval} is 0 (no C{$SYS} timer or
+            messages) unless given.
         """
         self.clock = MemoryReactorClock()
         self.clock.advance(now)
         self.store = store if store is not None else MemoryStore()
-        self.broker = Broker(replace(BrokerConfig(), **brokerOptions), self.clock, self.store)
+        config = replace(BrokerConfig(), **{"sys_interval": 0, **brokerOptions})
+        self.broker = Broker(config, self.clock, self.store)
         self.broker.start()
         self.factory = MQTTServerFactory(self.broker, listener, self.clock)
 

@@ -1,5 +1,6 @@
 """
-The C{protocol = http} listener's site: the dashboard at C{/}, the REST API at C{/api/v1/}.
+The C{protocol = http} listener's site: the dashboard at C{/}, the REST API at C{/api/v1/},
+Prometheus' C{/metrics}.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mqttd.config import ListenerConfig
 from mqttd.http.api import HISTORY_INTERVAL, ApiResource, Management
 from mqttd.http.apikeys import ApiKeys
 from mqttd.http.auth import Guard
+from mqttd.http.metrics import ReactorLag, metricsResource
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 _TYPES = {
@@ -60,7 +62,10 @@ class DashboardFiles(Resource):
 
 
 class Root(Resource):
-    """C{/api} goes to the API, anything else to the dashboard's files."""
+    """
+    C{/api} goes to the API, C{/metrics} (a child put here) to Prometheus' endpoint, anything
+    else to the dashboard's files.
+    """
 
     def __init__(self, api: ApiResource, dashboard: Resource) -> None:
         super().__init__()
@@ -75,6 +80,25 @@ class Root(Resource):
         request.postpath.insert(0, path)
         request.prepath.pop()
         return self.dashboard
+
+
+class ProbingSite(Site):
+    """
+    A L{Site} that runs the reactor lag probe of C{/metrics} while it listens, so the probe
+    costs nothing on a broker without an HTTP listener.
+    """
+
+    def __init__(self, root: Resource, lag: ReactorLag) -> None:
+        super().__init__(root)
+        self.lag = lag
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.lag.start()
+
+    def stopFactory(self) -> None:
+        self.lag.stop()
+        super().stopFactory()
 
 
 def makeHttpSite(
@@ -96,7 +120,12 @@ def makeHttpSite(
         listener.name,
         secure=listener.certificate is not None or listener.endpoint.startswith("ssl:"),
     )
-    site = Site(Root(ApiResource(management, guard), DashboardFiles()))
+    root = Root(ApiResource(management, guard), DashboardFiles())
+    lag = ReactorLag(clock)
+    # Open as every Prometheus exporter is (scrapers rarely hold credentials): it tells counts,
+    # never a client id or a topic.
+    root.putChild(b"metrics", metricsResource(broker, lag, clock))
+    site = ProbingSite(root, lag)
     site.displayTracebacks = False
     sampler = TimerService(HISTORY_INTERVAL, management.sample)
     sampler.clock = clock

@@ -1,0 +1,298 @@
+"""
+C{/metrics}: the broker's numbers in Prometheus' text exposition format,
+through C{prometheus_client}'s own Twisted resource (which also answers
+OpenMetrics and gzip to scrapers that ask).
+
+That resource collects on a thread of the reactor's pool, while the broker's
+state may only be read in the reactor thread: L{BrokerCollector} takes one
+snapshot of the counters (L{mqttd.stats.Stats}, the same that C{$SYS}
+publishes) and of the broker's state there, then builds the metric families
+from it on the pool's thread.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.twisted import MetricsResource
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import blockingCallFromThread
+from twisted.python.threadable import isInIOThread
+from twisted.web.resource import IResource
+
+from .. import __version__
+from ..stats import ACL_ACTIONS, DROP_CAUSES
+from ..sys import BrokerState
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from ..broker import Broker
+
+# How often the reactor lag probe asks to be called back, in seconds.
+LAG_PROBE_INTERVAL = 1.0
+
+
+class ReactorLag:
+    """
+    How late the reactor runs a timer: every L{LAG_PROBE_INTERVAL} a call is
+    scheduled, and how much later than asked it ran is the time every other
+    event (a packet, a timer) waited behind the work in front of it.
+
+    @ivar last: the lag of the latest probe, seconds.
+    @ivar highest: the largest lag since the last scrape, seconds.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self.last = 0.0
+        self.highest = 0.0
+        self._expected = 0.0
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self._probe)
+        self._loop.clock = self.reactor
+        self._expected = self.reactor.seconds()
+        self._loop.start(LAG_PROBE_INTERVAL, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _probe(self) -> None:
+        now = self.reactor.seconds()
+        self.last = max(0.0, now - self._expected)
+        self.highest = max(self.highest, self.last)
+        self._expected = now + LAG_PROBE_INTERVAL
+
+    def takeHighest(self) -> float:
+        """The largest lag since the last call, which starts a new period."""
+        highest, self.highest = self.highest, self.last
+        return highest
+
+
+class BrokerCollector(Collector):
+    """The broker's metrics, for a C{prometheus_client} registry."""
+
+    def __init__(self, broker: Broker, lag: ReactorLag, reactor: Any) -> None:
+        self.broker = broker
+        self.lag = lag
+        self.reactor = reactor
+
+    def collect(self) -> Iterator[Metric]:
+        if isInIOThread():
+            snapshot = self.snapshot()
+        else:
+            snapshot = blockingCallFromThread(self.reactor, self.snapshot)
+        return iter(self.families(snapshot))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the metrics report, copied in the reactor thread."""
+        broker = self.broker
+        stats = broker.stats
+        connections: Counter[tuple[str, int]] = Counter()
+        for clientId, session in broker.sessions.items():
+            conn = session.connection
+            if conn is not None:
+                client = broker.clients.get(clientId)
+                listener = client.listener if client is not None else ""
+                connections[(listener, int(conn.protocolLevel))] += 1
+        flush = stats.storeFlush
+        return {
+            "state": BrokerState.of(broker),
+            "connections": connections,
+            "publishReceived": list(stats.publishReceived),
+            "publishPayloadReceived": list(stats.publishPayloadReceived),
+            "otherReceived": stats.otherReceived,
+            "publishSent": [stats.publishSentAt(qos) for qos in (0, 1, 2)],
+            "publishBytesSent": [stats.publishBytesSentAt(qos) for qos in (0, 1, 2)],
+            "packetsReceived": stats.packetsReceived,
+            "packetsSent": stats.messagesSent,
+            "bytesReceived": stats.bytesReceived,
+            "bytesSent": stats.bytesSent,
+            "routed": stats.messagesRouted,
+            "selected": stats.selectedDeliveries,
+            "dropped": stats.messagesDropped,
+            "droppedBy": list(stats.dropped),
+            "sockets": stats.sockets,
+            "connects": stats.connects,
+            "authFailures": stats.authFailures,
+            "aclDenied": list(stats.aclDenied),
+            "tlsHandshakeFailures": stats.tlsHandshakeFailures,
+            "expired": stats.clientsExpired,
+            "flush": (flush.cumulative(), flush.total),
+            "lag": self.lag.last,
+            "lagHighest": self.lag.takeHighest(),
+            "uptime": broker.clock.seconds() - broker.startedAt,
+        }
+
+    def families(self, s: dict[str, Any]) -> list[Metric]:
+        """The metric families of a L{snapshot}."""
+        state: BrokerState = s["state"]
+        families: list[Metric] = []
+
+        def counter(name: str, doc: str, value: float) -> None:
+            families.append(CounterMetricFamily(name, doc, value=value))
+
+        def gauge(name: str, doc: str, value: float) -> None:
+            families.append(GaugeMetricFamily(name, doc, value=value))
+
+        def byQos(family: CounterMetricFamily, values: list[int]) -> None:
+            for qos, value in enumerate(values):
+                family.add_metric([str(qos)], value)
+            families.append(family)
+
+        info = GaugeMetricFamily("mqttd_info", "The broker's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        families.append(info)
+
+        connected = GaugeMetricFamily(
+            "mqttd_connections",
+            "Connected MQTT clients, by listener and protocol level (3 = 3.1, 4 = 3.1.1, 5 = 5.0).",
+            labels=["listener", "protocol_level"],
+        )
+        for (listener, level), n in sorted(s["connections"].items()):
+            connected.add_metric([listener, str(level)], n)
+        families.append(connected)
+        sessions = GaugeMetricFamily(
+            "mqttd_sessions", "Sessions, by whether their client is connected.", labels=["state"]
+        )
+        sessions.add_metric(["online"], state.connected)
+        sessions.add_metric(["offline"], state.sessions - state.connected)
+        families.append(sessions)
+        counter("mqttd_sockets_accepted", "Connections accepted by MQTT listeners.", s["sockets"])
+        counter("mqttd_connects_accepted", "CONNECTs accepted.", s["connects"])
+        counter("mqttd_sessions_expired", "Persistent sessions ended by expiry.", s["expired"])
+
+        byQos(
+            CounterMetricFamily(
+                "mqttd_messages_received", "PUBLISH packets received, by QoS.", labels=["qos"]
+            ),
+            s["publishReceived"],
+        )
+        counter(
+            "mqttd_messages_received_other",
+            "Messages received other than as MQTT PUBLISH: from MQTT-SN clients, the HTTP API.",
+            s["otherReceived"],
+        )
+        byQos(
+            CounterMetricFamily(
+                "mqttd_messages_received_payload_bytes",
+                "Payload bytes of the PUBLISH packets received, by QoS.",
+                labels=["qos"],
+            ),
+            s["publishPayloadReceived"],
+        )
+        byQos(
+            CounterMetricFamily(
+                "mqttd_messages_sent",
+                "PUBLISH packets sent (deliveries to subscribers), by QoS.",
+                labels=["qos"],
+            ),
+            s["publishSent"],
+        )
+        byQos(
+            CounterMetricFamily(
+                "mqttd_messages_sent_bytes",
+                "Bytes of the PUBLISH packets sent, by QoS.",
+                labels=["qos"],
+            ),
+            s["publishBytesSent"],
+        )
+        counter(
+            "mqttd_packets_received", "MQTT packets received, of every type.", s["packetsReceived"]
+        )
+        counter("mqttd_packets_sent", "MQTT packets sent, of every type.", s["packetsSent"])
+        counter("mqttd_received_bytes", "Bytes received on MQTT connections.", s["bytesReceived"])
+        counter("mqttd_sent_bytes", "Bytes sent on MQTT connections.", s["bytesSent"])
+        counter("mqttd_messages_routed", "Messages routed to subscribers.", s["routed"])
+        counter(
+            "mqttd_selector_deliveries",
+            "Recipients the subscriber selectors (virtual groups, direct messages) named.",
+            s["selected"],
+        )
+        dropped = CounterMetricFamily(
+            "mqttd_messages_dropped", "Messages dropped, by cause.", labels=["cause"]
+        )
+        for cause, n in zip(DROP_CAUSES, s["droppedBy"], strict=True):
+            dropped.add_metric([cause], n)
+        # Plugins drop for reasons of their own, which only the total counts.
+        dropped.add_metric(["other"], s["dropped"] - sum(s["droppedBy"]))
+        families.append(dropped)
+
+        gauge("mqttd_retained_messages", "Retained messages.", state.retained)
+        subscriptions = GaugeMetricFamily(
+            "mqttd_subscriptions", "Subscriptions, by kind.", labels=["kind"]
+        )
+        subscriptions.add_metric(["plain"], state.subscriptions)
+        subscriptions.add_metric(["shared"], state.sharedSubscriptions)
+        families.append(subscriptions)
+        gauge("mqttd_queued_messages", "Messages queued for sessions.", state.queued)
+        gauge("mqttd_queued_bytes", "Payload bytes of the messages queued.", state.queuedBytes)
+        gauge(
+            "mqttd_inflight_messages",
+            "QoS 1 and 2 deliveries not yet acknowledged.",
+            state.inflight,
+        )
+
+        counter("mqttd_auth_failures", "CONNECTs the authenticators refused.", s["authFailures"])
+        denied = CounterMetricFamily(
+            "mqttd_acl_denials", "Requests the ACL refused, by action.", labels=["action"]
+        )
+        for action, n in zip(ACL_ACTIONS, s["aclDenied"], strict=True):
+            denied.add_metric([action], n)
+        families.append(denied)
+        counter(
+            "mqttd_tls_handshake_failures",
+            "Connections to mqttd-managed TLS listeners whose handshake failed.",
+            s["tlsHandshakeFailures"],
+        )
+
+        buckets, total = s["flush"]
+        flush = HistogramMetricFamily(
+            "mqttd_store_flush_seconds",
+            "Time from a flush request to the store's commit, for acknowledgements that waited.",
+        )
+        flush.add_metric(
+            [],
+            buckets=[("+Inf" if bound == float("inf") else str(bound), n) for bound, n in buckets],
+            sum_value=total,
+        )
+        families.append(flush)
+
+        gauge(
+            "mqttd_reactor_lag_seconds",
+            "How late the reactor ran its latest timer: what every event waited behind others.",
+            s["lag"],
+        )
+        gauge(
+            "mqttd_reactor_lag_max_seconds",
+            "The largest reactor lag since the previous scrape.",
+            s["lagHighest"],
+        )
+        gauge("mqttd_uptime_seconds", "Seconds since the broker started.", s["uptime"])
+        return families
+
+
+def metricsResource(broker: Broker, lag: ReactorLag, reactor: IReactorTime) -> IResource:
+    """
+    C{prometheus_client}'s Twisted resource over a registry of the broker's
+    metrics and this process's (CPU, memory, file descriptors).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(broker, lag, reactor))
+    ProcessCollector(registry=registry)
+    resource: IResource = MetricsResource(registry)
+    return resource
