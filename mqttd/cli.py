@@ -22,7 +22,7 @@ from contextlib import closing
 from dataclasses import replace
 from typing import Any
 
-from mqttd import ctl
+from mqttd import __version__, ctl
 from mqttd.config import ConfigError, load_config
 from mqttd.plugin_loader import pluginPackage
 from mqttd.store import StoreError
@@ -54,41 +54,78 @@ def _passwd(args: argparse.Namespace) -> int:
                 print("mqttd passwd: -b needs the password on the command line", file=sys.stderr)
                 return 1
         elif password is None:
-            password = getpass.getpass("Password: ")
-            if getpass.getpass("Reenter password: ") != password:
-                print("mqttd passwd: passwords do not match", file=sys.stderr)
+            password = _askPassword("mqttd passwd")
+            if password is None:
                 return 1
         hashed = pw.hashPassword(password.encode("utf-8"), args.iterations)
         kept.append(f"{args.user}:{hashed.encode()}")
-    _replace(args.file, "".join(line + "\n" for line in kept))
+    return _write("mqttd passwd", args.file, kept)
+
+
+def _askPassword(command: str) -> str | None:
+    """
+    The password typed twice at the terminal; L{None}, said why on stderr, when the two differ
+    or input ends first (a script piping nothing in gets a message, not a traceback).
+    """
+    try:
+        password = getpass.getpass("Password: ")
+        again = getpass.getpass("Reenter password: ")
+    except EOFError:
+        print(f"\n{command}: no password given (end of input)", file=sys.stderr)
+        return None
+    if again != password:
+        print(f"{command}: passwords do not match", file=sys.stderr)
+        return None
+    return password
+
+
+def _write(command: str, path: str, lines: Sequence[str]) -> int:
+    try:
+        _replace(path, "".join(line + "\n" for line in lines))
+    except OSError as e:
+        print(f"{command}: cannot write {path}: {e.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _scram(args: argparse.Namespace) -> int:
     pluginPackage()
     scram = importlib.import_module("mqttd.plugins.scram")
-    if ":" in args.user or not args.user:
+    if args.action != "list" and (":" in args.user or not args.user):
         print("mqttd scram: a user name cannot be empty or hold ':'", file=sys.stderr)
         return 1
     lines: list[str] = []
-    if os.path.exists(args.file):
+    if os.path.exists(args.file) or args.action != "add":
         try:
             with open(args.file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+                text = f.read()
+            # Checked whole, so a damaged file is reported rather than rewritten or listed in part.
+            users = scram.parseScramFile(text)
         except OSError as e:
             print(f"mqttd scram: cannot read {args.file}: {e.strerror}", file=sys.stderr)
             return 1
+        except scram.ScramFileError as e:
+            print(f"mqttd scram: {args.file}: {e}", file=sys.stderr)
+            return 1
+        lines = text.splitlines()
+        if args.action == "list":
+            for user in users:
+                print(user)
+            return 0
+    kept = [line for line in lines if line.partition(":")[0] != args.user]
+    if args.action == "delete":
+        if len(kept) == len(lines):
+            print(f"mqttd scram: user {args.user} not found", file=sys.stderr)
+            return 1
+        return _write("mqttd scram", args.file, kept)
     password = args.password
     if password is None:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Reenter password: ") != password:
-            print("mqttd scram: passwords do not match", file=sys.stderr)
+        password = _askPassword("mqttd scram")
+        if password is None:
             return 1
-    kept = [line for line in lines if line.partition(":")[0] != args.user]
     credential = scram.makeCredential(password.encode("utf-8"), args.iterations)
     kept.append(f"{args.user}:{credential.encode()}")
-    _replace(args.file, "".join(line + "\n" for line in kept))
-    return 0
+    return _write("mqttd scram", args.file, kept)
 
 
 def _scramParser(commands: Any) -> None:
@@ -112,6 +149,15 @@ def _scramParser(commands: Any) -> None:
     add.add_argument("file", metavar="FILE")
     add.add_argument("user", metavar="USER")
     add.add_argument("password", metavar="PASSWORD", nargs="?", help="prompted for when absent")
+    listing = actions.add_parser(
+        "list", help="list the users", description="Print the users of FILE, one a line."
+    )
+    listing.add_argument("file", metavar="FILE")
+    delete = actions.add_parser(
+        "delete", help="delete a user", description="Delete USER from FILE."
+    )
+    delete.add_argument("file", metavar="FILE")
+    delete.add_argument("user", metavar="USER")
 
 
 def _replace(path: str, text: str) -> None:
@@ -142,25 +188,34 @@ def _isBrokerStore(path: str, groupsApplication: int) -> bool:
     return bool(application != groupsApplication and version > 0)
 
 
-def _openGroups(args: argparse.Namespace, vg: Any) -> tuple[sqlite3.Connection, Any]:
+def _groupsFile(args: argparse.Namespace, vg: Any) -> tuple[str, bool]:
     """
-    The database holding the groups, open, and the module that reads (C{readGroups}) and writes
-    (C{writeGroups}) them there: the broker's SQLite store when the configuration selects it
+    Where the groups are: the broker's SQLite store when the configuration selects it
     (C{[store] plugin = sqlite}) or C{--file} names one, else the virtual groups plugin's file.
+
+    @return: the path, and whether it is a broker's store.
     """
-    storeModule: Any = importlib.import_module("mqttd.plugins.sqlite_store")
     if args.file is not None:
         path = str(args.file)
-        inStore = _isBrokerStore(path, vg.APPLICATION_ID)
-    else:
-        config = load_config(args.config)
-        inStore = config.storePlugin == "sqlite"
-        section, default = ("sqlite", "mqttd.db") if inStore else ("virtual_groups", "groups.db")
-        path = config.pluginSections.get(section, {}).get("path", default).strip()
-        path = os.path.join(config.configDirectory, os.path.expanduser(path))
+        return path, _isBrokerStore(path, vg.APPLICATION_ID)
+    config = load_config(args.config)
+    inStore = config.storePlugin == "sqlite"
+    section, default = ("sqlite", "mqttd.db") if inStore else ("virtual_groups", "groups.db")
+    path = config.pluginSections.get(section, {}).get("path", default).strip()
+    path = os.path.join(config.configDirectory, os.path.expanduser(path))
+    if args.action != "list":
         # As the broker does on start: the command may come first, on a fresh installation.
         os.makedirs(os.path.dirname(os.path.normpath(path)), exist_ok=True)
+    return path, inStore
+
+
+def _openGroups(path: str, inStore: bool, vg: Any) -> tuple[sqlite3.Connection, Any]:
+    """
+    The database at C{path}, open, and the module that reads (C{readGroups}) and writes
+    (C{writeGroups}) groups there.
+    """
     if inStore:
+        storeModule: Any = importlib.import_module("mqttd.plugins.sqlite_store")
         return storeModule.openDatabase(path), storeModule
     return vg.openGroupDatabase(path), vg
 
@@ -169,7 +224,19 @@ def _groups(args: argparse.Namespace) -> int:
     pluginPackage()
     vg: Any = importlib.import_module("mqttd.plugins.virtual_groups")
     try:
-        db, layout = _openGroups(args, vg)
+        path, inStore = _groupsFile(args, vg)
+        if args.action == "list" and not os.path.exists(path):
+            # Looking must not create the file (nor a store) a broker would then find.
+            if args.name is not None:
+                raise vg.GroupError(f"no group {args.name!r}")
+            return 0
+        # Checked before the file is opened, so a typo creates nothing.
+        members = (
+            dict(vg.parseMember(m, args.qos) for m in args.members)
+            if args.action in ("create", "add")
+            else {}
+        )
+        db, layout = _openGroups(path, inStore, vg)
         with closing(db):
             groups = layout.readGroups(db)
             existing = groups.get(args.name) if args.name is not None else None
@@ -192,15 +259,14 @@ def _groups(args: argparse.Namespace) -> int:
                     raise vg.GroupError(f"group {args.name!r} exists")
                 group = vg.makeGroup(
                     args.name,
-                    dict(vg.parseMember(m, args.qos) for m in args.members),
+                    members,
                     byUsername=args.by == "username",
                     topic=args.topic,
                     echo=args.echo,
                 )
             elif args.action == "add":
                 base = existing if existing is not None else vg.makeGroup(args.name)
-                added = dict(vg.parseMember(m, args.qos) for m in args.members)
-                group = replace(base, members={**base.members, **added})
+                group = replace(base, members={**base.members, **members})
             else:
                 if existing is None:
                     raise vg.GroupError(f"no group {args.name!r}")
@@ -336,6 +402,7 @@ def _apikeyParser(commands: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqttd", description="mqttd administration")
+    parser.add_argument("--version", action="version", version=f"mqttd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     passwd = commands.add_parser(
         "passwd",
@@ -359,6 +426,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _apikeyParser(commands)
     ctl.addParser(commands)
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        # Interrupted at a prompt: nothing was written.
+        print(file=sys.stderr)
+        return 130
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "apikey":
         return _apikey(args)
     if args.command == "ctl":
@@ -366,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "groups":
         return _groups(args)
     if args.command == "scram":
-        if args.iterations < 1:
+        if args.action == "add" and args.iterations < 1:
             parser.error("--iterations must be positive")
         return _scram(args)
     if args.iterations < 1:

@@ -121,7 +121,13 @@ def parseMember(text: str, qos: int = 2) -> tuple[str, int]:
     C{member} or C{member:QOS} (a trailing C{:0}, C{:1} or C{:2} is the member's highest QoS).
     """
     name, colon, suffix = text.strip().rpartition(":")
-    if colon and suffix in ("0", "1", "2"):
+    if colon and suffix.isdigit():
+        # Any number there was meant as a QoS: a member named "carol:7" would be a typo's result.
+        if suffix not in ("0", "1", "2"):
+            raise GroupError(
+                f"member {text.strip()!r}: QoS {suffix} is not 0, 1 or 2"
+                " (a name ending in :N is written NAME:N:QOS)"
+            )
         return checkName("member", name), int(suffix)
     return checkName("member", text.strip()), qos
 
