@@ -107,8 +107,9 @@ class Writer(Generic[Op]):
         self._apply = apply
         self._sync = sync
         self._flushInterval = flushInterval
+        # Started on first use, which is the broker's start-up: a thread started when the store
+        # was built would not survive twistd's fork into the background.
         self._pool = ThreadPool(1, 1, name=name)
-        self._pool.start()
         self._ops: list[Op] = []
         # Waiting for the batch being recorded, and for the one committing.
         self._waiters: list[Deferred[None]] = []
@@ -118,6 +119,8 @@ class Writer(Generic[Op]):
 
     def call(self, f: Callable[..., T], *args: object) -> Deferred[T]:
         """Run C{f(*args)} on the writer thread, after every batch handed over so far."""
+        if not self._pool.started:
+            self._pool.start()
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def record(self, op: Op) -> None:

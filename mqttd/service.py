@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
+    IPushProducer,
     IReactorCore,
     IReactorFromThreads,
     IReactorTime,
@@ -26,7 +28,6 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mqttd.broker import Broker
 from mqttd.config import Config, ConfigError, ListenerConfig
@@ -67,46 +68,137 @@ def _layers(listener: ListenerConfig) -> str:
     return layers
 
 
-@implementer(IStreamServerEndpoint)
-class _AnnouncingEndpoint:
+class ListenerError(Exception):
     """
-    An endpoint that logs the address it actually bound, which with C{tcp:0} or a systemd socket
-    is the only place an operator can learn it.
+    A listener could not be opened: its port is taken, its interface does not exist, ...
+
+    Its text is the one line an operator needs: the listener, its endpoint and the OS error.
+    """
+
+    def __init__(self, listener: ListenerConfig, why: str) -> None:
+        super().__init__(f"listener {listener.name} cannot listen on {listener.endpoint}: {why}")
+        self.listener = listener
+        self.why = why
+
+
+def _osError(failure: Failure) -> str:
+    # CannotListenError's own text repeats the address and ends in a full stop; the socket
+    # error underneath is what the operator acts on.
+    error = failure.value
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        error = error.socketError
+    return str(error) or type(error).__name__
+
+
+class ListenerService(Service):
+    """
+    One listener: bound when privileged start-up runs, so that a port that cannot be opened
+    stops start-up, but accepting connections only once L{accept} is called, after the broker
+    has restored its store.  Meanwhile the kernel queues connecting clients in the backlog.
+
+    @ivar port: the bound port, once bound.
     """
 
     log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, listener: ListenerConfig) -> None:
-        self._endpoint = endpoint
-        self._listener = listener
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        failed: Callable[[ListenerError], None],
+    ) -> None:
+        self.listener = listener
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._failed = failed
+        self._accepting = False
+        self._listening: Deferred[IListeningPort] | None = None
+        self.setName(listener.name)
 
-    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        d = self._endpoint.listen(protocolFactory)
-        d.addCallback(self._announce)
-        return d
+    def bind(self) -> None:
+        """
+        Open the listener, paused.
 
-    def _announce(self, port: IListeningPort) -> IListeningPort:
+        @raise ListenerError: the endpoint failed at once, as every shipped endpoint type
+            (tcp, ssl, unix, systemd) does; a later failure goes to C{failed} instead.
+        """
+        if self._listening is not None:
+            return
+        raisedNow: list[ListenerError] = []
+
+        def failed(failure: Failure) -> None:
+            if failure.check(CancelledError):
+                return
+            error = ListenerError(self.listener, _osError(failure))
+            if self._listening is None:
+                raisedNow.append(error)
+            else:
+                self._failed(error)
+
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._bound, failed)
+        if raisedNow:
+            raise raisedNow[0]
+        self._listening = d
+
+    def _bound(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        if not self._accepting:
+            producer = IPushProducer(port, None)
+            if producer is not None:
+                producer.pauseProducing()
+        listener = self.listener
         self.log.info(
             "mqttd listener {name} on {address} ({endpoint}{layers}),"
             " anonymous clients {anonymous}",
-            name=self._listener.name,
+            name=listener.name,
             address=_describe(port.getHost()),
-            endpoint=self._listener.endpoint,
-            layers=_layers(self._listener),
-            anonymous="allowed" if self._listener.allow_anonymous else "refused",
+            endpoint=listener.endpoint,
+            layers=_layers(listener),
+            anonymous="allowed" if listener.allow_anonymous else "refused",
         )
         return port
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self.bind()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.bind()
+
+    def accept(self) -> None:
+        """Start accepting connections."""
+        self._accepting = True
+        producer = IPushProducer(self.port, None)
+        if producer is not None:
+            producer.resumeProducing()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        listening, self._listening = self._listening, None
+        self.port = None
+        if listening is None:
+            return succeed(None)
+        listening.cancel()
+        return listening.addCallback(self._stopListening)
+
+    def _stopListening(self, port: IListeningPort | None) -> Deferred[None] | None:
+        # None: a failed or cancelled listen, already reported, left no port.
+        return None if port is None else port.stopListening()
 
 
 class BrokerService(MultiService):
     """
     Owns the broker and the listeners feeding it.
 
-    The listeners start (and bind) only once the broker has restored its store, which with a
-    durable store finishes on a thread after the reactor runs: no connection ever reaches a
-    broker whose sessions and retained messages are not back yet.  They stop before the broker,
-    which then closes its store.  Binding after start-up means a port below 1024 needs the
-    capability to bind it (or systemd socket activation), not root at start-up only.
+    The listeners bind at start-up, so that one that cannot be opened stops it (L{ListenerError}),
+    but accept connections only once the broker has restored its store, which with a durable
+    store finishes on a thread after the reactor runs: no connection ever reaches a broker whose
+    sessions and retained messages are not back yet.  The other services (bridges, samplers)
+    start then too.  Everything stops before the broker, which then closes its store.
     """
 
     log = Logger()
@@ -122,13 +214,21 @@ class BrokerService(MultiService):
         # Plugins told when the broker starts and stops.
         self.brokerAware: list[IBrokerAware] = []
         self._previousHangup: Any = None
-        self._listening = False
 
     def privilegedStartService(self) -> None:
-        # The listeners bind in _restored instead.
+        # Binding here, before twistd sheds privileges, is what lets --uid run a broker on 1883
+        # (or 8883) without root; the listeners accept only once the store is restored.
         Service.privilegedStartService(self)
+        self._bind()
+
+    def _bind(self) -> None:
+        for listening in self:
+            if isinstance(listening, ListenerService):
+                listening.bind()
 
     def startService(self) -> None:
+        # An application that never ran privilegedStartService binds here.
+        self._bind()
         Service.startService(self)
         for plugin in self.brokerAware:
             plugin.attach(self.broker)
@@ -143,26 +243,40 @@ class BrokerService(MultiService):
         # With the memory store this runs inside startService.
         if not self.running:
             return
-        self._listening = True
-        for listener in self:
-            listener.startService()
+        for listening in self:
+            listening.startService()
+            if isinstance(listening, ListenerService):
+                listening.accept()
 
     def _restoreFailed(self, failure: Failure) -> None:
         # A broker without its sessions would tell returning clients they have none; stop.
         self.log.failure("mqttd cannot start: its store could not be restored", failure)
+        self._stopReactor()
+
+    def _listenerFailed(self, error: ListenerError) -> None:
+        # An endpoint that failed after start-up returned (one that listens asynchronously):
+        # the same one line, and the broker stops rather than run without the listener.
+        self.log.critical("mqttd cannot start: {error}", error=str(error))
+        self._stopReactor()
+
+    def _stopReactor(self) -> None:
         core = IReactorCore(self.reactor, None)
         if core is not None:
             core.stop()
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[Any]:
         if self._previousHangup is not None:
             signal.signal(signal.SIGHUP, self._previousHangup)
             self._previousHangup = None
-        if self._listening:
-            d: Deferred[None] = super().stopService()
-        else:
-            Service.stopService(self)
-            d = succeed(None)
+        Service.stopService(self)
+        # Every listener stops, started or only bound, and every other service that started,
+        # in reverse order as MultiService does, before the broker closes its store.
+        stopping = [
+            maybeDeferred(child.stopService)
+            for child in reversed(list(self))
+            if child.running or isinstance(child, ListenerService)
+        ]
+        d: Deferred[Any] = DeferredList(stopping)
         d.addCallback(lambda _: self.broker.stop())
         d.addCallback(self._detach)
         return d
@@ -286,7 +400,7 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             sn.setName(listener.name)
             sn.setServiceParent(service)
             continue
-        endpoint = _AnnouncingEndpoint(serverFromString(reactor, listener.endpoint), listener)
+        endpoint = serverFromString(reactor, listener.endpoint)
         served: IProtocolFactory
         if listener.protocol == "http":
             # Imported only when configured: a broker without one loads nothing of twisted.web.
@@ -313,12 +427,9 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             ) from None
         if tls is not None:
             service.tls[listener.name] = tls
-        listening = StreamServerEndpointService(endpoint, factory)
-        # As twisted.application.strports.service does: a port that cannot be bound fails the
-        # start-up instead of being logged while the broker runs without that listener.
-        listening._raiseSynchronously = True
-        listening.setName(listener.name)
-        listening.setServiceParent(service)
+        ListenerService(listener, endpoint, factory, service._listenerFailed).setServiceParent(
+            service
+        )
     if config.bridges:
         # Imported only when configured, as most brokers have no bridge.
         from mqttd.bridge.bridge import Bridge, BridgeService

@@ -4,11 +4,15 @@ C{twistd mqttd}: command-line options and the service they build.
 
 from __future__ import annotations
 
-from twisted.application.service import IService
+import contextlib
+import os
+from typing import NoReturn
+
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from mqttd.config import ConfigError, default_config, load_config
-from mqttd.service import makeBrokerService
+from mqttd.service import ListenerError, makeBrokerService
 
 
 class Options(usage.Options):
@@ -29,6 +33,46 @@ class Options(usage.Options):
     ]
 
 
+class _OneLineStartup(MultiService):
+    """
+    The broker service as twistd runs it: a listener that cannot be opened ends start-up with
+    exit status 1 and one line instead of a traceback.
+
+    twistd handles only an L{Exception} from start-up, printing its traceback; a L{SystemExit}
+    is printed as its one line (to the log, once twistd has redirected standard error), but
+    twistd then neither removes the pid file nor, daemonized, answers its waiting parent, which
+    would wait forever.  So both are done here, as twistd does them for an exception.
+
+    @ivar twistd: twistd's own options (C{nodaemon}, C{pidfile}, C{statusPipe}), when run by it.
+    """
+
+    def __init__(self, twistd: usage.Options | None) -> None:
+        super().__init__()
+        self.twistd = twistd
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenerError as e:
+            self._failed(e)
+
+    def _failed(self, error: ListenerError) -> NoReturn:
+        line = f"twistd mqttd: {error}"
+        if self.twistd is not None:
+            statusPipe = self.twistd.get("statusPipe")
+            if statusPipe is not None:
+                # The parent reads 100 bytes, "1 " and its message, and prints that message.
+                message = f"1 listener {error.listener.name}: {error.why}"
+                os.write(statusPipe, message.encode()[:100])
+                os.close(statusPipe)
+                self.twistd["statusPipe"] = None
+            pidfile = self.twistd.get("pidfile")
+            if pidfile:
+                with contextlib.suppress(OSError):
+                    os.unlink(pidfile)
+        raise SystemExit(line)
+
+
 def makeService(options: Options) -> IService:
     """
     Build the broker service described by C{options}.
@@ -44,6 +88,9 @@ def makeService(options: Options) -> IService:
     try:
         config = default_config() if path is None else load_config(path)
         # Plugins are found and built here, so a misnamed one or a bad option stops start-up too.
-        return makeBrokerService(config, reactor)
+        service = makeBrokerService(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"twistd mqttd: {e}") from None
+    startup = _OneLineStartup(getattr(options, "parent", None))
+    service.setServiceParent(startup)
+    return startup

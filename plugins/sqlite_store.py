@@ -28,6 +28,7 @@ Options (C{[plugin:sqlite]}):
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -324,6 +325,7 @@ class SQLiteStore:
     ) -> None:
         self.path = path
         self._db = openDatabase(path)
+        self._openedBy = os.getpid()
         self._nextId = 1
         # Read here, before the writer thread owns the connection: the
         # routing asks for groups synchronously from the first message on.
@@ -381,6 +383,14 @@ class SQLiteStore:
     # IMessageStore
 
     def restore(self) -> Deferred[StoredState]:
+        if os.getpid() != self._openedBy:
+            # twistd forked into the background since the file was opened and checked: SQLite's
+            # locks stay with the parent, so the child must not use that connection (another
+            # process could then take the database for unused and drop its WAL).  It is left
+            # unclosed, as closing could touch those files too.  Reopened before the writer
+            # thread, or anything else, uses the database in this process.
+            self._db = openDatabase(self.path)
+            self._openedBy = os.getpid()
         return self._writer.call(self._read).addCallback(self._restored)
 
     def _restored(self, rows: dict[str, list[Any]]) -> StoredState:
