@@ -138,6 +138,14 @@ class SNClient:
         self._unread = packets[1:]
         return suback
 
+    def publishAfterRegister(self) -> sn.Publish:
+        """The next PUBLISH, acknowledging the REGISTER the gateway sends before it."""
+        register = self.one(sn.Register)
+        self.send(sn.Regack(register.topic_id, register.msg_id, 0))
+        publish: sn.Publish = self.one(sn.Publish)
+        assert publish.topic_id == register.topic_id, (register, publish)
+        return publish
+
     def publishes(self) -> list[sn.Publish]:
         return [p for p in self.read() if isinstance(p, sn.Publish)]
 

@@ -7,6 +7,7 @@ those of the MQTT-SN 1.2 specification.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from zope.interface import implementer
@@ -588,3 +589,22 @@ def _message(topic: str, payload: bytes, qos: int, retain: bool = False) -> Any:
     from mqttd.message import Message
 
     return Message(topic, payload, qos, retain)
+
+
+def test_virtual_group_reaches_sn_client(tmp_path: Path) -> None:
+    """
+    The virtual groups plugin selects SN clients like any session: a message an MQTT client
+    sends to $group/NAME/... reaches the SN member (its topic registered on delivery).
+    """
+    from tests.test_virtual_groups import build
+
+    world = SNWorld()
+    plugin = build(tmp_path, {"group.sensors": "s1:1"})
+    world.broker.selectors = (plugin,)
+    client = world.snConnect("s1")
+    world.connect("controller").send(Publish("$group/sensors/reset", b"now", 1, packet_id=1))
+    publish = client.publishAfterRegister()
+    assert (publish.payload, publish.qos) == (b"now", 1)
+    assert world.gateway.clients[client.address].topicIds.name(publish.topic_id) == (
+        "$group/sensors/reset"
+    )
