@@ -698,9 +698,14 @@ class Broker:
         )
         if not cleanSession:
             session.journal = self.store
+        if self.observers:
+            session.acknowledged = self._acknowledged
         session.now = self.clock.seconds
         self.sessions[clientId] = session
         return session
+
+    def _acknowledged(self, clientId: str, message: Message, qos: int) -> None:
+        self._notify("messageAcknowledged", clientId, message, qos)
 
     def _discardSession(self, session: Session) -> None:
         for topicFilter in session.subscriptions:
@@ -1335,17 +1340,21 @@ class Broker:
         Remove subscriptions; UNSUBACK always follows [MQTT-3.10.4-5], at 5.0
         with a reason code for each filter [MQTT-3.11.3-1].
         """
-        removed = False
+        removed = []
         codes: list[int] = []
         for topicFilter in packet.topic_filters:
             if session.subscriptions.pop(topicFilter, None) is not None:
                 self._removeSubscription(topicFilter, session.clientId)
-                removed = True
+                removed.append(topicFilter)
                 codes.append(ReasonCode.SUCCESS)
             else:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
         if removed and not session.cleanSession:
             self.store.sessionSaved(session.clientId, session.subscriptions)
+        client = self.clients.get(session.clientId)
+        if self.observers and client is not None:
+            for topicFilter in removed:
+                self._notify("unsubscribed", client, topicFilter)
         conn = session.connection
         if conn is not None:
             level5 = conn.protocolLevel == ProtocolLevel.MQTT_5
@@ -1432,6 +1441,9 @@ class Broker:
         self._removeSubscription(topicFilter, clientId)
         if not session.cleanSession:
             self.store.sessionSaved(clientId, session.subscriptions)
+        client = self.clients.get(clientId)
+        if self.observers and client is not None:
+            self._notify("unsubscribed", client, topicFilter)
         return True
 
     def deleteRetained(self, topic: str) -> bool:

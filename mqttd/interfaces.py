@@ -598,6 +598,12 @@ class IBrokerObserver(Interface):
     def subscribed(client: ClientInfo, topicFilter: str, qos: int) -> None:
         """C{client} was granted C{topicFilter} at C{qos}."""
 
+    def unsubscribed(client: ClientInfo, topicFilter: str) -> None:
+        """
+        C{client}'s subscription to C{topicFilter} was removed, by its
+        UNSUBSCRIBE or by an operator.
+        """
+
     def messagePublished(client: ClientInfo | None, message: Any) -> None:
         """
         A L{mqttd.message.Message} is about to be routed; C{client} is
@@ -606,6 +612,12 @@ class IBrokerObserver(Interface):
 
     def messageDelivered(clientId: str, message: Any, qos: int) -> None:
         """C{message} was handed to C{clientId}'s session at C{qos}."""
+
+    def messageAcknowledged(clientId: str, message: Any, qos: int) -> None:
+        """
+        C{clientId}'s client acknowledged its QoS C{qos} delivery of
+        C{message}: PUBACK for QoS 1, PUBCOMP for QoS 2.
+        """
 
     def messageDropped(clientId: str | None, message: Any, reason: str) -> None:
         """

@@ -103,6 +103,7 @@ class Session:
     __slots__ = (
         "_nextPacketId",
         "_stats",
+        "acknowledged",
         "aliasMaximum",
         "aliases",
         "awaitRelTimeout",
@@ -178,6 +179,9 @@ class Session:
         self.identified = False
         # The broker's clock, for Message Expiry Intervals.
         self.now: Callable[[], float] = time.time
+        # Told (client id, message, QoS) of each QoS 1/2 delivery the client acknowledged, for
+        # the broker's observers; None without observers, costing one test per acknowledgement.
+        self.acknowledged: Callable[[str, Message, int], None] | None = None
 
     # Outbound: broker -> client
 
@@ -424,6 +428,8 @@ class Session:
         del self.inflight[packetId]
         if self.journal is not None:
             self.journal.messageAcknowledged(self.clientId, packetId)
+        if self.acknowledged is not None:
+            self.acknowledged(self.clientId, out.message, out.qos)
         self.pump()
 
     def pubrecReceived(self, packetId: int) -> None:
@@ -483,6 +489,8 @@ class Session:
         del self.inflight[packetId]
         if self.journal is not None:
             self.journal.messageAcknowledged(self.clientId, packetId)
+        if self.acknowledged is not None:
+            self.acknowledged(self.clientId, out.message, out.qos)
         self.pump()
 
     # Inbound: client -> broker

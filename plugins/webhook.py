@@ -14,8 +14,9 @@ Options (C{[plugin:webhook]}):
 =================  =======================================================================
 C{url}             required: one URL, or several separated by commas, each getting every event
 C{events}          which events, comma-separated (default all): C{client.connected},
-                   C{client.disconnected}, C{session.subscribed}, C{message.published},
-                   C{message.delivered}, C{message.dropped}
+                   C{client.disconnected}, C{session.subscribed}, C{session.unsubscribed},
+                   C{message.published}, C{message.delivered}, C{message.acknowledged},
+                   C{message.dropped}
 C{topics}          topic filters the message events are limited to (default C{#})
 C{queue_size}      events waiting at most (default 10000)
 C{concurrency}     requests in flight at once (default 8)
@@ -27,9 +28,9 @@ C{sys_interval}    seconds between C{$SYS} updates of the counts (default 10)
 
 Each event is C{{"event": ..., "time": ..., ...}}: client events carry C{clientid},
 C{username}, C{address} and C{listener} (C{client.disconnected} also C{graceful}),
-C{session.subscribed} C{topic} and C{qos}, message events C{topic}, C{qos}, C{retain},
-C{payload} (UTF-8 text, or base64 with C{"encoding": "base64"}) and the C{clientid} of the
-publisher or recipient (L{None} for the broker's own messages).
+C{session.subscribed} C{topic} and C{qos}, C{session.unsubscribed} C{topic}, message events
+C{topic}, C{qos}, C{retain}, C{payload} (UTF-8 text, or base64 with C{"encoding": "base64"})
+and the C{clientid} of the publisher or recipient (L{None} for the broker's own messages).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ EVENTS = (
     "client.connected",
     "client.disconnected",
     "session.subscribed",
+    "session.unsubscribed",
     "message.published",
     "message.delivered",
+    "message.acknowledged",
     "message.dropped",
 )
 SYS_PREFIX = "$SYS/broker/webhook/"
@@ -155,6 +158,12 @@ class WebHook:
             event = {"event": "session.subscribed", **_client(client)}
             self._enqueue({**event, "topic": topicFilter, "qos": qos})
 
+    def unsubscribed(self, client: ClientInfo, topicFilter: str) -> None:
+        if "session.unsubscribed" in self.events:
+            self._enqueue(
+                {"event": "session.unsubscribed", **_client(client), "topic": topicFilter}
+            )
+
     def messagePublished(self, client: ClientInfo | None, message: Message) -> None:
         if "message.published" in self.events and self._chosen(message):
             clientId = client.clientId if client is not None else None
@@ -163,6 +172,10 @@ class WebHook:
     def messageDelivered(self, clientId: str, message: Message, qos: int) -> None:
         if "message.delivered" in self.events and self._chosen(message):
             self._enqueue({**_message("message.delivered", clientId, message), "qos": qos})
+
+    def messageAcknowledged(self, clientId: str, message: Message, qos: int) -> None:
+        if "message.acknowledged" in self.events and self._chosen(message):
+            self._enqueue({**_message("message.acknowledged", clientId, message), "qos": qos})
 
     def messageDropped(self, clientId: str | None, message: Message, reason: str) -> None:
         if "message.dropped" in self.events and self._chosen(message):

@@ -10,7 +10,18 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from mqttd.codec.packets import Connack, Connect, Puback, Publish, Suback, Subscribe, Will
+from mqttd.codec.packets import (
+    Connack,
+    Connect,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Suback,
+    Subscribe,
+    Unsubscribe,
+    Will,
+)
 from mqttd.config import ListenerConfig
 from mqttd.interfaces import (
     Action,
@@ -295,11 +306,17 @@ class Recorder:
     def subscribed(self, client: ClientInfo, topicFilter: str, qos: int) -> None:
         self.events.append(("subscribed", client.clientId, topicFilter))
 
+    def unsubscribed(self, client: ClientInfo, topicFilter: str) -> None:
+        self.events.append(("unsubscribed", client.clientId, topicFilter))
+
     def messagePublished(self, client: ClientInfo | None, message: Any) -> None:
         self.events.append(("published", message.topic))
 
     def messageDelivered(self, clientId: str, message: Any, qos: int) -> None:
         self.events.append(("delivered", clientId, message.topic))
+
+    def messageAcknowledged(self, clientId: str, message: Any, qos: int) -> None:
+        self.events.append(("acknowledged", clientId, message.topic, qos))
 
     def messageDropped(self, clientId: str | None, message: Any, reason: str) -> None:
         self.events.append(("dropped", clientId, reason))
@@ -330,4 +347,38 @@ def test_observersSeeEventsAndCannotBreakTheBroker() -> None:
         ("published", "t"),
         ("delivered", "sub", "t"),
         ("disconnected", "sub", False),
+    ]
+
+
+def test_observersSeeAcknowledgementsAndUnsubscriptions() -> None:
+    """
+    A QoS 1 delivery's PUBACK and a QoS 2 delivery's PUBCOMP are reported as acknowledged (not
+    before), an UNSUBSCRIBE as unsubscribed, and so is an operator's removal of a subscription.
+    """
+    recorder = Recorder()
+    world = World()
+    world.broker.observers = (recorder,)
+    subscriber = world.subscriber("sub", ("q1", 1), ("q2", 2), ("op", 0))
+    publisher = world.connect("pub")
+    publisher.send(Publish("q1", b"x", qos=1, packet_id=1), Publish("q2", b"y", qos=2, packet_id=2))
+    (first, second) = subscriber.publishes()
+    assert first.packet_id is not None and second.packet_id is not None
+    acknowledged = [e for e in recorder.events if e[0] == "acknowledged"]
+    assert acknowledged == []
+    subscriber.send(Puback(first.packet_id))
+    subscriber.send(Pubrec(second.packet_id))
+    subscriber.read()
+    assert [e for e in recorder.events if e[0] == "acknowledged"] == [
+        ("acknowledged", "sub", "q1", 1)
+    ]
+    subscriber.send(Pubcomp(second.packet_id))
+    assert [e for e in recorder.events if e[0] == "acknowledged"] == [
+        ("acknowledged", "sub", "q1", 1),
+        ("acknowledged", "sub", "q2", 2),
+    ]
+    subscriber.send(Unsubscribe(3, ["q1", "never"]))
+    assert world.broker.unsubscribeFor("sub", "op")
+    assert [e for e in recorder.events if e[0] == "unsubscribed"] == [
+        ("unsubscribed", "sub", "q1"),
+        ("unsubscribed", "sub", "op"),
     ]

@@ -122,7 +122,8 @@ def test_providesItsInterfaces() -> None:
 def test_eventsDelivered(webhook: Any) -> None:
     """
     A connection, a subscription, a published message (within the chosen topics; another
-    outside them is not sent) and the disconnection each reach the receiver as JSON.
+    outside them is not sent), its delivery and acknowledgement, the unsubscription and the
+    disconnection each reach the receiver as JSON.
     """
     setup = webhook(Receiver(), topics="sensors/#")
     c = setup.client("dev", setup=lambda p: p.username_pw_set("ann"))
@@ -130,6 +131,8 @@ def test_eventsDelivered(webhook: Any) -> None:
     c.publish("sensors/1", b"21.5", 1)
     c.publish("other/1", b"x", 1)
     c.wait_for(1)
+    c.paho.unsubscribe("sensors/#")
+    e2e.wait_until(lambda: bool(setup.events("session.unsubscribed")), "the unsubscription")
     c.disconnect()
     e2e.wait_until(lambda: bool(setup.events("client.disconnected")), "the disconnection event")
     (connected,) = setup.events("client.connected")
@@ -141,6 +144,10 @@ def test_eventsDelivered(webhook: Any) -> None:
     assert (published["topic"], published["payload"], published["qos"]) == ("sensors/1", "21.5", 1)
     (delivered,) = setup.events("message.delivered")
     assert delivered["clientid"] == "dev"
+    (acknowledged,) = setup.events("message.acknowledged")
+    assert (acknowledged["clientid"], acknowledged["qos"]) == ("dev", 1)
+    (unsubscribed,) = setup.events("session.unsubscribed")
+    assert unsubscribed["topic"] == "sensors/#"
     assert setup.events("client.disconnected")[0]["graceful"] is True
 
 
