@@ -796,13 +796,26 @@ class Broker:
             self.stats.aclDenied[ACL_PUBLISH] += 1
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "publish denied")
+            conn = session.connection
+            if conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5 and packet.qos:
+                # A 5.0 client is told: 0x87 in PUBACK or PUBREC.  After a PUBREC of 0x80 or
+                # more the identifier is free, its next PUBLISH a new message [MQTT-4.3.3-9].
+                if packet.qos == 2:
+                    session.pubrelReceived(packet.packet_id)  # type: ignore[arg-type]
+                return self._acknowledge(session, packet, ReasonCode.NOT_AUTHORIZED)
         return self._acknowledge(session, packet)
 
-    def _acknowledge(self, session: Session, packet: Publish) -> Deferred[None] | None:
+    def _acknowledge(
+        self, session: Session, packet: Publish, reasonCode: int = ReasonCode.SUCCESS
+    ) -> Deferred[None] | None:
         conn = session.connection
         if conn is not None and packet.qos:
             assert packet.packet_id is not None
-            ack = Puback(packet.packet_id) if packet.qos == 1 else Pubrec(packet.packet_id)
+            ack = (
+                Puback(packet.packet_id, reasonCode)
+                if packet.qos == 1
+                else Pubrec(packet.packet_id, reasonCode)
+            )
             # Acknowledged only once the store holds what routing changed, so
             # a crash cannot lose a message its publisher was told was taken.
             durable = self.store.flush()

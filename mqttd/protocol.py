@@ -242,6 +242,9 @@ class MQTTServerProtocol(Protocol):
                 self.close(f"protocol error: {e}", e.reasonCode)
                 return
             if result is not None:
+                if self._closing:
+                    # Answered at once, and that answer closed the connection.
+                    return
                 self._held = deque(remaining)
                 self.transport.pauseProducing()  # type: ignore[union-attr]
                 result.addCallbacks(self._handlerDone, self._handlerFailed)

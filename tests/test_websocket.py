@@ -321,3 +321,38 @@ def test_slowUpgradeTimesOut(listen: Listen) -> None:
         assert ws.closed() == b""
     finally:
         ws.close()
+
+
+def test_mqtt5OverWebSocket(listen: Listen) -> None:
+    """
+    A 5.0 client over WebSocket: an upgrade offering no "mqtt" is refused [MQTT-6.0.0-3]; one
+    offering it gets "mqtt" selected [MQTT-6.0.0-4]; its 5.0 CONNECT in a binary frame is answered
+    by a 5.0 CONNACK in binary frames, and a text frame then closes the connection (1003)
+    [MQTT-6.0.0-1].
+    """
+    started = listen(wsListener())
+    ws = RawWebSocket(started.port)
+    try:
+        refused = ws.upgrade(subprotocols=("mqttv5",))
+        assert isinstance(refused, RejectConnection) and refused.status_code == 400
+    finally:
+        ws.close()
+    ws = RawWebSocket(started.port)
+    try:
+        accepted = ws.upgrade(subprotocols=("mqttv5", "mqtt"))
+        assert isinstance(accepted, AcceptConnection) and accepted.subprotocol == "mqtt"
+        connect5 = bytes.fromhex("100f00044d5154540502003c000002") + b"w5"
+        ws.sendFrames(connect5)
+        while len(ws.received) < 2:
+            ws.next(BytesMessage)
+        assert ws.received[:1] == b"\x20"
+        while len(ws.received) < 2 + ws.received[1]:
+            ws.next(BytesMessage)
+        connack = ws.received[2 : 2 + ws.received[1]]
+        # Flags, reason code 0x00 Success, then a 5.0 Property Length.
+        assert connack[:2] == b"\x00\x00" and len(connack) > 2
+        ws.sock.sendall(ws.ws.send(TextMessage(data="hello")))
+        assert ws.next(CloseConnection).code == 1003
+        started.broker.wait_gone("w5")
+    finally:
+        ws.close()

@@ -191,7 +191,7 @@ def test_connack_fits_a_maximum_packet_size_just_large_enough() -> None:
 
 def test_suback_and_unsuback_larger_than_maximum_packet_size_not_sent() -> None:
     """
-    A SUBACK or UNSUBACK larger than the client's Maximum Packet Size is not
+    A SUBACK or UNSUBACK larger than a 5.0 client's Maximum Packet Size is not
     sent [MQTT-3.1.2-24, MQTT-3.1.2-25]; the subscriptions are made and
     removed all the same, and a small one still is.
     """
@@ -212,7 +212,7 @@ def test_suback_and_unsuback_larger_than_maximum_packet_size_not_sent() -> None:
 
 def test_disconnect_larger_than_maximum_packet_size_not_sent() -> None:
     """
-    With Maximum Packet Size 2 the 3-byte DISCONNECT 0x8D of a keepalive
+    With Maximum Packet Size 2 the 3-byte DISCONNECT 0x8D of a 5.0 keepalive
     timeout is not sent [MQTT-3.1.2-24, MQTT-3.14.2-3]; the connection is
     closed all the same.  The 2-byte PINGRESP fits and is sent
     [MQTT-3.12.4-1].
@@ -233,7 +233,7 @@ def test_disconnect_larger_than_maximum_packet_size_not_sent() -> None:
 
 def test_reason_string_and_user_properties_dropped_to_fit() -> None:
     """
-    A packet too large for the client's Maximum Packet Size only because of
+    A packet too large for a 5.0 client's Maximum Packet Size only because of
     its Reason String and User Properties is sent without them
     [MQTT-3.4.2-2, MQTT-3.4.2-3]; one too large even without them is not
     sent at all [MQTT-3.1.2-25].
@@ -317,7 +317,7 @@ def test_closed_in_time_is_not_aborted() -> None:
 def test_keepalive_and_connect_timeout_close_with_fin() -> None:
     """
     Keepalive expiry (3.1.1 and 5.0, the latter after DISCONNECT 0x8D) and the
-    CONNECT timeout close with FIN [MQTT-3.1.2-24, MQTT-3.14.0-1].
+    CONNECT timeout close with FIN.
     """
     world = World()
     old = world.connect("old", keepalive=10)
