@@ -8,7 +8,7 @@ through L{IMessageStore}; nothing here touches a socket.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -818,11 +818,35 @@ class Broker:
             )
             # Acknowledged only once the store holds what routing changed, so
             # a crash cannot lose a message its publisher was told was taken.
-            durable = self.store.flush()
+            return self._whenDurable(packet.qos == 2, conn.sendPacket, ack)
+        return None
+
+    def _whenDurable(
+        self, exactlyOnce: bool, answer: Callable[..., None], *args: object
+    ) -> Deferred[None] | None:
+        """
+        Call C{answer(*args)} once the store has made what it was told so
+        far as durable as it promises (see L{IMessageStore.flush}).
+
+        @param exactlyOnce: the answer is a step of a QoS 2 exchange, which
+            waits for the disk in every durability mode; a store writing in
+            batches then answers later without holding the client's next
+            packets, so QoS 2 keeps its pace through the in-flight window.
+        @return: a L{Deferred} holding the client's later packets until it
+            fires, or L{None}.
+        """
+        store = self.store
+        held = store.flush()
+        if held is not None:
+            held.addCallback(self._flushed, self.clock.seconds())
+            return held.addCallback(lambda _: answer(*args))
+        if exactlyOnce:
+            durable = store.flush(True)
             if durable is not None:
-                durable.addCallback(self._flushed, self.clock.seconds())
-                return durable.addCallback(lambda _: conn.sendPacket(ack))
-            conn.sendPacket(ack)
+                # A failed write was logged by the store; the client's resend will retry.
+                durable.addCallback(lambda _: answer(*args)).addErrback(lambda _: None)
+                return None
+        answer(*args)
         return None
 
     def _flushed(self, result: None, requested: float) -> None:
@@ -855,11 +879,10 @@ class Broker:
         message as a resend.
         """
         session.pubrelReceived(packetId)
-        durable = self.store.flush() if session.journal is not None else None
-        if durable is not None:
-            return durable.addCallback(lambda _: self._sendPubcomp(session, packetId))
-        self._sendPubcomp(session, packetId)
-        return None
+        if session.journal is None:
+            self._sendPubcomp(session, packetId)
+            return None
+        return self._whenDurable(True, self._sendPubcomp, session, packetId)
 
     def _sendPubcomp(self, session: Session, packetId: int) -> None:
         if session.connection is not None:
@@ -878,11 +901,10 @@ class Broker:
             session.pubrecRefused(packetId)
             return None
         session.pubrecReceived(packetId)
-        durable = self.store.flush() if session.journal is not None else None
-        if durable is not None:
-            return durable.addCallback(lambda _: session.sendPubrel(packetId))
-        session.sendPubrel(packetId)
-        return None
+        if session.journal is None:
+            session.sendPubrel(packetId)
+            return None
+        return self._whenDurable(True, session.sendPubrel, packetId)
 
     def route(self, message: Message, publisher: ClientInfo | None = None) -> None:
         """

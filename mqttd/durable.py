@@ -85,8 +85,13 @@ class Writer(Generic[Op]):
     group commit, since every operation recorded while one batch commits
     joins the next.  In C{batched} mode a batch is handed over
     C{flushInterval} seconds after its first operation and L{flush} returns
-    L{None}: a crash loses at most the operations of one interval (plus the
-    one committing).
+    L{None} while the writer keeps up.  When a batch is due while the one
+    before is still committing, the writer is behind: L{flush} then returns
+    a L{Deferred} firing once that commit is done (the broker holds the
+    publisher's packets, and stops reading from it, until then), and the
+    overdue batch is handed over at once.  So a crash loses at most the
+    operations of one interval plus the batch committing, however slow the
+    disk.
 
     @param apply: called on the writer thread with each batch; makes it
         durable (commit, fsync) before returning.
@@ -116,6 +121,10 @@ class Writer(Generic[Op]):
         self._committing: list[Deferred[None]] | None = None
         self._timer: IDelayedCall | None = None
         self._closing = False
+        # A batched batch came due while the one before was committing.
+        self._overdue = False
+        # Someone waits for the recorded batch to commit as soon as it can (commitNow).
+        self._urgent = False
 
     def call(self, f: Callable[..., T], *args: object) -> Deferred[T]:
         """Run C{f(*args)} on the writer thread, after every batch handed over so far."""
@@ -126,20 +135,29 @@ class Writer(Generic[Op]):
     def record(self, op: Op) -> None:
         """Queue C{op} for the writer."""
         self._ops.append(op)
-        if self._timer is None and self._committing is None:
+        # Batched, the interval runs during a commit too, so that a slow commit shows as a
+        # batch overdue; in sync mode the commit's end hands the next batch over.
+        if self._timer is None and (self._committing is None or not self._sync):
             self._timer = self._reactor.callLater(
                 0 if self._sync else self._flushInterval, self._handOver
             )
 
-    def flush(self) -> Deferred[None] | None:
+    def flush(self, exactlyOnce: bool = False) -> Deferred[None] | None:
         """
-        In C{sync} mode, a L{Deferred} firing once everything recorded so far
-        is committed, or L{None} if it already is; always L{None} in
-        C{batched} mode.
+        In C{sync} mode, or with C{exactlyOnce}, a L{Deferred} firing once
+        everything recorded so far is committed, or L{None} if it already is;
+        in C{batched} mode, without waiting for the batch to come due.
+        Otherwise (C{batched}), L{None} while the writer keeps up, and a
+        L{Deferred} firing when the commit in progress is done while it is
+        behind.
         """
-        if not self._sync:
-            return None
-        return self._whenCommitted()
+        if self._sync or exactlyOnce:
+            return self._whenCommitted()
+        if self._overdue and self._committing is not None:
+            d: Deferred[None] = Deferred()
+            self._committing.append(d)
+            return d
+        return None
 
     def commitNow(self) -> Deferred[None]:
         """
@@ -148,11 +166,14 @@ class Writer(Generic[Op]):
         for, so that it never reads older than the reactor thread's view.
         """
         pending = self._whenCommitted()
-        if self._ops and self._committing is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._handOver()
+        if self._ops:
+            if self._committing is None:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                self._handOver()
+            else:
+                self._urgent = True
         return pending if pending is not None else succeed(None)
 
     def _whenCommitted(self) -> Deferred[None] | None:
@@ -168,8 +189,13 @@ class Writer(Generic[Op]):
 
     def _handOver(self) -> None:
         self._timer = None
-        if self._committing is not None or not self._ops:
+        if self._committing is not None:
+            # Behind: handed over as soon as the commit in progress ends.
+            self._overdue = bool(self._ops)
             return
+        if not self._ops:
+            return
+        self._overdue = self._urgent = False
         ops, self._ops = self._ops, []
         self._committing, self._waiters = self._waiters, []
         self.call(self._apply, ops).addBoth(self._committed)
@@ -185,8 +211,10 @@ class Writer(Generic[Op]):
                 d.errback(result)
             else:
                 d.callback(None)
-        if self._ops and self._timer is None:
-            urgent = self._sync or self._closing or self._waiters
+        if self._ops and (self._timer is None or self._urgent or self._overdue):
+            if self._timer is not None:
+                self._timer.cancel()
+            urgent = self._sync or self._closing or self._urgent or self._overdue
             self._timer = self._reactor.callLater(
                 0 if urgent else self._flushInterval, self._handOver
             )

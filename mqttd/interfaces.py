@@ -89,13 +89,20 @@ class IMessageStore(Interface):
         L{willCleared}) before accepting connections.
         """
 
-    def flush() -> Any:
+    def flush(exactlyOnce: bool = False) -> Any:
         """
         Return L{None} if every change recorded so far is as durable as the
-        store promises (a memory store, or one writing in batches), or a
-        L{Deferred} firing once it is (a store in C{sync} mode): the broker
-        sends PUBACK, PUBREC, PUBREL and PUBCOMP only after it fires, so a
-        message acknowledged to its publisher survives a crash.
+        store promises (a memory store, or one writing in batches that keeps
+        up), or a L{Deferred} firing once it is (a store in C{sync} mode; one
+        writing in batches that has fallen behind fires it when it has caught
+        up): the broker answers a client's packet, and reads its next one,
+        only after it fires, so a message acknowledged to its publisher
+        survives a crash.
+
+        With C{exactlyOnce}, the L{Deferred} fires once every change recorded
+        so far is on disk, in any mode (a memory store returns L{None}): what
+        QoS 2 waits for before PUBREC, PUBREL, PUBCOMP and a QoS 2 PUBLISH,
+        whose packet identifiers a restarted broker must still know.
         """
 
     def close() -> Any:

@@ -12,6 +12,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from .codec.packets import ProtocolLevel, ReasonCode, Will
 from .interfaces import IClientConnection, IMessageStore
@@ -127,6 +131,7 @@ class Session:
         "pending",
         "queuedBytes",
         "subscriptions",
+        "unsent",
         "will",
     )
 
@@ -157,6 +162,9 @@ class Session:
         # sessions are kept for ever or end with the connection, as their clean session says.
         self.expiryInterval = 0 if cleanSession else SESSION_NEVER_EXPIRES
         self.journal: IMessageStore | None = None
+        # Writes waiting, in order, for the store to make what they announce durable (see
+        # _hold); None while nothing waits, so the usual path pays one test.
+        self.unsent: deque[list[Any]] | None = None
         self.maxInflight = maxInflight
         # The Maximum Packet Size of a 5.0 client's CONNECT; 0 when it set none.
         self.maxPacketSize = 0
@@ -201,7 +209,9 @@ class Session:
             # [MQTT-4.6.0-6].
             self._enqueue(message, qos, retain)
         elif qos == 0:
-            if self.mqtt5:
+            if self.unsent is not None:
+                self._hold(None, self._writePublish, conn, message, 0, retain, False, 0)
+            elif self.mqtt5:
                 self._write5(conn, message, 0, retain, False, b"")
             else:
                 conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
@@ -272,14 +282,80 @@ class Session:
         self.inflight[packetId] = Outgoing(
             message, qos, retain, WAIT_PUBACK if qos == 1 else WAIT_PUBREC
         )
-        if self.journal is not None:
-            self.journal.messageSent(self.clientId, packetId, message, qos, retain, queued)
+        journal = self.journal
+        if journal is not None:
+            journal.messageSent(self.clientId, packetId, message, qos, retain, queued)
+            # Written once the store holds the delivery and its packet identifier: a crash in
+            # between would leave the client holding an identifier (QoS 2: awaiting PUBREL)
+            # that the restored session does not know and may give another message, which the
+            # client would then discard as a resend [MQTT-4.3.3-2].
+            durable = journal.flush(qos == 2)
+            if durable is not None or self.unsent is not None:
+                self._hold(durable, self._writePublish, conn, message, qos, retain, False, packetId)
+                return
+        elif self.unsent is not None:
+            self._hold(None, self._writePublish, conn, message, qos, retain, False, packetId)
+            return
         if self.mqtt5:
             self._write5(conn, message, qos, retain, False, packetId.to_bytes(2, "big"))
             return
         conn.writeSequence(
             (message.wirePrefix(qos, retain, False), packetId.to_bytes(2, "big"), message.payload)
         )
+
+    def _writePublish(
+        self,
+        conn: IClientConnection,
+        message: Message,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packetId: int,
+    ) -> None:
+        if self.mqtt5:
+            self._write5(
+                conn, message, qos, retain, dup, packetId.to_bytes(2, "big") if qos else b""
+            )
+        elif qos:
+            conn.writeSequence(
+                (message.wirePrefix(qos, retain, dup), packetId.to_bytes(2, "big"), message.payload)
+            )
+        else:
+            conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
+
+    def _hold(self, durable: Deferred[None] | None, write: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{write(*args)} once C{durable} has fired (at once if L{None})
+        and every write held before it is done, so that the client sees
+        packets in the order the session made them: a QoS 0 message never
+        overtakes a held one, nor a topic alias its definition.
+        """
+        unsent = self.unsent
+        if unsent is None:
+            unsent = self.unsent = deque()
+        entry: list[Any] = [durable is None, write, args]
+        unsent.append(entry)
+        if durable is not None:
+            durable.addBoth(self._durable, unsent, entry)
+
+    def _durable(self, result: object, unsent: deque[list[Any]], entry: list[Any]) -> None:
+        entry[0] = True
+        if isinstance(result, Failure):
+            # The store could not write (and logged why): not sent now, and re-sent from the
+            # in-flight window when the client comes back.
+            entry[1] = None
+        if unsent is not self.unsent:
+            # Written for a connection that is gone: resume re-sends what matters.
+            return
+        if self.connection is None:
+            self.unsent = None
+            return
+        while unsent and unsent[0][0]:
+            _, write, args = unsent.popleft()
+            if write is not None:
+                write(*args)
+        if not unsent and unsent is self.unsent:
+            self.unsent = None
 
     def _allocatePacketId(self) -> int:
         # The window is far smaller than the id space, so this loop ends after
@@ -306,7 +382,9 @@ class Session:
             elif qos == 0:
                 pending.popleft()
                 self.queuedBytes -= len(message.payload)
-                if self.mqtt5:
+                if self.unsent is not None:
+                    self._hold(None, self._writePublish, conn, message, 0, retain, False, 0)
+                elif self.mqtt5:
                     self._write5(conn, message, 0, retain, False, b"")
                 else:
                     conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
@@ -396,23 +474,29 @@ class Session:
         if self.aliases:
             # Aliases are the connection's, not the session's [MQTT-3.3.2-7].
             self.aliases = {}
-        # A copy: a re-send too large for a 5.0 client leaves the window [MQTT-3.1.2-25].
-        for packetId, out in list(self.inflight.items()):
+        # What the last connection still waited for is its no more.
+        self.unsent = None
+        durable = None
+        if self.inflight and self.journal is not None:
+            # A reconnection quicker than the commit of a send: re-sent once it is durable.
+            durable = self.journal.flush(True)
+        # A copy, taken now: what pump sends next is written by itself, and a re-send too
+        # large for a 5.0 client leaves the window [MQTT-3.1.2-25].
+        resent = list(self.inflight.items())
+        if durable is None:
+            self._resend(conn, resent)
+        else:
+            self._hold(durable, self._resend, conn, resent)
+        self.pump()
+
+    def _resend(self, conn: IClientConnection, resent: list[tuple[int, Outgoing]]) -> None:
+        for packetId, out in resent:
+            if self.inflight.get(packetId) is not out:
+                continue
             if out.state == WAIT_PUBCOMP:
                 conn.writeSequence((PUBREL_HEADER, packetId.to_bytes(2, "big")))
-            elif self.mqtt5:
-                self._write5(
-                    conn, out.message, out.qos, out.retain, True, packetId.to_bytes(2, "big")
-                )
             else:
-                conn.writeSequence(
-                    (
-                        out.message.wirePrefix(out.qos, out.retain, True),
-                        packetId.to_bytes(2, "big"),
-                        out.message.payload,
-                    )
-                )
-        self.pump()
+                self._writePublish(conn, out.message, out.qos, out.retain, True, packetId)
 
     def pubackReceived(self, packetId: int) -> None:
         """

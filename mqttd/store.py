@@ -188,7 +188,7 @@ class MemoryStore:
             wills=dict(self.wills),
         )
 
-    def flush(self) -> None:
+    def flush(self, exactlyOnce: bool = False) -> None:
         return None
 
     def close(self) -> None:

@@ -372,8 +372,8 @@ class FileStore:
     def restore(self) -> StoredState:
         return self._model.restore()
 
-    def flush(self) -> Deferred[None] | None:
-        return self._writer.flush()
+    def flush(self, exactlyOnce: bool = False) -> Deferred[None] | None:
+        return self._writer.flush(exactlyOnce)
 
     def close(self) -> Deferred[None]:
         return self._writer.close(self._file.close)

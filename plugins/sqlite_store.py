@@ -427,8 +427,8 @@ class SQLiteStore:
             },
         )
 
-    def flush(self) -> Deferred[None] | None:
-        return self._writer.flush()
+    def flush(self, exactlyOnce: bool = False) -> Deferred[None] | None:
+        return self._writer.flush(exactlyOnce)
 
     def close(self) -> Deferred[None]:
         self._closed = True
