@@ -1340,10 +1340,14 @@ class Broker:
             session.subscriptions[topicFilter] = options
             codes.append(options & QOS_BITS)
             granted.append((topicFilter, options, new))
+        durable = None
         if granted and not session.cleanSession:
             self.store.sessionSaved(session.clientId, session.subscriptions)
+            # Granted once the subscription is as durable as the store promises, and before
+            # the retained messages it brings, which the session holds behind it.
+            durable = self.store.flush()
         if conn is not None:
-            conn.sendPacket(Suback(packet.packet_id, codes))
+            session.hold(durable, conn.sendPacket, Suback(packet.packet_id, codes))
         client = self.clients.get(session.clientId)
         if self.observers and client is not None:
             for topicFilter, options, _ in granted:

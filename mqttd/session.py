@@ -210,7 +210,7 @@ class Session:
             self._enqueue(message, qos, retain)
         elif qos == 0:
             if self.unsent is not None:
-                self._hold(None, self._writePublish, conn, message, 0, retain, False, 0)
+                self.hold(None, self._writePublish, conn, message, 0, retain, False, 0)
             elif self.mqtt5:
                 self._write5(conn, message, 0, retain, False, b"")
             else:
@@ -291,10 +291,10 @@ class Session:
             # client would then discard as a resend [MQTT-4.3.3-2].
             durable = journal.flush(qos == 2)
             if durable is not None or self.unsent is not None:
-                self._hold(durable, self._writePublish, conn, message, qos, retain, False, packetId)
+                self.hold(durable, self._writePublish, conn, message, qos, retain, False, packetId)
                 return
         elif self.unsent is not None:
-            self._hold(None, self._writePublish, conn, message, qos, retain, False, packetId)
+            self.hold(None, self._writePublish, conn, message, qos, retain, False, packetId)
             return
         if self.mqtt5:
             self._write5(conn, message, qos, retain, False, packetId.to_bytes(2, "big"))
@@ -323,7 +323,7 @@ class Session:
         else:
             conn.writeSequence((message.wirePrefix(0, retain, False), message.payload))
 
-    def _hold(self, durable: Deferred[None] | None, write: Callable[..., None], *args: Any) -> None:
+    def hold(self, durable: Deferred[None] | None, write: Callable[..., None], *args: Any) -> None:
         """
         Call C{write(*args)} once C{durable} has fired (at once if L{None})
         and every write held before it is done, so that the client sees
@@ -332,6 +332,9 @@ class Session:
         """
         unsent = self.unsent
         if unsent is None:
+            if durable is None:
+                write(*args)
+                return
             unsent = self.unsent = deque()
         entry: list[Any] = [durable is None, write, args]
         unsent.append(entry)
@@ -383,7 +386,7 @@ class Session:
                 pending.popleft()
                 self.queuedBytes -= len(message.payload)
                 if self.unsent is not None:
-                    self._hold(None, self._writePublish, conn, message, 0, retain, False, 0)
+                    self.hold(None, self._writePublish, conn, message, 0, retain, False, 0)
                 elif self.mqtt5:
                     self._write5(conn, message, 0, retain, False, b"")
                 else:
@@ -486,7 +489,7 @@ class Session:
         if durable is None:
             self._resend(conn, resent)
         else:
-            self._hold(durable, self._resend, conn, resent)
+            self.hold(durable, self._resend, conn, resent)
         self.pump()
 
     def _resend(self, conn: IClientConnection, resent: list[tuple[int, Outgoing]]) -> None:

@@ -240,15 +240,11 @@ class Subscriber:
         self.lastDelivery = time.monotonic()
 
     def run(self, wire: Wire, stop: threading.Event, delay: float) -> None:
-        if not self.subscribed:
-            wire.send(Subscribe(1, [("s/#", 2)]))
         while not stop.is_set():
             packet = wire.read(0.2)
             if packet is None:
                 continue
-            if isinstance(packet, Suback):
-                self.subscribed = True
-            elif isinstance(packet, Publish):
+            if isinstance(packet, Publish):
                 if delay:
                     time.sleep(delay)
                 if packet.qos == 2:
@@ -330,10 +326,18 @@ def runCycles(
         level = 5 if cycle % 2 else 4
         mode = ("offline", "slow", "fast")[cycle % 3]
         broker.start()
+        if not subscriber.subscribed:
+            # Before anything is published, so that every message has the subscriber.
+            wire = Wire(broker.port, level)
+            wire.connect(SUBSCRIBER)
+            wire.send(Subscribe(1, [("s/#", 2)]))
+            assert wire.read(10) == Suback(1, [2])
+            subscriber.subscribed = True
+            wire.close()
         stop = threading.Event()
         wires = []
         threads = []
-        if mode != "offline" or not subscriber.subscribed:
+        if mode != "offline":
             wire = Wire(broker.port, level)
             wire.connect(SUBSCRIBER)
             wires.append(wire)

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from mqttd.codec.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
+from mqttd.codec.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Will
 from mqttd.store import MemoryStore
 from tests.harness import Client, World
 
@@ -233,6 +233,7 @@ def test_deliveryWrittenOnceDurable() -> None:
     world = World(store=store)
     sub = world.subscriber("sub", ("t/#", 2), clean=False)
     store.commit()
+    assert sub.read() == [Suback(1, [2])]
     pub = world.connect("pub")
     pub.send(Publish("t/1", b"one", qos=1, packet_id=1))
     pub.send(Publish("t/0", b"zero", qos=0))
@@ -298,3 +299,22 @@ def test_batchedQos2WaitsForTheDisk() -> None:
     store.commit()
     assert pub.read() == [Pubcomp(2)]
     assert sub.read() == [Pubrel(delivered[0].packet_id)]  # type: ignore[arg-type]
+
+
+def test_subackWaitsForTheStore() -> None:
+    """
+    A persistent session's SUBACK is sent once its subscription is committed, so a crash cannot
+    forget a subscription its client was told it has [MQTT-3.8.4-1]; a retained QoS 0 message
+    the subscription brings follows the SUBACK [MQTT-3.3.1-6].
+    """
+    store = RecordingStore(held=True)
+    world = World(store=store)
+    world.connect("pub").send(Publish("t", b"kept", qos=0, retain=True))
+    sub = world.connect("sub", clean=False)
+    store.commit()
+    sub.send(Subscribe(1, [("t", 0)]))
+    assert sub.read() == []
+    store.commit()
+    suback, retained = sub.read()
+    assert suback == Suback(1, [0])
+    assert isinstance(retained, Publish) and retained.payload == b"kept"
