@@ -608,3 +608,19 @@ def test_virtual_group_reaches_sn_client(tmp_path: Path) -> None:
     assert world.gateway.clients[client.address].topicIds.name(publish.topic_id) == (
         "$group/sensors/reset"
     )
+
+
+def test_counters_in_sys() -> None:
+    """Every sys_interval the listener's clients and drop counters are retained in $SYS."""
+    world = SNWorld(sys_interval=10)
+    client = world.snConnect("s1")
+    world.snConnect("s2").send(sn.Disconnect(600))
+    client.sendBytes(b"\x05\x16")
+    watcher = world.subscriber("w", ("$SYS/broker/mqtt-sn/#", 0))
+    world.clock.advance(10)
+    got = {p.topic: p.payload for p in watcher.publishes()}
+    prefix = "$SYS/broker/mqtt-sn/sn/"
+    assert got[prefix + "clients/connected"] == b"2"
+    assert got[prefix + "clients/asleep"] == b"1"
+    assert got[prefix + "clients/half-open"] == b"0"
+    assert got[prefix + "dropped/length"] == b"1"

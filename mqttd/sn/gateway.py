@@ -4,7 +4,8 @@ datagrams between the network and one L{SNClient} per client address.
 
 It answers what needs no client (SEARCHGW, QoS -1 publishes), bounds what a flood of spoofed
 CONNECTs can cost (a per-address rate and a cap on clients between CONNECT and CONNACK), and
-counts every datagram it drops, by reason, in L{MQTTSNGateway.dropped}: a bad datagram never
+counts every datagram it drops, by reason, in L{MQTTSNGateway.dropped} (published in C{$SYS} with
+the listener's clients every C{sys_interval}): a bad datagram never
 reaches a client's state, and an exception in handling one is logged, never raised into the
 reactor.
 """
@@ -30,7 +31,7 @@ from ..message import Message
 from ..ratelimit import ConnectionRateLimiter
 from ..topics import InvalidTopic, validate_topic_name
 from . import packets as sn
-from .client import SNClient
+from .client import SNClient, State
 from .codec import SNDecodeError, decode, encode
 from .packets import PROTOCOL_ID, ReturnCode, TopicIdType
 from .topicids import PredefinedTopics, topicName
@@ -72,6 +73,7 @@ class MQTTSNGateway(DatagramProtocol):
         # client, holding nothing between writes.
         self._readBack = Decoder(server=False, max_packet_size=2**28)
         self._advertiser: LoopingCall | None = None
+        self._sys: LoopingCall | None = None
 
     # Life cycle
 
@@ -82,10 +84,28 @@ class MQTTSNGateway(DatagramProtocol):
             self._advertiser = LoopingCall(self._advertise, (host.strip("[]"), int(port)))
             self._advertiser.clock = self.clock
             self._advertiser.start(self.listener.advertise_interval, now=True)
+        if self.broker.config.sys_interval:
+            self._sys = LoopingCall(self._publishCounters)
+            self._sys.clock = self.clock
+            self._sys.start(self.broker.config.sys_interval, now=False)
+
+    def _publishCounters(self) -> None:
+        # Retained, as the rest of $SYS: a client subscribing later sees the latest values.
+        prefix = f"$SYS/broker/mqtt-sn/{self.listener.name}/"
+        clients = [c for c in self.clients.values() if not c.connecting]
+        values = {
+            "clients/connected": len(clients),
+            "clients/asleep": sum(1 for c in clients if c.state == State.ASLEEP),
+            "clients/half-open": len(self._halfOpen),
+            **{f"dropped/{reason}": count for reason, count in self.dropped.items()},
+        }
+        for key, value in values.items():
+            self.broker.route(Message(prefix + key, str(value).encode(), 0, True))
 
     def stopProtocol(self) -> None:
-        if self._advertiser is not None and self._advertiser.running:
-            self._advertiser.stop()
+        for loop in (self._advertiser, self._sys):
+            if loop is not None and loop.running:
+                loop.stop()
         # Nobody can reach the clients any more: as lost networks, so their wills are published.
         for client in list(self.clients.values()):
             client.lost("the listener stopped")
