@@ -199,8 +199,14 @@ def _groupsFile(args: argparse.Namespace, vg: Any) -> tuple[str, bool]:
         path = str(args.file)
         return path, _isBrokerStore(path, vg.APPLICATION_ID)
     config = load_config(args.config)
-    inStore = config.storePlugin == "sqlite"
-    section, default = ("sqlite", "mqttd.db") if inStore else ("virtual_groups", "groups.db")
+    inStore = config.storePlugin is not None and config.pluginKind(config.storePlugin) == "sqlite"
+    if inStore:
+        assert config.storePlugin is not None
+        section, default = config.storePlugin, "mqttd.db"
+    else:
+        # The virtual groups plugin's section, under its own name or an instance name.
+        named = [n for n in config.pluginSections if config.pluginKind(n) == "virtual_groups"]
+        section, default = (named[0] if named else "virtual_groups"), "groups.db"
     path = config.pluginSections.get(section, {}).get("path", default).strip()
     path = os.path.join(config.configDirectory, os.path.expanduser(path))
     if args.action != "list":

@@ -145,6 +145,13 @@ class Config:
     observerChain: tuple[str, ...] = ()
     bridges: tuple[BridgeConfig, ...] = ()
 
+    def pluginKind(self, name: str) -> str:
+        """
+        The plugin that C{name} is an instance of: its C{[plugin:NAME]} section's C{plugin}
+        key, else C{name} itself.
+        """
+        return self.pluginSections.get(name, {}).get("plugin", name)
+
     @property
     def configDirectory(self) -> str:
         """Where relative paths in the file are relative to: the file's directory."""
@@ -543,7 +550,12 @@ def load_config(path: str) -> Config:
             name = section[len(_PLUGIN_PREFIX) :]
             if not _PLUGIN_NAME.fullmatch(name):
                 raise ConfigError(path, section, None, "not a plugin name")
-            pluginSections[name] = {k: v.strip() for k, v in values.items()}
+            options = {k: v.strip() for k, v in values.items()}
+            if "plugin" in options and not _PLUGIN_NAME.fullmatch(options["plugin"]):
+                raise ConfigError(
+                    path, section, "plugin", f"expected one plugin name, got {options['plugin']!r}"
+                )
+            pluginSections[name] = options
         elif section.startswith("bridge:"):
             # Imported here: the bridge package builds on this module.
             from mqttd.bridge.config import bridgeConfig
@@ -558,6 +570,10 @@ def load_config(path: str) -> Config:
     configDirectory = os.path.dirname(os.path.abspath(path))
     paths = chains.get("plugins", ())
     assert isinstance(paths, tuple)
+    for directory in paths:
+        # A misspelt directory would otherwise only show as its plugins being "unknown".
+        if not os.path.isdir(os.path.join(configDirectory, os.path.expanduser(directory))):
+            raise ConfigError(path, "plugins", "paths", f"no such directory: {directory!r}")
     return Config(
         broker=broker,
         listeners=tuple(listeners),

@@ -86,6 +86,7 @@ def buildPlugin(
     section: str,
     key: str | None = None,
     available: Mapping[str, IPluginFactory] | None = None,
+    instance: str | None = None,
 ) -> Any:
     """
     Build plugin C{name} with C{options}.
@@ -93,6 +94,8 @@ def buildPlugin(
     @param section: where the name was given (e.g. C{auth}, with C{key} C{chain}), for the error
         when it is unknown; errors in options are reported against C{[plugin:NAME]}.
     @param available: the result of L{findPlugins}; by default the shipped plugins only.
+    @param instance: the name of the C{[plugin:INSTANCE]} section whose C{plugin} key named
+        plugin C{name}, when it is not C{name} itself; errors are then reported against it.
     @raise ConfigError: C{name} is unknown or its options are bad.
     """
     if available is None:
@@ -100,17 +103,23 @@ def buildPlugin(
     factory = available.get(name)
     if factory is None:
         known = ", ".join(sorted(available)) or "none"
+        if instance is not None:
+            section, key = f"plugin:{instance}", "plugin"
         raise ConfigError(file, section, key, f"unknown plugin {name!r}; available: {known}")
     try:
         return factory.build(options, context)
     except PluginConfigError as e:
-        raise ConfigError(file, f"plugin:{name}", e.key, e.why) from None
+        raise ConfigError(file, f"plugin:{instance or name}", e.key, e.why) from None
 
 
 class Plugins:
     """
     The plugins of one configuration, each built once however many chains name it, so that an
     authenticator that is also an authorizer shares its state (and its reload) between the two.
+
+    A name is a plugin's own or that of a C{[plugin:NAME]} section with a C{plugin} key, an
+    instance of the plugin that key names: so one plugin can be loaded twice (two password files,
+    two webhooks), each instance with its section's options.
 
     @ivar built: every plugin built so far, by name, in the order first asked for.
     """
@@ -139,14 +148,17 @@ class Plugins:
         """
         plugin = self.built.get(name)
         if plugin is None:
+            options = dict(self._config.pluginSections.get(name, {}))
+            kind = options.pop("plugin", name)
             plugin = buildPlugin(
-                name,
-                self._config.pluginSections.get(name, {}),
+                kind,
+                options,
                 self._context,
                 file=self._file,
                 section=section,
                 key=key,
                 available=self._available,
+                instance=None if kind == name else name,
             )
             self.built[name] = plugin
         if not interface.providedBy(plugin):
@@ -159,7 +171,7 @@ class Plugins:
         # For PluginContext.plugin: the asking plugin names the option at fault, so the two
         # errors of the name itself carry no key; errors in the options of plugin `name` are
         # that plugin's own and keep their section.
-        if name not in self.built and name not in self._available:
+        if name not in self._config.pluginSections and name not in self._available:
             known = ", ".join(sorted(self._available)) or "none"
             raise PluginConfigError(None, f"unknown plugin {name!r}; available: {known}")
         plugin = self.get(name, Interface, section=f"plugin:{name}", key=None)
@@ -172,6 +184,25 @@ class Plugins:
     ) -> tuple[Any, ...]:
         """L{get} for each of C{names}, in order."""
         return tuple(self.get(n, interface, section=section, key=key) for n in names)
+
+    def checkAllUsed(self) -> None:
+        """
+        Once everything that names plugins has been built: refuse a C{[plugin:NAME]} section
+        nothing named, which would otherwise be ignored without a word (a plugin left out of
+        every chain, or a misspelt name in one).
+
+        @raise ConfigError: naming the first such section.
+        """
+        for name in self._config.pluginSections:
+            if name not in self.built:
+                raise ConfigError(
+                    self._file,
+                    f"plugin:{name}",
+                    None,
+                    "no chain uses this plugin: name it in [auth], [acl], [selectors] or"
+                    " [observers] chain, [store] plugin or a listener's auth, or remove the"
+                    " section",
+                )
 
 
 def checkOptions(

@@ -430,6 +430,7 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         ListenerService(listener, endpoint, factory, service._listenerFailed).setServiceParent(
             service
         )
+    plugins.checkAllUsed()
     if config.bridges:
         # Imported only when configured, as most brokers have no bridge.
         from mqttd.bridge.bridge import Bridge, BridgeService
