@@ -85,6 +85,12 @@ RETAIN_HANDLING_NEVER = 0x20
 # Highest keepalive a client can ask for; a max_keepalive below it also
 # refuses keepalive 0, which would otherwise switch the limit off.
 KEEPALIVE_UNLIMITED = 65535
+# Topics only the server writes and no client may subscribe to, whatever the ACL says: virtual
+# groups' and direct messages' fan-out, and control requests (plugins may reserve more).
+RESERVED_PREFIXES = ("$group/", "$p2p/", "$CONTROL/")
+# Requests to the server itself: a 5.0 publish there is answered Success though nobody subscribes.
+CONTROL_PREFIX = "$CONTROL/"
+
 # Authorisation answers cached per client; past this many the client's cache starts afresh, so a
 # client walking through endless topics cannot grow the broker's memory.
 DECISION_CACHE_SIZE = 1024
@@ -146,6 +152,12 @@ class Broker:
         self.authorizers = tuple(authorizers)
         self.selectors = tuple(selectors)
         self.observers = tuple(observers)
+        # Filters starting with these are refused to every client (SUBACK 0x80 / 0x87).
+        self.reservedPrefixes: tuple[str, ...] = RESERVED_PREFIXES
+        # Called with the ClientInfo once a client's session is resumed (CONNACK written, waiting
+        # deliveries re-sent), and once its connection is gone: see whenConnected.
+        self._connectedCallbacks: list[Any] = []
+        self._disconnectedCallbacks: list[Any] = []
         self._decisions: dict[str, dict[tuple[Action, str], bool]] = {}
         # A client's receive check still waiting on a Deferred: its later deliveries queue behind.
         self._receiving: dict[str, Deferred[Any]] = {}
@@ -176,6 +188,17 @@ class Broker:
             clientId = sessionState.clientId
             session = self._newSession(clientId, cleanSession=False)
             session.restore(sessionState)
+            reserved = [f for f in session.subscriptions if self._reserved(f)]
+            if reserved:
+                # Granted before the server reserved these topics: no client may hold them.
+                for topicFilter in reserved:
+                    del session.subscriptions[topicFilter]
+                self.store.sessionSaved(clientId, session.subscriptions)
+                self.log.warn(
+                    "{clientId} lost {filters}: topics reserved for the server",
+                    clientId=clientId,
+                    filters=reserved,
+                )
             for topicFilter, qos in session.subscriptions.items():
                 self._addSubscription(topicFilter, clientId, qos)
             interval = session.expiryInterval = sessionState.expiryInterval
@@ -384,6 +407,17 @@ class Broker:
                 return ConnackCode.IDENTIFIER_REJECTED, None, False
             expiryInterval = 0 if packet.clean_session else SESSION_NEVER_EXPIRES
 
+        will = packet.will
+        if will is not None and will.topic.startswith("$"):
+            # $ topics are the server's: a will there could plant a retained $SYS message or
+            # speak in a group in the client's name after it is gone.  The connection is still
+            # accepted, as bridges (mosquitto's notifications) set such wills.
+            self.log.info(
+                "{clientId}'s will on {topic}, a server topic, will never be published",
+                clientId=clientId,
+                topic=will.topic,
+            )
+            will = None
         username = allowed.identity if allowed.identity is not None else packet.username
         # Anonymous clients share the identity "": their sessions are theirs as a group.
         owner = username if username is not None else ""
@@ -450,11 +484,11 @@ class Broker:
             # A 3.1.1 persistent session, never expiring as the store assumes, costs no write.
             self.store.sessionExpiry(clientId, expiryInterval, None)
         session.expiryInterval = expiryInterval
-        session.will = packet.will
-        if packet.will is not None:
+        session.will = will
+        if will is not None:
             # Kept even for clean sessions: after a crash, the restarted broker
             # publishes it as the connection's loss demands [MQTT-3.1.2-8].
-            self.store.willSet(clientId, packet.will)
+            self.store.willSet(clientId, will)
         client = ClientInfo(clientId, username, address, listener.name)
         self._forgetClient(clientId)
         self.clients[clientId] = client
@@ -524,6 +558,7 @@ class Broker:
         client = self.clients.get(session.clientId)
         if not self.authorizers or client is None or not (session.inflight or session.pending):
             session.resume(conn)
+            self._resumed(session)
             return None
         topics = {out.message.topic for out in session.inflight.values()}
         topics.update(message.topic for message, _, _ in session.pending or ())
@@ -554,6 +589,54 @@ class Broker:
                 count=dropped,
             )
         session.resume(conn)
+        self._resumed(session)
+
+    def _resumed(self, session: Session) -> None:
+        client = self.clients.get(session.clientId)
+        if client is None or not self._connectedCallbacks:
+            return
+        for callback in self._connectedCallbacks:
+            try:
+                callback(client)
+            except Exception:
+                self.log.failure("connected callback {callback!r} failed", callback=callback)
+
+    def whenConnected(self, connected: Any, disconnected: Any) -> None:
+        """
+        Have C{connected(client)} called with the L{ClientInfo} of every
+        client whose session has been resumed (CONNACK written, waiting
+        deliveries re-sent), so that a plugin can deliver to it what it kept
+        meanwhile, and C{disconnected(client)} once its connection is gone.
+        """
+        self._connectedCallbacks.append(connected)
+        self._disconnectedCallbacks.append(disconnected)
+
+    def deliverTo(self, clientId: str, message: Message, qos: int) -> bool:
+        """
+        Deliver C{message} to C{clientId}'s session at C{qos} (at most the
+        message's), through the receive ACL as any delivery.
+
+        @return: whether the session exists.
+        """
+        session = self.sessions.get(clientId)
+        if session is None:
+            return False
+        qos = min(qos, message.qos)
+        if self.authorizers or self.observers:
+            self._deliverChecked(session, message, qos)
+        else:
+            session.deliver(message, qos)
+        return True
+
+    def authorize(self, client: ClientInfo, action: Action, topic: str) -> Decision:
+        """
+        The ACL chain's answer for C{client} (C{True} when no authorizer is
+        configured), as the broker itself asks it; a L{Deferred} only when an
+        authorizer answered with one.
+        """
+        if not self.authorizers:
+            return True
+        return self._decide(client, action, topic)
 
     def _recheck(self, session: Session, client: ClientInfo) -> None:
         """
@@ -613,6 +696,12 @@ class Broker:
         client = self.clients.get(session.clientId)
         if self.observers and client is not None:
             self._notify("clientDisconnected", client, graceful)
+        if client is not None:
+            for callback in self._disconnectedCallbacks:
+                try:
+                    callback(client)
+                except Exception:
+                    self.log.failure("disconnected callback {callback!r} failed", callback=callback)
         ends = session.cleanSession or session.expiryInterval == 0
         if will is not None:
             delay = will.properties.will_delay_interval
@@ -756,14 +845,16 @@ class Broker:
                 return None
         if not self._acceptable(packet):
             return self._acknowledge(session, packet)
+        # No client's message is ever retained under a $ topic: those are the server's.
+        retain = packet.retain and not packet.topic.startswith("$")
         if packet.properties is NO_PROPERTIES:
-            message = Message(packet.topic, packet.payload, qos, packet.retain)
+            message = Message(packet.topic, packet.payload, qos, retain)
         else:
             message = PropertiedMessage(
                 packet.topic,
                 packet.payload,
                 qos,
-                packet.retain,
+                retain,
                 packet.properties,
                 self.clock.seconds(),
             )
@@ -775,8 +866,10 @@ class Broker:
             )
             if self.observers:
                 self._notify("messagePublished", publisher, message)
-            self.route(message, publisher)
-            return self._acknowledge(session, packet) if qos else None
+            matched = self.route(message, publisher)
+            if not qos:
+                return None
+            return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         client = self.clients[session.clientId]
         decision = self._decide(client, Action.PUBLISH, packet.topic)
         if isinstance(decision, Deferred):
@@ -789,7 +882,8 @@ class Broker:
         if allowed:
             if self.observers:
                 self._notify("messagePublished", client, message)
-            self.route(message, client)
+            matched = self.route(message, client)
+            return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         else:
             # As mosquitto: acknowledged, so the client does not resend it forever, but dropped.
             self.stats.drop(DROP_PUBLISH_DENIED)
@@ -849,6 +943,19 @@ class Broker:
         answer(*args)
         return None
 
+    def _receipt(self, session: Session, packet: Publish, matched: bool) -> int:
+        # An MQTT 5 receipt: 0x10 when the message reached no subscriber and no selected
+        # recipient; a control request is the server's to take, so it is a Success.
+        conn = session.connection
+        if (
+            matched
+            or conn is None
+            or conn.protocolLevel != ProtocolLevel.MQTT_5
+            or packet.topic.startswith(CONTROL_PREFIX)
+        ):
+            return ReasonCode.SUCCESS
+        return ReasonCode.NO_MATCHING_SUBSCRIBERS
+
     def _flushed(self, result: None, requested: float) -> None:
         self.stats.storeFlush.observe(self.clock.seconds() - requested)
         return result
@@ -906,7 +1013,7 @@ class Broker:
             return None
         return self._whenDurable(True, session.sendPubrel, packetId)
 
-    def route(self, message: Message, publisher: ClientInfo | None = None) -> None:
+    def route(self, message: Message, publisher: ClientInfo | None = None) -> bool:
         """
         Store a retained message and deliver C{message} to every matching
         subscriber once, at the lower of the published and the highest granted
@@ -918,38 +1025,43 @@ class Broker:
 
         @param publisher: who sent it, for the selectors; L{None} for the
             broker's own messages.
+        @return: whether it matched any subscription or selected recipient
+            (the receipt of an MQTT 5 PUBACK / PUBREC).
         """
         if message.retain and self.config.retain_available:
             self._retain(message)
         self.stats.messagesRouted += 1
         matches = self.subscriptions.match(message.topic)
+        matched = bool(matches)
         if self._richRouting:
             if self.shared.groups:
-                self._routeShared(message)
+                matched = self._routeShared(message) or matched
             if self.subscriptions.optioned and matches:
                 matches = self._routeOptioned(message, matches)
         if self.selectors:
-            self._routeSelected(message, publisher, matches)
-            return
+            return self._routeSelected(message, publisher, matches) or matched
         if not matches:
-            return
+            return matched
         sessions = self.sessions
         qos = message.qos
         if self.authorizers or self.observers:
             for clientId, granted in matches.items():
                 self._deliverChecked(sessions[clientId], message, granted if granted < qos else qos)
-            return
+            return True
         for clientId, granted in matches.items():
             sessions[clientId].deliver(message, granted if granted < qos else qos)
+        return True
 
-    def _routeShared(self, message: Message) -> None:
+    def _routeShared(self, message: Message) -> bool:
         # One delivery per matching shared subscription, to the member whose turn it is
         # [MQTT-4.8.2-3 for the QoS]; a member with its own ordinary subscription also gets
         # that delivery, as the spec allows.
         sessions = self.sessions
         qos = message.qos
         checked = bool(self.authorizers or self.observers)
+        matched = False
         for group in self.shared.match(message.topic):
+            matched = True
             clientId = group.pick(self._online)
             options = group.members[clientId]
             granted = options & QOS_BITS
@@ -962,6 +1074,7 @@ class Broker:
                 self._deliverChecked(session, delivered, granted if granted < qos else qos, retain)
             else:
                 session.deliver(delivered, granted if granted < qos else qos, retain)
+        return matched
 
     def _routeOptioned(self, message: Message, matches: Mapping[str, int]) -> dict[str, int]:
         """
@@ -1022,7 +1135,7 @@ class Broker:
 
     def _routeSelected(
         self, message: Message, publisher: ClientInfo | None, matches: Mapping[str, int]
-    ) -> None:
+    ) -> bool:
         # Neither the tree's cached matches nor a selector's prepared mapping may be changed, so
         # recipients is copied before its first change; a lone mapping is delivered from as is.
         recipients: Mapping[str, int] = matches
@@ -1061,24 +1174,30 @@ class Broker:
                         target[clientId] = wanted
             except Exception:
                 self.log.failure("subscriber selector {selector!r} failed", selector=selector)
-        self._deliverAll(message, recipients)
+        delivered = self._deliverAll(message, recipients)
         for override, overrideRecipients in overridden.values():
-            self._deliverAll(override, overrideRecipients)
+            delivered = self._deliverAll(override, overrideRecipients) or delivered
+        return delivered
 
-    def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> None:
+    def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> bool:
+        # Whether any recipient had a session.
         sessions = self.sessions
         qos = message.qos
+        found = False
         if not (self.authorizers or self.observers):
             # As route's own fan-out: a selected group of thousands costs what a topic does.
             for clientId, granted in recipients.items():
                 session = sessions.get(clientId)
                 if session is not None:
+                    found = True
                     session.deliver(message, granted if granted < qos else qos)
-            return
+            return found
         for clientId, granted in recipients.items():
             session = sessions.get(clientId)
             if session is not None:
+                found = True
                 self._deliverChecked(session, message, granted if granted < qos else qos)
+        return found
 
     def _retain(self, message: Message) -> None:
         if message.payload:
@@ -1091,8 +1210,13 @@ class Broker:
     def publishWill(self, will: Will, client: ClientInfo | None = None) -> None:
         """
         Publish a Last Will as if its client had sent it, so the publish ACL
-        applies to it when C{client} is known.
+        applies to it when C{client} is known.  A will on a C{$} topic (kept
+        by a store from before such CONNECTs were refused) is dropped.
         """
+        if will.topic.startswith("$"):
+            self.stats.messagesDropped += 1
+            self.log.warn("a will on {topic}, a server topic, is dropped", topic=will.topic)
+            return
         message: Message
         if will.properties is NO_PROPERTIES:
             message = Message(will.topic, will.payload, will.qos, will.retain)
@@ -1301,6 +1425,10 @@ class Broker:
             if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
                 decisions.append(False)
                 continue
+            if self._reserved(topicFilter):
+                # Whatever the ACL says: no client reads the server's fan-out topics.
+                decisions.append(False)
+                continue
             if client is None:
                 decisions.append(True)
             else:
@@ -1454,6 +1582,8 @@ class Broker:
         validate_topic_filter(topicFilter, self.config.max_topic_levels)
         if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
             raise InvalidTopic("shared subscriptions are turned off", None)
+        if self._reserved(topicFilter):
+            raise InvalidTopic("topics reserved for the server cannot be subscribed to", None)
         session = self.sessions.get(clientId)
         if session is None:
             return False
@@ -1496,6 +1626,9 @@ class Broker:
             return False
         self.store.retainedDeleted(topic)
         return True
+
+    def _reserved(self, topicFilter: str) -> bool:
+        return _aclFilter(topicFilter).startswith(self.reservedPrefixes)
 
     def _subscribeFailure(self, topicFilter: str) -> int:
         # The 5.0 SUBACK says why: a valid filter was refused as shared or by the ACL.

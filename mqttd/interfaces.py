@@ -640,7 +640,11 @@ class IBrokerAware(Interface):
     one that publishes messages of its own, or must know which sessions
     exist.  It may use, of the L{mqttd.broker.Broker} it is given, C{route}
     (publish a L{mqttd.message.Message}), C{sessions} and C{clients} (read
-    only), C{clientIdsByUsername}, C{stats} and C{authorizationChanged}.
+    only), C{clientIdsByUsername}, C{stats}, C{authorizationChanged},
+    C{authorize} (the ACL chain's answer for a client), C{deliverTo} (one
+    session, through the receive ACL), C{whenConnected} (be told of clients
+    coming and going) and C{reservedPrefixes} (extend it, in C{attach}, with
+    topic prefixes no client may subscribe to).
     """
 
     def attach(broker: Any) -> None:

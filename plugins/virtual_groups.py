@@ -419,6 +419,11 @@ class VirtualGroups:
 
     def attach(self, broker: Any) -> None:
         self.broker = broker
+        # The fan-out topics are the server's: nobody subscribes to them, whatever the ACL.
+        broker.reservedPrefixes = (
+            *broker.reservedPrefixes,
+            *(p for p in self._prefixes if p not in broker.reservedPrefixes),
+        )
         if isinstance(self.store, SQLiteGroupStore):
             self.store.start()
 
@@ -534,6 +539,15 @@ class VirtualGroups:
     # IAuthorizer
 
     def authorize(self, client: ClientInfo, action: Action, topic: str) -> bool | None:
+        if action is Action.RECEIVE:
+            # What the fan-out delivers under the server's own topics is for its recipients,
+            # so no rule needs to grant reading $group/ or $p2p/ (which nobody can subscribe to).
+            if topic.startswith(self.directPrefix):
+                return topic[len(self.directPrefix) :].partition("/")[0] == client.clientId or None
+            if topic.startswith(self.groupPrefix):
+                group = self.find(topic[len(self.groupPrefix) :].partition("/")[0])
+                return (group is not None and self._isMember(group, client)) or None
+            return None
         if action is not Action.PUBLISH or not topic.startswith(self.groupPrefix):
             return None
         group = self.find(topic[len(self.groupPrefix) :].partition("/")[0])
@@ -556,7 +570,9 @@ class VirtualGroups:
         d = maybeDeferred(self._act, action, request)
         d.addErrback(_explain)
         if isinstance(responseTopic, str) and responseTopic:
-            d.addCallback(self._reply, responseTopic, request.get("correlation"), message.qos)
+            d.addCallback(
+                self._reply, responseTopic, request.get("correlation"), message.qos, publisher
+            )
         d.addErrback(self._requestFailed, action)
 
     def _requestFailed(self, failure: Failure, action: str) -> None:
@@ -619,13 +635,43 @@ class VirtualGroups:
         )
 
     def _reply(
-        self, answer: dict[str, Any], responseTopic: str, correlation: Any, qos: int
-    ) -> None:
+        self,
+        answer: dict[str, Any],
+        responseTopic: str,
+        correlation: Any,
+        qos: int,
+        publisher: ClientInfo | None,
+    ) -> Any:
         if correlation is not None:
             answer["correlation"] = correlation
+        broker = self.broker
+        if broker is None:
+            return None
+        if responseTopic.startswith("$") or publisher is None:
+            self.log.warn(
+                "virtual groups: no reply to {topic}: replies never go to a server topic",
+                topic=responseTopic,
+            )
+            return None
+        # The reply goes where its caller could have published itself, so a request cannot
+        # write into another user's inbox in the server's name.
+        decision = broker.authorize(publisher, Action.PUBLISH, responseTopic)
+        payload = json.dumps(answer).encode("utf-8")
+        message = Message(responseTopic, payload, qos)
+        if isinstance(decision, Deferred):
+            return decision.addCallback(self._replyDecided, message, publisher)
+        return self._replyDecided(decision, message, publisher)
+
+    def _replyDecided(self, allowed: bool, message: Message, publisher: ClientInfo) -> None:
+        if not allowed:
+            self.log.warn(
+                "virtual groups: no reply to {topic}: {clientId} may not publish there",
+                topic=message.topic,
+                clientId=publisher.clientId,
+            )
+            return
         if self.broker is not None:
-            payload = json.dumps(answer).encode("utf-8")
-            self.broker.route(Message(responseTopic, payload, qos))
+            self.broker.route(message)
 
 
 def describe(group: Group) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from mqttd.codec import Decoder, encode
-from mqttd.codec.packets import Connack, Connect, Publish, Suback, Subscribe
+from mqttd.codec.packets import Connack, Connect, Publish, Pubrec, Suback, Subscribe
 from mqttd.config import BrokerConfig, ConfigError, ListenerConfig, load_config
 from mqttd.interfaces import Credentials, PluginContext
 from mqttd.message import Message
@@ -37,11 +38,12 @@ from tests.e2e import MQTTv5, MQTTv311
 pluginPackage()
 passwordfile: Any = importlib.import_module("mqttd.plugins.passwordfile")
 aclfile: Any = importlib.import_module("mqttd.plugins.aclfile")
+virtualGroups: Any = importlib.import_module("mqttd.plugins.virtual_groups")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 
 # The ACL of the issue: alice reads and writes her tree, everyone their own users/NAME tree.
 ACL = "user alice\ntopic readwrite alice/#\n\npattern readwrite users/%u/#\n"
-PASSWORDS = {"alice": "secret", "bob": "hunter2", "backend": "b4ck"}
+PASSWORDS = {"alice": "secret", "bob": "hunter2", "backend": "b4ck", "carol": "c4r0l"}
 
 
 def mosquittoPasswd(*args: str) -> None:
@@ -57,6 +59,7 @@ class SecureBroker:
     directory: Path
     acl: Any
     clients: list[Any]
+    groups: Any = None
 
     @property
     def port(self) -> int:
@@ -69,11 +72,12 @@ class SecureBroker:
         *,
         clean: bool = True,
         protocol: MQTTProtocolVersion = MQTTv311,
+        will: e2e.WillSpec | None = None,
     ) -> e2e.Client:
         def setup(p: paho.Client) -> None:
             p.username_pw_set(user, PASSWORDS[user])
 
-        c = e2e.Client(self.port, clientId, clean=clean, protocol=protocol, setup=setup)
+        c = e2e.Client(self.port, clientId, clean=clean, protocol=protocol, setup=setup, will=will)
         self.clients.append(c)
         return c
 
@@ -88,38 +92,75 @@ class SecureBroker:
         self.running.call(reload)
 
 
-def startSecureBroker(directory: Path, **overrides: Any) -> SecureBroker:
+def startSecureBroker(
+    directory: Path,
+    groups: dict[str, str] | None = None,
+    acl: str = ACL + "user backend\ntopic write #\ntopic write $group/#\ntopic write $p2p/#\n",
+    **overrides: Any,
+) -> SecureBroker:
+    """
+    @param groups: the options of a C{virtual_groups} plugin, which is then the selector and
+        first in the ACL chain, as C{docs/virtual-groups.md} sets it up.
+    """
     passwd = directory / "passwd"
-    mosquittoPasswd("-c", "-b", str(passwd), "alice", PASSWORDS["alice"])
-    for user in ("bob", "backend"):
-        mosquittoPasswd("-b", str(passwd), user, PASSWORDS[user])
-    (directory / "acl").write_text(ACL + "user backend\ntopic write #\n")
+    if not passwd.exists():
+        mosquittoPasswd("-c", "-b", str(passwd), "alice", PASSWORDS["alice"])
+        for user in ("bob", "backend", "carol"):
+            mosquittoPasswd("-b", str(passwd), user, PASSWORDS[user])
+    (directory / "acl").write_text(acl)
     context = PluginContext(e2e.reactor, str(directory), BrokerConfig())
     made: dict[str, Any] = {}
 
     def plugins() -> dict[str, Any]:
         made["acl"] = aclfile.aclfile.build({"file": "acl"}, context)
+        extra: dict[str, Any] = {}
+        chain = [made["acl"]]
+        if groups is not None:
+            made["groups"] = virtualGroups.virtualGroups.build(
+                {"poll_interval": "0.05", **groups}, context
+            )
+            extra["selectors"] = (made["groups"],)
+            chain.insert(0, made["groups"])
         return {
             "authenticators": [passwordfile.passwordfile.build({"file": "passwd"}, context)],
-            "authorizers": [made["acl"]],
+            "authorizers": chain,
+            **extra,
         }
 
     listener = ListenerConfig("secure", f"tcp:0:interface={e2e.HOST}")
     running = e2e.start_broker(listener=listener, plugins=plugins, **overrides)
-    return SecureBroker(running, directory, made["acl"], [])
+    if groups is not None:
+        running.call(made["groups"].attach, running.broker)
+    return SecureBroker(running, directory, made["acl"], [], made.get("groups"))
 
 
 @pytest.fixture
-def secure(twisted_reactor: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    marker = request.node.get_closest_marker("broker_config")
+def startSecure(twisted_reactor: None, tmp_path: Path) -> Iterator[Any]:
+    """C{startSecure(groups=..., acl=..., **brokerOverrides)}: brokers stopped at teardown."""
+    started: list[SecureBroker] = []
     e2e.REACTOR.takeErrors()
-    made = startSecureBroker(tmp_path, **(dict(marker.kwargs) if marker is not None else {}))
-    yield made
-    for c in made.clients:
-        c.close()
-    made.running.stop()
+
+    def start(**kwargs: Any) -> SecureBroker:
+        made = startSecureBroker(tmp_path, **kwargs)
+        started.append(made)
+        return made
+
+    yield start
+    for made in started:
+        for c in made.clients:
+            c.close()
+        if made.groups is not None:
+            made.running.call(made.groups.detach)
+        made.running.stop()
     errors = e2e.REACTOR.takeErrors()
     assert not errors, "errors logged in the reactor:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def secure(startSecure: Any, request: pytest.FixtureRequest) -> SecureBroker:
+    marker = request.node.get_closest_marker("broker_config")
+    made: SecureBroker = startSecure(**(dict(marker.kwargs) if marker is not None else {}))
+    return made
 
 
 def connack(
@@ -591,3 +632,179 @@ def test_unknownUserCostsWhatAWrongPasswordDoes(
     known = work("alice")
     assert len(known) == 1
     assert work("mallory") == known
+
+
+# Server namespaces are the server's
+
+# The ACL docs/virtual-groups.md recommended before: it let anyone read every group.
+OLD_DOC_ACL = (
+    "user backend\ntopic write $group/#\ntopic write $p2p/#\n\n"
+    "pattern read $group/#\npattern read $p2p/#\npattern read inbox/%c/#\npattern write $p2p/#\n"
+    "pattern readwrite users/%u/#\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "refused"), [(MQTTv311, 0x80), (MQTTv5, 0x87)], ids=["3.1.1", "5.0"]
+)
+def test_nonMemberCannotReadGroupsOrDirectMessages(
+    startSecure: Any, protocol: MQTTProtocolVersion, refused: int
+) -> None:
+    """
+    Even with an ACL granting read on C{$group/#} and C{$p2p/#} (the one the document used to
+    recommend), bob, who is no member of alice's family group, cannot subscribe to its topic,
+    to alice's direct messages, to the control topics or through a shared subscription: SUBACK
+    0x80 (0x87 at 5.0) [MQTT-3.9.3-2]; and he receives none of what is sent there, while the
+    members do.
+    """
+    secure = startSecure(
+        groups={"group.family": "alice, carol", "group.family.by": "username", "control": "true"},
+        acl=OLD_DOC_ACL,
+    )
+    bob = secure.client("bob-1", "bob", protocol=protocol)
+    for topicFilter in (
+        "$group/family/#",
+        "$group/#",
+        "$p2p/alice-1/#",
+        "$p2p/#",
+        "$CONTROL/#",
+        "$share/spy/$group/family/#",
+    ):
+        assert bob.subscribe(topicFilter, 1) == refused, topicFilter
+    alice = secure.client("alice-1", "alice")
+    carol = secure.client("carol", "carol")
+    backend = secure.client("backend-1", "backend")
+    backend.publish("$group/family/dinner", b"at eight", qos=1)
+    backend.publish("$p2p/alice-1/secret", b"for alice", qos=1)
+    assert [m.payload for m in carol.wait_for(1)] == [b"at eight"]
+    assert sorted(m.payload for m in alice.wait_for(2)) == [b"at eight", b"for alice"]
+    quiet(bob, alice, carol)
+
+
+def test_controlReplyOnlyWhereTheCallerMayPublish(startSecure: Any) -> None:
+    """
+    A control request naming C{$SYS/x}, another user's inbox or a group topic as its response
+    topic gets no reply there (nothing is published); naming a topic the caller may publish to
+    itself, it is answered there.
+    """
+    acl = ACL + "user alice\ntopic write $CONTROL/mqttd/groups/#\n\npattern read $SYS/#\n"
+    secure = startSecure(groups={"group.family": "alice, bob", "control": "true"}, acl=acl)
+    bob = secure.client("bob-1", "bob")
+    assert bob.subscribe("users/bob/#", 1) == 1
+    watcher = secure.client("bob-2", "bob")
+    assert watcher.subscribe("$SYS/#", 0) == 0
+    alice = secure.client("alice-1", "alice")
+    assert alice.subscribe("users/alice/#", 1) == 1
+    for responseTopic in ("$SYS/x", "users/bob/inbox", "$group/family/x", "users/alice/replies"):
+        body = {"group": "family", "response_topic": responseTopic, "correlation": responseTopic}
+        alice.publish("$CONTROL/mqttd/groups/list", json.dumps(body).encode(), qos=1)
+    (reply,) = alice.wait_for(1)
+    assert reply.topic == "users/alice/replies"
+    answer = json.loads(reply.payload)
+    assert (answer["ok"], answer["correlation"]) == (True, "users/alice/replies")
+    quiet(alice, bob, watcher)
+
+
+def test_willOnSysIsNotRetained(clients: Any, e2e_broker: e2e.RunningBroker) -> None:
+    """
+    On a broker without an ACL, a client whose will would plant a retained
+    C{$SYS/broker/version} loses its connection: the will is never published, so nothing is
+    retained there and a later C{$SYS/#} subscriber gets nothing [MQTT-4.7.2-1]: C{$} topics
+    are the server's.
+    """
+    will = e2e.WillSpec("$SYS/broker/version", b"mqttd 0.0-pwned", qos=1, retain=True)
+    liar = clients("liar", will=will)
+    liar.drop()
+    e2e_broker.wait_gone("liar")
+    assert e2e_broker.call(lambda: len(e2e_broker.broker.retained)) == 0
+    reader = clients("reader")
+    assert reader.subscribe("$SYS/#", 0) == 0
+    quiet(reader)
+
+
+def test_willNeverSpeaksInAGroup(startSecure: Any) -> None:
+    """
+    A will on a group topic, from a client the ACL lets publish there (the document's old ACL),
+    is not published when its connection is lost: the members get nothing in its name.
+    """
+    secure = startSecure(
+        groups={"group.family": "alice", "group.family.by": "username"}, acl=OLD_DOC_ACL
+    )
+    alice = secure.client("alice-1", "alice")
+    will = e2e.WillSpec("$group/family/gone", b"backend died", qos=1)
+    backend = secure.client("backend-1", "backend", will=will)
+    backend.drop()
+    secure.running.wait_gone("backend-1")
+    quiet(alice)
+
+
+def test_retainedNeverKeptOnServerTopics(startSecure: Any) -> None:
+    """
+    A retained PUBLISH to a group topic reaches the members, but nothing is retained under the
+    server's topics (and nothing under C{$SYS}, which clients cannot write).
+    """
+    secure = startSecure(groups={"group.family": "alice", "group.family.by": "username"})
+    alice = secure.client("alice-1", "alice")
+    backend = secure.client("backend-1", "backend")
+    backend.publish("$group/family/news", b"kept?", qos=1, retain=True)
+    backend.publish("$SYS/broker/version", b"fake", qos=1, retain=True)
+    assert [(m.payload, m.retain) for m in alice.wait_for(1)] == [(b"kept?", False)]
+    assert secure.running.call(lambda: len(secure.running.broker.retained)) == 0
+
+
+# Receipts
+
+
+def pubackCodes(c: e2e.Client, *publishes: tuple[str, int]) -> list[int]:
+    """The reason codes of the PUBACK / PUBREC answering each QoS 1 or 2 publish, in order."""
+    codes: dict[int, int] = {}
+
+    def published(client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        codes[mid] = int(rc.value)
+
+    c.paho.on_publish = published
+    mids = [c.publish(topic, b"x", qos=qos).mid for topic, qos in publishes]
+    e2e.wait_until(lambda: all(m in codes for m in mids), "acknowledgements")
+    return [codes[m] for m in mids]
+
+
+def test_receiptNoMatchingSubscribers(startSecure: Any) -> None:
+    """
+    An MQTT 5 publish that reaches nobody is acknowledged with 0x10 (No matching subscribers),
+    at QoS 1 in PUBACK and at QoS 2 in PUBREC (the flow then completes) [MQTT-3.4.2-1]: no
+    subscriber, an empty group, an unknown group, a direct message to a client id without a
+    session.  One that matched a subscriber or a group member gets 0x00; a 3.1.1 client is
+    never told.
+    """
+    secure = startSecure(groups={"group.family": "carol", "group.empty": ""})
+    secure.client("carol", "carol")
+    listener = secure.client("alice-1", "alice")
+    assert listener.subscribe("alice/#", 1) == 1
+    backend = secure.client("backend-1", "backend", protocol=MQTTv5)
+    assert pubackCodes(
+        backend,
+        ("nobody/listens", 1),
+        ("$group/empty/x", 1),
+        ("$group/nosuch/x", 1),
+        ("$p2p/nobody/x", 1),
+        ("alice/x", 1),
+        ("$group/family/x", 1),
+        ("$p2p/carol/x", 1),
+    ) == [0x10, 0x10, 0x10, 0x10, 0, 0, 0]
+    old = secure.client("backend-2", "backend")
+    assert pubackCodes(old, ("nobody/listens", 1)) == [0]
+    # paho reports PUBCOMP's code for QoS 2, so PUBREC is read off a raw socket.
+    raw = e2e.RawClient(secure.port)
+    decoder = Decoder(server=False, protocol_level=5)
+    raw.send(encode(Connect(5, "raw5", username="backend", password=b"b4ck"), 5))
+    for packetId, topic in ((1, "nobody/listens"), (2, "alice/y")):
+        raw.send(encode(Publish(topic, b"x", 2, packet_id=packetId), 5))
+    got: list[Any] = []
+    raw.sock.settimeout(e2e.TIMEOUT)
+    while len(got) < 3:
+        got.extend(decoder.feed(raw.sock.recv(65536)))
+    raw.close()
+    assert [(p.packet_id, p.reason_code) for p in got if isinstance(p, Pubrec)] == [
+        (1, 0x10),
+        (2, 0),
+    ]

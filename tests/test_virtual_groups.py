@@ -149,12 +149,19 @@ def test_templatesAndEcho(tmp_path: Path) -> None:
 
 
 def test_authorizesMembersAndAbstainsOtherwise(tmp_path: Path) -> None:
-    """Members may publish to their group; anyone else and any other action gets no answer."""
+    """
+    Members may publish to their group and receive what it delivers under its own topic, a
+    client what is sent to its C{$p2p/} topic; anyone else and any other action gets no answer.
+    """
     plugin = build(tmp_path, {"group.g": "a", "group.u": "alice", "group.u.by": "username"})
     assert plugin.authorize(client("a"), Action.PUBLISH, "$group/g/x") is True
     assert plugin.authorize(client("b"), Action.PUBLISH, "$group/g/x") is None
     assert plugin.authorize(client("b", "alice"), Action.PUBLISH, "$group/u/x") is True
-    assert plugin.authorize(client("a"), Action.RECEIVE, "$group/g/x") is None
+    assert plugin.authorize(client("a"), Action.RECEIVE, "$group/g/x") is True
+    assert plugin.authorize(client("b"), Action.RECEIVE, "$group/g/x") is None
+    assert plugin.authorize(client("b"), Action.RECEIVE, "$p2p/b/x") is True
+    assert plugin.authorize(client("a"), Action.RECEIVE, "$p2p/b/x") is None
+    assert plugin.authorize(client("a"), Action.SUBSCRIBE, "$group/g/#") is None
     assert plugin.authorize(client("a"), Action.PUBLISH, "chat/x") is None
 
 
@@ -338,13 +345,13 @@ def test_greetingToFriendsGroupWhereNoMemberSubscribed(groups: GroupBroker) -> N
     """
     A group from mqttd.ini: one PUBLISH reaches every member, none of whom subscribed, each at
     the lower of the published and its own QoS, under the published topic; a member publishing
-    does not get its own message back from the group; non-members get nothing.  A member who also
-    subscribed to the group's topic still gets each message once, at the higher of the two QoS.
+    does not get its own message back from the group; non-members get nothing.  No member can
+    subscribe to the group's topic (SUBACK 0x80): it is the server's.
     """
     running, _ = groups.start({"group.friends": "bob, carol:0, dave"})
     alice = groups.client(running.port, "alice")
     bob = groups.client(running.port, "bob")
-    bob.subscribe("$group/friends/#", 0)
+    assert bob.subscribe("$group/friends/#", 0) == 0x80
     carol = groups.client(running.port, "carol")
     alice.publish("$group/friends/greeting", b"happy new year", qos=1)
     assert [(m.topic, m.payload, m.qos) for m in bob.wait_for(1)] == [
@@ -353,8 +360,6 @@ def test_greetingToFriendsGroupWhereNoMemberSubscribed(groups: GroupBroker) -> N
     assert [m.qos for m in carol.wait_for(1)] == [0]
     bob.publish("$group/friends/greeting", b"same to you", qos=1)
     assert [m.payload for m in carol.wait_for(1)] == [b"same to you"]
-    # MQTT 3.1.1 has no "no local": his own subscription, not the group, hands it back.
-    assert [(m.payload, m.qos) for m in bob.wait_for(1)] == [(b"same to you", 0)]
     quiet(alice, bob, carol)
 
 
@@ -461,14 +466,10 @@ def test_aclRefusingNonMemberPublisher(groups: GroupBroker, tmp_path: Path) -> N
     """
     With C{[acl] chain = virtual_groups, aclfile}: a member may publish to the group, a backend
     identity may by an aclfile rule, a non-member may not (its message is acknowledged and
-    dropped); every delivery passes the member's receive check, so a member whose ACL does
-    not let it read the group topic gets nothing.
+    dropped); membership is the right to receive what the group delivers under its own topic,
+    so no ACL rule needs to grant reading C{$group/...}.
     """
-    (tmp_path / "acl").write_text(
-        "user backend\ntopic write $group/#\n"
-        "user bob\ntopic read $group/#\n"
-        "user carol\ntopic read $group/#\n"
-    )
+    (tmp_path / "acl").write_text("user backend\ntopic write $group/#\n")
     rules = aclfile.ACLFileAuthorizer(str(tmp_path / "acl"))
     running, _ = groups.start(
         {"group.team": "bob, carol, dave", "group.team.by": "username"},
@@ -484,6 +485,7 @@ def test_aclRefusingNonMemberPublisher(groups: GroupBroker, tmp_path: Path) -> N
     backend.publish("$group/team/x", b"from backend", qos=1)
     assert [m.payload for m in carol.wait_for(2)] == [b"from bob", b"from backend"]
     assert [m.payload for m in bob.wait_for(1)] == [b"from backend"]
+    assert [m.payload for m in dave.wait_for(2)] == [b"from bob", b"from backend"]
     quiet(bob, carol, dave, mallory)
 
 
