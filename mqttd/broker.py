@@ -628,15 +628,6 @@ class Broker:
             session.deliver(message, qos)
         return True
 
-    def authorize(self, client: ClientInfo, action: Action, topic: str) -> Decision:
-        """
-        The ACL chain's answer for C{client} (C{True} when no authorizer is
-        configured), as the broker itself asks it; a L{Deferred} only when an
-        authorizer answered with one.
-        """
-        if not self.authorizers:
-            return True
-        return self._decide(client, action, topic)
 
     def _recheck(self, session: Session, client: ClientInfo) -> None:
         """
