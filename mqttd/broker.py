@@ -628,7 +628,6 @@ class Broker:
             session.deliver(message, qos)
         return True
 
-
     def _recheck(self, session: Session, client: ClientInfo) -> None:
         """
         A persistent session resumes: drop the subscriptions its client may
