@@ -122,7 +122,8 @@ def startHttpBroker(
         api_keys=str(tmp / "apikeys"),
         admins=admins,
     )
-    broker = e2e.start_broker(plugins=build)
+    # The $SYS tree is published once at the start; a test updates it when it wants to.
+    broker = e2e.start_broker(plugins=build, sys_interval=3600)
     if groups:
         e2e.in_reactor(plugins["virtual_groups"].attach, broker.broker)
 

@@ -560,16 +560,25 @@ def test_badInputNamesTheField(http: HttpBroker) -> None:
 def test_statusAndSysCountMessages(http: HttpBroker) -> None:
     """Status, stats and $SYS count what happened: a connection and a published message."""
     c = _client(http, "counted")
+    c.subscribe("n", 0)
     http.request("POST", "/api/v1/publish", {"topic": "n", "payload": "1"})
+    c.wait_for(1)
     stats = http.request("GET", "/api/v1/stats").json()
-    assert stats["connections"] == 1 and stats["messages_received"] == 1
+    assert stats["connections"] == 1 and stats["subscriptions"] == 1
+    assert (stats["messages_received"], stats["messages_sent"]) == (1, 1)
+    assert stats["dropped"]["queue_full"] == 0
     assert stats["memory_rss"] > 0
+    sysTree = http.broker.broker.sysTree
+    assert sysTree is not None
+    http.broker.call(sysTree.update)
     sys_ = http.request("GET", "/api/v1/sys").json()
-    assert sys_["$SYS/broker/clients/connected"] == 1
-    assert sys_["$SYS/broker/messages/received"] == 1
+    assert sys_["$SYS/broker/clients/connected"] == "1"
+    assert sys_["$SYS/broker/publish/messages/received"] == "1"
+    assert sys_["$SYS/broker/version"].startswith("mqttd")
     http.broker.call(http.management.sample)
     history = http.request("GET", "/api/v1/stats/history").json()
     assert history["samples"][-1]["messages_received"] == 1
+    assert history["samples"][-1]["messages_sent"] == 1
     assert history["samples"][-1]["connections"] == 1
     c.close()
 

@@ -13,8 +13,6 @@ import base64
 import binascii
 import importlib
 import json
-import os
-import resource
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +33,8 @@ from mqttd.http.errors import ApiError, badField, notFound
 from mqttd.interfaces import IGroupStore, IRuleListing, IUserStore
 from mqttd.message import Message, PropertiedMessage
 from mqttd.plugin_loader import pluginPackage
+from mqttd.stats import DROP_CAUSES
+from mqttd.sys import BrokerState, residentBytes
 from mqttd.topics import InvalidTopic, validate_topic_filter, validate_topic_name
 
 # A request body larger than this is refused before it is parsed.
@@ -52,7 +52,7 @@ class Sample:
     time: float
     connections: int
     received: int
-    routed: int
+    sent: int
     dropped: int
 
 
@@ -82,7 +82,6 @@ class Management:
         self.users = dict(users or {})
         self.rules = dict(rules or {})
         self.admins = frozenset(admins)
-        self.started = clock.seconds()
         self.history: deque[Sample] = deque(maxlen=HISTORY_SAMPLES)
 
     @classmethod
@@ -108,27 +107,16 @@ class Management:
     def sample(self) -> None:
         """Record the counters now, for the overview's chart."""
         stats = self.broker.stats
+        connected = sum(1 for s in self.broker.sessions.values() if s.connection is not None)
         self.history.append(
             Sample(
                 self.clock.seconds(),
-                self.connections(),
+                connected,
                 stats.messagesReceived,
-                stats.messagesRouted,
+                stats.publishMessagesSent,
                 stats.messagesDropped,
             )
         )
-
-    def connections(self) -> int:
-        return sum(1 for s in self.broker.sessions.values() if s.connection is not None)
-
-
-def _rss() -> int:
-    """The process's resident memory in bytes (its peak where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # Reading requests
@@ -383,27 +371,35 @@ class ApiResource(Resource):
     # The broker
 
     def status(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        m = self.management
         broker = self.broker
-        connected = m.connections()
+        state = BrokerState.of(broker)
         return {
             "version": mqttd.__version__,
-            "uptime": round(m.clock.seconds() - m.started, 3),
-            "connections": connected,
-            "sessions": len(broker.sessions),
-            "offline_sessions": len(broker.sessions) - connected,
-            "subscriptions": sum(len(s.subscriptions) for s in broker.sessions.values()),
-            "retained": len(broker.retained),
-            "memory_rss": _rss(),
+            "uptime": round(broker.clock.seconds() - broker.startedAt, 3),
+            "connections": state.connected,
+            "sessions": state.sessions,
+            "offline_sessions": state.sessions - state.connected,
+            "subscriptions": state.subscriptions + state.sharedSubscriptions,
+            "retained": state.retained,
+            "queued": state.queued,
+            "inflight": state.inflight,
+            "memory_rss": residentBytes(),
         }
 
     def stats(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
+        # The counters of mqttd.stats, which $SYS and /metrics read too.
         stats = self.broker.stats
         return {
             **self.status(request, caller, params),
             "messages_received": stats.messagesReceived,
+            "messages_sent": stats.publishMessagesSent,
             "messages_routed": stats.messagesRouted,
             "messages_dropped": stats.messagesDropped,
+            "dropped": dict(zip(DROP_CAUSES, stats.dropped, strict=True)),
+            "bytes_received": stats.bytesReceived,
+            "bytes_sent": stats.bytesSent,
+            "connects": stats.connects,
+            "auth_failures": stats.authFailures,
         }
 
     def statsHistory(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
@@ -414,7 +410,7 @@ class ApiResource(Resource):
                     "time": s.time,
                     "connections": s.connections,
                     "messages_received": s.received,
-                    "messages_routed": s.routed,
+                    "messages_sent": s.sent,
                     "messages_dropped": s.dropped,
                 }
                 for s in self.management.history
@@ -422,19 +418,11 @@ class ApiResource(Resource):
         }
 
     def sys(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        s = self.stats(request, caller, params)
+        # What mqttd.sys last published (every sys_interval), as a subscriber to $SYS/# would
+        # get it, plus what plugins publish there (the webhook's counts).
         return {
-            "$SYS/broker/version": f"mqttd {s['version']}",
-            "$SYS/broker/uptime": int(s["uptime"]),
-            "$SYS/broker/clients/connected": s["connections"],
-            "$SYS/broker/clients/disconnected": s["offline_sessions"],
-            "$SYS/broker/clients/total": s["sessions"],
-            "$SYS/broker/subscriptions/count": s["subscriptions"],
-            "$SYS/broker/retained messages/count": s["retained"],
-            "$SYS/broker/messages/received": s["messages_received"],
-            "$SYS/broker/messages/routed": s["messages_routed"],
-            "$SYS/broker/messages/dropped": s["messages_dropped"],
-            "$SYS/broker/heap/current": s["memory_rss"],
+            m.topic: m.payload.decode("utf-8", "replace")
+            for m in sorted(self.broker.retained.matching("$SYS/#"), key=lambda m: m.topic)
         }
 
     # Clients and sessions

@@ -178,7 +178,7 @@ function drawChart(samples) {
   // Drawn at the chart's own size, so that the labels are not stretched.
   const width = chart.clientWidth || 600, height = 180, pad = 16;
   chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  const series = { received: [], routed: [], dropped: [] };
+  const series = { received: [], sent: [], dropped: [] };
   for (let i = 1; i < samples.length; i++) {
     const dt = samples[i].time - samples[i - 1].time || 1;
     for (const name of Object.keys(series)) {
@@ -187,7 +187,7 @@ function drawChart(samples) {
     }
   }
   const points = series.received.length;
-  const top = Math.max(1, ...series.received, ...series.routed, ...series.dropped);
+  const top = Math.max(1, ...series.received, ...series.sent, ...series.dropped);
   for (const fraction of [0, 0.5, 1]) {
     const y = pad + (height - 2 * pad) * (1 - fraction);
     const rule = document.createElementNS(SVG, "line");
