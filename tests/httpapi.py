@@ -87,11 +87,12 @@ class HttpBroker:
 
 
 def startHttpBroker(
-    tmp: Path, *, admins: tuple[str, ...] = ("admin",), groups: bool = True
+    tmp: Path, *, admins: tuple[str, ...] = ("admin",), groups: bool = True, scram: bool = False
 ) -> HttpBroker:
     """
-    A broker whose clients log in with a password file (anonymous clients allowed too), with the
-    virtual groups plugin, and its HTTP listener with an admin and a viewer API key.
+    A broker whose clients log in with a password file (anonymous clients allowed too), and with
+    C{scram} by SCRAM-SHA-256 too, with the virtual groups plugin, and its HTTP listener with an
+    admin and a viewer API key.
     """
     e2e.start_reactor()
     passwd = tmp / "passwd"
@@ -105,15 +106,16 @@ def startHttpBroker(
 
     def build() -> dict[str, Any]:
         plugins["passwordfile"] = available["passwordfile"].build({"file": str(passwd)}, context)
+        if scram:
+            (tmp / "scram").write_text("")
+            plugins["scram"] = available["scram"].build({"file": str(tmp / "scram")}, context)
+        chain = {"authenticators": [p for n, p in plugins.items() if n != "virtual_groups"]}
         if groups:
             plugins["virtual_groups"] = available["virtual_groups"].build(
                 {"path": str(tmp / "groups.db"), "poll_interval": "0.1"}, context
             )
-            return {
-                "authenticators": [plugins["passwordfile"]],
-                "selectors": [plugins["virtual_groups"]],
-            }
-        return {"authenticators": [plugins["passwordfile"]]}
+            return {**chain, "selectors": [plugins["virtual_groups"]]}
+        return chain
 
     listener = ListenerConfig(
         name="http",

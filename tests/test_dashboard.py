@@ -134,3 +134,74 @@ def test_dashboardRefusesNonAdmin(http: HttpBroker, browser: Browser) -> None:
     assert "not an administrator" in text
     assert browser.evaluate("document.querySelector('#overview').hidden") is True
     assert browser.evaluate("document.cookie") == ""
+
+
+def test_dashboardUsersRetainedSubscriptions(
+    http: HttpBroker, browser: Browser, tmp_path: Path
+) -> None:
+    """
+    Through the page: a user is added (and connects at once), its password reset (the new one
+    works) and deleted; a device is subscribed server-side (and receives); a retained message
+    is deleted (a new subscriber no longer gets it).
+    """
+    device = e2e.Client(http.broker.port, "dev")
+    http.broker.inject("cfg/dev", b"v1", qos=1, retain=True)
+    browser.open(http.url + "/")
+    _logIn(browser, "admin", "s3cret")
+    browser.waitFor("!document.querySelector('#overview').hidden", "the overview")
+
+    _show(browser, "users")
+    browser.evaluate(
+        "document.querySelector('#user-name').value = 'ivy';"
+        "document.querySelector('#user-password').value = 'first';"
+        "document.querySelector('#user-create').requestSubmit(); true"
+    )
+    row = "document.querySelector('#users-rows tr[data-username=\"ivy\"]')"
+    browser.waitFor(row, "ivy in the users table")
+    e2e.Client(http.broker.port, "ivy-1", setup=lambda c: c.username_pw_set("ivy", "first")).close()
+    browser.evaluate(
+        f"{row}.querySelector('input').value = 'second';"
+        f"{row}.querySelectorAll('button')[0].click(); true"
+    )
+    browser.waitFor(
+        "document.querySelector('#message').textContent === 'password of ivy changed'",
+        "the reset",
+    )
+    e2e.Client(
+        http.broker.port, "ivy-2", setup=lambda c: c.username_pw_set("ivy", "second")
+    ).close()
+    browser.screenshot(tmp_path / "users.png")
+    browser.evaluate(f"{row}.querySelector('button.danger').click(); true")
+    browser.waitFor(f"!{row}", "ivy to leave the table")
+    assert "ivy" not in http.passwd.read_text()
+
+    _show(browser, "subscriptions")
+    browser.evaluate(
+        "document.querySelector('#subscribe-client').value = 'dev';"
+        "document.querySelector('#subscribe-topic').value = 'cmd/#';"
+        "document.querySelector('#subscribe-form').requestSubmit(); true"
+    )
+    browser.waitFor(
+        "[...document.querySelectorAll('#subscriptions-rows td')]"
+        ".some(td => td.textContent === 'cmd/#')",
+        "the new subscription listed",
+    )
+    http.request("POST", "/api/v1/publish", {"topic": "cmd/x", "payload": "go", "qos": 1})
+    (command,) = device.wait_for(1)
+    assert (command.topic, command.payload, command.qos) == ("cmd/x", b"go", 1)
+
+    _show(browser, "retained")
+    cell = (
+        "[...document.querySelectorAll('#retained-rows tr')]"
+        ".find(tr => tr.firstChild.textContent === 'cfg/dev')"
+    )
+    browser.waitFor(cell, "cfg/dev listed")
+    browser.screenshot(tmp_path / "retained.png")
+    browser.evaluate(f"{cell}.querySelector('button').click(); true")
+    browser.waitFor(f"!{cell}", "cfg/dev to leave the table")
+    late = e2e.Client(http.broker.port, "late")
+    late.subscribe("cfg/#", 1)
+    late.publish("cfg/end", b"end", 1)
+    assert [m.topic for m in late.wait_for(1)] == ["cfg/end"]
+    for c in (device, late):
+        c.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -628,3 +629,72 @@ def test_managementMessageRoutedAsBrokersOwn(http: HttpBroker) -> None:
     http.request("POST", "/api/v1/publish", {"topic": "count", "payload": "x"})
     after = http.broker.call(lambda: http.broker.broker.stats.messagesRouted)
     assert after == before + 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversizedBodyRefusedBeforeRead(http: HttpBroker, chunked: bool) -> None:
+    """
+    A body announced (or, chunked, found) larger than 1 MiB is answered 413 and the connection
+    closed, without a key and before the body is sent: nothing makes the broker buffer it.
+    """
+    with socket.create_connection((e2e.HOST, http.port), timeout=e2e.TIMEOUT) as s:
+        if chunked:
+            s.sendall(
+                b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/json\r\n\r\n"
+            )
+            # Just past the limit, and no more: the broker has read all that was sent when it
+            # answers, so its close is a FIN that leaves the answer readable, not a reset.
+            chunk = b"x" * 65536
+            for _ in range(17):
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            s.sendall(
+                b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n"
+                b"Content-Type: application/json\r\n\r\n"
+            )
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"code":"TOO_LARGE"' in answer
+
+
+def test_usersOfPasswordFileAndScram(twisted_reactor: None, tmp_path: Path) -> None:
+    """
+    With the password file and SCRAM plugins both in the chain, a user created by the API is
+    written to both: it logs in at once with a password (3.1.1) and by SCRAM-SHA-256 (5.0
+    enhanced authentication); a deleted user can do neither; "plugins" limits a creation.
+    """
+    from tests.test_e2e_scram import Client5
+
+    http = startHttpBroker(tmp_path, scram=True, groups=False)
+    try:
+        created = http.request("POST", "/api/v1/users", {"username": "sam", "password": "pw"})
+        assert created.json() == {"username": "sam", "plugins": ["passwordfile", "scram"]}
+        _client(http, "sam-1", setup=_login("sam", "pw")).close()
+        scramClient = Client5(http.broker.port)
+        connack, _ = scramClient.login("sam-2", "sam", "pw")
+        scramClient.raw.close()
+        assert connack.return_code == 0
+        only = http.request(
+            "POST", "/api/v1/users", {"username": "sue", "password": "x", "plugins": ["scram"]}
+        )
+        assert only.json()["plugins"] == ["scram"]
+        listed = http.request("GET", "/api/v1/users").json()["data"]
+        assert {u["username"]: u["plugins"] for u in listed} == {
+            "sam": ["passwordfile", "scram"],
+            "sue": ["scram"],
+        }
+        assert http.request("DELETE", "/api/v1/users/sam").status == 204
+        scramClient = Client5(http.broker.port)
+        connack, _ = scramClient.login("sam-3", "sam", "pw")
+        scramClient.raw.close()
+        assert connack.return_code == 0x86
+        assert "sam" not in (tmp_path / "scram").read_text()
+        bad = http.request(
+            "POST", "/api/v1/users", {"username": "x", "password": "x", "plugins": ["ldap"]}
+        )
+        assert bad.status == 400 and bad.json()["field"] == "plugins"
+    finally:
+        http.stop()

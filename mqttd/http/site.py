@@ -16,7 +16,7 @@ from twisted.web.server import Request, Site
 
 from mqttd.broker import Broker
 from mqttd.config import ListenerConfig
-from mqttd.http.api import HISTORY_INTERVAL, ApiResource, Management
+from mqttd.http.api import HISTORY_INTERVAL, MAX_BODY, ApiResource, Management
 from mqttd.http.apikeys import ApiKeys
 from mqttd.http.auth import Guard
 from mqttd.http.metrics import ReactorLag, metricsResource
@@ -59,6 +59,48 @@ class DashboardFiles(Resource):
         request.setHeader(b"content-type", _TYPES[path.suffix])
         request.setHeader(b"cache-control", b"no-cache")
         return path.read_bytes()
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may hold at most L{MAX_BODY} bytes.  A larger one is answered 413 and
+    its connection closed as soon as it is known to be too large, before it is read whole: no
+    one, logged in or not, can make the broker buffer an upload of any size.
+    """
+
+    _bodyBytes = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            super().gotLength(0)
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._bodyBytes += len(data)
+        if self._bodyBytes > MAX_BODY:
+            self._refuse()
+        elif not self._refused:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        transport = self.channel.transport
+        assert transport is not None
+        body = b'{"code":"TOO_LARGE","message":"a request body is at most %d bytes"}' % MAX_BODY
+        transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.channel.loseConnection()
 
 
 class Root(Resource):
@@ -126,6 +168,7 @@ def makeHttpSite(
     # never a client id or a topic.
     root.putChild(b"metrics", metricsResource(broker, lag, clock))
     site = ProbingSite(root, lag)
+    site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     sampler = TimerService(HISTORY_INTERVAL, management.sample)
     sampler.clock = clock
