@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
+from mqttd.bridge.client import MQTTClientProtocol
 from mqttd.codec import (
     Connack,
     Connect,
@@ -513,3 +515,47 @@ def test_transient_error_closes_the_connection() -> None:
     world.broker.authenticators = ()
     world.connect("pub").send(Publish("t", b"fine"))
     assert [p.payload for p in sub.publishes()] == [b"fine"]
+
+
+class _Owner:
+    """What an outbound link reports, kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.accepted: list[Connack] = []
+        self.packets: list[object] = []
+
+    def linkAccepted(self, link: object, connack: Connack) -> None:
+        self.accepted.append(connack)
+
+    def linkRefused(self, link: object, connack: Connack) -> None:
+        raise AssertionError(connack)
+
+    def packetsReceived(self, link: object, packets: object) -> None:
+        self.packets.append(packets)
+
+    def linkPaused(self, link: object, paused: bool) -> None:
+        pass
+
+    def linkLost(self, link: object, reason: str) -> None:
+        pass
+
+
+def test_outbound_client_closes_after_disconnect() -> None:
+    """
+    mqttd's own client side (the bridge's outbound link) closes the network
+    connection after sending DISCONNECT [MQTT-3.14.4-1] and sends no packet
+    after it [MQTT-3.14.4-2].
+    """
+    owner = _Owner()
+    link = MQTTClientProtocol(owner, Connect(4, "bridge"), MemoryReactorClock(), 10.0, 1 << 20)
+    transport = StringTransport()
+    link.makeConnection(transport)
+    transport.clear()
+    link.dataReceived(encode(Connack(False, 0)))
+    assert owner.accepted == [Connack(False, 0)]
+    link.disconnect("stopping")
+    assert transport.value() == encode(Disconnect())
+    assert transport.disconnecting
+    link.send(Publish("t", b"late"))
+    link.writeSequence([encode(Publish("t", b"late"))])
+    assert transport.value() == encode(Disconnect())

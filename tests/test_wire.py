@@ -180,7 +180,10 @@ def test_connack_larger_than_maximum_packet_size_not_sent() -> None:
 
 
 def test_connack_fits_a_maximum_packet_size_just_large_enough() -> None:
-    """The CONNACK that exactly fits the client's Maximum Packet Size is sent [MQTT-3.1.2-24]."""
+    """
+    The CONNACK that exactly fits a 5.0 client's Maximum Packet Size is sent
+    [MQTT-3.1.2-24].
+    """
     world = World()
     size = len(_connect5(world, "probe", 0).transport.value())
     client = _connect5(world, "fits", size)
@@ -334,8 +337,8 @@ def test_keepalive_and_connect_timeout_close_with_fin() -> None:
 def test_session_queues_instead_of_writing_while_closing() -> None:
     """
     Between the close and the transport's end nothing more is written: the
-    DISCONNECT is the last packet [MQTT-3.14.4-1], even if the transport
-    asks for more.
+    DISCONNECT to a 5.0 client is the last packet [MQTT-3.14.4-1], even if
+    the transport asks for more.
     """
     world = World()
     sub = world.connect("sub", level=5)
