@@ -16,7 +16,6 @@ import json
 import os
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
@@ -24,6 +23,7 @@ from typing import Any
 
 from mqttd import __version__, ctl
 from mqttd.config import ConfigError, load_config
+from mqttd.files import replaceFile
 from mqttd.plugin_loader import pluginPackage
 from mqttd.store import StoreError
 
@@ -81,7 +81,7 @@ def _askPassword(command: str) -> str | None:
 
 def _write(command: str, path: str, lines: Sequence[str]) -> int:
     try:
-        _replace(path, "".join(line + "\n" for line in lines))
+        replaceFile(path, "".join(line + "\n" for line in lines))
     except OSError as e:
         print(f"{command}: cannot write {path}: {e.strerror}", file=sys.stderr)
         return 1
@@ -158,20 +158,6 @@ def _scramParser(commands: Any) -> None:
     )
     delete.add_argument("file", metavar="FILE")
     delete.add_argument("user", metavar="USER")
-
-
-def _replace(path: str, text: str) -> None:
-    # Written beside the target and renamed over it, so a broker reloading on SIGHUP never reads
-    # half a file; readable by its owner only, as the hashes are worth guarding.
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".mqttd-passwd-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _isBrokerStore(path: str, groupsApplication: int) -> bool:
