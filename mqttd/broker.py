@@ -49,6 +49,7 @@ from .interfaces import (
     IMessageStore,
     ISubscriberSelector,
 )
+from .logsummary import RepeatSummary
 from .message import Message, PropertiedMessage, SharedDelivery
 from .retain import RetainedMessages
 from .session import SESSION_NEVER_EXPIRES, Session, SessionError
@@ -82,8 +83,8 @@ RETAIN_AS_PUBLISHED = 0x08
 RETAIN_HANDLING = 0x30
 RETAIN_HANDLING_NEVER = 0x20
 
-# Highest keepalive a client can ask for; a max_keepalive below it also
-# refuses keepalive 0, which would otherwise switch the limit off.
+# Highest keepalive a client can ask for; a max_keepalive below it also refuses keepalive 0
+# from a 3.x client, which would otherwise switch the limit off, if allow_zero_keepalive is off.
 KEEPALIVE_UNLIMITED = 65535
 # Topics only the server writes and no client may subscribe to, whatever the ACL says: virtual
 # groups' and direct messages' fan-out, and control requests (plugins may reserve more).
@@ -168,6 +169,10 @@ class Broker:
         self._delayedWills: dict[str, tuple[IDelayedCall, Will, ClientInfo | None]] = {}
         # Publishes $SYS once the store is restored, if sys_interval says so.
         self.sysTree: SysTree | None = None
+        # Network connections open over all MQTT listeners, for [broker] max_connections.
+        self.openConnections = 0
+        # Lines repeated by one address (refusals, failed logins) are summarised through this.
+        self.repeats = RepeatSummary(clock)
 
     # Life cycle
 
@@ -400,7 +405,9 @@ class Broker:
         else:
             keepalive = packet.keepalive
             if keepalive > config.max_keepalive or (
-                keepalive == 0 and config.max_keepalive < KEEPALIVE_UNLIMITED
+                keepalive == 0
+                and config.max_keepalive < KEEPALIVE_UNLIMITED
+                and not config.allow_zero_keepalive
             ):
                 # MQTT 3.1.1 cannot tell a client to use another keepalive, so the
                 # connection is refused, as mosquitto does; 5.0 gets a Server Keep Alive.

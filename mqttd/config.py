@@ -57,6 +57,18 @@ class BrokerConfig:
     sys_interval: float = 10.0
     # Whether $SYS/broker/clients/{clientid}/connected and /disconnected events are published.
     presence_events: bool = False
+    # Connections open at once over all MQTT listeners; 0 = no limit (mosquitto's is per
+    # listener, which [listener:NAME] max_connections is too).
+    max_connections: int = 0
+    # Whether a 3.x client asking for keepalive 0 (none) is accepted when max_keepalive is set;
+    # mosquitto 2.0 accepts it.  A 5.0 client is told max_keepalive as its Server Keep Alive.
+    allow_zero_keepalive: bool = True
+
+
+DEFAULT_BACKLOG = 1024
+_BACKLOG_ENDPOINTS = ("tcp", "tcp6", "ssl", "unix")
+# A backlog= option in an endpoint string (its options are separated by unescaped colons).
+_BACKLOG_GIVEN = re.compile(r"(?<!\\):backlog=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +113,18 @@ class ListenerConfig:
     advertise_interval: int = 900
     # Clients between CONNECT and CONNACK (will exchange, authentication) at once.
     max_half_open: int = 100
+    # Connections open at once on this listener; 0 = no limit.
+    max_connections: int = 0
+    # The kernel's queue of connections not yet accepted (listen(2)), for tcp:, tcp6:, ssl:
+    # and unix: endpoints: Twisted's default of 50 overflows in a reconnection storm.
+    backlog: int = DEFAULT_BACKLOG
+
+    def listenEndpoint(self) -> str:
+        """The endpoint string to listen with: C{endpoint}, with C{backlog} where it applies."""
+        kind = self.endpoint.split(":", 1)[0]
+        if kind not in _BACKLOG_ENDPOINTS or _BACKLOG_GIVEN.search(self.endpoint):
+            return self.endpoint
+        return f"{self.endpoint}:backlog={self.backlog}"
 
     def tlsSettings(self) -> TLSSettings | None:
         """The listener's mqttd-managed TLS, or L{None} for plain and C{ssl:} endpoints."""
@@ -202,6 +226,7 @@ _ZERO_ALLOWED = frozenset(
         "connect_burst_per_address",
         "topic_alias_maximum",
         "sys_interval",
+        "max_connections",
     }
 )
 # The keep-alive travels in a two-byte field, so a larger limit could never be reached.
@@ -341,7 +366,15 @@ _SN_KEYS = frozenset(
         "max_half_open",
     }
 )
-_NOT_SN_KEYS = ("path", "certificate", "private_key", "ca_certificates", "require_certificate")
+_NOT_SN_KEYS = (
+    "path",
+    "certificate",
+    "private_key",
+    "ca_certificates",
+    "require_certificate",
+    "max_connections",
+    "backlog",
+)
 
 
 _LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
@@ -444,6 +477,14 @@ def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> Liste
             )
     if "path" in typed and typed.get("protocol") != "websocket":
         raise ConfigError(path, section, "path", "only used with protocol = websocket")
+    if "backlog" in typed:
+        endpoint = str(typed["endpoint"])
+        if endpoint.split(":", 1)[0] not in _BACKLOG_ENDPOINTS:
+            raise ConfigError(
+                path, section, "backlog", "only used with tcp:, tcp6:, ssl: and unix: endpoints"
+            )
+        if _BACKLOG_GIVEN.search(endpoint):
+            raise ConfigError(path, section, "backlog", "the endpoint already sets backlog=")
     for key in ("api_keys", "admins"):
         if key in typed and typed.get("protocol") != "http":
             raise ConfigError(path, section, key, "only used with protocol = http")

@@ -14,7 +14,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -167,6 +167,8 @@ class MQTTServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._stats.sockets += 1
+        if isinstance(self.factory, MQTTServerFactory):
+            self.factory.connectionOpened()
         self._notePeer()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connectTimer = self.clock.callLater(
@@ -184,6 +186,8 @@ class MQTTServerProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._connectTimer = self._keepaliveTimer = self._abortTimer = None
+        if isinstance(self.factory, MQTTServerFactory):
+            self.factory.connectionClosed()
         # Also tells an authenticator's late answer that there is no one left to answer.
         self._closing = True
         if self.clientId is None and reason.check(SSL.Error) is not None:
@@ -877,6 +881,8 @@ class MQTTServerFactory(Factory):
         self.listener = listener
         self.clock = clock
         self.rateLimiter: ConnectionRateLimiter | None = None
+        # This listener's connections open now, for its max_connections.
+        self.openConnections = 0
         if listener.connect_rate_per_address > 0:
             self.rateLimiter = ConnectionRateLimiter(
                 clock,
@@ -886,8 +892,42 @@ class MQTTServerFactory(Factory):
             )
 
     def buildProtocol(self, addr: IAddress) -> MQTTServerProtocol | None:  # type: ignore[override]
+        host = getattr(addr, "host", str(addr))
         limiter = self.rateLimiter
-        if limiter is not None and not limiter.allow(getattr(addr, "host", str(addr))):
-            # Returning None makes Twisted close the socket straight away.
+        broker = self.broker
+        listener = self.listener
+        # Returning None makes Twisted close the socket straight away: a refusal costs the
+        # broker no protocol, no timer and, summarised per address, one log line a minute.
+        if limiter is not None and not limiter.allow(host):
+            self._refused(host, "over connect_rate_per_address")
             return None
-        return MQTTServerProtocol(self.broker, self.listener, self.clock)
+        if listener.max_connections and self.openConnections >= listener.max_connections:
+            self._refused(host, f"listener max_connections ({listener.max_connections}) reached")
+            return None
+        limit = broker.config.max_connections
+        if limit and broker.openConnections >= limit:
+            self._refused(host, f"broker max_connections ({limit}) reached")
+            return None
+        protocol = MQTTServerProtocol(broker, listener, self.clock)
+        protocol.factory = self
+        return protocol
+
+    def _refused(self, host: str, why: str) -> None:
+        self.broker.repeats.emit(
+            LogLevel.warn,
+            host,
+            f"connections refused, {why}",
+            "connection from {address} to listener {listener} refused: {why}",
+            listener=self.listener.name,
+            why=why,
+        )
+
+    def connectionOpened(self) -> None:
+        """A protocol of this factory is connected: count it against the limits."""
+        self.openConnections += 1
+        self.broker.openConnections += 1
+
+    def connectionClosed(self) -> None:
+        """A protocol of this factory has lost its connection."""
+        self.openConnections -= 1
+        self.broker.openConnections -= 1

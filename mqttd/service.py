@@ -26,7 +26,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from mqttd.broker import Broker
@@ -346,7 +346,21 @@ def listenerFactory(
     if settings is None:
         return factory, None
     tls = ServerTLS(settings)
-    return TLSMemoryBIOFactory(tls, False, factory), tls
+    return _TLSFactory(tls, False, factory), tls
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS around a factory that may refuse a connection (rate limit, max_connections) by
+    building no protocol: the refusal closes the socket, before any handshake, instead of
+    leaving a TLS layer with nothing inside it.
+    """
+
+    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
 
 
 def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
@@ -400,7 +414,7 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             sn.setName(listener.name)
             sn.setServiceParent(service)
             continue
-        endpoint = serverFromString(reactor, listener.endpoint)
+        endpoint = serverFromString(reactor, listener.listenEndpoint())
         served: IProtocolFactory
         if listener.protocol == "http":
             # Imported only when configured: a broker without one loads nothing of twisted.web.

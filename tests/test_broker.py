@@ -87,10 +87,11 @@ def test_anonymous_refused_when_listener_forbids() -> None:
 
 def test_keepalive_above_maximum_refused() -> None:
     """
-    A keepalive above max_keepalive, or 0 when a maximum is set, is refused
-    with CONNACK 0x02 as mosquitto does (bad-inputs 22).
+    A keepalive above max_keepalive, or 0 when a maximum is set and
+    allow_zero_keepalive is off, is refused with CONNACK 0x02 as mosquitto
+    does (bad-inputs 22).
     """
-    world = World(max_keepalive=60)
+    world = World(max_keepalive=60, allow_zero_keepalive=False)
     for keepalive in (61, 0):
         client = world.client()
         client.send(Connect(4, "c", keepalive=keepalive))

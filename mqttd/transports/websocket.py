@@ -147,8 +147,8 @@ class MQTTWebSocketProtocol(Protocol):
             return
         wrapped = self.wrappedFactory.buildProtocol(self._address)
         if wrapped is None:
-            # The MQTT factory's per-address connection limit.
-            self._reject(429, "too many connections from this address")
+            # The MQTT factory's limits: per-address rate, max_connections.
+            self._reject(429, "too many connections")
             return
         if self._upgradeTimer is not None and self._upgradeTimer.active():
             self._upgradeTimer.cancel()
