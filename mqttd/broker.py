@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from .codec.packets import (
@@ -885,6 +885,7 @@ class Broker:
             # As mosquitto: acknowledged, so the client does not resend it forever, but dropped.
             self.stats.drop(DROP_PUBLISH_DENIED)
             self.stats.aclDenied[ACL_PUBLISH] += 1
+            self._logDenied(client.clientId, "publish to", message.topic)
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "publish denied")
             conn = session.connection
@@ -1241,6 +1242,7 @@ class Broker:
         else:
             self.stats.drop(DROP_WILL_DENIED)
             self.stats.aclDenied[ACL_PUBLISH] += 1
+            self._logDenied(client.clientId, "will to", message.topic)
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "will denied")
 
@@ -1302,6 +1304,22 @@ class Broker:
         # Not cached: the next attempt may find the authorizer's backend up again.
         self.log.failure("authorizer {index} failed; denying", failure, index=index)
         return False
+
+    def _logDenied(self, clientId: str, action: str, topic: str) -> None:
+        # Summarised per client: one that keeps publishing where it may not (or a fan-out the
+        # receive ACL stops) writes a line a minute, not one per message.
+        client = self.clients.get(clientId)
+        self.repeats.emit(
+            LogLevel.warn,
+            clientId,
+            "ACL denials",
+            "ACL denied {clientId} (user {username!r}, {address}) {action} {topic!r}",
+            clientId=clientId,
+            username=None if client is None else client.username,
+            address="offline" if client is None else client.address,
+            action=action,
+            topic=topic,
+        )
 
     def authorize(self, client: ClientInfo, action: Action, topic: str) -> Decision:
         """
@@ -1384,6 +1402,7 @@ class Broker:
         else:
             self.stats.drop(DROP_RECEIVE_DENIED)
             self.stats.aclDenied[ACL_RECEIVE] += 1
+            self._logDenied(session.clientId, "receive from", message.topic)
             if self.observers:
                 self._notify("messageDropped", session.clientId, message, "receive denied")
 
@@ -1458,6 +1477,7 @@ class Broker:
                 failure = self._subscribeFailure(topicFilter)
                 if failure == ReasonCode.NOT_AUTHORIZED:
                     self.stats.aclDenied[ACL_SUBSCRIBE] += 1
+                    self._logDenied(session.clientId, "subscribe to", topicFilter)
                 codes.append(failure if level5 else SUBACK_FAILURE)
                 continue
             new = topicFilter not in session.subscriptions

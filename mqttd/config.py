@@ -141,6 +141,20 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """
+    The C{[log]} section: what C{twistd mqttd} writes to its log file (or standard output).
+
+    @ivar level: the least severe events written: C{debug}, C{info}, C{warn}, C{error} or
+        C{critical}.
+    @ivar format: C{text} (twistd's lines) or C{json} (one JSON object a line).
+    """
+
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """
     The whole file.
@@ -168,6 +182,7 @@ class Config:
     selectorChain: tuple[str, ...] = ()
     observerChain: tuple[str, ...] = ()
     bridges: tuple[BridgeConfig, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
 
     def pluginKind(self, name: str) -> str:
         """
@@ -377,6 +392,12 @@ _NOT_SN_KEYS = (
 )
 
 
+_LOG_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "level": _choice("debug", "info", "warn", "error", "critical"),
+    "format": _choice("text", "json"),
+}
+
+
 _LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
     "admins": _parseUsers,
     "api_keys": _parseFile,
@@ -566,13 +587,14 @@ def load_config(path: str) -> Config:
 
     unknownSection = (
         "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store],"
-        " [selectors], [observers], [plugin:NAME] or [bridge:NAME]"
+        " [selectors], [observers], [log], [plugin:NAME] or [bridge:NAME]"
     )
     if parser.defaults():
         # configparser would copy these keys into every section, hiding where a value came from.
         raise ConfigError(path, parser.default_section, None, unknownSection)
 
     broker = BrokerConfig()
+    log = LogConfig()
     listeners = []
     chains: dict[str, object] = {}
     pluginSections: dict[str, Mapping[str, str]] = {}
@@ -581,6 +603,9 @@ def load_config(path: str) -> Config:
         values = dict(parser.items(section))
         if section == "broker":
             broker = _brokerConfig(path, values)
+        elif section == "log":
+            typed = _typedValues(path, section, values, _settable(LogConfig), _LOG_PARSERS)
+            log = LogConfig(**typed)  # type: ignore[arg-type]
         elif section.startswith(_LISTENER_PREFIX):
             listeners.append(_listenerConfig(path, section, values))
         elif section in _CHAIN_SECTIONS:
@@ -627,6 +652,7 @@ def load_config(path: str) -> Config:
         selectorChain=chains.get("selectors", ()),  # type: ignore[arg-type]
         observerChain=chains.get("observers", ()),  # type: ignore[arg-type]
         bridges=tuple(bridges),
+        log=log,
     )
 
 

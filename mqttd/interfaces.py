@@ -298,14 +298,21 @@ class IPluginFactory(Interface):
         """
 
 
+class ReloadError(Exception):
+    """
+    A plugin could not reload and kept its previous state; the text says why, naming the file
+    at fault, for the one line the broker logs.
+    """
+
+
 class IReloadable(Interface):
     """A plugin whose state comes from files or settings it can re-read."""
 
     def reload() -> None:
         """
         Re-read the plugin's sources (on SIGHUP).  Live connections are kept.
-        On error, log it and keep the previous state: a typo in a password
-        file must not lock every client out.
+        On error, keep the previous state (a typo in a password file must not
+        lock every client out) and raise L{ReloadError} saying why.
         """
 
 

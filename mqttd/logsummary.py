@@ -1,7 +1,8 @@
 """
-Repeated log lines from one address, summarised: a flood of bad connections (a fuzzer, a
+Repeated log lines from one source, summarised: a flood of bad connections (a fuzzer, a
 misconfigured fleet retrying every second) writes one line per address and kind of event a
-minute, then "and 4,812 more in the last minute", instead of one line per connection.
+minute, then "and 4,812 more in the last minute", instead of one line per connection.  A
+client whose messages an ACL keeps denying is summarised the same way, by client id.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ MAX_TRACKED = 10000
 
 class RepeatSummary:
     """
-    Writes the first event of each (address, kind) pair, counts the repeats that follow within
+    Writes the first event of each (source, kind) pair, counts the repeats that follow within
     L{WINDOW} seconds, and writes their count when the window closes.
 
     @ivar clock: what the windows are timed with.
@@ -32,20 +33,19 @@ class RepeatSummary:
         self.clock = clock
         self.log = logger if logger is not None else Logger()
         self.maxTracked = maxTracked
-        # (address, kind) -> [repeats counted, the timer closing the window, level]
+        # (source, kind) -> [repeats counted, the timer closing the window, level]
         self._windows: dict[tuple[str, str], list[Any]] = {}
 
-    def emit(
-        self, level: LogLevel, address: str, kind: str, format: str, **fields: object
-    ) -> None:
+    def emit(self, level: LogLevel, source: str, kind: str, format: str, **fields: object) -> None:
         """
-        Log C{format} with C{fields} at C{level}, unless a line of C{kind} from C{address} was
+        Log C{format} with C{fields} at C{level}, unless a line of C{kind} from C{source} was
         written less than L{WINDOW} seconds ago, in which case it is only counted.
 
-        @param address: the peer's host (no port: a reconnecting client changes port).
-        @param kind: what happened, e.g. C{"refused"}; also names the summary line.
+        @param source: a peer's host (no port: a reconnecting client changes port), or a
+            client id.
+        @param kind: what happened, e.g. C{"connections refused"}; names the summary line.
         """
-        key = (address, kind)
+        key = (source, kind)
         window = self._windows.get(key)
         if window is not None:
             window[0] += 1
@@ -54,18 +54,18 @@ class RepeatSummary:
             self._close(next(iter(self._windows)))
         timer: IDelayedCall = self.clock.callLater(WINDOW, self._close, key)
         self._windows[key] = [0, timer, level]
-        self.log.emit(level, format, address=address, kind=kind, **fields)
+        self.log.emit(level, format, source=source, kind=kind, **fields)
 
     def _close(self, key: tuple[str, str]) -> None:
         count, timer, level = self._windows.pop(key)
         if timer.active():
             timer.cancel()
         if count:
-            address, kind = key
+            source, kind = key
             self.log.emit(
                 level,
-                "{address}: {kind}, and {count:,} more in the last minute",
-                address=address,
+                "{source}: {kind}, and {count:,} more in the last minute",
+                source=source,
                 kind=kind,
                 count=count,
                 repeated=count,

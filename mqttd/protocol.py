@@ -62,6 +62,23 @@ from .session import Session, SessionError
 from .transports.tls import IdentityError, certificateIdentity
 
 PINGRESP = encode(Pingresp())
+
+# Protocol levels as operators name them, for the connect line.
+_VERSIONS = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+
+
+def _sslReason(error: BaseException | None) -> str:
+    """
+    What OpenSSL said, without the tuple dressing: C{SSL.Error}'s argument is a list of
+    (library, function, reason) triples.
+    """
+    args = getattr(error, "args", ())
+    entries = args[0] if args and isinstance(args[0], list) else None
+    if entries and all(isinstance(e, tuple) and len(e) == 3 for e in entries):
+        return "; ".join(str(e[2]) for e in entries)
+    return str(error) or type(error).__name__
+
+
 # What a 3.1 / 3.1.1 bridge's subscriptions get beyond their QoS: an MQTT 5 bridge asks for both.
 BRIDGE_SUBSCRIPTION_OPTIONS = NO_LOCAL | RETAIN_AS_PUBLISHED
 
@@ -162,6 +179,9 @@ class MQTTServerProtocol(Protocol):
         self._enhanced: _EnhancedAuth | None = None
         # Set when the client's CONNECT carried the bridge bit: it is another broker.
         self.bridge = False
+        # Who the accepted client is, for the connect and disconnect lines.
+        self._username: str | None = None
+        self._who = "anonymous"
 
     # Connection life cycle
 
@@ -193,15 +213,26 @@ class MQTTServerProtocol(Protocol):
         if self.clientId is None and reason.check(SSL.Error) is not None:
             # The TLS layer around this protocol gave up before any MQTT got through.
             self._stats.tlsHandshakeFailures += 1
+            self.broker.repeats.emit(
+                LogLevel.warn,
+                self._host,
+                "TLS handshakes failed",
+                "TLS handshake from {address} on listener {listener} failed: {why}",
+                address=self.clientAddress,
+                listener=self.listener.name,
+                why=_sslReason(reason.value),
+            )
         session = self.session
         if session is None:
             return
         self.session = None
         self.broker.connectionLost(session, self, self._graceful, self._closeReason)
         self.log.info(
-            "{clientId} from {address} disconnected: {reason}",
+            "client {clientId} disconnected from {address} ({who}): {reason}",
             clientId=self.clientId,
             address=self.clientAddress,
+            who=self._who,
+            username=self._username,
             reason=self._closeReason,
         )
 
@@ -295,10 +326,17 @@ class MQTTServerProtocol(Protocol):
             code = _REASON_FOR_CONNACK_CODE.get(code, code)
         self.sendPacket(Connack(False, code))
         self._closing = True
-        self.log.info(
-            "connection from {address} refused: {reason}",
+        # Summarised per address: a flood of bad logins or bad CONNECTs from one host writes a
+        # line a minute, not one per connection.
+        self.broker.repeats.emit(
+            LogLevel.warn,
+            self._host,
+            "connections refused",
+            "connection from {address} on listener {listener} refused: {reason}",
             address=self.clientAddress,
+            listener=self.listener.name,
             reason=reason,
+            code=code,
         )
         self._loseConnection()
 
@@ -339,9 +377,13 @@ class MQTTServerProtocol(Protocol):
         self._closing = True
         self._closeReason = reason
         if self.session is None:
-            self.log.info(
-                "connection from {address} closed: {reason}",
+            self.broker.repeats.emit(
+                LogLevel.info,
+                self._host,
+                "connections closed before CONNACK",
+                "connection from {address} on listener {listener} closed: {reason}",
                 address=self.clientAddress,
+                listener=self.listener.name,
                 reason=reason,
             )
         if (
@@ -566,7 +608,8 @@ class MQTTServerProtocol(Protocol):
                     if self.protocolLevel == ProtocolLevel.MQTT_5
                     else ConnackCode.NOT_AUTHORIZED
                 )
-            self._refuse(code, f"client id {packet.client_id!r} not authenticated: {why}")
+            user = "anonymous" if packet.username is None else f"user {packet.username!r}"
+            self._refuse(code, f"{user} (client id {packet.client_id!r}) not authenticated: {why}")
             return None
         if self.listener.use_identity_as_clientid:
             # The configuration allows this key only on identity = cn | san listeners.
@@ -616,14 +659,25 @@ class MQTTServerProtocol(Protocol):
         if keepalive:
             self._keepaliveLimit = keepalive * 1.5
             self._keepaliveTimer = self.clock.callLater(self._keepaliveLimit, self._checkKeepalive)
+        self._username = decision.identity if decision.identity is not None else packet.username
+        if self.certificateIdentity is not None:
+            self._who = f"certificate identity {self.certificateIdentity!r}"
+        elif self._username is not None:
+            self._who = f"user {self._username!r}"
         self.log.info(
-            "{clientId} connected from {address} (protocol level {protocolLevel}{bridge}, "
-            "clean session {clean}, keepalive {keepalive})",
+            "client {clientId} connected from {address} on listener {listener} as {who}"
+            " (MQTT {version}{bridge}, clean {clean}, session present {sessionPresent},"
+            " keepalive {keepalive})",
             clientId=session.clientId,
             address=self.clientAddress,
+            listener=self.listener.name,
+            who=self._who,
+            username=self._username,
+            version=_VERSIONS.get(packet.protocol_level, packet.protocol_level),
             protocolLevel=packet.protocol_level,
             bridge=", bridge" if self.bridge else "",
             clean=packet.clean_session,
+            sessionPresent=sessionPresent,
             keepalive=packet.keepalive,
         )
         return self.broker.resume(session, self)
@@ -918,6 +972,7 @@ class MQTTServerFactory(Factory):
             host,
             f"connections refused, {why}",
             "connection from {address} to listener {listener} refused: {why}",
+            address=host,
             listener=self.listener.name,
             why=why,
         )

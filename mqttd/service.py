@@ -39,6 +39,7 @@ from mqttd.interfaces import (
     IMessageStore,
     IReloadable,
     ISubscriberSelector,
+    ReloadError,
 )
 from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
@@ -303,6 +304,12 @@ class BrokerService(MultiService):
         for name, plugin in self.reloadable.items():
             try:
                 plugin.reload()
+            except ReloadError as e:
+                self.log.error(
+                    "plugin {name} not reloaded, keeping its previous state: {why}",
+                    name=name,
+                    why=str(e),
+                )
             except Exception:
                 self.log.failure("plugin {name} could not reload", name=name)
             else:

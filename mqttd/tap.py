@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
-from mqttd.config import ConfigError, default_config, load_config
+from mqttd.config import ConfigError, LogConfig, default_config, load_config
+from mqttd.logoutput import makeLogObserver
 from mqttd.service import ListenerError, makeBrokerService
 
 
@@ -46,9 +49,21 @@ class _OneLineStartup(MultiService):
     @ivar twistd: twistd's own options (C{nodaemon}, C{pidfile}, C{statusPipe}), when run by it.
     """
 
-    def __init__(self, twistd: usage.Options | None) -> None:
+    def __init__(self, twistd: usage.Options | None, log: LogConfig) -> None:
         super().__init__()
         self.twistd = twistd
+        self.logConfig = log
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd hands its application here before it starts logging, and logs with the
+        # observer the application carries, if any: the documented way to change twistd's log.
+        if (
+            self.twistd is not None
+            and self.logConfig != LogConfig()
+            and isinstance(parent, Componentized)
+        ):
+            parent.setComponent(ILogObserver, makeLogObserver(self.logConfig, self.twistd))
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -91,6 +106,6 @@ def makeService(options: Options) -> IService:
         service = makeBrokerService(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"twistd mqttd: {e}") from None
-    startup = _OneLineStartup(getattr(options, "parent", None))
+    startup = _OneLineStartup(getattr(options, "parent", None), config.log)
     service.setServiceParent(startup)
     return startup

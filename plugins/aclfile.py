@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -44,6 +43,7 @@ from mqttd.interfaces import (
     IRuleListing,
     PluginConfigError,
     PluginContext,
+    ReloadError,
 )
 from mqttd.plugin_loader import checkOptions
 
@@ -160,8 +160,6 @@ def _substitute(topic: str, client: ClientInfo) -> str | None:
 
 @implementer(IAuthorizer, IReloadable, IRuleListing)
 class ACLFileAuthorizer:
-    log = Logger()
-
     def __init__(self, path: str) -> None:
         self.path = path
         self.rules = readACLFile(path)
@@ -200,8 +198,7 @@ class ACLFileAuthorizer:
         try:
             rules = readACLFile(self.path)
         except ACLFileError as e:
-            self.log.error("keeping the previous rules: {why}", why=str(e))
-            return
+            raise ReloadError(_naming(self.path, str(e))) from None
         self.rules = rules
 
 
@@ -223,3 +220,8 @@ class _Factory:
 
 
 aclfile = _Factory()
+
+
+def _naming(path: str, why: str) -> str:
+    # Read errors name the file already; a line's error does not.
+    return why if path in why else f"{path}: {why}"

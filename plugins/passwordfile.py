@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -45,6 +44,7 @@ from mqttd.interfaces import (
     IUserStore,
     PluginConfigError,
     PluginContext,
+    ReloadError,
 )
 from mqttd.plugin_loader import checkOptions
 
@@ -159,8 +159,6 @@ def readPasswordFile(path: str) -> dict[str, PasswordHash]:
 class PasswordFileAuthenticator:
     """Checks user names and passwords against the users of one password file."""
 
-    log = Logger()
-
     def __init__(self, path: str) -> None:
         self.path = path
         self.users = readPasswordFile(path)
@@ -199,8 +197,7 @@ class PasswordFileAuthenticator:
         try:
             users = readPasswordFile(self.path)
         except PasswordFileError as e:
-            self.log.error("keeping the previous users: {why}", why=str(e))
-            return
+            raise ReloadError(_naming(self.path, str(e))) from None
         self.users = users
         self._dummy = dummyHash(users.values())
 
@@ -220,3 +217,8 @@ class _Factory:
 
 
 passwordfile = _Factory()
+
+
+def _naming(path: str, why: str) -> str:
+    # Read errors name the file already; a line's error does not.
+    return why if path in why else f"{path}: {why}"

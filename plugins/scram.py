@@ -29,7 +29,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -45,6 +44,7 @@ from mqttd.interfaces import (
     IUserStore,
     PluginConfigError,
     PluginContext,
+    ReloadError,
 )
 from mqttd.plugin_loader import checkOptions
 
@@ -168,7 +168,6 @@ class _Exchange:
 class ScramAuthenticator:
     """The SCRAM-SHA-256 server side, over the users of one credentials file."""
 
-    log = Logger()
     authenticationMethod = METHOD
 
     def __init__(self, path: str) -> None:
@@ -264,8 +263,7 @@ class ScramAuthenticator:
         try:
             users = readScramFile(self.path)
         except ScramFileError as e:
-            self.log.error("keeping the previous users: {why}", why=str(e))
-            return
+            raise ReloadError(_naming(self.path, str(e))) from None
         self.users = users
 
 
@@ -282,3 +280,8 @@ class _Factory:
 
 
 scram = _Factory()
+
+
+def _naming(path: str, why: str) -> str:
+    # Read errors name the file already; a line's error does not.
+    return why if path in why else f"{path}: {why}"

@@ -35,6 +35,7 @@ from mqttd.interfaces import (
     IReloadable,
     PluginConfigError,
     PluginContext,
+    ReloadError,
 )
 from mqttd.plugin_loader import buildPlugin, findPlugins, pluginPackage
 from tests import e2e
@@ -161,12 +162,17 @@ def test_passwdCommandWritesWhatMosquittoFormatReads(tmp_path: Path) -> None:
 
 
 def test_passwordReloadKeepsPreviousUsersOnError(tmp_path: Path) -> None:
-    """A reload that finds a broken file keeps the users it had (no lock-out by typo)."""
+    """
+    A reload that finds a broken file keeps the users it had (no lock-out by typo) and says so
+    with a ReloadError naming the file.
+    """
     path = tmp_path / "passwd"
     cli(["passwd", "-c", "-b", str(path), "alice", "one"])
     plugin = passwordfile.PasswordFileAuthenticator(str(path))
     path.write_text("alice:plaintext\n")
-    plugin.reload()
+    with pytest.raises(ReloadError) as e:
+        plugin.reload()
+    assert str(e.value).startswith(f"{path}: ")
     assert plugin.authenticate(credentials("alice", b"one")) == Allow("alice")
 
 
@@ -239,7 +245,9 @@ def test_aclReloadKeepsPreviousRulesOnError(tmp_path: Path) -> None:
     rules.reload()
     assert rules.authorize(alice(), Action.RECEIVE, "other") is True
     (tmp_path / "acl").write_text("bogus line\n")
-    rules.reload()
+    with pytest.raises(ReloadError) as e:
+        rules.reload()
+    assert str(tmp_path / "acl") in str(e.value)
     assert rules.authorize(alice(), Action.RECEIVE, "other") is True
 
 

@@ -40,6 +40,7 @@ from mqttd.interfaces import (
     IReloadable,
     PluginConfigError,
     PluginContext,
+    ReloadError,
 )
 from mqttd.plugin_loader import findPlugins, pluginPackage
 from tests.harness import Client, World
@@ -481,7 +482,8 @@ def test_scram_add_and_reload(tmp_path: Path) -> None:
     assert plugin.users["bob"].iterations == 5000
     assert plugin.users["alice"] == scram.makeCredential(b"two", 4096, plugin.users["alice"].salt)
     Path(path).write_text("broken\n")
-    plugin.reload()
+    with pytest.raises(ReloadError, match=path):
+        plugin.reload()
     assert set(plugin.users) == {"alice", "bob"}
     assert cli(["scram", "add", path, "a:b", "x"]) == 1
 
