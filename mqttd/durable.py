@@ -36,15 +36,17 @@ DEFAULT_FLUSH_MS = 50
 
 def durabilityOptions(options: Mapping[str, str], known: frozenset[str]) -> tuple[bool, float]:
     """
-    Check a store's C{[plugin:NAME]} section for unknown keys and parse its
-    C{durability} (C{sync} by default) and C{flush_ms}.
+    Check a store's C{[plugin:NAME]} section for unknown keys (C{known} and
+    the keys every store has: C{durability}, C{flush_ms}, C{recover}) and
+    parse its C{durability} (C{sync} by default) and C{flush_ms}.
 
     @return: C{(sync, flushInterval)}, the interval in seconds.
     @raise PluginConfigError: an option is unknown or malformed.
     """
+    shared = {"durability", "flush_ms", "recover"}
     for key in options:
-        if key not in known | {"durability", "flush_ms"}:
-            expected = ", ".join(sorted(known | {"durability", "flush_ms"}))
+        if key not in known | shared:
+            expected = ", ".join(sorted(known | shared))
             raise PluginConfigError(key, f"unknown key; expected one of {expected}")
     durability = options.get("durability", SYNC).strip()
     if durability not in (SYNC, BATCHED):
@@ -53,6 +55,19 @@ def durabilityOptions(options: Mapping[str, str], known: frozenset[str]) -> tupl
     if not text.isdigit() or int(text) < 1:
         raise PluginConfigError("flush_ms", f"expected a positive integer, got {text!r}")
     return durability == SYNC, int(text) / 1000.0
+
+
+def recoverOption(options: Mapping[str, str]) -> bool:
+    """
+    A store's C{recover} option: whether to start from what can be read of a
+    damaged store file (keeping a copy of it) rather than refuse to start.
+
+    @raise PluginConfigError: it is not C{true} or C{false}.
+    """
+    text = options.get("recover", "false").strip()
+    if text not in ("true", "false"):
+        raise PluginConfigError("recover", f"expected true or false, got {text!r}")
+    return text == "true"
 
 
 def openStoreFile(

@@ -2,19 +2,26 @@
 The file L{IMessageStore}: an append-only log, for deployments that want no
 SQLite (C{[store] plugin = file}).
 
-The log starts with a header (C{MQTTDLOG} and a format version) followed by
-records, each framed as a 4-byte length and a 4-byte CRC-32 of its body.
+The log starts with a header (C{MQTTDLOG}, a format version and, from format
+4, the length the log had at its last synced write) followed by records,
+each framed as a 4-byte length and a 4-byte CRC-32 of its body.
 A body is one journal event (L{mqttd.interfaces.IMessageStore}): a tag byte,
 a length-prefixed JSON list of its fields, then the payload, if any.  A
 message queued for many sessions is one C{M} record referenced by id.
 
-Opening the log replays it into a L{MemoryStore}; a crash can only tear the
-last record, which is dropped (and cut off the file).  A bad record with
-good ones after it is corruption and stops start-up.  Format 2 added MQTT 5
-state as trailing fields (properties, expiry deadlines) and the C{E} record
-(a session's expiry); format 3 the C{O} record (a session's owner).  An
-older log replays as it did and is rewritten in the current format when
-opened.  When the log has
+Opening the log replays it into a L{MemoryStore}.  A crash can only tear
+what was being written after the header's length, which is dropped (and cut
+off the file).  Anything else stops start-up with one line naming the file
+and the damage: an empty file, a log shorter than its header's length
+(truncated), a bad record before the end (corrupt).  With C{recover = true}
+the damaged file is copied beside the log, every record that can be read is
+kept, and the log says how many were dropped.  The header's length is
+written after each synced batch (and made durable by the next one), so it
+never claims more than is on disk.  Format 2 added MQTT 5 state as trailing
+fields (properties, expiry deadlines) and the C{E} record (a session's
+expiry); format 3 the C{O} record (a session's owner); format 4 the
+header's length.  An older log replays as it did and is rewritten in the
+current format when opened.  When the log has
 grown past twice its size after the last compaction (and past
 C{compact_bytes}), the live state is written to a new file, synced, and
 renamed over the log: compaction never leaves a moment without a complete
@@ -25,23 +32,29 @@ Options (C{[plugin:file]}):
     (created if missing, with its directory); default C{mqttd.log}.
   - C{durability}, C{flush_ms}: as for the SQLite store.
   - C{compact_bytes}: the least log size worth compacting; default 1048576.
+  - C{recover}: C{true} to start from what can be read of a damaged log
+    (see above); default C{false}.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import time
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
-from mqttd.durable import Writer, durabilityOptions, openStoreFile
+from mqttd.durable import Writer, durabilityOptions, openStoreFile, recoverOption
 from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
 from mqttd.message import Message
 from mqttd.session import WAIT_PUBCOMP
@@ -55,10 +68,14 @@ from mqttd.store import (
 )
 
 MAGIC = b"MQTTDLOG"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # The versions readLog replays; older ones are rewritten as FORMAT_VERSION on opening.
 _READABLE = range(1, FORMAT_VERSION + 1)
+# Magic and version; from format 4 followed by the synced length (_LENGTH, at _LENGTH_AT).
 _HEADER = struct.Struct(">8sI")
+_LENGTH = struct.Struct(">Q")
+_LENGTH_AT = _HEADER.size
+_HEADER_SIZE = _HEADER.size + _LENGTH.size
 _FRAME = struct.Struct(">II")
 _FIELDS = struct.Struct(">I")
 # Far beyond any record max_packet_size allows: a larger length is garbage.
@@ -100,8 +117,14 @@ def willRecord(clientId: str, will: Will) -> bytes:
     return record(b"W", fields, will.payload)
 
 
-def _header() -> bytes:
-    return _HEADER.pack(MAGIC, FORMAT_VERSION)
+def _header(length: int = _HEADER_SIZE) -> bytes:
+    return _HEADER.pack(MAGIC, FORMAT_VERSION) + _LENGTH.pack(length)
+
+
+def _withLength(log: list[bytes]) -> bytes:
+    """C{log} (header first) joined, its header saying its whole length."""
+    log[0] = _header(sum(map(len, log)))
+    return b"".join(log)
 
 
 class _Replay:
@@ -158,24 +181,50 @@ class _Replay:
             raise ValueError(f"unknown record type {tag!r}")
 
 
-def readLog(path: str) -> tuple[_Replay, int, int]:
+@dataclass
+class Damage:
+    """What L{readLog} met in a damaged log it was told to recover."""
+
+    why: str
+    # Records that were in the file and could not be replayed.
+    dropped: int = 0
+    # Bytes from the first that could not be framed into records to the end of the file.
+    unreadable: int = 0
+    # Bytes the header said were written and the file no longer has.
+    missing: int = 0
+    # Records replayed.
+    kept: int = 0
+
+
+def _cut(end: int, synced: int, index: int, offset: int) -> str:
+    return f"truncated: {end} bytes of the {synced} written, cut in record {index} at byte {offset}"
+
+
+def readLog(path: str, recover: bool = False) -> tuple[_Replay, int, int, Damage | None]:
     """
     Replay the log at C{path}.
 
-    @return: the replayed state, the length of the log's good part, which
-        is shorter than the file when its last record was torn by a crash,
-        and the log's format version.
-    @raise StoreError: the file is not an mqttd log, has another format
-        version, or has a bad record before its last one.
+    @param recover: replay what can be read of a damaged log, rather than
+        refuse it.
+    @return: the replayed state; the length of the log's good part, which
+        is shorter than the file when its end was torn by a crash; the log's
+        format version; and, when C{recover} met damage, what it was.
+    @raise StoreError: the file is empty, not an mqttd log, of another
+        format version, or (unless C{recover}) shorter than its header says
+        or has a bad record before its torn end.
     """
     with open(path, "rb") as f:
         data = f.read()
     replay = _Replay(path)
-    if len(data) < _HEADER.size:
-        if not MAGIC.startswith(data[: len(MAGIC)]):
+    end = len(data)
+    if end < _HEADER.size:
+        if end and not MAGIC.startswith(data[: len(MAGIC)]):
             raise StoreError(path, "not an mqttd log file")
-        # Torn while the empty log was being created.
-        return replay, 0, FORMAT_VERSION
+        # The log is made whole (header and all) by a rename, so a crash never leaves this.
+        why = "empty file where a log was expected" if not end else f"only {end} bytes"
+        if not recover:
+            raise StoreError(path, why + "; set recover = true to start a new log")
+        return replay, 0, FORMAT_VERSION, Damage(why)
     magic, version = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise StoreError(path, "not an mqttd log file")
@@ -184,34 +233,71 @@ def readLog(path: str) -> tuple[_Replay, int, int]:
             path, f"log format version {version}; this mqttd reads versions 1 to {FORMAT_VERSION}"
         )
     offset = _HEADER.size
-    end = len(data)
+    # Bytes known to have been synced; a format 3 log does not say.
+    synced = 0
+    if version >= 4:
+        if end < _HEADER_SIZE:
+            why = f"only {end} bytes, within its header"
+            if not recover:
+                raise StoreError(path, why + "; set recover = true to start a new log")
+            return replay, 0, version, Damage(why)
+        (synced,) = _LENGTH.unpack_from(data, _LENGTH_AT)
+        offset = _HEADER_SIZE
+    damage: Damage | None = None
+
+    def damaged(why: str) -> Damage:
+        if not recover:
+            raise StoreError(path, why + "; set recover = true to start from the readable records")
+        return damage if damage is not None else Damage(why)
+
     index = 0
     while offset < end:
+        torn = offset >= synced
         if end - offset < _FRAME.size:
+            if not torn:
+                damage = damaged(_cut(end, synced, index, offset))
+                damage.unreadable += end - offset
             break
         length, crc = _FRAME.unpack_from(data, offset)
         start = offset + _FRAME.size
         if length > _MAX_RECORD or start + length > end:
-            # Runs past the end of the file: the write the crash interrupted.
+            # Runs past the end of the file: the write the crash interrupted, or damage.
+            if not torn:
+                if end < synced and length <= _MAX_RECORD:
+                    why = _cut(end, synced, index, offset)
+                else:
+                    why = f"corrupt log: record {index} at byte {offset} has a bad length"
+                damage = damaged(why)
+                damage.unreadable += end - offset
             break
         body = data[start : start + length]
         if zlib.crc32(body) != crc:
-            if start + length == end:
+            if torn and start + length == end:
                 break
-            raise StoreError(
-                path, f"corrupt log: record {index} at byte {offset} fails its checksum"
-            )
+            damage = damaged(f"corrupt log: record {index} at byte {offset} fails its checksum")
+            damage.dropped += 1
+            offset = start + length
+            index += 1
+            continue
         try:
             (size,) = _FIELDS.unpack_from(body, 1)
             fields = json.loads(body[1 + _FIELDS.size : 1 + _FIELDS.size + size])
             replay.apply(body[:1], fields, body[1 + _FIELDS.size + size :])
         except (ValueError, KeyError, IndexError, TypeError, struct.error) as e:
-            raise StoreError(
-                path, f"corrupt log: record {index} at byte {offset} cannot be replayed ({e!r})"
-            ) from None
+            damage = damaged(
+                f"corrupt log: record {index} at byte {offset} cannot be replayed ({e!r})"
+            )
+            damage.dropped += 1
         offset = start + length
         index += 1
-    return replay, offset, version
+    if end < synced:
+        damage = damaged(
+            f"truncated: {end} bytes of the {synced} written, after record {index - 1}"
+        )
+        damage.missing = synced - end
+    if damage is not None:
+        damage.kept = index - damage.dropped
+    return replay, offset, version, damage
 
 
 @implementer(IMessageStore)
@@ -221,8 +307,12 @@ class FileStore:
 
     @param path: the log; opened and replayed here, synchronously, so that a
         bad file stops start-up before anything listens.
+    @param recover: start from what can be read of a damaged log, keeping a
+        copy of it beside the log.
     @raise StoreError: see L{readLog}.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -232,14 +322,21 @@ class FileStore:
         sync: bool,
         flushInterval: float,
         compactBytes: int = DEFAULT_COMPACT_BYTES,
+        recover: bool = False,
     ) -> None:
         self.path = path
+        damage = None
         try:
             if os.path.exists(path):
-                replay, good, version = readLog(path)
-                if good == 0:
-                    self._replace(_header())
+                replay, good, version, damage = readLog(path, recover)
+                if damage is not None:
+                    self._recovered(damage)
                 elif good < os.path.getsize(path):
+                    self.log.info(
+                        "{path}: dropped the {count} bytes a crash left unfinished at its end",
+                        path=path,
+                        count=os.path.getsize(path) - good,
+                    )
                     os.truncate(path, good)
             else:
                 replay, good, version = _Replay(path), 0, FORMAT_VERSION
@@ -249,17 +346,18 @@ class FileStore:
         self._model = replay.model
         self._written: set[int] = set(replay.messages)
         try:
-            if version != FORMAT_VERSION:
+            if version != FORMAT_VERSION or damage is not None:
                 # Records appended from now on have the current format's fields, which the
-                # header must announce: the whole log is rewritten in that format first.
+                # header must announce: the whole log is rewritten in that format first.  A
+                # recovered log is rewritten from what could be read.
                 snapshot = self._snapshot()
                 self._replace(snapshot)
                 good = len(snapshot)
-            self._file: BinaryIO = open(path, "ab")
+            self._open()
         except OSError as e:
             raise StoreError(path, f"cannot use the log: {e.strerror}") from None
         self._nextId = max(replay.messages, default=0) + 1
-        self._size = max(good, _HEADER.size)
+        self._size = max(good, _HEADER_SIZE)
         self._compactBytes = compactBytes
         self._compactAt = max(compactBytes, 2 * self._size)
         self._compacting = False
@@ -267,6 +365,32 @@ class FileStore:
         self._writer: Writer[Op] = Writer(
             reactor, self._apply, sync=sync, flushInterval=flushInterval, name="mqttd-file"
         )
+
+    def _recovered(self, damage: Damage) -> None:
+        """Keep a copy of the damaged log beside it, and say what is lost."""
+        kept = f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        shutil.copy2(self.path, kept)
+        self.log.warn(
+            "{path}: {why}; recover = true: kept the damaged file as {kept}, replayed"
+            " {replayed} records, dropped {dropped} that could not be read, and {unreadable}"
+            " unreadable and {missing} missing bytes",
+            path=self.path,
+            why=damage.why,
+            kept=kept,
+            replayed=damage.kept,
+            dropped=damage.dropped,
+            unreadable=damage.unreadable,
+            missing=damage.missing,
+        )
+
+    def _open(self) -> None:
+        self._file: BinaryIO = open(self.path, "ab")
+        # Appending descriptors ignore offsets: the header's length is written through another.
+        self._headerFd = os.open(self.path, os.O_WRONLY)
+
+    def _close(self) -> None:
+        self._file.close()
+        os.close(self._headerFd)
 
     # On the writer thread
 
@@ -290,9 +414,9 @@ class FileStore:
             if isinstance(op, Compaction):
                 self._write(chunks)
                 chunks = []
-                self._file.close()
+                self._close()
                 self._replace(op.snapshot)
-                self._file = open(self.path, "ab")
+                self._open()
             else:
                 chunks.append(op)
         self._write(chunks)
@@ -302,6 +426,8 @@ class FileStore:
             self._file.write(b"".join(chunks))
         self._file.flush()
         os.fsync(self._file.fileno())
+        # Durable with the next batch's fsync: the header never claims more than is on disk.
+        os.pwrite(self._headerFd, _LENGTH.pack(self._file.tell()), _LENGTH_AT)
 
     # On the reactor thread
 
@@ -354,7 +480,7 @@ class FileStore:
             for packetId, when in session.awaitingRel.items():
                 out.append(record(b"R", [clientId, packetId, when]))
         self._written = written
-        return b"".join(out)
+        return _withLength(out)
 
     def _messageId(self, message: Message) -> int:
         mid = message.storeId
@@ -376,7 +502,7 @@ class FileStore:
         return self._writer.flush(exactlyOnce)
 
     def close(self) -> Deferred[None]:
-        return self._writer.close(self._file.close)
+        return self._writer.close(self._close)
 
     def sessionSaved(self, clientId: str, subscriptions: Mapping[str, int]) -> None:
         self._model.sessionSaved(clientId, subscriptions)
@@ -460,6 +586,7 @@ class FileStoreFactory:
     def build(self, options: Mapping[str, str], context: PluginContext) -> FileStore:
         sync, flushInterval = durabilityOptions(options, frozenset({"path", "compact_bytes"}))
         compactBytes = _positive(options, "compact_bytes", DEFAULT_COMPACT_BYTES)
+        recover = recoverOption(options)
         return openStoreFile(
             options,
             context,
@@ -470,6 +597,7 @@ class FileStoreFactory:
                 sync=sync,
                 flushInterval=flushInterval,
                 compactBytes=compactBytes,
+                recover=recover,
             ),
         )
 

@@ -23,13 +23,18 @@ Options (C{[plugin:sqlite]}):
   - C{flush_ms}: the C{batched} commit interval in milliseconds; default 50.
   - C{group_poll_interval}: seconds between looks for group changes made by
     another process; default 1.
+  - C{recover}: C{true} to start from what can be read of a damaged file
+    (empty, unreadable or corrupt), kept beside it as
+    C{PATH.damaged-TIMESTAMP}; default C{false}, which refuses to start.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
-from mqttd.durable import Writer, durabilityOptions, openStoreFile
+from mqttd.durable import Writer, durabilityOptions, openStoreFile, recoverOption
 from mqttd.interfaces import (
     Group,
     IGroupStore,
@@ -244,14 +249,22 @@ def _readGroupsIfChanged(db: sqlite3.Connection, known: int) -> tuple[int, dict[
         db.execute("COMMIT")
 
 
+class DamagedStore(StoreError):
+    """The store file is damaged: empty, not readable as SQLite, or corrupt."""
+
+
 def openDatabase(path: str) -> sqlite3.Connection:
     """
     Open (creating if need be) the store at C{path} and check it is one this
     mqttd can use.
 
-    @raise StoreError: the file is not an SQLite database, is corrupt, is not
-        an mqttd store, or has another schema version.
+    @raise DamagedStore: the file is empty (mqttd never leaves one so), not
+        an SQLite database, or corrupt.
+    @raise StoreError: the file is not an mqttd store, or has another
+        schema version.
     """
+    if os.path.isfile(path) and not os.path.getsize(path) and not _walSize(path):
+        raise DamagedStore(path, "empty file where an SQLite store was expected")
     try:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     except sqlite3.Error as e:
@@ -286,18 +299,99 @@ def openDatabase(path: str) -> sqlite3.Connection:
             version = db.execute("PRAGMA user_version").fetchone()[0]
         check = db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
-            raise StoreError(path, f"corrupt SQLite store: {check}")
+            raise DamagedStore(path, f"corrupt SQLite store: {check}")
         db.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk, not only in the WAL's page cache, before
         # the broker acknowledges what it holds.
         db.execute("PRAGMA synchronous = FULL")
     except sqlite3.DatabaseError as e:
         db.close()
-        raise StoreError(path, f"not a usable SQLite store: {e}") from None
+        raise DamagedStore(path, f"not a usable SQLite store: {e}") from None
     except StoreError:
         db.close()
         raise
     return db
+
+
+def _walSize(path: str) -> int:
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
+# What recoverDatabase copies, parents first; group_changes is the fresh file's own.
+_SALVAGED = (
+    "messages",
+    "sessions",
+    "deliveries",
+    "awaiting_rel",
+    "retained",
+    "wills",
+    "groups",
+    "group_members",
+)
+
+
+def recoverDatabase(path: str) -> tuple[sqlite3.Connection, str]:
+    """
+    Start a new store at C{path} from what can be read of the damaged one,
+    which is kept beside it as C{PATH.damaged-TIMESTAMP}.
+
+    @return: the new store's connection and, for the log, what was kept
+        and what was dropped.
+    """
+    kept = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+    empty = not os.path.getsize(path) and not _walSize(path)
+    shutil.copy2(path, kept)
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            if suffix == "-wal":
+                shutil.copy2(path + suffix, kept + suffix)
+            os.remove(path + suffix)
+    os.remove(path)
+    db = openDatabase(path)
+    if empty:
+        return db, f"kept the empty file as {kept}; no records to drop"
+    copied: dict[str, int] = {}
+    unreadable: list[str] = []
+    try:
+        db.execute("ATTACH DATABASE ? AS damaged", (kept,))
+    except sqlite3.DatabaseError:
+        unreadable = list(_SALVAGED)
+    else:
+        try:
+            version = db.execute("PRAGMA damaged.user_version").fetchone()[0]
+        except sqlite3.DatabaseError:
+            version = None
+        for table in _SALVAGED:
+            if version != SCHEMA_VERSION:
+                # Another version's columns are not this one's: nothing is copied blindly.
+                unreadable.append(table)
+                continue
+            try:
+                cursor = db.execute(
+                    f"INSERT OR IGNORE INTO main.{table} SELECT * FROM damaged.{table}"
+                )
+                copied[table] = cursor.rowcount
+            except sqlite3.DatabaseError:
+                unreadable.append(table)
+        db.execute("DETACH DATABASE damaged")
+    # What refers to rows that were not read goes too: a restore must not meet a dangling row.
+    dangling = 0
+    for statement in (
+        "DELETE FROM deliveries WHERE message_id NOT IN (SELECT id FROM messages)"
+        " OR client_id NOT IN (SELECT client_id FROM sessions)",
+        "DELETE FROM awaiting_rel WHERE client_id NOT IN (SELECT client_id FROM sessions)",
+    ):
+        dangling += db.execute(statement).rowcount
+    rows = ", ".join(f"{count} {table}" for table, count in copied.items())
+    lost = ", ".join(unreadable) if unreadable else "none"
+    return db, (
+        f"kept the damaged file as {kept}; copied {rows or 'no rows'}; tables that could"
+        f" not be read (all their records dropped): {lost}; {dangling} records dropped that"
+        " referred to those"
+    )
 
 
 @implementer(IMessageStore, IGroupStore)
@@ -309,6 +403,8 @@ class SQLiteStore:
         so that a bad file stops start-up before anything listens.
     @param groupPollInterval: seconds between looks for group changes other
         processes made.
+    @param recover: start from what can be read of a damaged file (see
+        L{recoverDatabase}) rather than refuse it.
     @raise StoreError: see L{openDatabase}.
     """
 
@@ -322,9 +418,18 @@ class SQLiteStore:
         sync: bool,
         flushInterval: float,
         groupPollInterval: float = 1.0,
+        recover: bool = False,
     ) -> None:
         self.path = path
-        self._db = openDatabase(path)
+        try:
+            self._db = openDatabase(path)
+        except DamagedStore as e:
+            if not recover:
+                raise StoreError(
+                    path, f"{e.why}; set recover = true to start from what can be read"
+                ) from None
+            self._db, what = recoverDatabase(path)
+            self.log.warn("{path}: {why}; recover = true: {what}", path=path, why=e.why, what=what)
         self._openedBy = os.getpid()
         self._nextId = 1
         # Read here, before the writer thread owns the connection: the
@@ -635,6 +740,7 @@ class SQLiteStoreFactory:
 
     def build(self, options: Mapping[str, str], context: PluginContext) -> SQLiteStore:
         sync, flushInterval = durabilityOptions(options, frozenset({"path", "group_poll_interval"}))
+        recover = recoverOption(options)
         text = options.get("group_poll_interval", "1").strip()
         try:
             groupPollInterval = float(text)
@@ -654,6 +760,7 @@ class SQLiteStoreFactory:
                 sync=sync,
                 flushInterval=flushInterval,
                 groupPollInterval=groupPollInterval,
+                recover=recover,
             ),
         )
 

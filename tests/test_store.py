@@ -510,7 +510,7 @@ def test_fileNotALog(tmp_path: Path) -> None:
         fileStore(tmp_path)
     log.write_bytes(b"MQTTDLOG\x00\x00\x00\x63")
     with pytest.raises(
-        PluginConfigError, match="log format version 99; this mqttd reads versions 1 to 3"
+        PluginConfigError, match="log format version 99; this mqttd reads versions 1 to 4"
     ):
         fileStore(tmp_path)
 
@@ -668,7 +668,7 @@ def test_fileMigratesFromFormat1(tmp_path: Path) -> None:
     ]
     assert (state.sessions[0].expiryInterval, state.sessions[0].expiresAt) == (0xFFFFFFFF, None)
     assert state.wills == {"s": Will("w", b"b", 0, False)}
-    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x03"
+    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x04"
     e2e.in_reactor(store.sessionExpiry, "s", 10, 5.0)
     closed(store)
     session = restored(opened(fileStore, tmp_path)).sessions[0]

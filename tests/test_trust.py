@@ -449,7 +449,7 @@ def test_fileFormat2SessionsHaveNoOwnerUntilClaimed(tmp_path: Path, twisted_reac
     store = _durable("file", tmp_path)
     (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
     assert (session.clientId, session.owner) == ("s", None)
-    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x03"
+    assert (tmp_path / "mqttd.log").read_bytes()[:12] == b"MQTTDLOG\x00\x00\x00\x04"
     e2e.in_reactor(store.sessionOwned, "s", "alice")
     e2e.in_reactor(lambda: maybeDeferred(store.close))
     store = _durable("file", tmp_path)
