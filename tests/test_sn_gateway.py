@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -28,7 +30,7 @@ from mqttd.sn.codec import encode
 from mqttd.sn.packets import ReturnCode, TopicIdType, shortTopicId
 
 from .sn_harness import SN_LISTENER, SNWorld
-from .sn_vectors import BAD
+from .sn_vectors import BAD, GOOD
 
 
 def test_client_is_a_connection() -> None:
@@ -624,3 +626,36 @@ def test_counters_in_sys() -> None:
     assert got[prefix + "clients/asleep"] == b"1"
     assert got[prefix + "clients/half-open"] == b"0"
     assert got[prefix + "dropped/length"] == b"1"
+
+
+_ANY_MESSAGE = st.one_of(
+    # Noise, messages of every type with a right length and a random body, and real messages.
+    st.binary(max_size=40),
+    st.builds(
+        lambda kind, body: bytes((len(body) + 2, kind)) + body,
+        st.sampled_from([t.value for t in sn.MsgType]),
+        st.binary(max_size=12),
+    ),
+    st.sampled_from([v.data for v in GOOD]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), _ANY_MESSAGE), max_size=30))
+def test_random_datagrams_never_break_the_gateway(datagrams: list[tuple[int, bytes]]) -> None:
+    """
+    Any sequence of datagrams, well-formed or not, from a few addresses (one of them a
+    connected client's) raises nothing inside the gateway, and a bystander keeps working.
+    """
+    world = SNWorld()
+    bystander = world.snConnect("bystander")
+    topicId = bystander.register("b/t")
+    target = world.snConnect("target")
+    senders = [target, world.sn(), world.sn(), world.sn()]
+    for who, data in datagrams:
+        senders[who].sendBytes(data)
+        world.clock.advance(1)
+    assert world.gateway.dropped["internal error"] == 0
+    bystander.read()
+    bystander.send(sn.Publish(topicId, 9, b"ok", qos=1))
+    assert bystander.one(sn.Puback) == sn.Puback(topicId, 9, ReturnCode.ACCEPTED)
