@@ -659,3 +659,18 @@ def test_random_datagrams_never_break_the_gateway(datagrams: list[tuple[int, byt
     bystander.read()
     bystander.send(sn.Publish(topicId, 9, b"ok", qos=1))
     assert bystander.one(sn.Puback) == sn.Puback(topicId, 9, ReturnCode.ACCEPTED)
+
+
+def test_failed_reconnect_keeps_the_connected_client() -> None:
+    """
+    A CONNECT from a connected client's address that never completes (its will exchange times
+    out) leaves the connected client in place: it goes on being answered.
+    """
+    world = SNWorld()
+    client = world.snConnect("s1")
+    client.send(sn.Connect("s1", 60, will=True))
+    assert client.one(sn.WillTopicReq) == sn.WillTopicReq()
+    world.clock.advance(world.broker.config.connect_timeout)
+    client.send(sn.Pingreq())
+    assert client.one(sn.Pingresp) == sn.Pingresp()
+    assert world.broker.sessions["s1"].connection is world.gateway.clients[client.address]

@@ -109,6 +109,7 @@ class SNClient:
         "clientId",
         "gateway",
         "paused",
+        "previous",
         "session",
         "state",
         "topicIds",
@@ -128,6 +129,9 @@ class SNClient:
         self.session: Session | None = None
         self.state = State.AUTHENTICATING
         self.topicIds = TopicIds()
+        # The accepted client this CONNECT came after from the same address, back in its place
+        # if this one is refused or never finishes (only the broker's takeover ends it).
+        self.previous: SNClient | None = None
         self._connect = connect
         self._will: mqtt.Will | None = None
         self._willTopic = sn.WillTopic("")
@@ -245,6 +249,7 @@ class SNClient:
         self._cancelSupervisor()
         self.session = session
         self.state = State.ACTIVE
+        self.previous = None
         gateway.accepted(self, self._will if not packet.clean_session else None)
         self._send(sn.Connack(ReturnCode.ACCEPTED))
         self.log.info(

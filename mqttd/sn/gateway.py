@@ -183,6 +183,7 @@ class MQTTSNGateway(DatagramProtocol):
             # Another client now at this address: the old one is gone.
             existing.lost(f"{packet.client_id!r} connected from its address")
         client = SNClient(self, address, packet)
+        client.previous = existing
         self.clients[address] = client
         self._halfOpen.add(client)
         client.begin(self.wills.get(packet.client_id))
@@ -262,7 +263,11 @@ class MQTTSNGateway(DatagramProtocol):
     def forget(self, client: SNClient) -> None:
         self._halfOpen.discard(client)
         if self.clients.get(client.address) is client:
-            del self.clients[client.address]
+            previous = client.previous
+            if previous is not None and previous.state != State.CLOSED:
+                self.clients[client.address] = previous
+            else:
+                del self.clients[client.address]
 
 
 def _then(result: object, f: Any, *args: Any) -> None:
