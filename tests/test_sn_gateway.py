@@ -674,3 +674,13 @@ def test_failed_reconnect_keeps_the_connected_client() -> None:
     client.send(sn.Pingreq())
     assert client.one(sn.Pingresp) == sn.Pingresp()
     assert world.broker.sessions["s1"].connection is world.gateway.clients[client.address]
+
+
+def test_short_topic_with_wildcard_refused() -> None:
+    """A short topic name holding a wildcard is no topic to publish to: PUBACK refuses it."""
+    world = SNWorld()
+    sub = world.subscriber("mqtt", ("#", 0))
+    client = world.snConnect("s1")
+    client.send(sn.Publish(shortTopicId("a+"), 4, b"x", qos=1, topic_id_type=TopicIdType.SHORT))
+    assert client.one(sn.Puback) == sn.Puback(shortTopicId("a+"), 4, ReturnCode.NOT_SUPPORTED)
+    assert sub.publishes() == [] and world.gateway.dropped["invalid topic"] == 1

@@ -338,12 +338,14 @@ class SNClient:
             gateway.count("unknown topic id")
             self._send(sn.Puback(packet.topic_id, packet.msg_id, ReturnCode.INVALID_TOPIC_ID))
             return None
-        try:
-            validate_topic_name(topic, gateway.broker.config.max_topic_levels)
-        except InvalidTopic:
-            gateway.count("invalid topic")
-            self._send(sn.Puback(packet.topic_id, packet.msg_id, ReturnCode.NOT_SUPPORTED))
-            return None
+        if packet.topic_id_type != TopicIdType.NORMAL:
+            # A normal id's name was checked when it was registered, by either side.
+            try:
+                validate_topic_name(topic, gateway.broker.config.max_topic_levels)
+            except InvalidTopic:
+                gateway.count("invalid topic")
+                self._send(sn.Puback(packet.topic_id, packet.msg_id, ReturnCode.NOT_SUPPORTED))
+                return None
         qos = packet.qos
         if qos == 1:
             self._inboundTopicIds[packet.msg_id] = packet.topic_id
