@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mqttd.codec.packets import Publish
+from mqttd.codec.packets import Publish, Will
 from mqttd.interfaces import (
     Action,
     Allow,
@@ -684,3 +684,15 @@ def test_short_topic_with_wildcard_refused() -> None:
     client.send(sn.Publish(shortTopicId("a+"), 4, b"x", qos=1, topic_id_type=TopicIdType.SHORT))
     assert client.one(sn.Puback) == sn.Puback(shortTopicId("a+"), 4, ReturnCode.NOT_SUPPORTED)
     assert sub.publishes() == [] and world.gateway.dropped["invalid topic"] == 1
+
+
+def test_mqtt_will_reaches_sn_subscriber() -> None:
+    """The will of an MQTT client whose connection fails reaches an SN subscriber."""
+    world = SNWorld()
+    client = world.snConnect("s1")
+    suback = client.subscribe("wills/+", qos=1)
+    mqtt = world.connect("m", will=Will("wills/m", b"m is gone", 1))
+    mqtt.drop()
+    publish = client.publishAfterRegister()
+    assert (publish.payload, publish.qos) == (b"m is gone", 1)
+    assert suback.topic_id == 0
