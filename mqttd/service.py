@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFromThreads,
     IReactorTime,
+    IReactorUDP,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
@@ -64,6 +65,8 @@ def _layers(listener: ListenerConfig) -> str:
             layers += " with client certificates"
     if listener.protocol == "websocket":
         layers += f", WebSocket at {listener.path}"
+    if listener.protocol == "mqtt-sn":
+        layers += ", MQTT-SN 1.2 over UDP"
     elif listener.protocol == "http":
         layers += ", HTTP API and dashboard"
     return layers
@@ -415,11 +418,16 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
     for listener in config.listeners:
         if listener.protocol == "mqtt-sn":
             # Imported only when configured: a broker without MQTT-SN loads none of it.
-            from mqttd.sn.listener import SNListenerService
+            from mqttd.sn.client import MAX_DATAGRAM
+            from mqttd.sn.endpoint import UDPServerEndpoint
+            from mqttd.sn.gateway import MQTTSNGateway
 
-            sn = SNListenerService(broker, listener, reactor)
-            sn.setName(listener.name)
-            sn.setServiceParent(service)
+            # A datagram protocol, not a factory: the UDP endpoint is the one that knows.
+            gateway: Any = MQTTSNGateway(broker, listener, reactor)
+            udp: Any = UDPServerEndpoint(IReactorUDP(reactor), listener.endpoint, MAX_DATAGRAM)
+            ListenerService(listener, udp, gateway, service._listenerFailed).setServiceParent(
+                service
+            )
             continue
         endpoint = serverFromString(reactor, listener.listenEndpoint())
         served: IProtocolFactory

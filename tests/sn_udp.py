@@ -1,5 +1,5 @@
 """
-End-to-end MQTT-SN: the gateway of a real L{SNListenerService} on a UDP port of 127.0.0.1, in
+End-to-end MQTT-SN: the gateway behind a real L{ListenerService} on a UDP port of 127.0.0.1, in
 the e2e reactor thread beside the e2e broker, and a small blocking MQTT-SN client built on
 L{mqttd.sn.codec} for what the PyPI client (mqtt-sn-12) does not do (receiving QoS 2, sleeping,
 acknowledging late on purpose).
@@ -13,10 +13,12 @@ from typing import Any
 
 from mqttd.broker import Broker
 from mqttd.config import ListenerConfig
+from mqttd.service import ListenerError, ListenerService
 from mqttd.sn import packets as sn
+from mqttd.sn.client import MAX_DATAGRAM
 from mqttd.sn.codec import decode, encode
+from mqttd.sn.endpoint import UDPServerEndpoint
 from mqttd.sn.gateway import MQTTSNGateway
-from mqttd.sn.listener import SNListenerService
 
 from . import e2e
 
@@ -34,25 +36,29 @@ SN_E2E = ListenerConfig(
 
 @dataclass
 class RunningGateway:
-    service: SNListenerService
+    service: ListenerService
+    gateway: MQTTSNGateway
     port: int
-
-    @property
-    def gateway(self) -> MQTTSNGateway:
-        return self.service.gateway
 
     def stop(self) -> None:
         e2e.in_reactor(self.service.stopService)
 
 
 def start_gateway(broker: Broker, listener: ListenerConfig = SN_E2E) -> RunningGateway:
-    """An MQTT-SN listener for C{broker}, started as L{mqttd.service} starts it."""
+    """An MQTT-SN listener for C{broker}, built, bound and started as L{mqttd.service} does."""
+
+    def failed(error: ListenerError) -> None:
+        raise error
 
     def start() -> RunningGateway:
-        service = SNListenerService(broker, listener, e2e.reactor)
+        gateway: Any = MQTTSNGateway(broker, listener, e2e.reactor)
+        endpoint: Any = UDPServerEndpoint(e2e.reactor, listener.endpoint, MAX_DATAGRAM)
+        service = ListenerService(listener, endpoint, gateway, failed)
         service.startService()
+        service.accept()
         assert service.port is not None
-        return RunningGateway(service, service.port.getHost().port)  # type: ignore[attr-defined]
+        address: Any = service.port.getHost()
+        return RunningGateway(service, gateway, address.port)
 
     running: RunningGateway = e2e.in_reactor(start)
     return running

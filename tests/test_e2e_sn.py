@@ -6,6 +6,7 @@ own test client (L{tests.sn_udp}) and paho-mqtt, exchanging messages both ways.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,11 @@ from mqttsn12.client.MqttSnClient import (  # type: ignore[import-untyped]
     MqttSnMessage,
 )
 
+from mqttd.service import ListenerError, ListenerService
 from mqttd.sn import packets as sn
+from mqttd.sn.client import MAX_DATAGRAM
+from mqttd.sn.endpoint import UDPServerEndpoint
+from mqttd.sn.gateway import MQTTSNGateway
 from mqttd.sn.packets import ReturnCode
 
 from . import e2e
@@ -253,3 +258,40 @@ def test_bad_datagrams_leave_others_working(
     assert message.payload == b"fine"
     dropped = e2e.in_reactor(lambda: dict(gateway.gateway.dropped))
     assert dropped["short"] == 2 and dropped["length"] == 3 and dropped["type"] == 1, dropped
+
+
+def test_udp_port_taken(e2e_broker: e2e.RunningBroker) -> None:
+    """A UDP port already in use stops the listener's start with the one-line ListenerError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((e2e.HOST, 0))
+        port = taken.getsockname()[1]
+        listener = replace(SN_E2E, endpoint=f"udp:{port}:interface={e2e.HOST}")
+        with pytest.raises(ListenerError) as caught:
+            start_gateway(e2e_broker.broker, listener)
+    assert str(caught.value).startswith(f"listener sn cannot listen on udp:{port}:"), caught.value
+
+
+def test_paused_until_accepting(e2e_broker: e2e.RunningBroker) -> None:
+    """
+    Bound but not yet accepting (the broker still restoring its store), the listener reads
+    nothing; datagrams wait in the kernel and are answered once it accepts.
+    """
+
+    def bind() -> Any:
+        gateway: Any = MQTTSNGateway(e2e_broker.broker, SN_E2E, e2e.reactor)
+        endpoint: Any = UDPServerEndpoint(e2e.reactor, SN_E2E.endpoint, MAX_DATAGRAM)
+        service = ListenerService(SN_E2E, endpoint, gateway, lambda error: None)
+        service.startService()
+        return service
+
+    service = e2e.in_reactor(bind)
+    client = UDPClient(service.port.getHost().port)
+    try:
+        client.send(sn.SearchGw(0))
+        with pytest.raises(AssertionError, match="no datagram"):
+            client.receive(timeout=0.3)
+        e2e.in_reactor(service.accept)
+        assert client.expect(sn.GwInfo) == sn.GwInfo(1)
+    finally:
+        client.close()
+        e2e.in_reactor(service.stopService)

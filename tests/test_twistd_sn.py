@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import e2e
@@ -56,9 +57,12 @@ def test_documented_command_lines(tmp_path: Path) -> None:
             command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
         )
     try:
-        # The listeners start in the file's order, so MQTT up means MQTT-SN is up too.
         waitForPort(process, port, log)
-        assert "MQTT-SN 1.2 over UDP" in log.read_text()
+        # Both listeners are bound before either accepts; the log says so for the UDP one.
+        deadline = time.monotonic() + TIMEOUT
+        while "MQTT-SN 1.2 over UDP" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         paho = e2e.Client(port, "paho")
         try:
             paho.publish("sensors/room1", b"22", 1, retain=True)
