@@ -1212,7 +1212,7 @@ class Broker:
         by a store from before such CONNECTs were refused) is dropped.
         """
         if will.topic.startswith("$"):
-            self.stats.messagesDropped += 1
+            self.stats.drop(DROP_WILL_DENIED)
             self.log.warn("a will on {topic}, a server topic, is dropped", topic=will.topic)
             return
         message: Message

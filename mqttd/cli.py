@@ -255,6 +255,11 @@ def _groups(args: argparse.Namespace) -> int:
                     byUsername=args.by == "username",
                     topic=args.topic,
                     echo=args.echo,
+                    owners=[o for o in (args.owners or "").split(",") if o],
+                    publish=args.publish,
+                    events=args.events,
+                    inbox=args.inbox,
+                    history=args.history,
                 )
             elif args.action == "add":
                 base = existing if existing is not None else vg.makeGroup(args.name)
@@ -317,6 +322,28 @@ def _groupsParser(commands: Any) -> None:
             parser.add_argument("--by", choices=("clientid", "username"), default="clientid")
             parser.add_argument("--topic", metavar="TEMPLATE", help="delivered topic template")
             parser.add_argument("--echo", action="store_true", help="deliver to the publisher too")
+            parser.add_argument(
+                "--owners", metavar="A,B", help="members who add and remove the group's members"
+            )
+            parser.add_argument(
+                "--publish",
+                choices=("members", "owners", "acl"),
+                default="members",
+                help="who may publish: its members, its owners alone, or whom the ACL allows",
+            )
+            parser.add_argument(
+                "--events", action="store_true", help="announce members joining and leaving"
+            )
+            parser.add_argument(
+                "--inbox", action="store_true", help="keep messages for members who are away"
+            )
+            parser.add_argument(
+                "--history",
+                type=int,
+                default=0,
+                metavar="N",
+                help="with --inbox: the last N messages a member added later is given",
+            )
 
 
 def _apikeyFile(args: argparse.Namespace) -> str:

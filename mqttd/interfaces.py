@@ -683,6 +683,19 @@ class Group:
         C{{clientid}}, C{{publisher}} and C{{rest}} (what follows the group
         name); L{None} delivers under the published topic.
     @ivar echo: whether the publisher's own session receives the message.
+    @ivar owners: the members (by the same kind of name) who manage the
+        group: add and remove its members.
+    @ivar publish: who may publish to it: C{"members"} (its members, and
+        whomever the ACL allows besides), C{"owners"} (its owners alone: an
+        announcement channel) or C{"acl"} (whomever the ACL allows).
+    @ivar events: whether a member joining or leaving sends the group a
+        message (C{$group/NAME/$membership}, JSON C{{"event": "joined" or
+        "left", "group": NAME, "member": MEMBER}}).
+    @ivar inbox: whether the group's messages are kept in the store for
+        members who are not connected, and handed to each when it next
+        connects, whatever its clean start.
+    @ivar history: with C{inbox}, how many of the group's last messages a
+        member added to it is given.
     """
 
     name: str
@@ -690,6 +703,11 @@ class Group:
     byUsername: bool = False
     topic: str | None = None
     echo: bool = False
+    owners: frozenset[str] = frozenset()
+    publish: str = "members"
+    events: bool = False
+    inbox: bool = False
+    history: int = 0
 
 
 class IGroupSource(Interface):
@@ -718,6 +736,33 @@ class IGroupSource(Interface):
         broker's cached answers about who may publish to a group are then
         dropped.
         """
+
+
+class IGroupInbox(Interface):
+    """
+    A store that also keeps virtual groups' inboxes: each group's last
+    messages (L{mqttd.groupinbox.InboxEntry}) and, per reader (a client id
+    or a member), the sequence number of the last one it was given.
+    Every method records and returns at once, as L{IMessageStore}'s events do.
+    """
+
+    def inboxes() -> Any:
+        """
+        Every group's inbox as it was stored, by group name: a mapping of
+        L{mqttd.groupinbox.Inbox}; called once, at start-up.
+        """
+
+    def inboxAppended(group: str, entry: Any) -> None:
+        """C{entry} joined the end of C{group}'s inbox."""
+
+    def inboxTrimmed(group: str, firstSeq: int) -> None:
+        """Entries of C{group} before sequence number C{firstSeq} are gone."""
+
+    def inboxRead(group: str, reader: str, seq: int) -> None:
+        """C{reader} of C{group} has had every entry up to C{seq}."""
+
+    def inboxDeleted(group: str) -> None:
+        """C{group}'s inbox, entries and readers, is gone."""
 
 
 class IGroupStore(IGroupSource):

@@ -47,8 +47,21 @@ from zope.interface import implementer
 
 from mqttd.codec.packets import Will
 from mqttd.durable import Writer, durabilityOptions, openStoreFile, recoverOption
+from mqttd.groupinbox import (
+    INBOX_SCHEMA,
+    Inbox,
+    InboxEntry,
+    appendOps,
+    deleteOps,
+    dumpSettings,
+    readInboxes,
+    readOps,
+    trimOps,
+    withSettings,
+)
 from mqttd.interfaces import (
     Group,
+    IGroupInbox,
     IGroupStore,
     IMessageStore,
     IPluginFactory,
@@ -66,7 +79,7 @@ from mqttd.store import (
     storedMessage,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Version 1; a new file is made with it and brought up to date by the same
 # MIGRATIONS an old file goes through, so the two never differ.
@@ -150,6 +163,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # The identity a session belongs to; NULL for a session from before, which the next client
     # to resume it claims (its deliveries still pass that client's receive check).
     3: ("ALTER TABLE sessions ADD COLUMN owner TEXT",),
+    # Virtual groups' roles and policies (mqttd.groupinbox.dumpSettings' JSON) and inboxes.
+    4: INBOX_SCHEMA,
 }
 
 _INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -193,8 +208,9 @@ def groupOps(groups: Iterable[Group], deleted: Iterable[str]) -> list[Op]:
         ops.append(("DELETE FROM group_members WHERE group_name = ?", (group.name,)))
         ops.append(
             (
-                "INSERT OR REPLACE INTO groups VALUES (?, ?, ?, ?)",
-                (group.name, group.byUsername, group.topic, group.echo),
+                "INSERT OR REPLACE INTO groups (name, by_username, topic, echo, settings)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (group.name, group.byUsername, group.topic, group.echo, dumpSettings(group)),
             )
         )
         ops.extend(
@@ -217,9 +233,11 @@ def readGroups(db: sqlite3.Connection) -> dict[str, Group]:
     for groupName, member, qos in db.execute("SELECT group_name, member, qos FROM group_members"):
         members.setdefault(groupName, {})[member] = qos
     return {
-        name: Group(name, members.get(name, {}), bool(byUsername), topic, bool(echo))
-        for name, byUsername, topic, echo in db.execute(
-            "SELECT name, by_username, topic, echo FROM groups"
+        name: withSettings(
+            Group(name, members.get(name, {}), bool(byUsername), topic, bool(echo)), settings
+        )
+        for name, byUsername, topic, echo, settings in db.execute(
+            "SELECT name, by_username, topic, echo, settings FROM groups"
         )
     }
 
@@ -330,6 +348,8 @@ _SALVAGED = (
     "wills",
     "groups",
     "group_members",
+    "group_inbox",
+    "group_readers",
 )
 
 
@@ -394,7 +414,7 @@ def recoverDatabase(path: str) -> tuple[sqlite3.Connection, str]:
     )
 
 
-@implementer(IMessageStore, IGroupStore)
+@implementer(IMessageStore, IGroupStore, IGroupInbox)
 class SQLiteStore:
     """
     L{IMessageStore} and L{IGroupStore} in one SQLite file.
@@ -436,6 +456,7 @@ class SQLiteStore:
         # routing asks for groups synchronously from the first message on.
         self._groupChanges = readGroupChanges(self._db)
         self._groups = readGroups(self._db)
+        self._inboxes = readInboxes(self._db)
         self._groupWrites = 0
         self._watchers: list[Callable[[], None]] = []
         self._closed = False
@@ -656,6 +677,27 @@ class SQLiteStore:
 
     def retainedDeleted(self, topic: str) -> None:
         self._record(("DELETE FROM retained WHERE topic = ?", (topic,)))
+
+    # IGroupInbox
+
+    def inboxes(self) -> dict[str, Inbox]:
+        return self._inboxes
+
+    def inboxAppended(self, group: str, entry: InboxEntry) -> None:
+        for op in appendOps(group, entry):
+            self._record(op)
+
+    def inboxTrimmed(self, group: str, firstSeq: int) -> None:
+        for op in trimOps(group, firstSeq):
+            self._record(op)
+
+    def inboxRead(self, group: str, reader: str, seq: int) -> None:
+        for op in readOps(group, reader, seq):
+            self._record(op)
+
+    def inboxDeleted(self, group: str) -> None:
+        for op in deleteOps(group):
+            self._record(op)
 
     # IGroupSource
 

@@ -37,12 +37,25 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mqttd.groupinbox import (
+    INBOX_SCHEMA,
+    Inbox,
+    InboxEntry,
+    appendOps,
+    deleteOps,
+    dumpSettings,
+    readInboxes,
+    readOps,
+    trimOps,
+    withSettings,
+)
 from mqttd.interfaces import (
     Action,
     ClientInfo,
     Group,
     IAuthorizer,
     IBrokerAware,
+    IGroupInbox,
     IGroupSource,
     IGroupStore,
     IMessageStore,
@@ -54,9 +67,12 @@ from mqttd.interfaces import (
 from mqttd.message import Message
 
 CONTROL_PREFIX = "$CONTROL/mqttd/groups/"
+PUBLISH_POLICIES = ("members", "owners", "acl")
+# Under a group's topic: the membership events of a group with events = true.
+MEMBERSHIP_REST = "$membership"
 GROUP_FIELDS = frozenset({"group", "member", "clientid", "publisher", "rest"})
 DIRECT_FIELDS = frozenset({"clientid", "member", "publisher", "rest"})
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The application_id of a groups file ("mqgr"), so that mqttd never mistakes another SQLite
 # database, the broker's own store included, for one.
 APPLICATION_ID = 0x6D716772
@@ -77,6 +93,8 @@ CREATE TABLE members (
     PRIMARY KEY (group_name, member)
 ) WITHOUT ROWID;
 """
+# From version 1 to 2: roles, policies and inboxes, as in the broker's SQLite store.
+MIGRATION_2 = INBOX_SCHEMA
 
 
 class GroupError(ValueError):
@@ -139,20 +157,45 @@ def makeGroup(
     byUsername: bool = False,
     topic: str | None = None,
     echo: bool = False,
+    owners: Iterable[str] = (),
+    publish: str = "members",
+    events: bool = False,
+    inbox: bool = False,
+    history: int = 0,
 ) -> Group:
     """
-    A checked L{Group}.
+    A checked L{Group}.  Owners are members: any not among C{members} is added at QoS 2.
 
-    @raise GroupError: the name, a member, a QoS or the template cannot be used.
+    @raise GroupError: the name, a member, a QoS, the template or a setting cannot be used.
     """
     members = dict(members or {})
+    owners = frozenset(checkName("owner", owner) for owner in owners)
+    for owner in owners:
+        members.setdefault(owner, 2)
     for member, qos in members.items():
         checkName("member", member)
         if qos not in (0, 1, 2):
             raise GroupError(f"member {member!r}: QoS must be 0, 1 or 2, got {qos!r}")
     if topic is not None:
         checkTemplate(topic, GROUP_FIELDS)
-    return Group(checkName("group", name), members, byUsername, topic, echo)
+    if publish not in PUBLISH_POLICIES:
+        raise GroupError(f"publish must be one of {', '.join(PUBLISH_POLICIES)}, got {publish!r}")
+    if not isinstance(history, int) or isinstance(history, bool) or history < 0:
+        raise GroupError(f"history must be a number of messages, got {history!r}")
+    if history and not inbox:
+        raise GroupError("history needs inbox = true: the messages are kept in the inbox")
+    return Group(
+        checkName("group", name),
+        members,
+        byUsername,
+        topic,
+        echo,
+        owners,
+        publish,
+        bool(events),
+        bool(inbox),
+        history,
+    )
 
 
 # The SQLite file, used from the broker's thread pool and from the command line
@@ -176,11 +219,24 @@ def openGroupDatabase(path: str) -> sqlite3.Connection:
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(
                 f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
-                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                " PRAGMA user_version = 1; COMMIT;"
             )
         elif application != APPLICATION_ID:
             raise GroupError(f"{path}: an SQLite database, but not an mqttd groups file")
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 1:
+            # IMMEDIATE and read again inside, as the broker's store migrates.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                    for statement in MIGRATION_2:
+                        db.execute(statement)
+                    db.execute("PRAGMA user_version = 2")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise GroupError(
                 f"{path}: groups file version {version}; this mqttd reads version {SCHEMA_VERSION}"
@@ -207,8 +263,12 @@ def readGroups(db: sqlite3.Connection) -> dict[str, Group]:
     for groupName, member, qos in db.execute("SELECT group_name, member, qos FROM members"):
         members.setdefault(groupName, {})[member] = qos
     return {
-        name: Group(name, members.get(name, {}), bool(byUsername), topic, bool(echo))
-        for name, byUsername, topic, echo in db.execute("SELECT * FROM groups")
+        name: withSettings(
+            Group(name, members.get(name, {}), bool(byUsername), topic, bool(echo)), settings
+        )
+        for name, byUsername, topic, echo, settings in db.execute(
+            "SELECT name, by_username, topic, echo, settings FROM groups"
+        )
     }
 
 
@@ -226,8 +286,9 @@ def writeGroups(db: sqlite3.Connection, groups: Iterable[Group], deleted: Iterab
         for group in groups:
             db.execute("DELETE FROM members WHERE group_name = ?", (group.name,))
             db.execute(
-                "INSERT OR REPLACE INTO groups VALUES (?, ?, ?, ?)",
-                (group.name, group.byUsername, group.topic, group.echo),
+                "INSERT OR REPLACE INTO groups (name, by_username, topic, echo, settings)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (group.name, group.byUsername, group.topic, group.echo, dumpSettings(group)),
             )
             db.executemany(
                 "INSERT INTO members VALUES (?, ?, ?)",
@@ -240,6 +301,18 @@ def writeGroups(db: sqlite3.Connection, groups: Iterable[Group], deleted: Iterab
         db.execute("ROLLBACK")
         raise
     return changes
+
+
+def _execute(path: str, ops: Sequence[tuple[str, tuple[object, ...]]]) -> None:
+    with closing(openGroupDatabase(path)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in ops:
+                db.execute(sql, params)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 def _write(path: str, groups: Sequence[Group], deleted: Sequence[str]) -> int:
@@ -261,7 +334,7 @@ def _readIfChanged(path: str, known: int) -> tuple[int, dict[str, Group] | None]
 Runner = Callable[..., "Deferred[Any]"]
 
 
-@implementer(IGroupStore)
+@implementer(IGroupStore, IGroupInbox)
 class SQLiteGroupStore:
     """
     Groups in an SQLite file: held in memory for the routing, written through to the file off the
@@ -295,6 +368,7 @@ class SQLiteGroupStore:
         with closing(openGroupDatabase(path)) as db:
             self._changes = writeGroups(db, initial, ()) if initial else readChanges(db)
             self._groups = readGroups(db)
+            self._inboxes = readInboxes(db)
         self._poll = LoopingCall(self._pollFile)
         self._poll.clock = reactor
         self._pollInterval = pollInterval
@@ -309,6 +383,30 @@ class SQLiteGroupStore:
     def stop(self) -> None:
         if self._poll.running:
             self._poll.stop()
+
+    # IGroupInbox: written through, in order, as group changes are.
+
+    def inboxes(self) -> dict[str, Inbox]:
+        return self._inboxes
+
+    def _inboxWrite(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
+        d = self._lock.run(self._run, _execute, self.path, ops)
+        d.addErrback(self._inboxWriteFailed)
+
+    def _inboxWriteFailed(self, failure: Failure) -> None:
+        self.log.failure("virtual groups: cannot write an inbox to {path}", failure, path=self.path)
+
+    def inboxAppended(self, group: str, entry: InboxEntry) -> None:
+        self._inboxWrite(appendOps(group, entry))
+
+    def inboxTrimmed(self, group: str, firstSeq: int) -> None:
+        self._inboxWrite(trimOps(group, firstSeq))
+
+    def inboxRead(self, group: str, reader: str, seq: int) -> None:
+        self._inboxWrite(readOps(group, reader, seq))
+
+    def inboxDeleted(self, group: str) -> None:
+        self._inboxWrite(deleteOps(group))
 
     # IGroupSource
 
@@ -384,7 +482,11 @@ class VirtualGroups:
     of read-only L{IGroupSource}s.
 
     @ivar dropped: messages to a group that reached nobody (no such group, no members, no
-        member with a session) or to a client without a session.
+        member with a session) or to a client without a session, and inbox messages a member
+        never got because the inbox's limits had dropped them.
+    @ivar admins: the identities (user names) that may create, delete and change any group over
+        the control topics: the operators.
+    @ivar inboxes: every group's inbox, by group name, as the store keeps it.
     """
 
     log = Logger()
@@ -398,6 +500,9 @@ class VirtualGroups:
         directPrefix: str = "$p2p/",
         directTopic: str | None = None,
         control: bool = False,
+        admins: Iterable[str] = (),
+        inboxMaxMessages: int = 100,
+        inboxMaxAge: float = 7 * 24 * 3600.0,
     ) -> None:
         self.store = store
         self.sources = tuple(sources)
@@ -405,6 +510,9 @@ class VirtualGroups:
         self.directPrefix = directPrefix
         self.directTopic = directTopic
         self.control = control
+        self.admins = frozenset(admins)
+        self.inboxMaxMessages = inboxMaxMessages
+        self.inboxMaxAge = inboxMaxAge
         # One startswith against this tuple is all an ordinary topic costs the selector.
         self._prefixes = (groupPrefix, directPrefix, *((CONTROL_PREFIX,) if control else ()))
         self.dropped = 0
@@ -412,6 +520,13 @@ class VirtualGroups:
         # Group name -> (the Group it was made from, {clientId: qos}) for groups of client ids
         # delivered under the published topic: one mapping for every message while unchanged.
         self._prepared: dict[str, tuple[Group, dict[str, int]]] = {}
+        self._inboxStore: Any = store if IGroupInbox.providedBy(store) else None
+        self.inboxes: dict[str, Inbox] = (
+            dict(self._inboxStore.inboxes()) if self._inboxStore is not None else {}
+        )
+        # The members of each stored group with events or an inbox, to tell who joined or left.
+        self._known: dict[str, frozenset[str]] = {}
+        self._track(announce=False)
         for source in (store, *self.sources):
             source.watch(self._membershipChanged)
 
@@ -424,6 +539,7 @@ class VirtualGroups:
             *broker.reservedPrefixes,
             *(p for p in self._prefixes if p not in broker.reservedPrefixes),
         )
+        broker.whenConnected(self._connected, self._disconnected)
         if isinstance(self.store, SQLiteGroupStore):
             self.store.start()
 
@@ -437,6 +553,51 @@ class VirtualGroups:
         # A former member's cached permission to publish to the group must not outlive it.
         if self.broker is not None:
             self.broker.authorizationChanged()
+        self._track(announce=True)
+
+    def _track(self, announce: bool) -> None:
+        """
+        Note the members of every stored group with events or an inbox; with C{announce}, act
+        on who joined or left since the last look, however the change was made (control topics,
+        C{mqttd groups}, the REST API, the configuration).
+        """
+        store = self.store
+        for name in set(store.groupNames()) | set(self._known):
+            group = store.group(name)
+            before = self._known.pop(name, None)
+            if group is None:
+                if self.inboxes.pop(name, None) is not None and self._inboxStore is not None:
+                    self._inboxStore.inboxDeleted(name)
+                continue
+            if not (group.events or group.inbox):
+                continue
+            after = self._known[name] = frozenset(group.members)
+            if not announce or before is None:
+                continue
+            for member in sorted(after - before):
+                self._joined(group, member)
+            for member in sorted(before - after):
+                self._announce(group, "left", member)
+
+    def _joined(self, group: Group, member: str) -> None:
+        if group.inbox:
+            inbox = self.inboxes.setdefault(group.name, Inbox())
+            # A new member starts after what the group said before it came, less its history.
+            start = max(0, inbox.lastSeq - group.history)
+            self._moveReader(group.name, inbox, "m:" + member, start)
+            if self.broker is not None:
+                for clientId, name, _ in self._sessionsOf(replace(group, members={member: 2})):
+                    session = self.broker.sessions.get(clientId)
+                    if session is not None and session.connection is not None:
+                        self._drain(group, inbox, clientId, name)
+        self._announce(group, "joined", member)
+
+    def _announce(self, group: Group, event: str, member: str) -> None:
+        if not group.events or self.broker is None:
+            return
+        body = {"event": event, "group": group.name, "member": member}
+        topic = f"{self.groupPrefix}{group.name}/{MEMBERSHIP_REST}"
+        self.broker.route(Message(topic, json.dumps(body).encode("utf-8"), 1))
 
     # Groups
 
@@ -454,6 +615,9 @@ class VirtualGroups:
         member = client.username if group.byUsername else client.clientId
         return member is not None and member in group.members
 
+    def _memberName(self, group: Group, client: ClientInfo) -> str | None:
+        return client.username if group.byUsername else client.clientId
+
     # ISubscriberSelector
 
     def select(self, message: Message, publisher: ClientInfo | None) -> Any:
@@ -462,17 +626,17 @@ class VirtualGroups:
         topic = message.topic
         if topic.startswith(self.groupPrefix):
             name, _, rest = topic[len(self.groupPrefix) :].partition("/")
-            return self._toGroup(name, rest, publisher)
+            return self._toGroup(name, rest, publisher, message)
         if topic.startswith(self.directPrefix):
             clientId, _, rest = topic[len(self.directPrefix) :].partition("/")
             return self._toClient(clientId, rest, publisher)
         self._controlRequest(topic[len(CONTROL_PREFIX) :], message, publisher)
         return ()
 
-    def _drop(self) -> tuple[()]:
-        self.dropped += 1
+    def _drop(self, count: int = 1) -> tuple[()]:
+        self.dropped += count
         if self.broker is not None:
-            self.broker.stats.messagesDropped += 1
+            self.broker.stats.messagesDropped += count
         return ()
 
     def _toClient(self, clientId: str, rest: str, publisher: ClientInfo | None) -> Any:
@@ -486,12 +650,19 @@ class VirtualGroups:
         )
         return ((clientId, 2, topic),)
 
-    def _toGroup(self, name: str, rest: str, publisher: ClientInfo | None) -> Any:
+    def _toGroup(self, name: str, rest: str, publisher: ClientInfo | None, message: Message) -> Any:
         group = self.find(name)
         if group is None or not group.members:
             return self._drop()
         exclude = None if group.echo or publisher is None else publisher.clientId
-        if group.topic is None and not group.byUsername:
+        online = None
+        if group.inbox and self._inboxStore is not None and self.broker is not None:
+            # Kept for whoever is away; those connected now get it now, the others from the
+            # inbox when they come, so nobody gets it twice.
+            self._keep(group, message, publisher)
+            sessions = self.broker.sessions
+            online = {c for c, s in sessions.items() if s.connection is not None}
+        elif group.topic is None and not group.byUsername:
             prepared = self._prepared.get(name)
             if prepared is None or prepared[0] is not group:
                 prepared = self._prepared[name] = (group, dict(group.members))
@@ -504,10 +675,10 @@ class VirtualGroups:
         resolved = [
             (clientId, member, qos)
             for clientId, member, qos in self._sessionsOf(group)
-            if clientId != exclude
+            if clientId != exclude and (online is None or clientId in online)
         ]
         if not resolved:
-            return self._drop()
+            return () if online is not None else self._drop()
         if group.topic is None:
             return {clientId: qos for clientId, _, qos in resolved}
         template = group.topic
@@ -536,6 +707,95 @@ class VirtualGroups:
             for clientId in byUsername.get(member, ()):
                 yield clientId, member, qos
 
+    # Inboxes
+
+    def _keep(self, group: Group, message: Message, publisher: ClientInfo | None) -> None:
+        inbox = self.inboxes.setdefault(group.name, Inbox())
+        now = self.broker.clock.seconds()
+        inbox.lastSeq += 1
+        entry = InboxEntry(
+            inbox.lastSeq,
+            now,
+            message.topic,
+            message.payload,
+            message.qos,
+            publisher.clientId if publisher is not None else "",
+        )
+        inbox.entries.append(entry)
+        self._inboxStore.inboxAppended(group.name, entry)
+        self._trim(group.name, inbox, now)
+
+    def _trim(self, name: str, inbox: Inbox, now: float) -> None:
+        # Bounded by count and by age; who missed what is counted when it comes to read.
+        entries = inbox.entries
+        oldest = now - self.inboxMaxAge
+        trimmed = False
+        while entries and (len(entries) > self.inboxMaxMessages or entries[0].at < oldest):
+            entries.popleft()
+            trimmed = True
+        if trimmed and self._inboxStore is not None:
+            self._inboxStore.inboxTrimmed(name, entries[0].seq if entries else inbox.lastSeq + 1)
+
+    def _moveReader(self, name: str, inbox: Inbox, reader: str, seq: int) -> None:
+        if inbox.readers.get(reader) != seq:
+            inbox.readers[reader] = seq
+            if self._inboxStore is not None:
+                self._inboxStore.inboxRead(name, reader, seq)
+
+    def _inboxGroups(self, client: ClientInfo) -> Iterator[tuple[Group, Inbox, str]]:
+        for name, inbox in list(self.inboxes.items()):
+            group = self.find(name)
+            if group is None or not group.inbox:
+                continue
+            member = self._memberName(group, client)
+            if member is not None and member in group.members:
+                yield group, inbox, member
+
+    def _connected(self, client: ClientInfo) -> None:
+        for group, inbox, member in self._inboxGroups(client):
+            self._drain(group, inbox, client.clientId, member)
+
+    def _disconnected(self, client: ClientInfo) -> None:
+        for group, inbox, _ in self._inboxGroups(client):
+            self._moveReader(group.name, inbox, "c:" + client.clientId, inbox.lastSeq)
+
+    def _drain(self, group: Group, inbox: Inbox, clientId: str, member: str) -> None:
+        """Hand C{clientId} what C{group}'s inbox holds that it has not had yet."""
+        assert self.broker is not None
+        self._trim(group.name, inbox, self.broker.clock.seconds())
+        reader = "c:" + clientId
+        start = inbox.readers.get(reader)
+        if start is None:
+            start = inbox.readers.get("m:" + member, 0)
+        first = inbox.entries[0].seq if inbox.entries else inbox.lastSeq + 1
+        missed = first - start - 1
+        if missed > 0:
+            self._drop(missed)
+            self.log.warn(
+                "virtual groups: {count} messages of group {group} never reach {clientId}:"
+                " the inbox keeps {limit} messages for {age} s",
+                count=missed,
+                group=group.name,
+                clientId=clientId,
+                limit=self.inboxMaxMessages,
+                age=self.inboxMaxAge,
+            )
+        qos = group.members.get(member, 2)
+        for entry in inbox.entries:
+            if entry.seq <= start or (entry.publisher == clientId and not group.echo):
+                continue
+            self.broker.deliverTo(clientId, self._inboxMessage(group, entry, member, clientId), qos)
+        self._moveReader(group.name, inbox, reader, inbox.lastSeq)
+
+    def _inboxMessage(self, group: Group, entry: InboxEntry, member: str, clientId: str) -> Message:
+        if group.topic is None:
+            return Message(entry.topic, entry.payload, entry.qos)
+        rest = entry.topic[len(self.groupPrefix) :].partition("/")[2]
+        topic = group.topic.format(
+            group=group.name, member=member, clientid=clientId, publisher=entry.publisher, rest=rest
+        )
+        return Message(topic, entry.payload, entry.qos)
+
     # IAuthorizer
 
     def authorize(self, client: ClientInfo, action: Action, topic: str) -> bool | None:
@@ -550,8 +810,20 @@ class VirtualGroups:
             return None
         if action is not Action.PUBLISH or not topic.startswith(self.groupPrefix):
             return None
-        group = self.find(topic[len(self.groupPrefix) :].partition("/")[0])
-        if group is not None and self._isMember(group, client):
+        name, _, rest = topic[len(self.groupPrefix) :].partition("/")
+        group = self.find(name)
+        if group is None:
+            return None
+        if rest.partition("/")[0] == MEMBERSHIP_REST:
+            # The server alone announces who joined and left.
+            return False
+        if group.publish == "acl":
+            return None
+        member = self._memberName(group, client)
+        if group.publish == "owners":
+            # An announcement channel: its owners speak, nobody else, whatever the ACL says.
+            return member is not None and member in group.owners
+        if member is not None and member in group.members:
             return True
         return None
 
@@ -567,7 +839,7 @@ class VirtualGroups:
             self.log.warn("virtual groups: a request to {action} is not an object", action=action)
             return
         responseTopic = request.get("response_topic")
-        d = maybeDeferred(self._act, action, request)
+        d = maybeDeferred(self._act, action, request, publisher)
         d.addErrback(_explain)
         if isinstance(responseTopic, str) and responseTopic:
             d.addCallback(
@@ -578,9 +850,35 @@ class VirtualGroups:
     def _requestFailed(self, failure: Failure, action: str) -> None:
         self.log.failure("virtual groups: {action} failed", failure, action=action)
 
-    def _act(self, action: str, request: Mapping[str, Any]) -> Any:
+    def _isAdmin(self, caller: ClientInfo | None) -> bool:
+        return caller is not None and caller.username is not None and caller.username in self.admins
+
+    def _act(self, action: str, request: Mapping[str, Any], caller: ClientInfo | None) -> Any:
         store = self.store
+        admin = self._isAdmin(caller)
+        if action == "mine":
+            # Every group the caller is in, with its role, in one answer.
+            if caller is None:
+                raise GroupError("no caller")
+            names = set(store.groupNames())
+            for source in self.sources:
+                names.update(source.groupNames())
+            mine = []
+            for candidate in sorted(names):
+                group = self.find(candidate)
+                mine_ = self._memberName(group, caller) if group is not None else None
+                if group is not None and mine_ is not None and mine_ in group.members:
+                    mine.append(
+                        {
+                            "group": candidate,
+                            "role": "owner" if mine_ in group.owners else "member",
+                            "publish": group.publish,
+                        }
+                    )
+            return {"ok": True, "groups": mine}
         if action == "list" and "group" not in request:
+            if not admin:
+                raise GroupError("not allowed: only an administrator lists every group")
             names = set(store.groupNames())
             for source in self.sources:
                 names.update(source.groupNames())
@@ -589,46 +887,85 @@ class VirtualGroups:
         if not isinstance(name, str):
             raise GroupError("expected a group name in 'group'")
         existing = store.group(name)
+        role: str | None = None
+        if caller is not None:
+            known = existing if existing is not None else self.find(name)
+            member = self._memberName(known, caller) if known is not None else None
+            if known is not None and member is not None and member in known.members:
+                role = "owner" if member in known.owners else "member"
         if action == "list":
             group = self.find(name)
-            if group is None:
+            if group is None or not (admin or role):
+                # The same answer as for a group that does not exist: nothing leaks.
                 raise GroupError(f"no group {name!r}")
             return {"ok": True, **describe(group)}
         if action == "create":
+            if not admin:
+                raise GroupError("not allowed: only an administrator creates groups")
             if existing is not None:
                 raise GroupError(f"group {name!r} exists")
-            by = request.get("by", "clientid")
-            if by not in ("clientid", "username"):
-                raise GroupError(f"'by' must be clientid or username, got {by!r}")
-            topic = request.get("topic")
-            if topic is not None and not isinstance(topic, str):
-                raise GroupError("'topic' must be a string")
-            group = makeGroup(
-                name,
-                _members(request),
-                byUsername=by == "username",
-                topic=topic,
-                echo=request.get("echo") is True,
-            )
+            group = makeGroup(name, _members(request), **_settings(request, creating=True))
         elif action == "delete":
+            if not admin:
+                raise GroupError("not allowed: only an administrator deletes groups")
             if existing is None:
                 raise GroupError(f"no group {name!r}")
             return maybeDeferred(store.delete, name).addCallback(
                 lambda _: {"ok": True, "group": name}
             )
-        elif action == "add":
-            base = existing if existing is not None else makeGroup(name)
-            group = replace(base, members={**base.members, **_members(request)})
-        elif action == "remove":
-            if existing is None:
-                raise GroupError(f"no group {name!r}")
-            gone = set(_members(request))
+        elif action == "leave":
+            if existing is None or role is None or caller is None:
+                raise GroupError(f"not a member of {name!r}")
+            me = self._memberName(existing, caller)
             group = replace(
-                existing, members={m: q for m, q in existing.members.items() if m not in gone}
+                existing,
+                members={m: q for m, q in existing.members.items() if m != me},
+                owners=existing.owners - {me},
             )
+        elif action in ("add", "remove", "set"):
+            if not (admin or role == "owner"):
+                raise GroupError(f"not allowed: only an owner of {name!r} manages it")
+            if action == "add":
+                if existing is None:
+                    if not admin:
+                        raise GroupError(f"no group {name!r}")
+                    existing = makeGroup(name)
+                group = replace(existing, members={**existing.members, **_members(request)})
+            elif existing is None:
+                raise GroupError(f"no group {name!r}")
+            elif action == "remove":
+                gone = set(_members(request))
+                if not admin and gone & existing.owners:
+                    raise GroupError("not allowed: only an administrator removes an owner")
+                group = replace(
+                    existing,
+                    members={m: q for m, q in existing.members.items() if m not in gone},
+                    owners=existing.owners - gone,
+                )
+            else:
+                changes = _settings(request, creating=False)
+                if not admin and set(changes) - {"publish", "events", "echo", "topic"}:
+                    raise GroupError("not allowed: owners change publish, events, echo, topic")
+                current = describe(existing)
+                group = makeGroup(
+                    name,
+                    existing.members,
+                    byUsername=existing.byUsername,
+                    **{
+                        "topic": current["topic"],
+                        "echo": existing.echo,
+                        "owners": existing.owners,
+                        "publish": existing.publish,
+                        "events": existing.events,
+                        "inbox": existing.inbox,
+                        "history": existing.history,
+                        **changes,
+                    },
+                )
         else:
             raise GroupError(
-                f"unknown action {action!r}; expected create, delete, add, remove or list"
+                f"unknown action {action!r}; expected create, delete, add, remove, set, leave,"
+                " list or mine"
             )
         return maybeDeferred(store.save, group).addCallback(
             lambda _: {"ok": True, **describe(group)}
@@ -682,7 +1019,41 @@ def describe(group: Group) -> dict[str, Any]:
         "topic": group.topic,
         "echo": group.echo,
         "members": dict(sorted(group.members.items())),
+        "owners": sorted(group.owners),
+        "publish": group.publish,
+        "events": group.events,
+        "inbox": group.inbox,
+        "history": group.history,
     }
+
+
+def _settings(request: Mapping[str, Any], creating: bool) -> dict[str, Any]:
+    """The group settings a control request names, checked for their types."""
+    settings: dict[str, Any] = {}
+    if creating:
+        by = request.get("by", "clientid")
+        if by not in ("clientid", "username"):
+            raise GroupError(f"'by' must be clientid or username, got {by!r}")
+        settings["byUsername"] = by == "username"
+    for key, kind in (
+        ("topic", str),
+        ("echo", bool),
+        ("publish", str),
+        ("events", bool),
+        ("inbox", bool),
+        ("history", int),
+    ):
+        if key in request:
+            value = request[key]
+            if value is not None and not isinstance(value, kind):
+                raise GroupError(f"'{key}' must be a {kind.__name__}")
+            settings[key] = value
+    if "owners" in request:
+        owners = request["owners"]
+        if not isinstance(owners, list) or not all(isinstance(o, str) for o in owners):
+            raise GroupError("'owners' must be a list of names")
+        settings["owners"] = owners
+    return settings
 
 
 def _members(request: Mapping[str, Any]) -> dict[str, int]:
@@ -709,8 +1080,11 @@ _OPTIONS = (
     "p2p_topic",
     "control",
     "sources",
+    "admins",
+    "inbox_max_messages",
+    "inbox_max_age",
 )
-_GROUP_KEYS = ("topic", "by", "echo")
+_GROUP_KEYS = ("topic", "by", "echo", "owners", "publish", "events", "inbox", "history")
 
 
 def _prefix(options: Mapping[str, str], key: str, default: str) -> str:
@@ -726,10 +1100,19 @@ def _bool(key: str, value: str) -> bool:
     return value.lower() == "true"
 
 
+def _count(key: str, text: str, zero: bool = False) -> int:
+    text = text.strip()
+    if not text.isdigit() or (int(text) == 0 and not zero):
+        kind = "a non-negative" if zero else "a positive"
+        raise PluginConfigError(key, f"expected {kind} integer, got {text!r}")
+    return int(text)
+
+
 def staticGroups(options: Mapping[str, str]) -> list[Group]:
     """
     The groups of C{group.NAME = member[:qos], ...} with their C{group.NAME.topic},
-    C{group.NAME.by} (C{clientid} or C{username}) and C{group.NAME.echo}.
+    C{group.NAME.by} (C{clientid} or C{username}), C{group.NAME.echo}, C{group.NAME.owners},
+    C{group.NAME.publish}, C{group.NAME.events}, C{group.NAME.inbox} and C{group.NAME.history}.
 
     @raise PluginConfigError: naming the key at fault.
     """
@@ -758,9 +1141,32 @@ def staticGroups(options: Mapping[str, str]) -> list[Group]:
         except GroupError as e:
             raise PluginConfigError(f"{where}.topic", str(e)) from None
         echo = _bool(f"{where}.echo", values.get("echo", "false"))
+        events = _bool(f"{where}.events", values.get("events", "false"))
+        inbox = _bool(f"{where}.inbox", values.get("inbox", "false"))
+        history = _count(f"{where}.history", values.get("history", "0"), zero=True)
+        publish = values.get("publish", "members")
+        if publish not in PUBLISH_POLICIES:
+            raise PluginConfigError(
+                f"{where}.publish",
+                f"expected one of {', '.join(PUBLISH_POLICIES)}, got {publish!r}",
+            )
+        if history and not inbox:
+            raise PluginConfigError(f"{where}.history", "needs group.NAME.inbox = true")
         try:
+            owners = [o.strip() for o in values.get("owners", "").split(",") if o.strip()]
             members = dict(parseMember(m) for m in values["members"].split(",") if m.strip())
-            group = makeGroup(name, members, byUsername=by == "username", topic=topic, echo=echo)
+            group = makeGroup(
+                name,
+                members,
+                byUsername=by == "username",
+                topic=topic,
+                echo=echo,
+                owners=owners,
+                publish=publish,
+                events=events,
+                inbox=inbox,
+                history=history,
+            )
         except GroupError as e:
             raise PluginConfigError(where, str(e)) from None
         groups.append(group)
@@ -826,6 +1232,15 @@ class VirtualGroupsFactory:
                 raise PluginConfigError("path", f"{path}: {e.strerror}") from None
             except GroupError as e:
                 raise PluginConfigError("path", str(e)) from None
+        maxAge = options.get("inbox_max_age", "604800")
+        try:
+            inboxMaxAge = float(maxAge)
+        except ValueError:
+            inboxMaxAge = 0.0
+        if not inboxMaxAge > 0:
+            raise PluginConfigError(
+                "inbox_max_age", f"expected a positive number of seconds, got {maxAge!r}"
+            )
         return VirtualGroups(
             store,
             sources,
@@ -833,6 +1248,9 @@ class VirtualGroupsFactory:
             directPrefix=_prefix(options, "p2p_prefix", "$p2p/"),
             directTopic=directTopic,
             control=_bool("control", options.get("control", "false")),
+            admins=[a.strip() for a in options.get("admins", "").split(",") if a.strip()],
+            inboxMaxMessages=_count("inbox_max_messages", options.get("inbox_max_messages", "100")),
+            inboxMaxAge=inboxMaxAge,
         )
 
 

@@ -566,14 +566,14 @@ def test_sqliteSchemaVersion(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(
-        PluginConfigError, match="store schema version 7; this mqttd reads version 4"
+        PluginConfigError, match="store schema version 7; this mqttd reads version 5"
     ):
         sqliteStore(tmp_path)
 
 
 def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
     """
-    A version 1 store (before groups) is brought to version 4 through versions 2 and 3 when
+    A version 1 store (before groups) is brought to version 5 through versions 2 to 4 when
     opened: what it held is restored, it has no groups, it takes groups, and its schema is that
     of a new store.
     """
@@ -605,7 +605,7 @@ def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
 
 def test_sqliteMigratesFromVersion2(tmp_path: Path) -> None:
     """
-    A version 2 store (before MQTT 5 state) is brought to version 4 when opened: its messages,
+    A version 2 store (before MQTT 5 state) is brought to version 5 when opened: its messages,
     retained messages and wills have no properties and never expire, and its sessions keep the
     3.1.1 meaning of a persistent session, never expiring; new MQTT 5 state is then kept.
     """

@@ -406,8 +406,8 @@ def test_sqliteVersion3SessionsHaveNoOwnerUntilClaimed(
     tmp_path: Path, twisted_reactor: None
 ) -> None:
     """
-    A version 3 store (before owners) is migrated to version 4: its sessions restore without an
-    owner, and an owner told afterwards is kept.
+    A version 3 store (before owners) is migrated to the current version: its sessions restore
+    without an owner, and an owner told afterwards is kept.
     """
     from twisted.internet.defer import maybeDeferred
 
@@ -428,7 +428,7 @@ def test_sqliteVersion3SessionsHaveNoOwnerUntilClaimed(
     e2e.in_reactor(store.sessionOwned, "s", "alice")
     e2e.in_reactor(lambda: maybeDeferred(store.close))
     with sqlite3.connect(tmp_path / "mqttd.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (sqlitePlugin.SCHEMA_VERSION,)
     store = _durable("sqlite", tmp_path)
     (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
     assert session.owner == "alice"
@@ -688,7 +688,10 @@ def test_controlReplyOnlyWhereTheCallerMayPublish(startSecure: Any) -> None:
     itself, it is answered there.
     """
     acl = ACL + "user alice\ntopic write $CONTROL/mqttd/groups/#\n\npattern read $SYS/#\n"
-    secure = startSecure(groups={"group.family": "alice, bob", "control": "true"}, acl=acl)
+    secure = startSecure(
+        groups={"group.family": "alice, bob", "group.family.by": "username", "control": "true"},
+        acl=acl,
+    )
     bob = secure.client("bob-1", "bob")
     assert bob.subscribe("users/bob/#", 1) == 1
     watcher = secure.client("bob-2", "bob")
@@ -808,3 +811,259 @@ def test_receiptNoMatchingSubscribers(startSecure: Any) -> None:
         (1, 0x10),
         (2, 0),
     ]
+
+
+# Group roles
+
+ROLES_ACL = ACL + "pattern write $CONTROL/mqttd/groups/#\nuser backend\ntopic write $group/#\n"
+ROLES = {
+    "control": "true",
+    "admins": "backend",
+    "group.alpha": "alice, carol",
+    "group.alpha.by": "username",
+    "group.alpha.owners": "alice",
+    "group.beta": "bob",
+    "group.beta.by": "username",
+    "group.beta.owners": "bob",
+}
+
+
+def ask(c: e2e.Client, action: str, **body: Any) -> Any:
+    """A control request from C{c} (client id USER-N), answered on C{users/USER/replies}."""
+    user = c.client_id.partition("-")[0]
+    body["response_topic"] = f"users/{user}/replies"
+    c.publish(f"$CONTROL/mqttd/groups/{action}", json.dumps(body).encode(), qos=1)
+    (answer,) = c.wait_for(1)
+    assert answer.topic == f"users/{user}/replies"
+    return json.loads(answer.payload)
+
+
+def member(secure: SecureBroker, clientId: str, user: str) -> e2e.Client:
+    """A client of C{user} that takes its control replies."""
+    c = secure.client(clientId, user)
+    assert c.subscribe(f"users/{user}/replies", 1) == 1
+    return c
+
+
+def test_ownerManagesHerGroupAndNotAnother(startSecure: Any) -> None:
+    """
+    alice owns group alpha and is no member of beta: she adds bob to alpha (who then receives
+    it) and removes him again; she can neither add to, remove from, list nor delete beta, nor
+    create or delete groups (operators do), and bob, a plain member of alpha for a while, cannot
+    manage it.  The administrator (an identity in C{admins}) can do all of it.
+    """
+    secure = startSecure(groups=ROLES, acl=ROLES_ACL)
+    alice = member(secure, "alice-1", "alice")
+    bob = member(secure, "bob-1", "bob")
+    backend = member(secure, "backend-1", "backend")
+    added = ask(alice, "add", group="alpha", members=["bob"])
+    assert (added["ok"], added["members"]) == (True, {"alice": 2, "bob": 2, "carol": 2})
+    assert ask(bob, "add", group="alpha", members=["mallory"])["ok"] is False
+    backend.publish("$group/alpha/x", b"hello alpha", qos=1)
+    assert [m.payload for m in bob.wait_for(1)] == [b"hello alpha"]
+    assert [m.payload for m in alice.wait_for(1)] == [b"hello alpha"]
+    for action, body in (
+        ("add", {"group": "beta", "members": ["alice"]}),
+        ("remove", {"group": "beta", "members": ["bob"]}),
+        ("list", {"group": "beta"}),
+        ("delete", {"group": "beta"}),
+        ("delete", {"group": "alpha"}),
+        ("create", {"group": "gamma", "members": ["alice"]}),
+        ("list", {}),
+    ):
+        answer = ask(alice, action, **body)
+        assert answer["ok"] is False, (action, body, answer)
+    assert secure.running.call(lambda: secure.groups.find("beta").members) == {"bob": 2}
+    assert ask(alice, "remove", group="alpha", members=["bob"])["ok"]
+    assert ask(backend, "create", group="gamma", members=["alice"], by="username")["ok"]
+    assert ask(backend, "list") == {"ok": True, "groups": ["alpha", "beta", "gamma"]}
+    assert ask(backend, "delete", group="beta")["ok"]
+    quiet(alice, bob)
+
+
+def test_memberLeavesAndAsksForItsGroupsInOneRequest(startSecure: Any) -> None:
+    """
+    carol asks which groups she is in (one request, with her role in each), leaves alpha, and
+    gets nothing sent to it afterwards; leaving a group she is not in is refused.
+    """
+    secure = startSecure(groups=ROLES, acl=ROLES_ACL)
+    alice = member(secure, "alice-1", "alice")
+    carol = member(secure, "carol-1", "carol")
+    backend = member(secure, "backend-1", "backend")
+    assert ask(alice, "mine") == {
+        "ok": True,
+        "groups": [{"group": "alpha", "role": "owner", "publish": "members"}],
+    }
+    assert ask(carol, "mine")["groups"] == [
+        {"group": "alpha", "role": "member", "publish": "members"}
+    ]
+    assert ask(carol, "leave", group="beta")["ok"] is False
+    left = ask(carol, "leave", group="alpha")
+    assert (left["ok"], left["members"]) == (True, {"alice": 2})
+    assert ask(carol, "mine")["groups"] == []
+    backend.publish("$group/alpha/x", b"after carol left", qos=1)
+    assert [m.payload for m in alice.wait_for(1)] == [b"after carol left"]
+    quiet(carol)
+
+
+def test_announcementChannelOwnersOnly(startSecure: Any) -> None:
+    """
+    A group with C{publish = owners} is an announcement channel: its owner's messages reach the
+    members; a member's, and even a backend's the ACL lets write C{$group/#}, reach nobody.
+    """
+    groups = {
+        **ROLES,
+        "group.news": "alice, bob, carol",
+        "group.news.by": "username",
+        "group.news.owners": "alice",
+        "group.news.publish": "owners",
+    }
+    secure = startSecure(groups=groups, acl=ROLES_ACL)
+    alice = secure.client("alice-1", "alice")
+    bob = secure.client("bob-1", "bob")
+    carol = secure.client("carol-1", "carol")
+    backend = secure.client("backend-1", "backend")
+    bob.publish("$group/news/x", b"from a member", qos=1)
+    backend.publish("$group/news/x", b"from the backend", qos=1)
+    alice.publish("$group/news/x", b"from the owner", qos=1)
+    assert [m.payload for m in bob.wait_for(1)] == [b"from the owner"]
+    assert [m.payload for m in carol.wait_for(1)] == [b"from the owner"]
+    quiet(alice, bob, carol)
+
+
+def test_membershipEvents(startSecure: Any) -> None:
+    """
+    A group with C{events = true} tells its members who joined and left, on
+    C{$group/NAME/$membership} with a JSON body; no client may publish there itself.
+    """
+    groups = {**ROLES, "group.alpha.events": "true"}
+    secure = startSecure(groups=groups, acl=ROLES_ACL)
+    alice = member(secure, "alice-1", "alice")
+    bob = member(secure, "bob-1", "bob")
+
+    def request(c: e2e.Client, action: str, **body: Any) -> list[Any]:
+        # The event (to the group) and the answer (to the caller) may come in either order.
+        user = "alice" if c is alice else "bob"
+        body["response_topic"] = f"users/{user}/replies"
+        c.publish(f"$CONTROL/mqttd/groups/{action}", json.dumps(body).encode(), qos=1)
+        return sorted(((m.topic, json.loads(m.payload)) for m in c.wait_for(2)), key=str)
+
+    joined = {"event": "joined", "group": "alpha", "member": "bob"}
+    (event, answer) = request(alice, "add", group="alpha", members=["bob"])
+    assert event == ("$group/alpha/$membership", joined)
+    assert answer[0] == "users/alice/replies" and answer[1]["ok"]
+    assert [json.loads(m.payload) for m in bob.wait_for(1)] == [joined]
+    (answer,) = [ask(bob, "leave", group="alpha")]
+    assert answer["ok"]
+    (left,) = alice.wait_for(1)
+    assert json.loads(left.payload) == {"event": "left", "group": "alpha", "member": "bob"}
+    alice.publish("$group/alpha/$membership", b'{"event": "joined", "member": "fake"}', qos=1)
+    quiet(alice, bob)
+
+
+# Inboxes
+
+INBOX = {
+    "group.chat": "alice, bob, carol",
+    "group.chat.by": "username",
+    "group.chat.inbox": "true",
+}
+
+
+def test_neverConnectedMemberReceivesTheInboxOnFirstConnect(startSecure: Any) -> None:
+    """
+    bob has never connected when alice writes to their group chat, which keeps an inbox; his
+    first connection, with a clean session, receives the three messages in order, and after he
+    was away again, only what came meanwhile.  carol, connected all along, got each once.
+    """
+    secure = startSecure(groups=INBOX)
+    alice = secure.client("alice-1", "alice")
+    carol = secure.client("carol-1", "carol")
+    for n in range(3):
+        alice.publish("$group/chat/room", b"first %d" % n, qos=1)
+    bob = secure.client("bob-phone", "bob")
+    assert [m.payload for m in bob.wait_for(3)] == [b"first %d" % n for n in range(3)]
+    bob.disconnect()
+    secure.running.wait_gone("bob-phone")
+    for n in range(2):
+        alice.publish("$group/chat/room", b"while away %d" % n, qos=1)
+    bob = secure.client("bob-phone", "bob")
+    got = bob.wait_for(2)
+    assert [(m.topic, m.payload) for m in got] == [
+        ("$group/chat/room", b"while away 0"),
+        ("$group/chat/room", b"while away 1"),
+    ]
+    assert len(carol.wait_for(5)) == 5
+    quiet(alice, bob, carol)
+
+
+def test_inboxLimitsDropCountedAndLogged(startSecure: Any) -> None:
+    """
+    The inbox keeps the last C{inbox_max_messages}: bob, away for five messages, gets the last
+    three, and the two he never gets are counted as dropped (and logged).
+    """
+    secure = startSecure(groups={**INBOX, "inbox_max_messages": "3"})
+    alice = secure.client("alice-1", "alice")
+    for n in range(5):
+        alice.publish("$group/chat/room", b"%d" % n, qos=1)
+    before = secure.running.call(lambda: secure.running.broker.stats.messagesDropped)
+    bob = secure.client("bob-1", "bob")
+    assert [m.payload for m in bob.wait_for(3)] == [b"2", b"3", b"4"]
+    quiet(bob)
+    assert secure.running.call(lambda: secure.groups.dropped) == 2
+    after = secure.running.call(lambda: secure.running.broker.stats.messagesDropped)
+    assert after - before == 2
+
+
+def test_inboxAgeLimit(startSecure: Any) -> None:
+    """Messages older than C{inbox_max_age} are not handed out, and are counted as dropped."""
+    secure = startSecure(groups={**INBOX, "inbox_max_age": "0.3"})
+    alice = secure.client("alice-1", "alice")
+    alice.publish("$group/chat/room", b"stale", qos=1)
+    time.sleep(0.5)
+    alice.publish("$group/chat/room", b"fresh", qos=1)
+    bob = secure.client("bob-1", "bob")
+    assert [m.payload for m in bob.wait_for(1)] == [b"fresh"]
+    quiet(bob)
+    assert secure.running.call(lambda: secure.groups.dropped) == 1
+
+
+def test_newMemberGetsTheLastN(startSecure: Any) -> None:
+    """
+    With C{history = 2}, a member added later is given the group's last two messages: at once
+    if connected, else on its first connect; an earlier member who was there all along is
+    given nothing more.
+    """
+    groups = {
+        **ROLES,
+        "group.alpha.inbox": "true",
+        "group.alpha.history": "2",
+    }
+    secure = startSecure(groups=groups, acl=ROLES_ACL)
+    alice = member(secure, "alice-1", "alice")
+    bob = member(secure, "bob-1", "bob")
+    for n in range(4):
+        alice.publish("$group/alpha/x", b"%d" % n, qos=1)
+    assert ask(alice, "add", group="alpha", members=["bob", "backend"])["ok"]
+    assert [m.payload for m in bob.wait_for(2)] == [b"2", b"3"]
+    backend = secure.client("backend-1", "backend")
+    assert [m.payload for m in backend.wait_for(2)] == [b"2", b"3"]
+    quiet(alice, bob, backend)
+
+
+def test_inboxSurvivesARestart(startSecure: Any) -> None:
+    """
+    The inbox is in the store (here the plugin's own groups file): a broker restarted on it
+    hands bob what was written to the group before the restart.
+    """
+    first = startSecure(groups=INBOX)
+    alice = first.client("alice-1", "alice")
+    alice.publish("$group/chat/room", b"before the restart", qos=1)
+    alice.close()
+    first.running.call(first.groups.detach)
+    first.groups = None
+    first.running.stop()
+    first.clients.clear()
+    second = startSecure(groups=INBOX)
+    bob = second.client("bob-1", "bob")
+    assert [m.payload for m in bob.wait_for(1)] == [b"before the restart"]

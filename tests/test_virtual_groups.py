@@ -365,12 +365,13 @@ def test_greetingToFriendsGroupWhereNoMemberSubscribed(groups: GroupBroker) -> N
 
 def test_groupChatNewMemberFromNextMessageRemovedMemberStops(groups: GroupBroker) -> None:
     """
-    A group managed over the control topics: created with alice and bob, carol added, then bob
-    removed, each answered on the request's response topic; carol gets messages from the one
-    after her addition on, bob none after his removal, and everyone's order is the publisher's.
+    A group managed over the control topics by an administrator (C{admins}): created with alice
+    and bob, carol added, then bob removed, each answered on the request's response topic; carol
+    gets messages from the one after her addition on, bob none after his removal, and everyone's
+    order is the publisher's.
     """
-    running, _ = groups.start({"control": "true"})
-    admin = groups.client(running.port, "admin")
+    running, _ = groups.start({"control": "true", "admins": "ops"})
+    admin = groups.client(running.port, "admin", "ops")
     admin.subscribe("reply/admin", 1)
     alice = groups.client(running.port, "alice")
     bob = groups.client(running.port, "bob")
@@ -383,6 +384,11 @@ def test_groupChatNewMemberFromNextMessageRemovedMemberStops(groups: GroupBroker
         "topic": None,
         "echo": False,
         "members": {"alice": 2, "bob": 2},
+        "owners": [],
+        "publish": "members",
+        "events": False,
+        "inbox": False,
+        "history": 0,
         "correlation": 7,
     }
     for n in range(3):
@@ -554,7 +560,7 @@ def test_membershipSurvivesBrokerRestartOnSQLite(tmp_path: Path, capsys: Any) ->
         f"[listener:e2e]\nendpoint = tcp:{port}:interface=127.0.0.1\nallow_anonymous = true\n"
         "[store]\nplugin = sqlite\n[plugin:sqlite]\npath = var/mqttd.db\n"
         "[selectors]\nchain = virtual_groups\n"
-        "[plugin:virtual_groups]\ncontrol = true\n"
+        "[plugin:virtual_groups]\ncontrol = true\nadmins = ops\n"
     )
     for run in ("first", "restarted"):
         log = tmp_path / f"{run}.log"
@@ -564,7 +570,7 @@ def test_membershipSurvivesBrokerRestartOnSQLite(tmp_path: Path, capsys: Any) ->
         try:
             waitForPort(process, port, log)
             member = e2e.Client(port, "member")
-            admin = e2e.Client(port, "admin")
+            admin = e2e.Client(port, "admin", setup=lambda p: p.username_pw_set("ops"))
             try:
                 if run == "first":
                     admin.subscribe("reply/admin", 1)
