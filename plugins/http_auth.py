@@ -7,6 +7,12 @@ Options (C{[plugin:http_auth]}), at least one URL:
     "listener"}}; 200 accepts, 4xx refuses (CONNACK 4), anything else refuses too.
   - C{acl_url}: authorisation endpoint.  POST JSON C{{"username", "clientid", "topic", "acc"}}
     with mosquitto-go-auth's C{acc}: 1 receive, 2 publish, 4 subscribe; 200 allows, 4xx denies.
+
+Both understand EMQX 5's answer as well: a 200 whose body is a JSON object with C{"result"}
+C{"allow"}, C{"deny"} or C{"ignore"} (abstain: the next plugin of the chain decides), and for
+authentication C{"is_superuser"}: a superuser's every publish and subscription is then allowed
+by this plugin as authorizer (it must be in C{[acl] chain}).  A body saying deny always denies,
+whatever the status; a 2xx without such a body is decided by its status alone.
   - C{timeout}: seconds per request (default 5).
   - C{cache_seconds}: how long answers are reused (default 30; 0 turns the cache off).
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -73,11 +80,13 @@ class HTTPAuth:
         self.timeout = timeout
         self.cacheSeconds = cacheSeconds
         self.agent = Agent(reactor)
-        self._cache: dict[tuple[object, ...], tuple[float, bool]] = {}
+        self._cache: dict[tuple[object, ...], tuple[float, _Answer]] = {}
+        # (user name, client id) of clients the service called superusers at their login.
+        self._superusers: set[tuple[str | None, str]] = set()
 
     def authenticate(
         self, credentials: Credentials
-    ) -> Deferred[Allow | Deny] | Allow | Deny | None:
+    ) -> Deferred[Allow | Deny | None] | Allow | Deny | None:
         if self.url is None:
             return None
         password = credentials.password or b""
@@ -101,29 +110,40 @@ class HTTPAuth:
         d = self._ask(self.url, body, key)
         return d.addCallback(self._connectAnswer, credentials)
 
-    def _connectAnswer(self, allowed: bool, credentials: Credentials) -> Allow | Deny:
-        if allowed:
+    def _connectAnswer(self, answer: _Answer, credentials: Credentials) -> Allow | Deny | None:
+        who = (credentials.username, credentials.clientId)
+        if answer.allowed and answer.superuser:
+            if len(self._superusers) >= CACHE_SIZE:
+                self._superusers.clear()
+            self._superusers.add(who)
+        else:
+            self._superusers.discard(who)
+        if answer.allowed is None:
+            return None
+        if answer.allowed:
             return Allow(credentials.username)
         return Deny(BAD_USERNAME_OR_PASSWORD, "refused by the HTTP service")
 
     def authorize(
         self, client: ClientInfo, action: Action, topic: str
-    ) -> Deferred[bool] | bool | None:
+    ) -> Deferred[bool | None] | bool | None:
+        if (client.username, client.clientId) in self._superusers:
+            return True
         if self.aclURL is None:
             return None
         key = ("acl", client.username, client.clientId, action, topic)
         cached = self._cached(key)
         if cached is not None:
-            return cached
+            return cached.allowed
         body = {
             "username": client.username,
             "clientid": client.clientId,
             "topic": topic,
             "acc": _ACC[action],
         }
-        return self._ask(self.aclURL, body, key)
+        return self._ask(self.aclURL, body, key).addCallback(lambda answer: answer.allowed)
 
-    def _cached(self, key: tuple[object, ...]) -> bool | None:
+    def _cached(self, key: tuple[object, ...]) -> _Answer | None:
         entry = self._cache.get(key)
         if entry is None:
             return None
@@ -133,55 +153,105 @@ class HTTPAuth:
             return None
         return allowed
 
-    def _ask(self, url: str, body: Mapping[str, object], key: tuple[object, ...]) -> Deferred[bool]:
+    def _ask(
+        self, url: str, body: Mapping[str, object], key: tuple[object, ...]
+    ) -> Deferred[_Answer]:
         d = self.agent.request(
             b"POST",
             url.encode("utf-8"),
             Headers({b"Content-Type": [b"application/json"]}),
             FileBodyProducer(BytesIO(json.dumps(body).encode("utf-8"))),
         )
-        answered: Deferred[bool] = d.addCallback(self._answered, key)
+        answered: Deferred[_Answer] = d.addCallback(self._answered, key)
         answered.addTimeout(self.timeout, self.reactor)
         return answered.addErrback(self._failed, url)
 
-    def _answered(self, response: Any, key: tuple[object, ...]) -> Deferred[bool]:
+    def _answered(self, response: Any, key: tuple[object, ...]) -> Deferred[_Answer]:
         code: int = response.code
-        # The body is read, and ignored, so the connection closes cleanly.
-        done: Deferred[None] = Deferred()
-        response.deliverBody(_Discard(done))
-        return done.addCallback(lambda _: self._decided(code, key))
+        done: Deferred[bytes] = Deferred()
+        response.deliverBody(_Body(done))
+        return done.addCallback(lambda body: self._decided(code, body, key))
 
-    def _decided(self, code: int, key: tuple[object, ...]) -> bool:
-        if code == 200:
-            self._remember(key, True)
-            return True
+    def _decided(self, code: int, body: bytes, key: tuple[object, ...]) -> _Answer:
+        answer = _fromBody(body)
+        if answer is not None and answer.allowed is False:
+            # A deny in the body is the service's word, whatever status came with it.
+            self._remember(key, answer)
+            return answer
         if 400 <= code < 500:
-            self._remember(key, False)
-            return False
-        raise RuntimeError(f"HTTP status {code}")
+            answer = _Answer(False)
+        elif code == 200 or (200 <= code < 300 and answer is None):
+            answer = answer if answer is not None else _Answer(True)
+        else:
+            raise RuntimeError(f"HTTP status {code}")
+        self._remember(key, answer)
+        return answer
 
-    def _remember(self, key: tuple[object, ...], allowed: bool) -> None:
+    def _remember(self, key: tuple[object, ...], answer: _Answer) -> None:
         if self.cacheSeconds <= 0:
             return
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()
-        self._cache[key] = (self.reactor.seconds() + self.cacheSeconds, allowed)
+        self._cache[key] = (self.reactor.seconds() + self.cacheSeconds, answer)
 
-    def _failed(self, failure: Any, url: str) -> bool:
+    def _failed(self, failure: Any, url: str) -> _Answer:
         self.log.warn(
             "HTTP auth at {url} failed, refusing: {why}", url=url, why=failure.getErrorMessage()
         )
-        return False
+        return _Answer(False)
 
 
-class _Discard(Protocol):
-    """Swallows a response body; fires C{done} at its end, however it ended."""
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """
+    What the service decided: C{allowed} L{None} when it abstains (C{"ignore"}).
+    """
 
-    def __init__(self, done: Deferred[None]) -> None:
+    allowed: bool | None
+    superuser: bool = False
+
+
+_RESULTS = {"allow": True, "deny": False, "ignore": None}
+
+
+def _fromBody(body: bytes) -> _Answer | None:
+    """
+    The answer an EMQX-style JSON body gives, or L{None} when the body is not one (empty, not
+    JSON, no C{result}): the status decides then.  A C{result} that is none of allow, deny and
+    ignore denies, as the service meant something this plugin cannot read.
+    """
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or "result" not in parsed:
+        return None
+    result = parsed["result"]
+    if not isinstance(result, str) or result not in _RESULTS:
+        return _Answer(False)
+    allowed = _RESULTS[result]
+    return _Answer(allowed, allowed is True and parsed.get("is_superuser") is True)
+
+
+# Bodies longer than this are cut: an answer is a few dozen bytes.
+MAX_BODY = 65536
+
+
+class _Body(Protocol):
+    """Collects a response body (its first L{MAX_BODY} bytes) and fires C{done} with it."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
         self.done = done
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.size < MAX_BODY:
+            self.chunks.append(data[: MAX_BODY - self.size])
+            self.size += len(self.chunks[-1])
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.done.callback(None)
+        self.done.callback(b"".join(self.chunks))
 
 
 def _number(key: str, text: str | None, default: float) -> float:
