@@ -3,15 +3,22 @@ An example L{IGroupSource} for mqttd's virtual groups: every user whose C{region
 application's own SQLite database is X is a member of the group C{region-X}.  Nothing is stored
 in mqttd; a user who moves region is in the new group after the next refresh.
 
+    # Where this file is copied.
     [plugins]
-    paths = /etc/mqttd/plugins           ; where this file is copied
+    paths = /etc/mqttd/plugins
 
+    [selectors]
+    chain = virtual_groups
+
+    # A table users (username TEXT, region TEXT), re-read every refresh seconds.
     [plugin:region_groups]
-    database = /srv/app/users.db         ; a table users (username TEXT, region TEXT)
-    refresh = 30                         ; seconds between reads
+    database = /srv/app/users.db
+    refresh = 30
 
     [plugin:virtual_groups]
     sources = region_groups
+
+Comments go on lines of their own: after a value, "; ..." would be part of the value.
 """
 
 import sqlite3
