@@ -778,6 +778,7 @@ class Broker:
             cleanSession,
             maxInflight=config.max_inflight,
             maxQueued=config.max_queued_messages,
+            maxQueuedBytes=config.max_queued_bytes,
             maxAwaitingRel=config.max_awaiting_rel,
             awaitRelTimeout=config.await_rel_timeout,
             stats=self.stats,

@@ -34,6 +34,7 @@ class BrokerConfig:
     max_connect_size: int = 64 * 1024
     max_inflight: int = 20
     max_queued_messages: int = 1000
+    max_queued_bytes: int = 10 * 1024 * 1024
     max_awaiting_rel: int = 100
     await_rel_timeout: float = 300.0
     max_topic_levels: int = 128
@@ -237,6 +238,7 @@ _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _ZERO_ALLOWED = frozenset(
     {
         "message_size_limit",
+        "max_queued_bytes",
         "connect_rate_per_address",
         "connect_burst_per_address",
         "topic_alias_maximum",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .codec.packets import ProtocolLevel, ReasonCode, Will
@@ -30,6 +31,9 @@ WAIT_PUBCOMP = 3
 # PUBREL's fixed header; its packet identifier follows.  Written as two chunks like a PUBLISH's
 # prefix and payload, so the connection counts it as it counts those (mqttd.stats).
 PUBREL_HEADER = b"\x62\x02"
+
+# Seconds between two log lines about one session's queue dropping messages.
+DROP_REPORT_INTERVAL = 60.0
 
 # The Session Expiry Interval that means the session never expires (section 3.1.2.11.2).
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
@@ -104,7 +108,11 @@ class Session:
         so clean sessions pay one test per change and nothing more.
     """
 
+    log = Logger()
+
     __slots__ = (
+        "_dropsReported",
+        "_nextDropReport",
         "_nextPacketId",
         "_stats",
         "acknowledged",
@@ -129,6 +137,7 @@ class Session:
         "now",
         "owner",
         "pending",
+        "queueDropped",
         "queuedBytes",
         "subscriptions",
         "unsent",
@@ -145,6 +154,7 @@ class Session:
         maxAwaitingRel: int,
         awaitRelTimeout: float,
         stats: Stats,
+        maxQueuedBytes: int = 0,
     ) -> None:
         self.clientId = clientId
         self.cleanSession = cleanSession
@@ -174,8 +184,12 @@ class Session:
         self.aliases: dict[str, int] = {}
         self.maxQueued = maxQueued
         # 0: bounded by count only.
-        self.maxQueuedBytes = 0
+        self.maxQueuedBytes = maxQueuedBytes
         self.queuedBytes = 0
+        # Messages dropped because the queue was full, and how many of them the log has told of.
+        self.queueDropped = 0
+        self._dropsReported = 0
+        self._nextDropReport = 0.0
         self.maxAwaitingRel = maxAwaitingRel
         self.awaitRelTimeout = awaitRelTimeout
         self._nextPacketId = 1
@@ -261,19 +275,39 @@ class Session:
         if pending is None:
             pending = self.pending = deque()
         elif len(pending) >= self.maxQueued:
-            self.dropped += 1
-            self._stats.drop(DROP_QUEUE_FULL)
+            self._queueFull()
             return
         size = len(message.payload)
         if self.maxQueuedBytes and self.queuedBytes + size > self.maxQueuedBytes:
-            self.dropped += 1
-            self._stats.drop(DROP_QUEUE_FULL)
+            self._queueFull()
             return
         self.queuedBytes += size
         pending.append((message, qos, retain))
         # QoS 0 is at most once: losing it in a crash breaks no promise.
         if qos and self.journal is not None:
             self.journal.messageQueued(self.clientId, message, qos, retain)
+
+    def _queueFull(self) -> None:
+        self.dropped += 1
+        self.queueDropped += 1
+        self._stats.drop(DROP_QUEUE_FULL)
+        now = self.now()
+        if now < self._nextDropReport:
+            return
+        # Once a minute at most: a stalled subscriber of a busy topic drops thousands a second.
+        self._nextDropReport = now + DROP_REPORT_INTERVAL
+        self.log.warn(
+            "{clientId}'s queue is full ({messages} messages, {size} bytes; max_queued_messages"
+            " {maxMessages}, max_queued_bytes {maxBytes}): new messages for it are dropped;"
+            " {count} dropped since the last report",
+            clientId=self.clientId,
+            messages=len(self.pending or ()),
+            size=self.queuedBytes,
+            maxMessages=self.maxQueued,
+            maxBytes=self.maxQueuedBytes,
+            count=self.queueDropped - self._dropsReported,
+        )
+        self._dropsReported = self.queueDropped
 
     def _send(
         self, conn: IClientConnection, message: Message, qos: int, retain: bool, queued: bool
