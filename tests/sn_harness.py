@@ -40,9 +40,20 @@ class FakeUDP:
     def setBroadcastAllowed(self, enabled: bool) -> None:
         self.broadcast = enabled
 
-    def take(self, addr: tuple[str, int]) -> list[bytes]:
-        mine = [d for d, a in self.sent if a == addr]
-        self.sent = [(d, a) for d, a in self.sent if a != addr]
+    def take(self, addr: tuple[str, int], node: bytes = b"") -> list[bytes]:
+        """What was sent to C{addr} (to its radio node C{node}, unwrapped), in order."""
+        mine, others = [], []
+        for data, a in self.sent:
+            if a == addr and node:
+                packet = decode(data)
+                if isinstance(packet, sn.Encapsulated) and packet.node_id == node:
+                    mine.append(packet.message)
+                    continue
+            elif a == addr:
+                mine.append(data)
+                continue
+            others.append((data, a))
+        self.sent = others
         return mine
 
 
@@ -61,6 +72,10 @@ class SNWorld(World):
         self._port += 1
         return SNClient(self, (host, self._port))
 
+    def forwarded(self, forwarder: SNClient, node: bytes) -> SNClient:
+        """A client behind C{forwarder}'s address, as radio node C{node}."""
+        return SNClient(self, forwarder.address, node)
+
     def snConnect(
         self,
         clientId: str,
@@ -77,21 +92,30 @@ class SNWorld(World):
 class SNClient:
     """One MQTT-SN client address: sends messages in, reads what the gateway sent it."""
 
-    def __init__(self, world: SNWorld, address: tuple[str, int]) -> None:
+    def __init__(self, world: SNWorld, address: tuple[str, int], node: bytes = b"") -> None:
+        """@param node: behind a forwarder at C{address}, the client's Wireless Node Id."""
         self.world = world
         self.address = address
+        self.node = node
         self._unread: list[Any] = []
         self.nextMsgId = 1
+
+    @property
+    def key(self) -> tuple[str, int, bytes]:
+        """The gateway's key for this client."""
+        return (*self.address, self.node)
 
     def send(self, *packets: Any) -> None:
         for packet in packets:
             self.sendBytes(encode(packet))
 
     def sendBytes(self, data: bytes) -> None:
+        if self.node:
+            data = encode(sn.Encapsulated(1, self.node, data))
         self.world.gateway.datagramReceived(data, self.address)
 
     def read(self) -> list[Any]:
-        packets = self._unread + [decode(d) for d in self.world.udp.take(self.address)]
+        packets = self._unread + [decode(d) for d in self.world.udp.take(self.address, self.node)]
         self._unread = []
         return packets
 

@@ -37,7 +37,7 @@ def test_client_is_a_connection() -> None:
     """An SN client provides the broker's IClientConnection, like a TCP connection."""
     world = SNWorld()
     client = world.snConnect("s1")
-    conn = world.gateway.clients[client.address]
+    conn = world.gateway.clients[client.key]
     assert verifyObject(IClientConnection, conn)
     assert world.broker.sessions["s1"].connection is conn
 
@@ -320,7 +320,7 @@ def test_will_updates() -> None:
     assert client.one(sn.WillTopicResp) == sn.WillTopicResp(0)
     client.send(sn.WillMsgUpd(b"new message"))
     assert client.one(sn.WillMsgResp) == sn.WillMsgResp(0)
-    world.gateway.clients[client.address].lost("test")
+    world.gateway.clients[client.key].lost("test")
     [will] = watcher.publishes()
     assert (will.topic, will.payload) == ("new/topic", b"new message")
     assert world.broker.retained.matching("new/topic")
@@ -335,7 +335,7 @@ def test_will_deleted_by_empty_update() -> None:
     assert client.one(sn.WillTopicResp).return_code == 0
     client.send(sn.WillMsgUpd(b"x"))
     assert client.one(sn.WillMsgResp).return_code == ReturnCode.NOT_SUPPORTED
-    world.gateway.clients[client.address].lost("test")
+    world.gateway.clients[client.key].lost("test")
     assert watcher.publishes() == []
 
 
@@ -410,7 +410,7 @@ def test_persistent_session_and_stored_will() -> None:
     register = again.one(sn.Register)
     again.send(sn.Regack(register.topic_id, register.msg_id, 0))
     assert again.one(sn.Publish).payload == b"offline"
-    world.gateway.clients[again.address].lost("test")
+    world.gateway.clients[again.key].lost("test")
     assert [p.payload for p in watcher.publishes()] == [b"w"]
 
 
@@ -607,7 +607,7 @@ def test_virtual_group_reaches_sn_client(tmp_path: Path) -> None:
     world.connect("controller").send(Publish("$group/sensors/reset", b"now", 1, packet_id=1))
     publish = client.publishAfterRegister()
     assert (publish.payload, publish.qos) == (b"now", 1)
-    assert world.gateway.clients[client.address].topicIds.name(publish.topic_id) == (
+    assert world.gateway.clients[client.key].topicIds.name(publish.topic_id) == (
         "$group/sensors/reset"
     )
 
@@ -673,7 +673,7 @@ def test_failed_reconnect_keeps_the_connected_client() -> None:
     world.clock.advance(world.broker.config.connect_timeout)
     client.send(sn.Pingreq())
     assert client.one(sn.Pingresp) == sn.Pingresp()
-    assert world.broker.sessions["s1"].connection is world.gateway.clients[client.address]
+    assert world.broker.sessions["s1"].connection is world.gateway.clients[client.key]
 
 
 def test_short_topic_with_wildcard_refused() -> None:
@@ -696,3 +696,28 @@ def test_mqtt_will_reaches_sn_subscriber() -> None:
     publish = client.publishAfterRegister()
     assert (publish.payload, publish.qos) == (b"m is gone", 1)
     assert suback.topic_id == 0
+
+
+def test_clients_behind_a_forwarder() -> None:
+    """
+    Two radio nodes behind one forwarder are two clients (section 5.5): their messages arrive
+    encapsulated with their node ids, and every answer and delivery goes back encapsulated for
+    the right node; nested encapsulation is dropped and counted.
+    """
+    world = SNWorld()
+    forwarder = world.sn("10.9.9.9")
+    a = world.forwarded(forwarder, b"\x00\x01")
+    b = world.forwarded(forwarder, b"\x00\x02")
+    a.connect("node-a")
+    b.connect("node-b")
+    suback = b.subscribe("radio/+", qos=1)
+    topicId = a.register("radio/a")
+    a.send(sn.Publish(topicId, 3, b"from a", qos=1))
+    assert a.one(sn.Puback) == sn.Puback(topicId, 3, ReturnCode.ACCEPTED)
+    publish = b.publishAfterRegister()
+    assert (publish.payload, suback.topic_id) == (b"from a", 0)
+    assert world.gateway.clients[b.key].clientAddress == "10.9.9.9:50001/0002"
+    assert world.broker.clients["node-a"].address == "10.9.9.9"
+    nested = encode(sn.Encapsulated(1, b"\x02", encode(sn.Pingreq())))
+    forwarder.sendBytes(encode(sn.Encapsulated(1, b"\x01", nested)))
+    assert world.gateway.dropped["forwarder encapsulation nested"] == 1

@@ -119,11 +119,13 @@ class SNClient:
     protocolLevel = mqtt.ProtocolLevel.MQTT_3_1_1
 
     def __init__(
-        self, gateway: MQTTSNGateway, address: tuple[str, int], connect: sn.Connect
+        self, gateway: MQTTSNGateway, address: tuple[str, int, bytes], connect: sn.Connect
     ) -> None:
         self.gateway = gateway
         self.address = address
-        self.clientAddress = f"{address[0]}:{address[1]}"
+        host, port, node = address
+        # Behind a forwarder, its node id follows the forwarder's address.
+        self.clientAddress = f"{host}:{port}/{node.hex()}" if node else f"{host}:{port}"
         self.clientId = connect.client_id
         self.paused = True
         self.session: Session | None = None

@@ -36,7 +36,8 @@ from .codec import SNDecodeError, decode, encode
 from .packets import PROTOCOL_ID, ReturnCode, TopicIdType
 from .topicids import PredefinedTopics, topicName
 
-Address = tuple[str, int]
+# Host, port and, for a client behind a forwarder (section 5.5), its Wireless Node Id.
+Address = tuple[str, int, bytes]
 
 
 class MQTTSNGateway(DatagramProtocol):
@@ -81,7 +82,7 @@ class MQTTSNGateway(DatagramProtocol):
         if self.listener.advertise is not None:
             host, _, port = self.listener.advertise.rpartition(":")
             self.transport.setBroadcastAllowed(True)  # type: ignore[union-attr]
-            self._advertiser = LoopingCall(self._advertise, (host.strip("[]"), int(port)))
+            self._advertiser = LoopingCall(self._advertise, (host.strip("[]"), int(port), b""))
             self._advertiser.clock = self.clock
             self._advertiser.start(self.listener.advertise_interval, now=True)
         if self.broker.config.sys_interval:
@@ -122,7 +123,7 @@ class MQTTSNGateway(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
-            self._received(datagram, (addr[0], addr[1]))
+            self._received(datagram, (addr[0], addr[1], b""))
         except Exception:
             self.count("internal error")
             self.log.failure("handling a datagram from {address}", address=addr)
@@ -137,6 +138,28 @@ class MQTTSNGateway(DatagramProtocol):
             self.count(e.reason)
             self.log.debug("bad datagram from {address}: {why}", address=address, why=str(e))
             return
+        if isinstance(packet, sn.Encapsulated):
+            self._forwarded(packet, address)
+            return
+        self._handle(packet, address)
+
+    def _forwarded(self, packet: sn.Encapsulated, address: Address) -> None:
+        # A forwarder relays its radio nodes' messages, each node a client of its own; what the
+        # gateway answers goes back to the forwarder, encapsulated for that node.
+        if address[2]:
+            self.count("forwarder encapsulation nested")
+            return
+        try:
+            inner = decode(packet.message)
+        except SNDecodeError as e:
+            self.count(e.reason)
+            return
+        if isinstance(inner, sn.Encapsulated):
+            self.count("forwarder encapsulation nested")
+            return
+        self._handle(inner, (address[0], address[1], packet.node_id))
+
+    def _handle(self, packet: Any, address: Address) -> None:
         client = self.clients.get(address)
         match packet:
             case sn.Connect():
@@ -149,8 +172,6 @@ class MQTTSNGateway(DatagramProtocol):
                 self._qosMinusOne(packet, address)
             case sn.Advertise() | sn.GwInfo():
                 self.count("other gateway")
-            case sn.Encapsulated():
-                self.count("forwarder encapsulation")
             case _ if client is None:
                 self.count("not connected")
                 if isinstance(packet, sn.Pingreq):
@@ -238,8 +259,11 @@ class MQTTSNGateway(DatagramProtocol):
         transport = self.transport
         if transport is None:
             return
+        host, port, node = address
+        if node:
+            data = encode(sn.Encapsulated(0, node, data))
         try:
-            transport.write(data, address)
+            transport.write(data, (host, port))
         except OSError as e:
             # UDP reports some failures (an ICMP error from an earlier datagram) on a later send.
             self.count("send failed")
