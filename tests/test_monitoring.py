@@ -40,6 +40,7 @@ from mqttd.sys import LoadAverage, presenceLevel
 from tests import e2e
 from tests.harness import World
 from tests.listeners import make_pki, start_listener, tcpListener
+from tests.test_durability import RecordingStore
 from tests.test_twistd import freePort, twistdCommand, waitForPort
 
 INTERVAL = 0.2
@@ -215,6 +216,31 @@ def test_sysTreeOnTheBrokerClock() -> None:
     assert float(third["$SYS/broker/load/publish/received/1min"]) == pytest.approx(
         92.11 * math.exp(-10 / 60), abs=0.01
     )
+
+
+def test_storeFlushLatency() -> None:
+    """
+    An acknowledgement that waits for the store's commit is timed on the broker's clock into the
+    store flush histogram, whose buckets Prometheus reads, and C{$SYS} shows the count and the
+    mean wait of the last interval.
+    """
+    store = RecordingStore(held=True)
+    world = World(store=store, sys_interval=10)
+    watcher = world.connect("watcher")
+    watcher.send(Subscribe(1, [("$SYS/broker/mqttd/store/#", 0)]))
+    pub = world.connect("pub")
+    pub.send(Publish("t", b"x", qos=1, packet_id=1))
+    world.clock.advance(0.003)
+    store.commit()
+    assert pub.read() == [Puback(1)]
+    histogram = world.broker.stats.storeFlush
+    assert histogram.count == 1 and histogram.total == pytest.approx(0.003)
+    buckets = dict(histogram.cumulative())
+    assert (buckets[0.0025], buckets[0.005], buckets[math.inf]) == (0, 1, 1)
+    world.clock.advance(10)
+    values = sysValues(world, watcher)
+    assert values["$SYS/broker/mqttd/store/flushes"] == "1"
+    assert values["$SYS/broker/mqttd/store/flush latency"] == "0.003000"
 
 
 def test_sysIntervalZeroPublishesNothing() -> None:
@@ -491,6 +517,25 @@ def test_presenceFollowsTheACL(twisted_reactor: None) -> None:
         nosy.client.close()
         allowed.client.close()
         running.stop()
+
+
+def test_presenceOnTakeover() -> None:
+    """
+    A second connection with a client id in use takes the session over [MQTT-3.1.4-3]: the
+    first connection's disconnected event (reason: taken over) comes before the new connected.
+    """
+    world = World(presence_events=True)
+    watcher = world.connect("watcher")
+    watcher.send(Subscribe(1, [("$SYS/broker/clients/+/+", 0)]))
+    watcher.read()
+    world.connect("a")
+    world.connect("a", level=5)
+    events = [(p.topic, json.loads(p.payload)) for p in watcher.publishes()]
+    assert [(topic, body["protocol_level"], body.get("reason")) for topic, body in events] == [
+        ("$SYS/broker/clients/a/connected", 4, None),
+        ("$SYS/broker/clients/a/disconnected", 4, "session taken over by a new connection"),
+        ("$SYS/broker/clients/a/connected", 5, None),
+    ]
 
 
 def test_presenceLevelEscapesTopicCharacters() -> None:
