@@ -6,18 +6,31 @@ keeps a pid file and stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+from zope.interface import implementer
 
+from mqttd.broker import Broker
+from mqttd.config import BrokerConfig, ListenerConfig
+from mqttd.protocol import MQTTServerFactory
+from mqttd.service import BrokerService, ListenerService
+from tests.test_logging import Events
 from tests.test_twistd import TIMEOUT, freePort, twistdCommand
 
 # TEST-NET-1 (RFC 5737): never an address of this machine.
@@ -210,3 +223,45 @@ def test_daemonServesAndStopsOnSigterm(tmp_path: Path, store: str) -> None:
     assert "Server Shut Down." in text
     assert "Traceback" not in text
     assert not pidfile.exists()
+
+
+@implementer(IStreamServerEndpoint)
+class LaterEndpoint:
+    """An endpoint whose listen answers later, as one waiting on a network resource would."""
+
+    def __init__(self) -> None:
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def listen(self, factory: object) -> Deferred[IListeningPort]:
+        return self.listening
+
+
+def test_listenerFailingLaterStopsTheBroker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An endpoint that fails only after start-up has returned still stops the broker, with the
+    same one line, rather than leave it running without the listener.
+    """
+    reactor = MemoryReactorClock()
+    events = Events()
+    monkeypatch.setattr(BrokerService, "log", Logger(observer=events))
+    broker = Broker(replace(BrokerConfig(), sys_interval=0), reactor)
+    service = BrokerService(broker, reactor)  # type: ignore[arg-type]
+    endpoint = LaterEndpoint()
+    listenerConfig = ListenerConfig("later", "tcp:1883")
+    ListenerService(
+        listenerConfig,
+        endpoint,
+        MQTTServerFactory(broker, listenerConfig, reactor),
+        service._listenerFailed,
+    ).setServiceParent(service)
+    service.privilegedStartService()
+    service.startService()
+    assert not reactor.hasStopped
+    endpoint.listening.errback(
+        CannotListenError("", 1883, OSError(errno.EADDRINUSE, "Address already in use"))
+    )
+    assert reactor.hasStopped
+    assert events.lines() == [
+        "mqttd cannot start: listener later cannot listen on tcp:1883:"
+        " [Errno 98] Address already in use"
+    ]

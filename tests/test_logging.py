@@ -36,7 +36,8 @@ from mqttd.protocol import MQTTServerProtocol
 from mqttd.service import BrokerService, makeBrokerService
 from tests import e2e
 from tests.harness import World
-from tests.listeners import make_pki, start_listener, tcpListener
+from tests.listeners import PKI, Listen, make_pki, start_listener, tcpListener
+from tests.test_tls import mutualListener, pahoTLS
 from tests.test_twistd import TIMEOUT, freePort, twistdCommand, waitForPort
 
 
@@ -275,3 +276,27 @@ def test_logSectionChecked(tmp_path: Path, body: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(str(config))
     assert (e.value.section, e.value.key) == ("log", key)
+
+
+def test_certificateIdentityInConnectLine(
+    pki: PKI, listen: Listen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    On a listener with C{identity = cn}, the connect line says the client connected as its
+    verified certificate's identity (not the user name it sent), over real TLS.
+    """
+    events = Events()
+    monkeypatch.setattr(MQTTServerProtocol, "log", Logger(observer=events))
+    started = listen(mutualListener(pki))
+
+    def setup(client: Any) -> None:
+        pahoTLS(pki, pki.client)(client)
+        client.username_pw_set("mallory", "guess")
+
+    c = e2e.Client(started.port, "sensor-1", setup=setup)
+    c.close()
+    e2e.wait_until(lambda: len(events) >= 2, "the connect and disconnect lines")
+    connected, disconnected = events.lines()[:2]
+    assert connected.startswith("client sensor-1 connected from 127.0.0.1:")
+    assert " as certificate identity 'alice' (MQTT 3.1.1," in connected
+    assert "(certificate identity 'alice'): client sent DISCONNECT" in disconnected
