@@ -389,7 +389,6 @@ _NOT_SN_KEYS = (
     "private_key",
     "ca_certificates",
     "require_certificate",
-    "max_connections",
     "backlog",
 )
 

@@ -721,3 +721,19 @@ def test_clients_behind_a_forwarder() -> None:
     nested = encode(sn.Encapsulated(1, b"\x02", encode(sn.Pingreq())))
     forwarder.sendBytes(encode(sn.Encapsulated(1, b"\x01", nested)))
     assert world.gateway.dropped["forwarder encapsulation nested"] == 1
+
+
+def test_listener_max_connections() -> None:
+    """max_connections bounds the listener's clients; one more gets CONNACK congestion."""
+    world = SNWorld(replace(SN_LISTENER, max_connections=2))
+    first = world.snConnect("a")
+    world.snConnect("b")
+    late = world.sn()
+    late.send(sn.Connect("c", 60))
+    assert late.one(sn.Connack) == sn.Connack(ReturnCode.CONGESTION)
+    assert world.gateway.dropped["max_connections"] == 1
+    # The same address connecting again is no new client; one leaving makes room.
+    first.connect("a")
+    first.send(sn.Disconnect())
+    first.read()
+    late.connect("c")

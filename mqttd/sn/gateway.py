@@ -196,6 +196,12 @@ class MQTTSNGateway(DatagramProtocol):
             self.count("half-open cap")
             self.send(encode(sn.Connack(ReturnCode.CONGESTION)), address)
             return
+        limit = self.listener.max_connections
+        if limit and existing is None and len(self.clients) >= limit:
+            # Every client, half-open or accepted, holds state until it leaves or times out.
+            self.count("max_connections")
+            self.send(encode(sn.Connack(ReturnCode.CONGESTION)), address)
+            return
         if packet.protocol_id != PROTOCOL_ID or not packet.client_id:
             self.count("bad connect")
             self.send(encode(sn.Connack(ReturnCode.NOT_SUPPORTED)), address)
