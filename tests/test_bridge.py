@@ -413,19 +413,28 @@ def onMessage(into: list[Any]) -> Callable[[Any], None]:
     return setup
 
 
-def test_mqttdToMqttd(clients: Clients, bridges: StartBridge) -> None:
+@pytest.mark.parametrize("protocol", ["3.1.1", "5.0"])
+def test_mqttdToMqttd(clients: Clients, bridges: StartBridge, protocol: str) -> None:
     """
-    Two mqttd brokers: a bridge from one to the other with C{both} (at level 0x84, which the
-    other accepts as a bridge), QoS 1 both ways, no loops, retained flags kept.
+    Two mqttd brokers: a bridge from one to the other with C{both} (at 3.1.1 with level 0x84,
+    which the other accepts as a bridge; at 5.0 with No Local and Retain As Published asked in
+    SUBSCRIBE), QoS 1 both ways, no loops, retained flags kept.
     """
     here = clients.broker
     there = e2e.start_broker()
     try:
-        bridge = bridges(here, addresses=address(there.port), topic="m/# both 1", client_id="mm")
+        bridge = bridges(
+            here,
+            addresses=address(there.port),
+            topic="m/# both 1",
+            client_id="mm",
+            protocol=protocol,
+        )
         waitLinked(bridge)
         e2e.wait_until(lambda: there.is_connected("mm"), "the bridge at the other mqttd")
         conn = there.call(lambda: there.broker.sessions["mm"].connection)
-        assert conn is not None and conn.bridge  # type: ignore[attr-defined]
+        assert conn is not None
+        assert conn.bridge == (protocol == "3.1.1")  # type: ignore[attr-defined]
         e2e.wait_until(
             lambda: there.call(lambda: "m/#" in there.broker.sessions["mm"].subscriptions),
             "the bridge's subscription",

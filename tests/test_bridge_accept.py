@@ -45,25 +45,30 @@ def test_bridgeBitOnlyOnItsOwnLevel() -> None:
             Decoder(server=True).feed(_connectBytes(level, name))
 
 
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv50"])
 def test_mosquittoBridgeWithTryPrivate(
-    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start
+    e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, version: str
 ) -> None:
     """
-    Debian's mosquitto with a bridge to mqttd in its default form (try_private, so level 0x84)
-    is accepted and marked a bridge; topics flow both ways at QoS 1; what the bridge forwarded
-    is not echoed back to it (a C{both} topic published on mosquitto reaches mosquitto's
-    subscriber once); and a retained message published on mqttd reaches mosquitto with its
-    retain flag, so mosquitto retains it for later subscribers.
+    Debian's mosquitto with a bridge to mqttd in its default form (try_private, so level 0x84
+    at 3.1.1) is accepted and marked a bridge; at 5.0 (no bit: mosquitto asks for No Local and
+    Retain As Published in SUBSCRIBE instead) it is an ordinary 5.0 client.  Either way topics
+    flow both ways at QoS 1; what the bridge forwarded is not echoed back to it (a C{both}
+    topic published on mosquitto reaches mosquitto's subscriber once); and a retained message
+    published on mqttd reaches mosquitto with its retain flag, so mosquitto retains it for
+    later subscribers.
     """
     remote = mosquittos(
         "remote",
         f"connection tomqttd\naddress {e2e.HOST}:{e2e_broker.port}\nclientid mosq-bridge\n"
+        f"bridge_protocol_version {version}\n"
         "cleansession true\ntopic out/# out 1\ntopic in/# in 1\ntopic both/# both 1\n",
     )
     e2e.wait_until(lambda: e2e_broker.is_connected("mosq-bridge"), "mosquitto's bridge")
     conn = e2e_broker.call(lambda: e2e_broker.broker.sessions["mosq-bridge"].connection)
-    assert conn is not None and conn.bridge  # type: ignore[attr-defined]
-    assert conn.protocolLevel == 4
+    assert conn is not None
+    assert conn.bridge == (version == "mqttv311")  # type: ignore[attr-defined]
+    assert conn.protocolLevel == (4 if version == "mqttv311" else 5)
 
     local = clients("local")
     local.subscribe("out/#", 1)
