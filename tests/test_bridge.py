@@ -9,13 +9,14 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
 from mqttd.bridge.bridge import Bridge, nextDelay
 from mqttd.bridge.config import BridgeConfig, bridgeConfig
@@ -304,7 +305,9 @@ def test_tlsWithClientCertificate(
     """
     mosquitto with a TLS listener that requires a client certificate from the test CA: the
     bridge verifies the server (CA and host name 127.0.0.1) and presents its own certificate,
-    and messages flow; without the client certificate the link is never accepted.
+    and messages flow.  Never accepted: a bridge without the client certificate, and one
+    expecting another host name; one expecting another host name but told not to check it
+    (verify_hostname false) is.
     """
     tls = (
         f"cafile {pki.ca.path}\ncertfile {pki.server.certificate}\nkeyfile {pki.server.key}\n"
@@ -321,14 +324,43 @@ def test_tlsWithClientCertificate(
         private_key=str(pki.client.key),
     )
     waitLinked(bridge)
-    plain = bridges(
+    refused = [
+        bridges(
+            e2e_broker,
+            name=name,
+            addresses=address(remote.port),
+            topic="secure/# out 1",
+            ca_certificates=str(pki.ca.path),
+            local_client_id=f"{name}-local",
+            client_id=name,
+            **keys,
+        )
+        for name, keys in [
+            ("nocert", {}),
+            (
+                "othername",
+                {
+                    "certificate": str(pki.client.certificate),
+                    "private_key": str(pki.client.key),
+                    "tls_server_name": "elsewhere.example",
+                },
+            ),
+        ]
+    ]
+    unchecked = bridges(
         e2e_broker,
-        name="nocert",
+        name="unchecked",
         addresses=address(remote.port),
         topic="secure/# out 1",
         ca_certificates=str(pki.ca.path),
-        local_client_id="nocert-local",
+        certificate=str(pki.client.certificate),
+        private_key=str(pki.client.key),
+        tls_server_name="elsewhere.example",
+        verify_hostname="false",
+        local_client_id="unchecked-local",
+        client_id="unchecked",
     )
+    waitLinked(unchecked)
 
     def setup(c: Any) -> None:
         c.tls_set(
@@ -344,8 +376,12 @@ def test_tlsWithClientCertificate(
         assert [m.payload for m in far.wait_for(1)] == [b"over TLS"]
     finally:
         far.close()
-    e2e.wait_until(lambda: e2e.in_reactor(lambda: plain.stats.connectFailures) >= 2, "refusals")
-    assert not e2e.in_reactor(lambda: plain.connected)
+    for bridge in refused:
+        e2e.wait_until(
+            lambda b=bridge: e2e.in_reactor(lambda: b.stats.connectFailures) >= 2,  # type: ignore[misc]
+            f"refusals of {bridge.config.name}",
+        )
+        assert e2e.in_reactor(lambda b=bridge: b.stats.links) == 0
 
 
 def test_mqtt5PropertiesBothWays(
@@ -717,3 +753,43 @@ def test_sysCounters(
     assert seen["state"] == b"1"
     assert seen["queue/messages"] == b"0"
     assert seen["reconnects"] == b"0"
+
+
+def test_remoteTakeoverLoggedAndLinkRestored(
+    clients: Clients, bridges: StartBridge, twisted_reactor: None
+) -> None:
+    """
+    A 5.0 remote broker that ends the link with DISCONNECT (0x8E: another client took the
+    bridge's client identifier there) has its reason logged, and the bridge links up again.
+    """
+    events: list[str] = []
+
+    def collect(event: dict[str, Any]) -> None:
+        events.append(formatEvent(event))
+
+    observe = cast(ILogObserver, collect)
+
+    there = e2e.start_broker()
+    globalLogPublisher.addObserver(observe)
+    try:
+        bridge = bridges(
+            clients.broker,
+            addresses=address(there.port),
+            topic="t out",
+            client_id="tk",
+            protocol="5.0",
+        )
+        waitLinked(bridge)
+        links = e2e.in_reactor(lambda: bridge.stats.links)
+        intruder = e2e.client(there.port, "tk")
+        e2e.wait_until(
+            lambda: any("sent DISCONNECT 0x8e" in e for e in events), "the reason in the log"
+        )
+        intruder.close()
+        e2e.wait_until(
+            lambda: e2e.in_reactor(lambda: bridge.connected and bridge.stats.links > links),
+            "the link back",
+        )
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        there.stop()

@@ -39,6 +39,7 @@ from mqttd.codec.packets import (
     Connack,
     ConnackCode,
     Connect,
+    Disconnect,
     Packet,
     ProtocolLevel,
     Puback,
@@ -109,6 +110,10 @@ class BridgeConnection:
         self.bridge.sendRemote(packet)
 
     def writeSequence(self, chunks: Sequence[bytes]) -> None:
+        # The session writes one whole packet per call.
+        if self.bridge.unmapped:
+            self.bridge.forwardUnchanged(chunks)
+            return
         try:
             packets = self._decoder.feed(b"".join(chunks))
         except DecodeError:
@@ -177,6 +182,11 @@ class Bridge:
         self._rng = rng or random.Random()
         self._listener = ListenerConfig(name=f"bridge:{config.name}", endpoint="bridge")
         self._conn = BridgeConnection(self, config.protocolLevel)
+        # Whether every outgoing topic stays as it is: what the session writes then goes to
+        # the remote broker byte for byte, never decoded.
+        self.unmapped = all(
+            rule.localPrefix == rule.remotePrefix for rule in config.topics if rule.outgoing
+        )
         self._link: MQTTClientProtocol | None = None
         self._attempt: Deferred[Any] | None = None
         self._retry: IDelayedCall | None = None
@@ -512,6 +522,9 @@ class Bridge:
             return broker.pubrelReceived(session, packet.packet_id)
         elif isinstance(packet, Pubcomp):
             session.pubcompReceived(packet.packet_id)
+        elif isinstance(packet, Disconnect):
+            # A 5.0 server says why before it closes [MQTT-3.14.0-1].
+            self._remoteDisconnected(packet.reason_code)
         elif isinstance(packet, Suback):
             for code in packet.return_codes:
                 if code >= 0x80:
@@ -523,6 +536,10 @@ class Bridge:
                         code=code,
                     )
         return None
+
+    def _remoteDisconnected(self, code: int) -> None:
+        if self._link is not None:
+            self._link.closeReason = f"the remote broker sent DISCONNECT 0x{code:02x}"
 
     def linkPaused(self, link: MQTTClientProtocol, paused: bool) -> None:
         if link is not self._link:
@@ -626,6 +643,13 @@ class Bridge:
             packet = replace(packet, topic=mapped[0])
         if link is not None:
             link.send(packet)
+
+    def forwardUnchanged(self, chunks: Sequence[bytes]) -> None:
+        """A packet the local session wrote, for a remote broker that sees the same topics."""
+        if chunks[0][0] >> 4 == 3:
+            self.stats.messagesSent += 1
+        if self._link is not None:
+            self._link.writeSequence(chunks)
 
     def sendRemote(self, packet: Packet) -> None:
         """An acknowledgement the broker sends for a message that came over the link."""
