@@ -246,9 +246,10 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 print(f"rep {rep + 1} {kind:9} QoS {qos}: {rate:10,.0f} msgs/s (load {load:.2f})")
     print()
-    print(
+    header = (
         "| QoS | mqttd → mosquitto | mosquitto → mosquitto | ratio | no bridge (one mosquitto) |"
     )
+    print(header)
     print("|---|---|---|---|---|")
     for qos in (0, 1):
         ours = statistics.median(results[("mqttd", qos)])
