@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import Clock
 
 from mqttd.codec.packets import (
     Disconnect,
@@ -33,9 +34,10 @@ from mqttd.codec.packets import (
 )
 from mqttd.codec.properties import Properties
 from mqttd.config import ListenerConfig
+from mqttd.http.metrics import ReactorLag
 from mqttd.http.site import makeHttpSite
 from mqttd.interfaces import Action, ClientInfo
-from mqttd.stats import Histogram
+from mqttd.stats import Histogram, Stats
 from mqttd.sys import LoadAverage, presenceLevel
 from tests import e2e
 from tests.harness import World
@@ -153,6 +155,37 @@ def test_dropsCountedByCause() -> None:
     assert stats.dropped[:3] == [1, 0, 0]
     assert stats.dropped[6:] == [1, 1]
     assert stats.messagesDropped == 3
+
+
+def test_messagesReceivedFromElsewhere() -> None:
+    """
+    What arrives other than as an MQTT PUBLISH (the MQTT-SN gateway and the HTTP API add with
+    C{stats.messagesReceived += 1}) is counted apart from PUBLISH by QoS, and in the total.
+    """
+    stats = Stats()
+    stats.publishReceived[1] += 2
+    stats.messagesReceived += 1
+    assert stats.otherReceived == 1 and stats.messagesReceived == 3
+    assert stats.publishReceived == [0, 2, 0]
+
+
+def test_reactorLagMeasuresLateness() -> None:
+    """
+    The lag probe reports how much later than scheduled its timer ran, and the largest lag
+    since the last scrape, which the scrape then starts afresh.
+    """
+    clock = Clock()
+    lag = ReactorLag(clock)
+    lag.start()
+    # Due at 1.0, run at 1.5 (the reactor was busy); then due at 2.5, run at 2.75.
+    clock.advance(1.5)
+    assert lag.last == pytest.approx(0.5)
+    clock.advance(1.25)
+    assert lag.last == pytest.approx(0.25)
+    assert lag.takeHighest() == pytest.approx(0.5)
+    assert lag.takeHighest() == pytest.approx(0.25)
+    lag.stop()
+    assert clock.getDelayedCalls() == []
 
 
 def test_histogramBuckets() -> None:

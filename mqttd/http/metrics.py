@@ -25,7 +25,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python.threadable import isInIOThread
 from twisted.web.resource import IResource
@@ -35,7 +34,7 @@ from ..stats import ACL_ACTIONS, DROP_CAUSES
 from ..sys import BrokerState
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from ..broker import Broker
 
@@ -58,24 +57,26 @@ class ReactorLag:
         self.last = 0.0
         self.highest = 0.0
         self._expected = 0.0
-        self._loop: LoopingCall | None = None
+        self._timer: IDelayedCall | None = None
 
     def start(self) -> None:
-        self._loop = LoopingCall(self._probe)
-        self._loop.clock = self.reactor
-        self._expected = self.reactor.seconds()
-        self._loop.start(LAG_PROBE_INTERVAL, now=True)
+        self._schedule()
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self) -> None:
+        # Each probe schedules the next from when it ran (a LoopingCall keeps to its grid,
+        # which after a late call would hide part of the next one's lateness).
+        self._expected = self.reactor.seconds() + LAG_PROBE_INTERVAL
+        self._timer = self.reactor.callLater(LAG_PROBE_INTERVAL, self._probe)
 
     def _probe(self) -> None:
-        now = self.reactor.seconds()
-        self.last = max(0.0, now - self._expected)
+        self.last = max(0.0, self.reactor.seconds() - self._expected)
         self.highest = max(self.highest, self.last)
-        self._expected = now + LAG_PROBE_INTERVAL
+        self._schedule()
 
     def takeHighest(self) -> float:
         """The largest lag since the last call, which starts a new period."""
