@@ -499,6 +499,8 @@ def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> Liste
             )
     if "path" in typed and typed.get("protocol") != "websocket":
         raise ConfigError(path, section, "path", "only used with protocol = websocket")
+    if "max_connections" in typed and typed.get("protocol") == "http":
+        raise ConfigError(path, section, "max_connections", "only used with MQTT listeners")
     if "backlog" in typed:
         endpoint = str(typed["endpoint"])
         if endpoint.split(":", 1)[0] not in _BACKLOG_ENDPOINTS:

@@ -283,7 +283,7 @@ class BrokerService(MultiService):
         d: Deferred[Any] = DeferredList(stopping)
         d.addCallback(lambda _: self.broker.stop())
         d.addCallback(self._detach)
-        return d
+        return d.addCallback(lambda _: self.broker.repeats.stop())
 
     def _detach(self, ignored: None) -> None:
         for plugin in self.brokerAware:

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
-from zope.interface import implementer
+from twisted.logger import Logger, LogLevel, formatEvent
 
 from mqttd.codec.packets import Connack, Connect
 from mqttd.config import DEFAULT_BACKLOG, ConfigError, ListenerConfig, load_config
@@ -22,6 +21,7 @@ from mqttd.logsummary import WINDOW, RepeatSummary
 from mqttd.protocol import MQTTServerFactory
 from mqttd.service import makeBrokerService
 from tests.harness import LISTENER, World
+from tests.test_logging import Events
 
 
 def address(host: str = "10.0.0.7", port: int = 50000) -> IPv4Address:
@@ -34,14 +34,6 @@ def connectTo(factory: MQTTServerFactory, host: str = "10.0.0.7") -> Any:
     if protocol is not None:
         protocol.makeConnection(StringTransport(peerAddress=address(host)))
     return protocol
-
-
-@implementer(ILogObserver)
-class Events(list[dict[str, Any]]):
-    """The log events a L{Logger} given this as its observer emitted, in order."""
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.append(event)
 
 
 def captureLog(world: World) -> Events:
@@ -173,6 +165,7 @@ def test_backlogDefaultAndKey(tmp_path: Path) -> None:
         ("endpoint = tcp:1883:backlog=5\nbacklog = 10\n", "already sets backlog="),
         ("endpoint = tcp:1883\nbacklog = 0\n", "expected a positive integer"),
         ("endpoint = tcp:1883\nmax_connections = -1\n", "expected a non-negative integer"),
+        ("endpoint = tcp:1883\nprotocol = http\nmax_connections = 5\n", "only used with MQTT"),
     ],
 )
 def test_limitKeysChecked(tmp_path: Path, listener: str, why: str) -> None:
@@ -183,3 +176,20 @@ def test_limitKeysChecked(tmp_path: Path, listener: str, why: str) -> None:
         load_config(str(ini))
     assert e.value.section == "listener:a"
     assert why in e.value.why
+
+
+def test_stopWritesOpenSummaries(tmp_path: Path) -> None:
+    """Stopping the broker service writes the counts of windows still open, losing none."""
+    ini = tmp_path / "mqttd.ini"
+    ini.write_text("[listener:a]\nendpoint = tcp:1883\n")
+    service = makeBrokerService(load_config(str(ini)), MemoryReactorClock())
+    service.startService()
+    events = Events()
+    service.broker.repeats.log = Logger(observer=events)
+    for _ in range(3):
+        service.broker.repeats.emit(LogLevel.warn, "10.0.0.9", "refused", "refused {source}")
+    service.stopService()
+    assert events.lines() == [
+        "refused 10.0.0.9",
+        "10.0.0.9: refused, and 2 more in the last minute",
+    ]
