@@ -1569,8 +1569,9 @@ class Broker:
         conn = session.connection if session is not None else None
         if session is None or conn is None:
             return False
-        self.connectionLost(session, conn, graceful=False)
-        conn.close("disconnected by an administrator", ReasonCode.ADMINISTRATIVE_ACTION)
+        reason = "disconnected by an administrator"
+        self.connectionLost(session, conn, graceful=False, reason=reason)
+        conn.close(reason, ReasonCode.ADMINISTRATIVE_ACTION)
         return True
 
     def endSession(self, clientId: str) -> bool:
