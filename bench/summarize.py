@@ -14,6 +14,15 @@ import statistics
 import sys
 from collections import defaultdict
 
+S7_METRICS = [
+    "deliveries_per_s",
+    "p50_us",
+    "p99_us",
+    "broker_cpu_pct",
+    "broker_cpu_us_per_delivery",
+    "broker_rss_kb",
+    "lost",
+]
 METRICS = {
     "S1": ["msgs_per_s", "lost"],
     "S2": ["msgs_per_s", "lost"],
@@ -24,6 +33,9 @@ METRICS = {
     "S5": ["msgs_per_s", "p99_us", "lost"],
     "S6a": ["msgs_per_s", "lost"],
     "S6b": ["msgs_per_s", "lost"],
+    "S7": S7_METRICS,
+    "S7L": S7_METRICS,
+    "S7S": ["held_rate"],
 }
 BROKERS = ("mqttd", "mosquitto")
 
