@@ -119,6 +119,9 @@ class ListenerConfig:
     # The kernel's queue of connections not yet accepted (listen(2)), for tcp:, tcp6:, ssl:
     # and unix: endpoints: Twisted's default of 50 overflows in a reconnection storm.
     backlog: int = DEFAULT_BACKLOG
+    # TCP_NODELAY on each connection's socket: small packets go out at once instead of waiting
+    # (Nagle) for the peer to acknowledge the last; a latency-sensitive broker wants it.
+    tcp_nodelay: bool = True
 
     def listenEndpoint(self) -> str:
         """The endpoint string to listen with: C{endpoint}, with C{backlog} where it applies."""
@@ -390,6 +393,7 @@ _NOT_SN_KEYS = (
     "ca_certificates",
     "require_certificate",
     "backlog",
+    "tcp_nodelay",
 )
 
 

@@ -127,6 +127,25 @@ class _EnhancedAuth:
     waiting: bool = False
 
 
+def _setNoDelay(transport: object) -> None:
+    """
+    Turn Nagle's algorithm off on the TCP connection under C{transport}, through the TLS and
+    WebSocket layers that may wrap it (each keeps the one below as C{.transport}).  Sockets
+    that are not TCP (UNIX) are left as they are.
+    """
+    for _ in range(4):
+        setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            try:
+                setTcpNoDelay(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
+
+
 @implementer(IClientConnection, IPushProducer)
 class MQTTServerProtocol(Protocol):
     """
@@ -190,6 +209,8 @@ class MQTTServerProtocol(Protocol):
         if isinstance(self.factory, MQTTServerFactory):
             self.factory.connectionOpened()
         self._notePeer()
+        if self.listener.tcp_nodelay:
+            _setNoDelay(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connectTimer = self.clock.callLater(
             self.broker.config.connect_timeout, self._connectTimedOut
