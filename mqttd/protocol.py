@@ -164,6 +164,39 @@ class MQTTServerProtocol(Protocol):
     log = Logger()
     closeTimeout = 5.0
 
+    # What __init__ sets lives in slots: with Twisted's own attributes a __dict__ would pass
+    # the 30 keys a shared-key instance dict can hold and cost ~1.5 KB per connection.
+    # Attributes set elsewhere go to the __dict__ Protocol (no __slots__) gives every instance.
+    __slots__ = (
+        "_abortTimer",
+        "_closeReason",
+        "_closing",
+        "_connectTimer",
+        "_decoder",
+        "_enhanced",
+        "_graceful",
+        "_held",
+        "_host",
+        "_keepaliveLimit",
+        "_keepaliveTimer",
+        "_lastReceived",
+        "_stats",
+        "_topicAliases",
+        "_username",
+        "_who",
+        "bridge",
+        "broker",
+        "certificateIdentity",
+        "clientAddress",
+        "clientId",
+        "clock",
+        "listener",
+        "maxPacketSize",
+        "paused",
+        "protocolLevel",
+        "session",
+    )
+
     def __init__(self, broker: Broker, listener: ListenerConfig, clock: IReactorTime) -> None:
         self.broker = broker
         self.listener = listener
