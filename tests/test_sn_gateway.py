@@ -737,3 +737,28 @@ def test_listener_max_connections() -> None:
     first.send(sn.Disconnect())
     first.read()
     late.connect("c")
+
+
+def test_resumed_session_passes_receive_acl() -> None:
+    """
+    Messages kept for a persistent SN session pass the receive ACL as it stands when the client
+    comes back: one it may no longer read is dropped, not sent.
+    """
+    world = SNWorld()
+    client = world.snConnect("s1", clean=False)
+    client.subscribe("t/#", qos=1)
+    client.send(sn.Disconnect())
+    client.read()
+    world.broker.route(_message("t/secret", b"no longer yours", 1))
+    world.broker.route(_message("t/open", b"yours", 1))
+
+    @implementer(IAuthorizer)
+    class _NoSecrets:
+        def authorize(self, client: ClientInfo, action: Action, topic: str) -> Any:
+            return "secret" not in topic
+
+    world.broker.authorizers = (_NoSecrets(),)
+    again = world.sn()
+    again.connect("s1", clean=False)
+    publish = again.publishAfterRegister()
+    assert publish.payload == b"yours"

@@ -265,7 +265,14 @@ class SNClient:
         )
         self._supervise()
         self.paused = False
-        session.resume(self)
+        # Through the broker, so what waited in the session passes the receive ACL first.
+        resumed = gateway.broker.resume(session, self)
+        if resumed is not None:
+            resumed.addErrback(self._resumeFailed)
+
+    def _resumeFailed(self, failure: Failure) -> None:
+        self.log.failure("resuming {clientId}'s session", failure, clientId=self.clientId)
+        self._lost("internal error")
 
     def _refuse(self, code: int, reason: str) -> None:
         self._send(sn.Connack(code))
