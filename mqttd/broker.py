@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -76,6 +76,9 @@ from .topics import (
     validate_topic_filter,
 )
 
+if TYPE_CHECKING:
+    from .bridge.bridge import Bridge
+
 # The bits of a subscription's options (MQTT 5 section 3.8.3.1; 3.1.1 sets the QoS bits only).
 QOS_BITS = 0x03
 NO_LOCAL = 0x04
@@ -115,6 +118,8 @@ class Broker:
     @ivar listenerAuthenticators: listener name to that listener's chain.
     @ivar authorizers: the ACL chain; empty means everything is allowed and
         nothing is asked.
+    @ivar bridges: the running bridges to other brokers (L{mqttd.bridge}) by
+        name, each a client of this broker, listed for $SYS and metrics.
     """
 
     log = Logger()
@@ -153,6 +158,7 @@ class Broker:
         self.authorizers = tuple(authorizers)
         self.selectors = tuple(selectors)
         self.observers = tuple(observers)
+        self.bridges: dict[str, Bridge] = {}
         # Filters starting with these are refused to every client (SUBACK 0x80 / 0x87).
         self.reservedPrefixes: tuple[str, ...] = RESERVED_PREFIXES
         # Called with the ClientInfo once a client's session is resumed (CONNACK written, waiting

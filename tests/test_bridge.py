@@ -15,6 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
@@ -24,6 +25,7 @@ from mqttd.config import ConfigError, load_config
 from tests import e2e, listeners
 from tests.conftest import Clients
 from tests.mosquitto import Mosquitto, Start, freePort, mosquittos
+from tests.test_monitoring import httpSite, scrape
 from tests.test_store import sqliteStore
 
 __all__ = ["mosquittos"]
@@ -715,19 +717,20 @@ def test_tryPrivateFallsBack(e2e_broker: e2e.RunningBroker, bridges: StartBridge
         e2e.in_reactor(port.stopListening)
 
 
+@pytest.mark.broker_config(sys_interval=1)
 def test_sysCounters(
     e2e_broker: e2e.RunningBroker, clients: Clients, mosquittos: Start, bridges: StartBridge
 ) -> None:
     """
     The bridge's counters are published under $SYS/broker/connection/NAME/ (retained) every
-    sys_interval: messages sent and received, queue length, reconnects.
+    [broker] sys_interval: messages sent and received, queue length, reconnects; and the
+    metrics endpoint reports the same numbers, labelled with the bridge's name.
     """
     remote = mosquittos("remote")
     bridge = bridges(
         e2e_broker,
         addresses=address(remote.port),
         topic="s/# out 1\nr/# in 1",
-        sys_interval="1",
         client_id="bs",
     )
     waitLinked(bridge)
@@ -753,6 +756,25 @@ def test_sysCounters(
     assert seen["state"] == b"1"
     assert seen["queue/messages"] == b"0"
     assert seen["reconnects"] == b"0"
+
+    http: IListeningPort = e2e.in_reactor(
+        lambda: serverFromString(e2e.reactor, f"tcp:0:interface={e2e.HOST}").listen(
+            httpSite(e2e_broker.broker)
+        )
+    )
+    try:
+        m = scrape(http.getHost().port)  # type: ignore[attr-defined]
+    finally:
+        e2e.in_reactor(http.stopListening)
+    label = (("bridge", "test"),)
+    assert m["mqttd_bridge_up"][label] == 1
+    assert m["mqttd_bridge_messages_sent_total"][label] == 3
+    assert m["mqttd_bridge_messages_received_total"][label] == 1
+    assert m["mqttd_bridge_queued_messages"][label] == 0
+    assert m["mqttd_bridge_dropped_messages_total"][label] == 0
+    assert m["mqttd_bridge_reconnects_total"][label] == 0
+    e2e.in_reactor(bridge.stop)
+    assert "test" not in e2e.in_reactor(lambda: dict(e2e_broker.broker.bridges))
 
 
 def test_remoteTakeoverLoggedAndLinkRestored(

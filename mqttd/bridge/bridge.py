@@ -212,20 +212,25 @@ class Bridge:
         if session is not None:
             self._reconcile(session)
             self.broker.connectionLost(session, self._conn, graceful=True)
+        self.broker.bridges[self.config.name] = self
         self._notify(False)
         self._connect()
-        if self.config.sys_interval:
+        if self.broker.config.sys_interval:
             self._publishCounters()
 
     def _publishCounters(self) -> None:
         prefix = f"$SYS/broker/connection/{self.config.name}/"
         for key, value in self.counters().items():
             self.broker.route(Message(prefix + key, str(value).encode(), 0, True))
-        self._statsTimer = self.clock.callLater(self.config.sys_interval, self._publishCounters)
+        self._statsTimer = self.clock.callLater(
+            self.broker.config.sys_interval, self._publishCounters
+        )
 
     def stop(self) -> Deferred[None]:
         """Disconnect cleanly; fires once the link is closed.  The local session is kept."""
         self._running = False
+        if self.broker.bridges.get(self.config.name) is self:
+            del self.broker.bridges[self.config.name]
         for timer in (self._retry, self._probeTimer, self._statsTimer):
             if timer is not None and timer.active():
                 timer.cancel()

@@ -105,7 +105,6 @@ class BridgeConfig:
     max_queued_messages: int = 10000
     max_queued_bytes: int = 16 * 1024 * 1024
     notifications: bool = True
-    sys_interval: int = 10
     tls: bool = False
     ca_certificates: str | None = None
     certificate: str | None = None
@@ -213,9 +212,7 @@ _BRIDGE_PARSERS: dict[str, Callable[[str, str], object]] = {
 # Keys whose ini name differs from the field: mosquitto's own word for the topic lines.
 _KEY_FIELDS = {"topic": "topics"}
 # Zero means "never" here, as in mosquitto.
-_ZERO_ALLOWED = frozenset(
-    {"keepalive", "session_expiry_interval", "max_queued_bytes", "sys_interval"}
-)
+_ZERO_ALLOWED = frozenset({"keepalive", "session_expiry_interval", "max_queued_bytes"})
 
 
 def _parseBridgeInt(key: str, text: str) -> int:

@@ -137,6 +137,10 @@ class BrokerCollector(Collector):
             "lag": self.lag.last,
             "lagHighest": self.lag.takeHighest(),
             "uptime": broker.clock.seconds() - broker.startedAt,
+            "bridges": {
+                name: (bridge.connected, bridge.counters())
+                for name, bridge in sorted(broker.bridges.items())
+            },
         }
 
     def families(self, s: dict[str, Any]) -> list[Metric]:
@@ -284,7 +288,58 @@ class BrokerCollector(Collector):
             s["lagHighest"],
         )
         gauge("mqttd_uptime_seconds", "Seconds since the broker started.", s["uptime"])
+        families.extend(_bridgeFamilies(s["bridges"]))
         return families
+
+
+# Each bridge counter (mqttd.bridge.bridge.Bridge.counters) as a metric: name, help, counter?
+_BRIDGE_METRICS = (
+    ("messages/sent", "mqttd_bridge_messages_sent", "Messages sent to the remote broker.", True),
+    (
+        "messages/received",
+        "mqttd_bridge_messages_received",
+        "Messages received from the remote broker.",
+        True,
+    ),
+    (
+        "queue/messages",
+        "mqttd_bridge_queued_messages",
+        "Messages waiting for the remote broker or not yet acknowledged by it.",
+        False,
+    ),
+    (
+        "queue/dropped",
+        "mqttd_bridge_dropped_messages",
+        "Messages for the remote broker dropped because the queue was full.",
+        True,
+    ),
+    ("reconnects", "mqttd_bridge_reconnects", "Links accepted after the first.", True),
+    (
+        "connect_failures",
+        "mqttd_bridge_connect_failures",
+        "Connection attempts that did not end in an accepted link.",
+        True,
+    ),
+)
+
+
+def _bridgeFamilies(bridges: dict[str, tuple[bool, dict[str, int]]]) -> list[Metric]:
+    up = GaugeMetricFamily(
+        "mqttd_bridge_up", "Whether the bridge's link is up (1) or down (0).", labels=["bridge"]
+    )
+    for name, (connected, _) in bridges.items():
+        up.add_metric([name], int(connected))
+    families: list[Metric] = [up]
+    for key, metric, doc, isCounter in _BRIDGE_METRICS:
+        family: Metric = (
+            CounterMetricFamily(metric, doc, labels=["bridge"])
+            if isCounter
+            else GaugeMetricFamily(metric, doc, labels=["bridge"])
+        )
+        for name, (_, counters) in bridges.items():
+            family.add_metric([name], counters[key])  # type: ignore[attr-defined]
+        families.append(family)
+    return families
 
 
 def metricsResource(broker: Broker, lag: ReactorLag, reactor: IReactorTime) -> IResource:
