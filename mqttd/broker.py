@@ -48,6 +48,7 @@ from .interfaces import (
     IEnhancedAuthenticator,
     IMessageStore,
     ISubscriberSelector,
+    Kept,
 )
 from .logsummary import RepeatSummary
 from .message import Message, PropertiedMessage, SharedDelivery
@@ -1147,9 +1148,12 @@ class Broker:
         merged: dict[str, int] | None = None
         # One Message per distinct topic override, so its encoded prefix is shared too.
         overridden: dict[str, tuple[Message, dict[str, int]]] = {}
+        kept = False
         for selector in self.selectors:
             try:
                 selected = selector.select(message, publisher)
+                if isinstance(selected, Kept):
+                    kept = True
                 if isinstance(selected, Mapping):
                     self.stats.selectedDeliveries += len(selected)
                     if not recipients:
@@ -1182,7 +1186,7 @@ class Broker:
         delivered = self._deliverAll(message, recipients)
         for override, overrideRecipients in overridden.values():
             delivered = self._deliverAll(override, overrideRecipients) or delivered
-        return delivered
+        return delivered or kept
 
     def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> bool:
         # Whether any recipient had a session.

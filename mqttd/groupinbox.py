@@ -59,8 +59,9 @@ class Inbox:
     One group's inbox.
 
     @ivar readers: reader to the sequence number of the last entry it was given.  A reader is
-        C{"c:" + clientId} once that client has been connected, or C{"m:" + member} for a member
-        added while the group kept an inbox, whose clients have not connected since.
+        C{"c:" + clientId} once that client has been connected, and C{"m:" + member} where the
+        member as a whole got to (set when it is added, less the group's history), which is
+        where a client id the member never used before starts.
     """
 
     entries: deque[InboxEntry] = field(default_factory=deque)

@@ -592,6 +592,15 @@ class ISubscriberSelector(Interface):
         """
 
 
+class Kept(dict[str, int]):
+    """
+    What an L{ISubscriberSelector} returns for a message it kept for recipients who will get
+    it later (a group's inbox): a mapping of the recipients to deliver to now, possibly
+    empty, that also tells the broker the message did reach someone, so that an MQTT 5
+    publisher is not told "no matching subscribers".
+    """
+
+
 class IBrokerObserver(Interface):
     """
     Receives the broker's events, for metrics, C{$SYS} and integrations.

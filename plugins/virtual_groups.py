@@ -37,6 +37,7 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mqttd.codec.properties import Properties
 from mqttd.groupinbox import (
     INBOX_SCHEMA,
     Inbox,
@@ -61,10 +62,11 @@ from mqttd.interfaces import (
     IMessageStore,
     IPluginFactory,
     ISubscriberSelector,
+    Kept,
     PluginConfigError,
     PluginContext,
 )
-from mqttd.message import Message
+from mqttd.message import Message, PropertiedMessage
 
 CONTROL_PREFIX = "$CONTROL/mqttd/groups/"
 PUBLISH_POLICIES = ("members", "owners", "acl")
@@ -677,8 +679,11 @@ class VirtualGroups:
             for clientId, member, qos in self._sessionsOf(group)
             if clientId != exclude and (online is None or clientId in online)
         ]
+        if online is not None and (group.topic is None or not resolved):
+            # Kept in the inbox: taken, even when nobody is connected to get it now.
+            return Kept({clientId: qos for clientId, _, qos in resolved})
         if not resolved:
-            return () if online is not None else self._drop()
+            return self._drop()
         if group.topic is None:
             return {clientId: qos for clientId, _, qos in resolved}
         template = group.topic
@@ -756,8 +761,9 @@ class VirtualGroups:
             self._drain(group, inbox, client.clientId, member)
 
     def _disconnected(self, client: ClientInfo) -> None:
-        for group, inbox, _ in self._inboxGroups(client):
+        for group, inbox, member in self._inboxGroups(client):
             self._moveReader(group.name, inbox, "c:" + client.clientId, inbox.lastSeq)
+            self._moveReader(group.name, inbox, "m:" + member, inbox.lastSeq)
 
     def _drain(self, group: Group, inbox: Inbox, clientId: str, member: str) -> None:
         """Hand C{clientId} what C{group}'s inbox holds that it has not had yet."""
@@ -786,6 +792,9 @@ class VirtualGroups:
                 continue
             self.broker.deliverTo(clientId, self._inboxMessage(group, entry, member, clientId), qos)
         self._moveReader(group.name, inbox, reader, inbox.lastSeq)
+        # Where the member as a whole got to: a client id it has not used before starts there,
+        # so a passing connection (a mosquitto_pub) is not handed the whole inbox again.
+        self._moveReader(group.name, inbox, "m:" + member, inbox.lastSeq)
 
     def _inboxMessage(self, group: Group, entry: InboxEntry, member: str, clientId: str) -> Message:
         if group.topic is None:
@@ -839,11 +848,22 @@ class VirtualGroups:
             self.log.warn("virtual groups: a request to {action} is not an object", action=action)
             return
         responseTopic = request.get("response_topic")
+        # An MQTT 5 request may say it the 5.0 way instead (mosquitto_rr does): the Response
+        # Topic property, whose Correlation Data the reply then carries.
+        properties = message.properties
+        correlation = properties.correlation_data if responseTopic is None else None
+        if responseTopic is None:
+            responseTopic = properties.response_topic
         d = maybeDeferred(self._act, action, request, publisher)
         d.addErrback(_explain)
         if isinstance(responseTopic, str) and responseTopic:
             d.addCallback(
-                self._reply, responseTopic, request.get("correlation"), message.qos, publisher
+                self._reply,
+                responseTopic,
+                request.get("correlation"),
+                message.qos,
+                publisher,
+                correlation,
             )
         d.addErrback(self._requestFailed, action)
 
@@ -978,6 +998,7 @@ class VirtualGroups:
         correlation: Any,
         qos: int,
         publisher: ClientInfo | None,
+        correlationData: bytes | None = None,
     ) -> Any:
         if correlation is not None:
             answer["correlation"] = correlation
@@ -995,6 +1016,15 @@ class VirtualGroups:
         decision = broker.authorize(publisher, Action.PUBLISH, responseTopic)
         payload = json.dumps(answer).encode("utf-8")
         message = Message(responseTopic, payload, qos)
+        if correlationData is not None:
+            message = PropertiedMessage(
+                responseTopic,
+                payload,
+                qos,
+                False,
+                Properties(correlation_data=correlationData),
+                broker.clock.seconds(),
+            )
         if isinstance(decision, Deferred):
             return decision.addCallback(self._replyDecided, message, publisher)
         return self._replyDecided(decision, message, publisher)
