@@ -6,6 +6,7 @@ the rest is dropped and counted, and a receiver that never answers does not slow
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ from zope.interface.verify import verifyObject
 
 from mqttd.config import ConfigError
 from mqttd.interfaces import IBrokerAware, IBrokerObserver, PluginContext
-from mqttd.plugin_loader import buildPlugin, findPlugins
+from mqttd.plugin_loader import buildPlugin, findPlugins, pluginPackage
 from tests import e2e
+
+pluginPackage()
+EVENTS = importlib.import_module("mqttd.plugins.webhook").EVENTS
 
 
 class Receiver(Resource):
@@ -125,7 +129,7 @@ def test_eventsDelivered(webhook: Any) -> None:
     outside them is not sent), its delivery and acknowledgement, the unsubscription and the
     disconnection each reach the receiver as JSON.
     """
-    setup = webhook(Receiver(), topics="sensors/#")
+    setup = webhook(Receiver(), topics="sensors/#", events=",".join(EVENTS))
     c = setup.client("dev", setup=lambda p: p.username_pw_set("ann"))
     c.subscribe("sensors/#", 1)
     c.publish("sensors/1", b"21.5", 1)
@@ -207,7 +211,7 @@ def test_hangingReceiverDoesNotSlowTheBroker(webhook: Any) -> None:
     every QoS 1 message still goes from publisher to subscriber: the broker never waits on it.
     """
     receiver = Receiver(hang=True)
-    setup = webhook(receiver, concurrency="2", timeout="30")
+    setup = webhook(receiver, concurrency="2", timeout="30", events=",".join(EVENTS))
     subscriber = setup.client("sub")
     subscriber.subscribe("load/#", 1)
     publisher = setup.client("pub")
@@ -216,7 +220,8 @@ def test_hangingReceiverDoesNotSlowTheBroker(webhook: Any) -> None:
     got = subscriber.wait_for(50)
     assert [m.payload for m in got] == [str(i).encode() for i in range(50)]
     assert setup.broker.call(lambda: len(receiver.waiting)) == 2
-    assert setup.broker.call(lambda: len(setup.hook._queue)) > 50
+    # Each message's publication, delivery and acknowledgement wait in the queue.
+    assert setup.broker.call(lambda: len(setup.hook._queue)) > 100
 
 
 def test_badOptionsNamed() -> None:
@@ -241,3 +246,18 @@ def test_badOptionsNamed() -> None:
                 available=findPlugins(),
             )
         assert caught.value.key == key, options
+
+
+def test_defaultEventsLeavePerDeliveryOnesOut(webhook: Any) -> None:
+    """
+    Without events, a message is posted once (published), not once more per subscriber
+    (delivered, acknowledged).
+    """
+    setup = webhook(Receiver())
+    sub = setup.client("sub")
+    sub.subscribe("t", 1)
+    setup.client("pub").publish("t", b"x", 1)
+    sub.wait_for(1)
+    e2e.wait_until(lambda: bool(setup.events("message.published")), "the published event")
+    kinds = setup.broker.call(lambda: sorted({e["event"] for e in setup.receiver.events}))
+    assert "message.delivered" not in kinds and "message.acknowledged" not in kinds
