@@ -20,10 +20,14 @@ from twisted.internet.endpoints import _parseServer
 
 from mqttd.sn.endpoint import parseUDPEndpoint
 from mqttd.topics import InvalidTopic, validate_topic_name
-from mqttd.transports.tls import TLS_VERSIONS, TLSFileError, TLSSettings, load
+from mqttd.transports import TLSFileError
 
 if TYPE_CHECKING:
     from mqttd.bridge.config import BridgeConfig
+    from mqttd.transports.tls import TLSSettings
+
+# The names of mqttd.transports.tls.TLS_VERSIONS, which is imported only for listeners using TLS.
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,8 @@ class ListenerConfig:
         """The listener's mqttd-managed TLS, or L{None} for plain and C{ssl:} endpoints."""
         if self.certificate is None or self.private_key is None:
             return None
+        from mqttd.transports.tls import TLSSettings
+
         return TLSSettings(
             certificate=self.certificate,
             private_key=self.private_key,
@@ -558,6 +564,8 @@ def _checkTLS(path: str, section: str, listener: ListenerConfig, given: set[str]
         refuse("identity", "needs require_certificate = true")
     if listener.use_identity_as_clientid and listener.identity == "none":
         refuse("use_identity_as_clientid", "needs identity = cn or san")
+    from mqttd.transports.tls import load
+
     settings = listener.tlsSettings()
     assert settings is not None
     try:

@@ -16,11 +16,12 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
-from twisted.plugin import IPlugin, getPlugins
+from twisted.logger import Logger
+from twisted.plugin import IPlugin, getCache, getPlugins
 from zope.interface import Interface
 
 import mqttd
@@ -29,6 +30,7 @@ from .config import Config, ConfigError
 from .interfaces import IPluginFactory, PluginConfigError, PluginContext
 
 PACKAGE = "mqttd.plugins"
+log = Logger()
 # Where a checkout keeps the shipped plugins: next to mqttd/, not inside it.
 _SOURCE_PLUGINS = os.path.join(os.path.dirname(os.path.dirname(mqttd.__file__)), "plugins")
 
@@ -57,24 +59,72 @@ def pluginPackage() -> ModuleType:
     return module
 
 
-def findPlugins(extraPaths: Sequence[str] = ()) -> dict[str, IPluginFactory]:
+def findPlugins(extraPaths: Sequence[str] = ()) -> Mapping[str, IPluginFactory]:
     """
     Every plugin factory in C{mqttd.plugins} and in the directories C{extraPaths}, by name.
 
     The package's search path is set, not appended to, on each call, so it always holds the
     shipped directory and exactly the directories asked for.  A plugin module that fails to
-    import is logged by Twisted and skipped; its name then shows up as unknown.
+    import is logged by Twisted and skipped; its name then shows up as unknown.  Modules are
+    imported as their plugins are asked for (see L{FoundPlugins}), so a broker loads the code of
+    the plugins its configuration names only.
     """
     package = pluginPackage()
     shipped = package.__dict__.setdefault("_mqttdShippedPath", list(package.__path__))
     extra = [os.path.abspath(p) for p in extraPaths]
     package.__path__ = [*shipped, *(p for p in extra if p not in shipped)]
-    found: dict[str, IPluginFactory] = {}
-    for factory in getPlugins(IPluginFactory, package):
-        if not IPlugin.providedBy(factory):
-            continue
-        found.setdefault(factory.name, factory)
-    return found
+    return FoundPlugins(package)
+
+
+class FoundPlugins(Mapping[str, IPluginFactory]):
+    """
+    Plugin factories by name, imported when first asked for.
+
+    Twisted's plugin cache names each plugin by the module attribute that holds it, which for
+    the shipped plugins is the plugin's name: a name found there imports that module alone.
+    Any other name, and listing them all, imports every module, as L{getPlugins} does.
+    """
+
+    def __init__(self, package: ModuleType) -> None:
+        self._package = package
+        self._found: dict[str, IPluginFactory] = {}
+        self._all: dict[str, IPluginFactory] | None = None
+
+    def __getitem__(self, name: str) -> IPluginFactory:
+        factory = self._found.get(name)
+        if factory is not None:
+            return factory
+        if self._all is None:
+            for dropin in getCache(self._package).values():
+                for cached in dropin.plugins:
+                    if cached.name != name or IPluginFactory not in cached.provided:
+                        continue
+                    try:
+                        loaded = cached.load()
+                    except Exception:
+                        # As getPlugins does: the module is broken, the name unknown.
+                        log.failure("cannot load plugin {name}", name=name)
+                        continue
+                    if IPlugin.providedBy(loaded) and getattr(loaded, "name", None) == name:
+                        factory = cast(IPluginFactory, loaded)
+                        self._found[name] = factory
+                        return factory
+        return self._everything()[name]
+
+    def _everything(self) -> dict[str, IPluginFactory]:
+        if self._all is None:
+            found: dict[str, IPluginFactory] = {}
+            for factory in getPlugins(IPluginFactory, self._package):
+                if IPlugin.providedBy(factory):
+                    found.setdefault(factory.name, factory)
+            self._all = found
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._everything())
+
+    def __len__(self) -> int:
+        return len(self._everything())
 
 
 def buildPlugin(

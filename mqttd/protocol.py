@@ -5,12 +5,12 @@ runs the connection's timers, and calls the broker.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -59,7 +59,6 @@ from .interfaces import (
 )
 from .ratelimit import ConnectionRateLimiter
 from .session import Session, SessionError
-from .transports.tls import IdentityError, certificateIdentity
 
 PINGRESP = encode(Pingresp())
 
@@ -264,7 +263,9 @@ class MQTTServerProtocol(Protocol):
             self.factory.connectionClosed()
         # Also tells an authenticator's late answer that there is no one left to answer.
         self._closing = True
-        if self.clientId is None and reason.check(SSL.Error) is not None:
+        # OpenSSL is loaded only for configurations that use TLS (see mqttd.footprint).
+        ssl = sys.modules.get("OpenSSL.SSL")
+        if self.clientId is None and ssl is not None and reason.check(ssl.Error) is not None:
             # The TLS layer around this protocol gave up before any MQTT got through.
             self._stats.tlsHandshakeFailures += 1
             self.broker.repeats.emit(
@@ -804,6 +805,8 @@ class MQTTServerProtocol(Protocol):
             # Only reachable when TLS is not mqttd's (config refuses identity without it).
             self._refuse(ConnackCode.NOT_AUTHORIZED, "no client certificate")
             return None
+        from .transports.tls import IdentityError, certificateIdentity
+
         try:
             username = certificateIdentity(certificate, self.listener.identity)  # type: ignore[arg-type]
         except IdentityError as e:

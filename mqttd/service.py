@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -27,7 +27,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from mqttd.broker import Broker
@@ -45,8 +44,10 @@ from mqttd.interfaces import (
 from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
 from mqttd.store import MemoryStore
-from mqttd.transports.tls import ServerTLS, TLSFileError
-from mqttd.transports.websocket import WebSocketFactory
+from mqttd.transports import TLSFileError
+
+if TYPE_CHECKING:
+    from mqttd.transports.tls import ServerTLS
 
 
 def _describe(address: IAddress) -> str:
@@ -350,27 +351,18 @@ def listenerFactory(
     @return: the factory to listen with, and the TLS to reload, if any.
     @raise TLSFileError: a TLS file cannot be used.
     """
+    # Each layer's code is imported only for listeners that use it (see mqttd.footprint).
     if listener.protocol == "websocket":
+        from mqttd.transports.websocket import WebSocketFactory
+
         factory = WebSocketFactory(factory, listener.path, reactor, timeout)
     settings = listener.tlsSettings()
     if settings is None:
         return factory, None
+    from mqttd.transports.tls import ServerTLS, TLSServerFactory
+
     tls = ServerTLS(settings)
-    return _TLSFactory(tls, False, factory), tls
-
-
-class _TLSFactory(TLSMemoryBIOFactory):
-    """
-    TLS around a factory that may refuse a connection (rate limit, max_connections) by
-    building no protocol: the refusal closes the socket, before any handshake, instead of
-    leaving a TLS layer with nothing inside it.
-    """
-
-    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None:
-            return None
-        return self.protocol(self, wrapped)
+    return TLSServerFactory(tls, False, factory), tls
 
 
 def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:

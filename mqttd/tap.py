@@ -7,16 +7,22 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver
 from twisted.python import usage
 from twisted.python.components import Componentized
 
-from mqttd.config import ConfigError, LogConfig, default_config, load_config
-from mqttd.logoutput import makeLogObserver
-from mqttd.service import ListenerError, makeBrokerService
+from mqttd.footprint import forgoUnusedTLS
+
+if TYPE_CHECKING:
+    from mqttd.config import LogConfig
+    from mqttd.service import ListenerError
+
+# The broker's modules are imported once the options are parsed: which of them load TLS depends
+# on the configuration (see mqttd.footprint), and twistd installs its reactor, whose TCP
+# transport imports TLS when it can, before it builds the service.
 
 
 class Options(usage.Options):
@@ -35,6 +41,9 @@ class Options(usage.Options):
             "Default: one listener on tcp:1883:interface=127.0.0.1 allowing anonymous clients.",
         ],
     ]
+
+    def postOptions(self) -> None:
+        forgoUnusedTLS(self["config"])
 
 
 class _OneLineStartup(MultiService):
@@ -56,6 +65,9 @@ class _OneLineStartup(MultiService):
         self.logConfig = log
 
     def setServiceParent(self, parent: Any) -> None:
+        from mqttd.config import LogConfig
+        from mqttd.logoutput import makeLogObserver
+
         # twistd hands its application here before it starts logging, and logs with the
         # observer the application carries, if any: the documented way to change twistd's log.
         if (
@@ -67,6 +79,8 @@ class _OneLineStartup(MultiService):
         super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        from mqttd.service import ListenerError
+
         try:
             super().privilegedStartService()
         except ListenerError as e:
@@ -99,6 +113,9 @@ def makeService(options: Options) -> IService:
     # Imported here so that importing this module (for its Options, or in tests) installs no
     # global reactor; by now twistd has installed the one it was asked for.
     from twisted.internet import reactor
+
+    from mqttd.config import ConfigError, default_config, load_config
+    from mqttd.service import makeBrokerService
 
     path: str | None = options["config"]
     try:

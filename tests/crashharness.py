@@ -58,6 +58,10 @@ def freePort() -> int:
         return port
 
 
+class PortTaken(Exception):
+    """The broker could not listen: another process has its port."""
+
+
 class BrokerProcess:
     """C{twistd mqttd} on one store file, started and SIGKILLed at will."""
 
@@ -70,16 +74,14 @@ class BrokerProcess:
         flushMs: int = 50,
     ) -> None:
         self.directory = directory
-        self.port = freePort()
         self.config = directory / "mqttd.ini"
-        self.config.write_text(
+        self._settings = (
             f"[broker]\nmax_inflight = {MAX_INFLIGHT}\nmax_queued_messages = 1000000\n"
             f"[store]\nplugin = {store}\n"
             f"[plugin:{store}]\npath = data/store\ndurability = {durability}\n"
             f"flush_ms = {flushMs}\n"
-            f"[listener:crash]\nendpoint = tcp:{self.port}:interface=127.0.0.1\n"
-            "allow_anonymous = true\n"
         )
+        self._listenOn(freePort())
         self._command = command
         self.process: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -88,7 +90,24 @@ class BrokerProcess:
     def logPath(self) -> Path:
         return self.directory / f"twistd-{self.runs}.log"
 
+    def _listenOn(self, port: int) -> None:
+        self.port = port
+        self.config.write_text(
+            self._settings + f"[listener:crash]\nendpoint = tcp:{port}:interface=127.0.0.1\n"
+            "allow_anonymous = true\n"
+        )
+
     def start(self, timeout: float = 60.0) -> None:
+        for _ in range(5):
+            try:
+                self._start(timeout)
+                return
+            except PortTaken:
+                # Another process took the port while the broker was down: move to another.
+                self._listenOn(freePort())
+        self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         self.runs += 1
         command, env = self._command(self.directory, self.config)
         with self.logPath.open("wb") as output:
@@ -103,7 +122,10 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited:\n{self.logPath.read_text()}")
+                log = self.logPath.read_text()
+                if "Address already in use" in log:
+                    raise PortTaken(log)
+                raise RuntimeError(f"twistd exited:\n{log}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             except OSError:

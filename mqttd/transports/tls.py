@@ -20,29 +20,20 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IAddress, IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
+
+from mqttd.transports import TLSFileError
+
+__all__ = ["TLSFileError"]
 
 Identity = Literal["none", "cn", "san"]
 
 TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
 _CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
-
-
-class TLSFileError(Exception):
-    """
-    A TLS file cannot be used.
-
-    @ivar key: the listener key that named the file.
-    @ivar why: what is wrong, including the path, for a human.
-    """
-
-    def __init__(self, key: str, why: str) -> None:
-        super().__init__(key, why)
-        self.key = key
-        self.why = why
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,3 +210,17 @@ def certificateIdentity(certificate: crypto.X509, identity: Identity) -> str:
         except UnicodeDecodeError as e:
             raise IdentityError(f"the identity is not valid UTF-8 ({e})") from None
     return _checked(name)
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    TLS around a factory that may refuse a connection (rate limit, max_connections) by
+    building no protocol: the refusal closes the socket, before any handshake, instead of
+    leaving a TLS layer with nothing inside it.
+    """
+
+    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
