@@ -762,3 +762,23 @@ def test_resumed_session_passes_receive_acl() -> None:
     again.connect("s1", clean=False)
     publish = again.publishAfterRegister()
     assert publish.payload == b"yours"
+
+
+def test_protocol_error_disconnects_one_client() -> None:
+    """
+    A client breaking a session limit (more QoS 2 messages awaiting PUBREL than
+    max_awaiting_rel) is sent DISCONNECT and lost, its will published; others carry on.
+    """
+    world = SNWorld(max_awaiting_rel=1)
+    watcher = world.subscriber("w", ("wills/#", 0))
+    bystander = world.snConnect("other")
+    client = world.snConnect("s1", will=("wills/s1", b"broke", 0, False))
+    topicId = client.register("q/2")
+    client.send(sn.Publish(topicId, 1, b"a", qos=2))
+    assert client.one(sn.Pubrec) == sn.Pubrec(1)
+    client.send(sn.Publish(topicId, 2, b"b", qos=2))
+    assert client.one(sn.Disconnect) == sn.Disconnect()
+    assert [p.payload for p in watcher.publishes()] == [b"broke"]
+    assert client.key not in world.gateway.clients
+    bystander.send(sn.Pingreq())
+    assert bystander.one(sn.Pingresp) == sn.Pingresp()

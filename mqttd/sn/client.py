@@ -315,7 +315,7 @@ class SNClient:
         try:
             result = handler(self, packet)
         except SessionError as e:
-            self._lost(f"protocol error: {e}")
+            self._broke(e)
             return
         if isinstance(result, Deferred):
             if self._held is None:
@@ -331,10 +331,16 @@ class SNClient:
             held.extend(self._held)
             self._held = held
 
+    def _broke(self, error: SessionError) -> None:
+        # The client is told (section 6.6 lets a gateway send DISCONNECT at any time), and, as
+        # an MQTT client breaking the rules, loses its connection with its will published.
+        self._send(sn.Disconnect())
+        self._lost(f"protocol error: {error}")
+
     def _handlerFailed(self, failure: Failure) -> None:
         self._held = None
         if isinstance(failure.value, SessionError):
-            self._lost(f"protocol error: {failure.value}")
+            self._broke(failure.value)
             return
         self.log.failure("handling a message from {address}", failure, address=self.clientAddress)
         self._lost("internal error")
