@@ -6,6 +6,8 @@ processes and to a second mqttd, all on ephemeral ports of 127.0.0.1.
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from tests.test_store import sqliteStore
 __all__ = ["mosquittos"]
 
 StartBridge = Callable[..., Bridge]
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "mosquitto_passwd"
 
 
 @pytest.fixture
@@ -815,3 +818,120 @@ def test_remoteTakeoverLoggedAndLinkRestored(
     finally:
         globalLogPublisher.removeObserver(observe)
         there.stop()
+
+
+class _Silent(Protocol):
+    """
+    A broker that hangs: CONNACK 0 to the first CONNECT only if C{factory.answer}, and never
+    a PINGRESP; it records every byte after the CONNECT.
+    """
+
+    # Not "connected": Protocol sets that when the connection is made.
+    heard = False
+
+    def dataReceived(self, data: bytes) -> None:
+        factory: Any = self.factory
+        if self.heard:
+            factory.after.append(data)
+            return
+        self.heard = True
+        factory.connects += 1
+        if factory.answer:
+            self.transport.write(b"\x20\x02\x00\x00")  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.lost += 1
+
+
+def _silentBroker(answer: bool) -> tuple[Any, Any]:
+    factory: Any = Factory.forProtocol(_Silent)
+    factory.answer, factory.after, factory.connects, factory.lost = answer, [], 0, 0
+    port = e2e.in_reactor(
+        lambda: serverFromString(e2e.reactor, f"tcp:0:interface={e2e.HOST}").listen(factory)
+    )
+    return factory, port
+
+
+def test_keepaliveDropsASilentRemote(e2e_broker: e2e.RunningBroker, bridges: StartBridge) -> None:
+    """
+    keepalive = 1: the bridge sends PINGREQ every second once linked, and a remote broker that
+    answers nothing for two keepalives is dropped and connected to again [MQTT-3.1.2-24].
+    """
+    factory, port = _silentBroker(answer=True)
+    try:
+        bridge = bridges(
+            e2e_broker, addresses=address(port.getHost().port), topic="x out", keepalive="1"
+        )
+        waitLinked(bridge)
+        e2e.wait_until(lambda: e2e.in_reactor(lambda: factory.connects) >= 2, "a new link", 10)
+        assert b"\xc0\x00" in b"".join(factory.after)
+        assert e2e.in_reactor(lambda: factory.lost) >= 1
+        e2e.in_reactor(bridge.stop)
+    finally:
+        e2e.in_reactor(port.stopListening)
+
+
+def test_connectTimeoutWithoutConnack(e2e_broker: e2e.RunningBroker, bridges: StartBridge) -> None:
+    """
+    A remote that accepts the TCP connection but never answers CONNECT is given up after
+    connect_timeout and tried again, counted as a failed attempt.
+    """
+    factory, port = _silentBroker(answer=False)
+    try:
+        bridge = bridges(
+            e2e_broker,
+            addresses=address(port.getHost().port),
+            topic="x out",
+            connect_timeout="0.2",
+        )
+        e2e.wait_until(lambda: e2e.in_reactor(lambda: factory.connects) >= 2, "another attempt")
+        assert e2e.in_reactor(lambda: bridge.stats.connectFailures) >= 1
+        assert not e2e.in_reactor(lambda: bridge.connected)
+        e2e.in_reactor(bridge.stop)
+    finally:
+        e2e.in_reactor(port.stopListening)
+
+
+def test_credentials(
+    e2e_broker: e2e.RunningBroker,
+    clients: Clients,
+    mosquittos: Start,
+    bridges: StartBridge,
+    tmp_path: Path,
+) -> None:
+    """
+    A mosquitto that refuses anonymous clients and checks a password file: the bridge with the
+    right user name and password links up and messages cross; one with a wrong password is
+    refused (CONNACK 5) and never linked.
+    """
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        [MOSQUITTO_PASSWD, "-c", "-b", str(passwd), "site", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
+    remote = mosquittos(
+        "remote", f"per_listener_settings false\npassword_file {passwd}\nallow_anonymous false\n"
+    )
+    good = bridges(
+        e2e_broker,
+        addresses=address(remote.port),
+        topic="cred/# out 1",
+        username="site",
+        password="s3cret",
+        client_id="good",
+    )
+    bad = bridges(
+        e2e_broker,
+        name="bad",
+        addresses=address(remote.port),
+        topic="cred/# out 1",
+        username="site",
+        password="wrong",
+        client_id="bad",
+        local_client_id="bad-local",
+    )
+    waitLinked(good)
+    e2e.wait_until(lambda: e2e.in_reactor(lambda: bad.stats.connectFailures) >= 2, "refusals")
+    assert e2e.in_reactor(lambda: bad.stats.links) == 0
+    assert "Sending CONNACK to 127.0.0.1 (0, 5)" in remote.logText()
