@@ -588,7 +588,9 @@ class ISubscriberSelector(Interface):
         the higher of the two QoS.  With C{topic}, the recipient receives
         the message under that topic name instead, as a separate delivery.
         Client identifiers without a session are skipped.  The receive ACL
-        applies to every such delivery.
+        applies to every such delivery.  A L{Kept} mapping also says the
+        message was kept for recipients who get it later, so an MQTT 5
+        publisher's receipt is a success even when it is empty.
         """
 
 

@@ -657,13 +657,12 @@ class VirtualGroups:
         if group is None or not group.members:
             return self._drop()
         exclude = None if group.echo or publisher is None else publisher.clientId
-        online = None
+        sessions: Mapping[str, Any] | None = None
         if group.inbox and self._inboxStore is not None and self.broker is not None:
             # Kept for whoever is away; those connected now get it now, the others from the
             # inbox when they come, so nobody gets it twice.
             self._keep(group, message, publisher)
             sessions = self.broker.sessions
-            online = {c for c, s in sessions.items() if s.connection is not None}
         elif group.topic is None and not group.byUsername:
             prepared = self._prepared.get(name)
             if prepared is None or prepared[0] is not group:
@@ -677,9 +676,9 @@ class VirtualGroups:
         resolved = [
             (clientId, member, qos)
             for clientId, member, qos in self._sessionsOf(group)
-            if clientId != exclude and (online is None or clientId in online)
+            if clientId != exclude and (sessions is None or _connected(sessions, clientId))
         ]
-        if online is not None and (group.topic is None or not resolved):
+        if sessions is not None and (group.topic is None or not resolved):
             # Kept in the inbox: taken, even when nobody is connected to get it now.
             return Kept({clientId: qos for clientId, _, qos in resolved})
         if not resolved:
@@ -1039,6 +1038,11 @@ class VirtualGroups:
             return
         if self.broker is not None:
             self.broker.route(message)
+
+
+def _connected(sessions: Mapping[str, Any], clientId: str) -> bool:
+    session = sessions.get(clientId)
+    return session is not None and session.connection is not None
 
 
 def describe(group: Group) -> dict[str, Any]:
