@@ -159,7 +159,12 @@ def _groups(api: Api, args: argparse.Namespace) -> None:
         body: dict[str, Any] = {"name": args.name, "members": args.members, "by": args.by}
         if args.topic is not None:
             body["topic"] = args.topic
+        if args.owners:
+            body["owners"] = args.owners.split(",")
         api.call("POST", "/groups", body)
+    elif action == "role":
+        path = f"/groups/{_part(args.name)}/members/{_part(args.member)}"
+        api.call("PUT", path, {"role": args.role})
     elif action == "add":
         api.call("POST", f"/groups/{_part(args.name)}/members", {"members": args.members})
     elif action == "remove":
@@ -252,6 +257,11 @@ def addParser(commands: Any) -> None:
     create.add_argument("members", metavar="MEMBER", nargs="*", help="name or name:QOS")
     create.add_argument("--by", choices=("clientid", "username"), default="clientid")
     create.add_argument("--topic", metavar="TEMPLATE", help="delivered topic template")
+    create.add_argument("--owners", metavar="NAME,...", help="members who manage the group")
+    role = groups.add_parser("role", help="make a member an owner, or an owner a member")
+    role.add_argument("name", metavar="NAME")
+    role.add_argument("member", metavar="MEMBER")
+    role.add_argument("role", choices=("owner", "member"))
     for action, text in (("add", "add members"), ("remove", "remove members")):
         parser = groups.add_parser(action, help=text)
         parser.add_argument("name", metavar="NAME")

@@ -84,12 +84,14 @@ def test_publishAndSubscribeOnBehalf(http: HttpBroker, ctl: Run) -> None:
 def test_groupsAndUsers(http: HttpBroker, ctl: Run) -> None:
     """groups and users commands change the same stores the API and MQTT clients see."""
     run = ctl
-    assert run("groups", "create", "crew", "a", "b:1")[0] == 0
+    assert run("groups", "create", "crew", "a", "b:1", "--owners", "a")[0] == 0
     assert run("groups", "add", "crew", "c")[0] == 0
+    assert run("groups", "role", "crew", "c", "owner")[0] == 0
     assert run("groups", "remove", "crew", "a")[0] == 0
     assert run("groups", "list", "crew")[0] == 0
     out = run("groups", "list", "crew")[1]
     assert json.loads(out)["members"] == {"b": 1, "c": 2}
+    assert json.loads(out)["owners"] == ["c"]
     assert run("groups", "list")[1].splitlines() == ["crew\t2"]
     assert run("users", "add", "zoe", "pw1")[0] == 0
     e2e.Client(http.broker.port, "z1", setup=lambda c: c.username_pw_set("zoe", "pw1")).close()

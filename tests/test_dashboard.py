@@ -55,8 +55,8 @@ def test_dashboard(http: HttpBroker, browser: Browser, tmp_path: Path) -> None:
     """
     An admin logs in and sees the overview with the connected clients counted, finds a client
     in the clients view and kicks it (the paho client is really disconnected), adds a member to
-    a group (who then receives the group's next message) and publishes a message a subscriber
-    receives at the chosen QoS.
+    a group and makes it an owner (it then receives the group's next message) and publishes a
+    message a subscriber receives at the chosen QoS.
     """
     device = e2e.Client(http.broker.port, "device-7")
     watcher = e2e.Client(http.broker.port, "watcher")
@@ -101,6 +101,14 @@ def test_dashboard(http: HttpBroker, browser: Browser, tmp_path: Path) -> None:
         'document.querySelector(\'.group[data-group="crew"] li[data-member="b"]\')',
         "b listed in crew",
     )
+    b = 'document.querySelector(\'.group[data-group="crew"] li[data-member="b"]\')'
+    browser.evaluate(f"{b}.querySelector('button.role').click(); true")
+    browser.waitFor(
+        'document.querySelector(\'.group[data-group="crew"] li[data-member="b"]\')'
+        ".dataset.role === 'owner'",
+        "b shown as an owner",
+    )
+    assert http.request("GET", "/api/v1/groups/crew").json()["owners"] == ["b"]
     browser.screenshot(tmp_path / "groups.png")
     watcher.publish("$group/crew/news", b"welcome", 1)
     (news,) = member.wait_for(1)

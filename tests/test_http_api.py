@@ -5,6 +5,7 @@ does is checked where it shows, on the MQTT side.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -698,3 +699,59 @@ def test_usersOfPasswordFileAndScram(twisted_reactor: None, tmp_path: Path) -> N
         assert bad.status == 400 and bad.json()["field"] == "plugins"
     finally:
         http.stop()
+
+
+def test_groupRolesAndSettings(http: HttpBroker) -> None:
+    """
+    Owners and members through the API: a group is created with owners and its settings, a
+    member made owner and back, an owner added, a removed owner loses the role; with events on,
+    members are told on $group/NAME/$membership of who joined, however it was added.
+    """
+    created = http.request(
+        "POST",
+        "/api/v1/groups",
+        {
+            "name": "ops",
+            "members": ["a:1"],
+            "owners": ["lead"],
+            "publish": "owners",
+            "events": True,
+        },
+    )
+    assert created.status == 201, created.body
+    group = created.json()
+    assert (group["owners"], group["members"], group["publish"], group["events"]) == (
+        ["lead"],
+        {"a": 1, "lead": 2},
+        "owners",
+        True,
+    )
+    a = _client(http, "a")
+    a.subscribe("nothing", 0)  # a session of its own: group messages come without subscribing
+    promoted = http.request("PUT", "/api/v1/groups/ops/members/a", {"role": "owner"})
+    assert promoted.json()["owners"] == ["a", "lead"]
+    demoted = http.request("PUT", "/api/v1/groups/ops/members/a", {"role": "member", "qos": 0})
+    assert demoted.json()["owners"] == ["lead"] and demoted.json()["members"]["a"] == 0
+    added = http.request("POST", "/api/v1/groups/ops/members", {"owners": ["boss"]})
+    assert added.json()["owners"] == ["boss", "lead"] and added.json()["members"]["boss"] == 2
+    joined = a.wait_for(1)[0]
+    assert joined.topic == "$group/ops/$membership"
+    assert json.loads(joined.payload) == {"event": "joined", "group": "ops", "member": "boss"}
+    assert http.request("DELETE", "/api/v1/groups/ops/members/lead").status == 200
+    assert http.request("GET", "/api/v1/groups/ops").json()["owners"] == ["boss"]
+    cases: list[tuple[dict[str, Any], str]] = [({"role": "king"}, "role"), ({"qos": 5}, "qos")]
+    for body, field in cases:
+        bad = http.request("PUT", "/api/v1/groups/ops/members/a", body)
+        assert (bad.status, bad.json()["field"]) == (400, field)
+    cases = [
+        ({"name": "x", "publish": "all"}, "publish"),
+        ({"name": "x", "history": 5}, "history"),
+        ({"name": "x", "owners": "lead"}, "owners"),
+        ({"name": "x", "owners": ["a/b"]}, "owners"),
+        ({"name": "x", "topic": "t/{nope}"}, "topic"),
+    ]
+    for body, field in cases:
+        bad = http.request("POST", "/api/v1/groups", body)
+        assert (bad.status, bad.json()["field"]) == (400, field), body
+    assert http.request("PUT", "/api/v1/groups/ops/members/ghost", {"qos": 1}).status == 404
+    a.close()

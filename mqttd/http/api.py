@@ -264,6 +264,7 @@ class ApiResource(Resource):
             (put, "groups/{group}", self.replaceGroup),
             (delete, "groups/{group}", self.deleteGroup),
             (post, "groups/{group}/members", self.addMembers),
+            (put, "groups/{group}/members/{member}", self.changeMember),
             (delete, "groups/{group}/members/{member}", self.removeMember),
             (get, "users", self.listUsers),
             (post, "users", self.createUser),
@@ -656,13 +657,40 @@ class ApiResource(Resource):
         if by not in ("clientid", "username"):
             raise badField("by", f"expected clientid or username, got {by!r}")
         topic = _string(body, "topic", required=False)
-        echo = _bool(body, "echo")
+        publish = body.get("publish", "members")
+        if publish not in vg.PUBLISH_POLICIES:
+            raise badField("publish", f"expected one of {', '.join(vg.PUBLISH_POLICIES)}")
+        history = body.get("history", 0)
+        if not isinstance(history, int) or isinstance(history, bool) or history < 0:
+            raise badField("history", f"expected a number of messages, got {history!r}")
+        inbox = _bool(body, "inbox")
+        if history and not inbox:
+            raise badField("history", "needs inbox: true, where the messages are kept")
         try:
             return vg.makeGroup(
-                name, self._members(body, vg), byUsername=by == "username", topic=topic, echo=echo
+                name,
+                self._members(body, vg),
+                byUsername=by == "username",
+                topic=topic,
+                echo=_bool(body, "echo"),
+                owners=self._owners(body, vg),
+                publish=publish,
+                events=_bool(body, "events"),
+                inbox=inbox,
+                history=history,
             )
         except vg.GroupError as e:
+            # Members, owners, the policy and history were checked above.
             raise badField("topic" if topic and "template" in str(e) else "name", str(e)) from None
+
+    def _owners(self, body: Mapping[str, Any], vg: Any) -> list[str]:
+        owners = body.get("owners", [])
+        if not isinstance(owners, list) or not all(isinstance(o, str) for o in owners):
+            raise badField("owners", "expected a list of names")
+        try:
+            return [vg.checkName("owner", o) for o in owners]
+        except vg.GroupError as e:
+            raise badField("owners", str(e)) from None
 
     def listGroups(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
         store, vg = self._groups()
@@ -696,9 +724,25 @@ class ApiResource(Resource):
         vg = self._groups()[1]
         group = self._group(params["group"])
         added = self._members(body, vg)
-        if not added:
-            raise badField("members", "expected at least one member")
-        return self._saved(replace(group, members={**group.members, **added}))
+        owners = self._owners(body, vg)
+        if not added and not owners:
+            raise badField("members", "expected at least one member or owner")
+        # Owners are members: one not among them joins at QoS 2, as in makeGroup.
+        members = {**group.members, **{o: 2 for o in owners if o not in added}, **added}
+        return self._saved(replace(group, members=members, owners=group.owners | set(owners)))
+
+    def changeMember(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
+        body = _object(_body(request))
+        group = self._group(params["group"])
+        member = params["member"]
+        if member not in group.members:
+            raise notFound(f"member {member!r} of group {group.name!r}")
+        qos = _qos(body, default=group.members[member])
+        role = body.get("role", "owner" if member in group.owners else "member")
+        if role not in ("owner", "member"):
+            raise badField("role", f"expected owner or member, got {role!r}")
+        owners = group.owners | {member} if role == "owner" else group.owners - {member}
+        return self._saved(replace(group, members={**group.members, member: qos}, owners=owners))
 
     def removeMember(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
         group = self._group(params["group"])
@@ -706,7 +750,7 @@ class ApiResource(Resource):
         if member not in group.members:
             raise notFound(f"member {member!r} of group {group.name!r}")
         kept = {m: q for m, q in group.members.items() if m != member}
-        return self._saved(replace(group, members=kept))
+        return self._saved(replace(group, members=kept, owners=group.owners - {member}))
 
     # Users
 

@@ -308,11 +308,22 @@ async function loadGroups() {
     title.appendChild(button("Delete group", () => act(
       () => api("DELETE", `/groups/${enc(g.group)}`), `group ${g.group} deleted`), "danger"));
     box.appendChild(title);
-    box.appendChild(element("p", `by ${g.by}${g.topic ? `, delivered to ${g.topic}` : ""}`, "muted"));
+    const settings = [`by ${g.by}`, `${g.publish || "members"} publish`];
+    if (g.topic) settings.push(`delivered to ${g.topic}`);
+    if (g.events) settings.push("membership events");
+    if (g.inbox) settings.push(`inbox${g.history ? `, history ${g.history}` : ""}`);
+    box.appendChild(element("p", settings.join(" · "), "muted"));
     const list = element("ul");
+    const owners = new Set(g.owners || []);
     for (const [member, qos] of Object.entries(g.members)) {
-      const item = element("li", `${member} (QoS ${qos})`);
+      const owner = owners.has(member);
+      const item = element("li", `${member} (QoS ${qos}${owner ? ", owner" : ""})`);
       item.dataset.member = member;
+      item.dataset.role = owner ? "owner" : "member";
+      item.appendChild(button(owner ? "make member" : "make owner", () => act(
+        () => api("PUT", `/groups/${enc(g.group)}/members/${enc(member)}`,
+          { role: owner ? "member" : "owner" }),
+        `${member} is now ${owner ? "a member" : "an owner"} of ${g.group}`), "role"));
       item.appendChild(button("×", () => act(
         () => api("DELETE", `/groups/${enc(g.group)}/members/${enc(member)}`),
         `${member} removed from ${g.group}`), "danger"));
