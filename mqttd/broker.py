@@ -79,6 +79,7 @@ from .topics import (
 
 if TYPE_CHECKING:
     from .bridge.bridge import Bridge
+    from .sn.gateway import MQTTSNGateway
 
 # The bits of a subscription's options (MQTT 5 section 3.8.3.1; 3.1.1 sets the QoS bits only).
 QOS_BITS = 0x03
@@ -121,6 +122,8 @@ class Broker:
         nothing is asked.
     @ivar bridges: the running bridges to other brokers (L{mqttd.bridge}) by
         name, each a client of this broker, listed for $SYS and metrics.
+    @ivar gateways: the listening MQTT-SN gateways (L{mqttd.sn}) by listener
+        name, listed for metrics.
     """
 
     log = Logger()
@@ -160,6 +163,7 @@ class Broker:
         self.selectors = tuple(selectors)
         self.observers = tuple(observers)
         self.bridges: dict[str, Bridge] = {}
+        self.gateways: dict[str, MQTTSNGateway] = {}
         # Filters starting with these are refused to every client (SUBACK 0x80 / 0x87).
         self.reservedPrefixes: tuple[str, ...] = RESERVED_PREFIXES
         # Called with the ClientInfo once a client's session is resumed (CONNACK written, waiting

@@ -295,3 +295,34 @@ def test_paused_until_accepting(e2e_broker: e2e.RunningBroker) -> None:
     finally:
         client.close()
         e2e.in_reactor(service.stopService)
+
+
+def test_metrics(e2e_broker: e2e.RunningBroker, gateway: RunningGateway, udp: Any) -> None:
+    """
+    /metrics reports the MQTT-SN listener's clients by state and its drops by reason, scraped
+    over HTTP and parsed with prometheus_client's parser.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from .test_monitoring import httpSite, scrape
+
+    client = udp()
+    client.connect("metered")
+    client.sendBytes(b"\x02\x03")
+    client.send(sn.Pingreq())
+    assert client.expect(sn.Pingresp) == sn.Pingresp()
+
+    def listen() -> Any:
+        site = httpSite(e2e_broker.broker)
+        return serverFromString(e2e.reactor, f"tcp:0:interface={e2e.HOST}").listen(site)
+
+    port = e2e.in_reactor(listen)
+    try:
+        samples = scrape(port.getHost().port)
+    finally:
+        e2e.in_reactor(port.stopListening)
+    clients = samples["mqttd_sn_clients"]
+    assert clients[(("listener", "sn"), ("state", "connected"))] == 1
+    assert clients[(("listener", "sn"), ("state", "asleep"))] == 0
+    dropped = samples["mqttd_sn_dropped_total"]
+    assert dropped[(("listener", "sn"), ("reason", "type"))] == 1

@@ -141,6 +141,9 @@ class BrokerCollector(Collector):
                 name: (bridge.connected, bridge.counters())
                 for name, bridge in sorted(broker.bridges.items())
             },
+            "gateways": {
+                name: gateway.counters() for name, gateway in sorted(broker.gateways.items())
+            },
         }
 
     def families(self, s: dict[str, Any]) -> list[Metric]:
@@ -289,6 +292,7 @@ class BrokerCollector(Collector):
         )
         gauge("mqttd_uptime_seconds", "Seconds since the broker started.", s["uptime"])
         families.extend(_bridgeFamilies(s["bridges"]))
+        families.extend(_gatewayFamilies(s["gateways"]))
         return families
 
 
@@ -340,6 +344,28 @@ def _bridgeFamilies(bridges: dict[str, tuple[bool, dict[str, int]]]) -> list[Met
             family.add_metric([name], counters[key])  # type: ignore[attr-defined]
         families.append(family)
     return families
+
+
+def _gatewayFamilies(gateways: dict[str, dict[str, int]]) -> list[Metric]:
+    # An MQTT-SN listener's counters (mqttd.sn.gateway.MQTTSNGateway.counters).
+    clients = GaugeMetricFamily(
+        "mqttd_sn_clients",
+        "MQTT-SN clients of the listener: connected (asleep included), asleep, half-open.",
+        labels=["listener", "state"],
+    )
+    dropped = CounterMetricFamily(
+        "mqttd_sn_dropped",
+        "MQTT-SN datagrams dropped (and other events counted) by the listener, by reason.",
+        labels=["listener", "reason"],
+    )
+    for name, counters in gateways.items():
+        for key, value in counters.items():
+            kind, _, what = key.partition("/")
+            if kind == "clients":
+                clients.add_metric([name, what], value)
+            else:
+                dropped.add_metric([name, what], value)
+    return [clients, dropped]
 
 
 def metricsResource(broker: Broker, lag: ReactorLag, reactor: IReactorTime) -> IResource:

@@ -79,6 +79,7 @@ class MQTTSNGateway(DatagramProtocol):
     # Life cycle
 
     def startProtocol(self) -> None:
+        self.broker.gateways[self.listener.name] = self
         if self.listener.advertise is not None:
             host, _, port = self.listener.advertise.rpartition(":")
             self.transport.setBroadcastAllowed(True)  # type: ignore[union-attr]
@@ -90,20 +91,25 @@ class MQTTSNGateway(DatagramProtocol):
             self._sys.clock = self.clock
             self._sys.start(self.broker.config.sys_interval, now=False)
 
-    def _publishCounters(self) -> None:
-        # Retained, as the rest of $SYS: a client subscribing later sees the latest values.
-        prefix = f"$SYS/broker/mqtt-sn/{self.listener.name}/"
+    def counters(self) -> dict[str, int]:
+        """The listener's clients by state and its drops by reason, for $SYS and metrics."""
         clients = [c for c in self.clients.values() if not c.connecting]
-        values = {
+        return {
             "clients/connected": len(clients),
             "clients/asleep": sum(1 for c in clients if c.state == State.ASLEEP),
             "clients/half-open": len(self._halfOpen),
             **{f"dropped/{reason}": count for reason, count in self.dropped.items()},
         }
-        for key, value in values.items():
+
+    def _publishCounters(self) -> None:
+        # Retained, as the rest of $SYS: a client subscribing later sees the latest values.
+        prefix = f"$SYS/broker/mqtt-sn/{self.listener.name}/"
+        for key, value in self.counters().items():
             self.broker.route(Message(prefix + key, str(value).encode(), 0, True))
 
     def stopProtocol(self) -> None:
+        if self.broker.gateways.get(self.listener.name) is self:
+            del self.broker.gateways[self.listener.name]
         for loop in (self._advertiser, self._sys):
             if loop is not None and loop.running:
                 loop.stop()
