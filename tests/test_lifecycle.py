@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
@@ -30,6 +32,7 @@ from mqttd.broker import Broker
 from mqttd.config import BrokerConfig, ListenerConfig
 from mqttd.protocol import MQTTServerFactory
 from mqttd.service import BrokerService, ListenerService
+from tests import e2e
 from tests.test_logging import Events
 from tests.test_twistd import TIMEOUT, freePort, twistdCommand
 
@@ -265,3 +268,33 @@ def test_listenerFailingLaterStopsTheBroker(monkeypatch: pytest.MonkeyPatch) -> 
         "mqttd cannot start: listener later cannot listen on tcp:1883:"
         " [Errno 98] Address already in use"
     ]
+
+
+def test_boundListenerAcceptsOnlyWhenTold(twisted_reactor: None) -> None:
+    """
+    A listener is bound at start-up but not read from (connections wait in the kernel's
+    backlog) until the broker has restored its store and L{ListenerService.accept} is called.
+    """
+    reactor: Any = e2e.reactor
+    listenerConfig = ListenerConfig("t", "tcp:0:interface=127.0.0.1")
+    broker = Broker(replace(BrokerConfig(), sys_interval=0), reactor)
+    service = ListenerService(
+        listenerConfig,
+        serverFromString(reactor, listenerConfig.listenEndpoint()),
+        MQTTServerFactory(broker, listenerConfig, reactor),
+        lambda error: None,
+    )
+
+    def bind() -> bool:
+        service.privilegedStartService()
+        return service.port in reactor.getReaders()
+
+    def accept() -> bool:
+        service.accept()
+        return service.port in reactor.getReaders()
+
+    assert e2e.in_reactor(bind) is False
+    try:
+        assert e2e.in_reactor(accept) is True
+    finally:
+        e2e.in_reactor(service.stopService)
