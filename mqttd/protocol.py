@@ -59,6 +59,7 @@ from .interfaces import (
 )
 from .ratelimit import ConnectionRateLimiter
 from .session import Session, SessionError
+from .writes import WriteCoalescer, coalescible, send
 
 PINGRESP = encode(Pingresp())
 
@@ -179,10 +180,12 @@ class MQTTServerProtocol(Protocol):
         "_keepaliveLimit",
         "_keepaliveTimer",
         "_lastReceived",
+        "_out",
         "_stats",
         "_topicAliases",
         "_username",
         "_who",
+        "_writes",
         "bridge",
         "broker",
         "certificateIdentity",
@@ -233,6 +236,9 @@ class MQTTServerProtocol(Protocol):
         # Who the accepted client is, for the connect and disconnect lines.
         self._username: str | None = None
         self._who = "anonymous"
+        # On a plain TCP connection, the packets of this reactor turn, sent as one (writes.py).
+        self._out: list[bytes] | None = None
+        self._writes: WriteCoalescer | None = None
 
     # Connection life cycle
 
@@ -243,6 +249,9 @@ class MQTTServerProtocol(Protocol):
         self._notePeer()
         if self.listener.tcp_nodelay:
             _setNoDelay(self.transport)
+        if isinstance(self.factory, MQTTServerFactory) and coalescible(self.transport):
+            self._out = []
+            self._writes = self.factory.writes
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connectTimer = self.clock.callLater(
             self.broker.config.connect_timeout, self._connectTimedOut
@@ -404,6 +413,7 @@ class MQTTServerProtocol(Protocol):
         # Nothing may follow the last packet [MQTT-3.14.4-1]: paused, the session queues
         # instead of writing while the transport flushes and closes.
         self.paused = True
+        self.flushWrites()
         self.transport.loseConnection()  # type: ignore[union-attr]
         if self._abortTimer is None:
             self._abortTimer = self.clock.callLater(self.closeTimeout, self._closeTimedOut)
@@ -485,7 +495,21 @@ class MQTTServerProtocol(Protocol):
         stats = self._stats
         stats.controlSent += 1
         stats.controlBytesSent += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
+        out = self._out
+        if out is None:
+            self.transport.write(data)  # type: ignore[union-attr]
+            return
+        if not out:
+            self._writes.waiting(self)  # type: ignore[union-attr]
+        out.append(data)
+
+    def flushWrites(self) -> None:
+        """Send the packets this turn wrote, if any, as one."""
+        out = self._out
+        if out:
+            data = b"".join(out)
+            out.clear()
+            send(self.transport, data)
 
     def _encodeWithin(self, packet: Packet) -> bytes | None:
         """
@@ -520,7 +544,13 @@ class MQTTServerProtocol(Protocol):
         stats = self._stats
         stats.sentByHeader[header] += 1
         stats.sentBytesByHeader[header] += len(chunks[0]) + len(chunks[-1])
-        self.transport.writeSequence(chunks)  # type: ignore[union-attr]
+        out = self._out
+        if out is None:
+            self.transport.writeSequence(chunks)  # type: ignore[union-attr]
+            return
+        if not out:
+            self._writes.waiting(self)  # type: ignore[union-attr]
+        out.extend(chunks)
 
     # IPushProducer: the transport tells us when its write buffer fills.
 
@@ -991,6 +1021,7 @@ class MQTTServerFactory(Factory):
         self.broker = broker
         self.listener = listener
         self.clock = clock
+        self.writes = WriteCoalescer(clock)
         self.rateLimiter: ConnectionRateLimiter | None = None
         # This listener's connections open now, for its max_connections.
         self.openConnections = 0

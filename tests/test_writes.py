@@ -1,0 +1,126 @@
+"""
+A plain TCP connection's packets of one reactor turn go out as one C{send()} on its socket,
+without the reactor watching the socket for writability (mqttd.writes); what the kernel does not
+take goes through the transport, in order and with nothing lost.  Real broker, real sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from twisted.internet import reactor
+
+from mqttd.codec import Decoder, encode
+from mqttd.codec.packets import Connack, Connect, Packet, Publish, Suback, Subscribe
+from mqttd.message import Message
+from tests import e2e
+
+
+class _CountingSocket:
+    """The broker's socket for one connection, counting the C{send} calls made on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sends: list[int] = []
+
+    def send(self, data: bytes) -> int:
+        sent = self._sock.send(data)
+        self.sends.append(sent)
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _subscriber(port: int, clientId: str, topic: str, rcvbuf: int = 0) -> socket.socket:
+    sock = socket.create_connection((e2e.HOST, port))
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.sendall(encode(Connect(4, clientId, keepalive=60), 4))
+    sock.sendall(encode(Subscribe(1, [(topic, 0)]), 4))
+    got = _read(sock, Decoder(server=False), 2)
+    assert isinstance(got[0], Connack) and isinstance(got[1], Suback)
+    return sock
+
+
+def _publishes(sock: socket.socket, n: int) -> list[Publish]:
+    got = _read(sock, Decoder(server=False), n)
+    assert all(isinstance(p, Publish) for p in got)
+    return [p for p in got if isinstance(p, Publish)]
+
+
+def _read(sock: socket.socket, decoder: Decoder, n: int) -> list[Packet]:
+    packets: list[Packet] = []
+    sock.settimeout(e2e.TIMEOUT)
+    while len(packets) < n:
+        data = sock.recv(65536)
+        assert data, "connection closed"
+        packets += decoder.feed(data)
+    return packets
+
+
+def test_oneSendPerTurnWithoutWriteWatch() -> None:
+    """
+    Five messages routed to a subscriber in one reactor turn reach its socket in one C{send()},
+    and the reactor was never asked to watch that socket for writing.
+    """
+    running = e2e.start_broker()
+    sock = _subscriber(running.port, "sub", "t/#")
+    try:
+
+        def route() -> tuple[_CountingSocket, bool]:
+            transport: Any = running.broker.sessions["sub"].connection.transport  # type: ignore[union-attr]
+            counting = _CountingSocket(transport.socket)
+            transport.socket = counting
+            for i in range(5):
+                running.broker.route(Message(f"t/{i}", b"m%d" % i, 0, False))
+            return counting, transport in reactor.getWriters()
+
+        counting, watched = running.call(route)
+        got = _publishes(sock, 5)
+        assert [(p.topic, p.payload) for p in got] == [(f"t/{i}", b"m%d" % i) for i in range(5)]
+        assert not watched
+        assert len(counting.sends) == 1
+    finally:
+        sock.close()
+        running.stop()
+
+
+def test_whatTheKernelRefusesGoesThroughTheTransport() -> None:
+    """
+    A subscriber that stops reading fills its socket: the rest waits in the transport, and once
+    it reads again every message arrives, in order.
+    """
+    running = e2e.start_broker()
+    sock = _subscriber(running.port, "slow", "big/#", rcvbuf=4096)
+    payload = b"x" * 8192
+    try:
+        # The broker's side takes little too, so the kernel refuses most of the first turn.
+        running.call(
+            lambda: running.broker.sessions["slow"].connection.transport.socket.setsockopt(  # type: ignore[union-attr]
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+        )
+        for batch in range(2):
+            running.call(
+                lambda b=batch: [
+                    running.broker.route(Message("big/t", b"%d-%d:" % (b, i) + payload, 0, False))
+                    for i in range(20)
+                ]
+            )
+        time.sleep(0.2)
+
+        def buffered() -> int:
+            transport: Any = running.broker.sessions["slow"].connection.transport  # type: ignore[union-attr]
+            return len(transport.dataBuffer) + sum(map(len, transport._tempDataBuffer))
+
+        assert running.call(buffered) > 0
+        got = _publishes(sock, 40)
+        assert [p.payload.split(b":")[0] for p in got] == [
+            b"%d-%d" % (b, i) for b in range(2) for i in range(20)
+        ]
+    finally:
+        sock.close()
+        running.stop()
