@@ -145,6 +145,10 @@ class Broker:
         # For $SYS/broker/uptime and the metrics.
         self.startedAt = clock.seconds()
         self.store: IMessageStore = store if store is not None else MemoryStore()
+        # What persistent sessions journal their QoS 1/2 state to.  Without a store given, the
+        # broker's own MemoryStore is one nothing reads back (only this process could restore
+        # from it), so sessions keep that state in themselves alone rather than twice.
+        self.journal: IMessageStore | None = store
         self.sessions: dict[str, Session] = {}
         self.subscriptions = SubscriptionTree()
         self.shared = SharedSubscriptions()
@@ -795,7 +799,7 @@ class Broker:
             stats=self.stats,
         )
         if not cleanSession:
-            session.journal = self.store
+            session.journal = self.journal
         if self.observers:
             session.acknowledged = self._acknowledged
         session.now = self.clock.seconds

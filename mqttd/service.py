@@ -43,7 +43,6 @@ from mqttd.interfaces import (
 )
 from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
-from mqttd.store import MemoryStore
 from mqttd.transports import TLSFileError
 
 if TYPE_CHECKING:
@@ -382,8 +381,9 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         for listener in config.listeners
         if listener.auth is not None
     }
-    store: IMessageStore = (
-        MemoryStore()
+    # No [store]: the broker keeps an in-memory one of its own, which sessions need not journal to.
+    store: IMessageStore | None = (
+        None
         if config.storePlugin is None
         else plugins.get(config.storePlugin, IMessageStore, section="store", key="plugin")
     )
