@@ -203,7 +203,10 @@ static double self_cpu_s(void)
 }
 
 /* ---------------------------------------------------------------- model */
-enum { ST_OFF, ST_CONNECTING, ST_WAIT_CONNACK, ST_WAIT_SUBACK, ST_READY };
+/* ST_CLOSING: DISCONNECT sent and our side shut, reading (and dropping) until the
+ * broker closes, so no unread byte turns close() into a RST that would discard what
+ * we wrote last (our PUBACKs, a last PUBLISH) */
+enum { ST_OFF, ST_CONNECTING, ST_WAIT_CONNACK, ST_WAIT_SUBACK, ST_READY, ST_CLOSING };
 
 typedef struct {
     int fd;
@@ -231,7 +234,7 @@ static volatile sig_atomic_t g_stop;
 static uint16_t *msg_expected, *msg_received;
 static uint32_t msg_cap, msg_next;
 
-static uint64_t g_sent, g_expected, g_recv, g_recv_live, g_recv_queued, g_acked;
+static uint64_t g_sent, g_expected, g_recv, g_recv_unique, g_recv_live, g_recv_queued, g_acked;
 static uint64_t g_errors, g_proto_err, g_closed_by_peer, g_skipped, g_pending, g_offline;
 static uint64_t win_lo, win_hi;       /* send-time window whose latency counts */
 static hist_t h_live, h_queued, h_ack;
@@ -308,7 +311,7 @@ static void ep_set(user_t *c, int out)
 static void conn_close(user_t *c, int failed)
 {
     if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); }
-    if (c->st != ST_READY && c->st != ST_OFF) g_pending--;
+    if (c->st != ST_READY && c->st != ST_OFF && c->st != ST_CLOSING) g_pending--;
     if (failed) {
         g_closed_by_peer++;
         vlog("user %u closed in state %d", uid(c), c->st);
@@ -503,7 +506,8 @@ static void handle_packet(user_t *c, uint8_t h, const uint8_t *p, uint32_t rl, u
         memcpy(&ts, p + off, 8);
         memcpy(&id, p + off + 8, 4);
         g_recv++;
-        if (id < msg_cap) msg_received[id]++;
+        /* a QoS 1 re-send the client already had counts once towards what was expected */
+        if (id < msg_next && ++msg_received[id] <= msg_expected[id]) g_recv_unique++;
         int live = ts >= c->online_since;
         if (live) g_recv_live++; else g_recv_queued++;
         if (ts >= win_lo && ts < win_hi && now >= ts) hist_add(live ? &h_live : &h_queued, now - ts);
@@ -533,6 +537,17 @@ static void handle_packet(user_t *c, uint8_t h, const uint8_t *p, uint32_t rl, u
 
 static void conn_readable(user_t *c)
 {
+    if (c->st == ST_CLOSING) {
+        uint8_t sink[16384];
+        for (;;) {
+            ssize_t n = recv(c->fd, sink, sizeof sink, 0);
+            if (n > 0) continue;
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+            conn_close(c, 0);
+            return;
+        }
+    }
     for (int iter = 0; iter < 8 && c->fd >= 0; iter++) {
         if (c->rcap - c->rlen < 4096) {
             c->rcap = c->rcap ? c->rcap * 2 : 8192;
@@ -589,6 +604,10 @@ static void conn_event(user_t *c, uint32_t evs)
         queue_connect(c);
         c->st = ST_WAIT_CONNACK;
         conn_flush(c);
+        return;
+    }
+    if (c->st == ST_CLOSING) {   /* EOF, HUP or data to drop: all end up in conn_readable */
+        conn_readable(c);
         return;
     }
     if (evs & EPOLLIN) conn_readable(c);
@@ -665,6 +684,7 @@ static void churn(uint64_t now, double dt)
 {
     for (int i = 0; i < opt.users; i++) {
         user_t *c = &users[i];
+        if (c->back_at && now >= c->back_at && c->st == ST_CLOSING) conn_close(c, 0);
         if (c->st == ST_OFF && c->back_at && now >= c->back_at) {
             c->back_at = 0;
             g_offline--;
@@ -678,7 +698,12 @@ static void churn(uint64_t now, double dt)
         if (c->st != ST_READY) continue;
         queue_2(c, 0xE0, 0x00);
         conn_flush(c);
-        if (c->fd >= 0) { shutdown(c->fd, SHUT_WR); conn_close(c, 0); }
+        if (c->fd >= 0) {
+            shutdown(c->fd, SHUT_WR);
+            if (c->want_out) ep_set(c, 0);
+            c->st = ST_CLOSING;
+            c->inflight_mask = 0;
+        }
         c->back_at = now + (uint64_t)(opt.offline_s * 1e9);
         g_offline++;
         churn_credit -= 1;
@@ -732,7 +757,7 @@ static int phase(double rate, double warmup_s, double measure_s, int phase_no)
         if (opt.verbose && t - last_tick >= 1000000000ull) {
             vlog("t=%.1f sent=%llu recv=%llu backlog=%lld online=%u", (double)(t - t0) / 1e9,
                  (unsigned long long)g_sent, (unsigned long long)g_recv,
-                 (long long)(g_expected - g_recv), nonline);
+                 (long long)(g_expected - g_recv_unique), nonline);
             last_tick = t;
         }
         int64_t due = (int64_t)((double)(t - t0) / 1e9 * rate) - (int64_t)(g_sent - sent0);
@@ -748,7 +773,7 @@ static int phase(double rate, double warmup_s, double measure_s, int phase_no)
     double gcpu = self_cpu_s() - g0;
     double other = (double)(tasks_ticks() - k0) / (double)sysconf(_SC_CLK_TCK) - bcpu - gcpu;
     long rss = opt.broker_pid ? proc_rss_kb(opt.broker_pid) : -1;
-    int64_t backlog = (int64_t)(g_expected - g_recv);
+    int64_t backlog = (int64_t)(g_expected - g_recv_unique);
     double p99 = hist_pct(&h_live, 99) / 1e3;
     /* behind: more undelivered than ~1 s of deliveries to online users */
     double dps_expected = (double)(c1.expected - c0.expected) / secs;
@@ -783,7 +808,7 @@ static void drain(double secs, uint64_t *lost, uint64_t *dup)
     for (int i = 0; i < opt.users; i++) if (users[i].back_at) users[i].back_at = 1;
     while (!g_stop && now_ns() < end) {
         churn(now_ns(), 0);
-        int settled = g_recv >= g_expected && g_pending == 0;
+        int settled = g_recv_unique >= g_expected && g_pending == 0;
         for (int i = 0; settled && i < opt.users; i++) settled = users[i].inflight_mask == 0;
         if (settled) break;
         poll_once(10);
