@@ -1067,3 +1067,104 @@ def test_inboxSurvivesARestart(startSecure: Any) -> None:
     second = startSecure(groups=INBOX)
     bob = second.client("bob-1", "bob")
     assert [m.payload for m in bob.wait_for(1)] == [b"before the restart"]
+
+
+# Inboxes and group settings in both group stores
+
+
+def _groupStore(kind: str, directory: Path) -> Any:
+    if kind == "sqlite":
+        return _durable("sqlite", directory)
+    return e2e.in_reactor(
+        lambda: virtualGroups.SQLiteGroupStore(e2e.reactor, str(directory / "groups.db"))
+    )
+
+
+def _closeGroupStore(kind: str, store: Any) -> None:
+    from twisted.internet.defer import maybeDeferred
+
+    if kind == "sqlite":
+        e2e.in_reactor(lambda: maybeDeferred(store.close))
+    else:
+        # The plugin's own file is written through, one write at a time: wait for the last.
+        e2e.in_reactor(lambda: store._lock.run(lambda: None))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "groupsfile"])
+def test_groupStoresKeepInboxesAndSettings(
+    kind: str, tmp_path: Path, twisted_reactor: None
+) -> None:
+    """
+    The broker's SQLite store and the plugin's own groups file both keep a group's roles and
+    policies and its inbox (entries, trimming, readers) across a reopening, and provide
+    IGroupInbox.
+    """
+    from twisted.internet.defer import maybeDeferred
+    from zope.interface.verify import verifyObject
+
+    from mqttd.groupinbox import InboxEntry
+    from mqttd.interfaces import IGroupInbox
+
+    store = _groupStore(kind, tmp_path)
+    assert verifyObject(IGroupInbox, store)
+    group = virtualGroups.makeGroup(
+        "family",
+        {"alice": 1},
+        byUsername=True,
+        owners=["bob"],
+        publish="owners",
+        events=True,
+        inbox=True,
+        history=3,
+    )
+
+    def write() -> Any:
+        for seq in (1, 2, 3):
+            store.inboxAppended(
+                "family", InboxEntry(seq, 10.0 + seq, "$group/family/x", b"%d" % seq, 1, "c")
+            )
+        store.inboxTrimmed("family", 2)
+        store.inboxRead("family", "c:alice-phone", 3)
+        store.inboxRead("family", "m:bob", 1)
+        store.inboxAppended("gone", InboxEntry(1, 1.0, "$group/gone/x", b"", 0, ""))
+        store.inboxDeleted("gone")
+        return maybeDeferred(store.save, group)
+
+    e2e.in_reactor(write)
+    _closeGroupStore(kind, store)
+    again = _groupStore(kind, tmp_path)
+    assert again.group("family") == group
+    inboxes = again.inboxes()
+    assert list(inboxes) == ["family"]
+    inbox = inboxes["family"]
+    assert [(e.seq, e.payload) for e in inbox.entries] == [(2, b"2"), (3, b"3")]
+    assert (inbox.readers, inbox.lastSeq) == ({"c:alice-phone": 3, "m:bob": 1}, 3)
+    _closeGroupStore(kind, again)
+
+
+def test_groupsFileVersion1Migrates(tmp_path: Path) -> None:
+    """
+    A groups file of version 1 (before roles and inboxes) is brought to version 2 when opened:
+    its groups keep their members and get the default roles and policies.
+    """
+    path = tmp_path / "groups.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        f"BEGIN; {virtualGroups.SCHEMA} PRAGMA application_id = {virtualGroups.APPLICATION_ID};"
+        " PRAGMA user_version = 1;"
+        " INSERT INTO groups VALUES ('g', 0, NULL, 0); INSERT INTO members VALUES ('g', 'a', 1);"
+        " COMMIT;"
+    )
+    old.close()
+    db = virtualGroups.openGroupDatabase(str(path))
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        (group,) = virtualGroups.readGroups(db).values()
+        assert (group.members, group.owners, group.publish, group.inbox) == (
+            {"a": 1},
+            frozenset(),
+            "members",
+            False,
+        )
+    finally:
+        db.close()
