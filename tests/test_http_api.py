@@ -19,6 +19,8 @@ import pytest
 
 from mqttd import cli
 from mqttd.http.apikeys import ApiKeys, digestOf
+from mqttd.interfaces import PluginContext
+from mqttd.plugin_loader import findPlugins
 from tests import e2e
 from tests.httpapi import HttpBroker, detachGroups, startHttpBroker
 
@@ -755,3 +757,21 @@ def test_groupRolesAndSettings(http: HttpBroker) -> None:
         assert (bad.status, bad.json()["field"]) == (400, field), body
     assert http.request("PUT", "/api/v1/groups/ops/members/ghost", {"qos": 1}).status == 404
     a.close()
+
+
+def test_aclRulesListed(http: HttpBroker, tmp_path: Path) -> None:
+    """GET /api/v1/acl lists an ACL file's rules in order: anonymous, per user, patterns."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "topic read public/#\nuser alice\ntopic readwrite alice/#\ntopic deny alice/secret\n"
+        "pattern write devices/%c/#\n"
+    )
+    context = PluginContext(reactor=e2e.reactor, configDirectory=str(tmp_path), brokerConfig=None)
+    plugin = findPlugins()["aclfile"].build({"file": str(acl)}, context)
+    http.broker.call(http.management.rules.__setitem__, "aclfile", plugin)
+    assert http.request("GET", "/api/v1/acl", token=http.viewerToken).json()["data"] == [
+        {"plugin": "aclfile", "topic": "public/#", "access": "read"},
+        {"plugin": "aclfile", "user": "alice", "topic": "alice/#", "access": "readwrite"},
+        {"plugin": "aclfile", "user": "alice", "topic": "alice/secret", "access": "deny"},
+        {"plugin": "aclfile", "pattern": True, "topic": "devices/%c/#", "access": "write"},
+    ]
