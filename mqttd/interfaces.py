@@ -793,3 +793,38 @@ class IGroupStore(IGroupSource):
         Forget the group C{name} (nothing when there is none), at once for
         L{group}; return L{None} or a L{Deferred} as L{save} does.
         """
+
+
+class ILinkOwner(Interface):
+    """
+    What an outbound MQTT connection to another broker
+    (L{mqttd.bridge.client.MQTTClientProtocol}, the MQTT client on the
+    codec) reports to: a bridge (L{mqttd.bridge.bridge.Bridge}), or any
+    other client of another broker a deployment builds the same way.  Every
+    method is called in the reactor thread, in the order the events happen;
+    C{link} is the connection reporting.
+    """
+
+    def linkAccepted(link: Any, connack: Any) -> None:
+        """CONNACK accepted the CONNECT: packets may be sent with C{link.send}."""
+
+    def linkRefused(link: Any, connack: Any) -> None:
+        """
+        CONNACK refused the CONNECT (its code says why); the connection is
+        being closed, and L{linkLost} follows.
+        """
+
+    def packetsReceived(link: Any, packets: Sequence[Any]) -> None:
+        """
+        Packets that followed CONNACK, in order; PINGRESP is handled by the
+        link itself.
+        """
+
+    def linkPaused(link: Any, paused: bool) -> None:
+        """
+        The transport's write buffer filled (C{True}): stop writing until it
+        drains (C{False}).
+        """
+
+    def linkLost(link: Any, reason: str) -> None:
+        """The connection is gone, accepted or not; C{reason} is for the log."""

@@ -20,10 +20,12 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface.verify import verifyObject
 
-from mqttd.bridge.bridge import Bridge, nextDelay
+from mqttd.bridge.bridge import Bridge, BridgeConnection, nextDelay
 from mqttd.bridge.config import BridgeConfig, bridgeConfig
 from mqttd.config import ConfigError, load_config
+from mqttd.interfaces import IClientConnection, ILinkOwner
 from tests import e2e, listeners
 from tests.conftest import Clients
 from tests.mosquitto import Mosquitto, Start, freePort, mosquittos
@@ -935,3 +937,14 @@ def test_credentials(
     e2e.wait_until(lambda: e2e.in_reactor(lambda: bad.stats.connectFailures) >= 2, "refusals")
     assert e2e.in_reactor(lambda: bad.stats.links) == 0
     assert "Sending CONNACK to 127.0.0.1 (0, 5)" in remote.logText()
+
+
+def test_interfaces(e2e_broker: e2e.RunningBroker) -> None:
+    """
+    The bridge keeps the seams it documents: it is an ILinkOwner for its MQTT client, and its
+    local side an IClientConnection of the broker.
+    """
+    config = bridgeConfig("t.ini", "bridge:v", {"addresses": "h:1", "topic": "a"})
+    bridge = Bridge(config, e2e_broker.broker, e2e.reactor)
+    assert verifyObject(ILinkOwner, bridge)
+    assert verifyObject(IClientConnection, BridgeConnection(bridge, 4))

@@ -54,7 +54,7 @@ from mqttd.codec.packets import (
 )
 from mqttd.codec.properties import NO_PROPERTIES, Properties
 from mqttd.config import ListenerConfig
-from mqttd.interfaces import Allow, IClientConnection
+from mqttd.interfaces import Allow, IClientConnection, ILinkOwner
 from mqttd.message import Message
 from mqttd.session import Session, SessionError
 from mqttd.transports.tls import TLS_VERSIONS
@@ -154,6 +154,7 @@ class _Probe(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
+@implementer(ILinkOwner)
 class Bridge:
     """
     One C{[bridge:NAME]}: keeps a link to one of the remote addresses, reconnecting with

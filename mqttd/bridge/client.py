@@ -6,7 +6,6 @@ CONNACK, keeps the connection alive with PINGREQ, and hands every other packet t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -15,33 +14,15 @@ from zope.interface import implementer
 
 from mqttd.codec import DecodeError, Decoder, encode
 from mqttd.codec.packets import Connack, Connect, Disconnect, Packet, Pingreq, Pingresp
+from mqttd.interfaces import ILinkOwner
 
 PINGREQ = encode(Pingreq())
-
-
-class LinkOwner(TypingProtocol):
-    """What an L{MQTTClientProtocol} reports to."""
-
-    def linkAccepted(self, link: MQTTClientProtocol, connack: Connack) -> None:
-        """The server accepted the CONNECT; packets may flow."""
-
-    def linkRefused(self, link: MQTTClientProtocol, connack: Connack) -> None:
-        """The server refused the CONNECT; the connection is being closed."""
-
-    def packetsReceived(self, link: MQTTClientProtocol, packets: Sequence[Packet]) -> None:
-        """Packets after CONNACK, in order (PINGRESP is handled here)."""
-
-    def linkPaused(self, link: MQTTClientProtocol, paused: bool) -> None:
-        """The transport's write buffer filled (C{True}) or drained (C{False})."""
-
-    def linkLost(self, link: MQTTClientProtocol, reason: str) -> None:
-        """The connection is gone, accepted or not."""
 
 
 @implementer(IPushProducer)
 class MQTTClientProtocol(Protocol):
     """
-    One connection to another broker.
+    One connection to another broker, reporting to an L{ILinkOwner}.
 
     @ivar accepted: set once CONNACK accepted the CONNECT.
     @ivar closeReason: why the connection ended, for the owner's log.
@@ -49,7 +30,7 @@ class MQTTClientProtocol(Protocol):
 
     def __init__(
         self,
-        owner: LinkOwner,
+        owner: ILinkOwner,
         connect: Connect,
         clock: IReactorTime,
         connectTimeout: float,
