@@ -31,7 +31,15 @@ from mqttd.codec import (
     Will,
     encode,
 )
-from mqttd.interfaces import Action, Allow, ClientInfo, Credentials, IAuthenticator, IAuthorizer
+from mqttd.interfaces import (
+    Action,
+    Allow,
+    ClientInfo,
+    Credentials,
+    IAuthenticator,
+    IAuthorizer,
+    ILinkOwner,
+)
 from mqttd.protocol import MQTTServerFactory
 
 from .harness import LISTENER, Client, World
@@ -517,6 +525,7 @@ def test_transient_error_closes_the_connection() -> None:
     assert [p.payload for p in sub.publishes()] == [b"fine"]
 
 
+@implementer(ILinkOwner)
 class _Owner:
     """What an outbound link reports, kept for the test to read."""
 
