@@ -60,6 +60,18 @@ class SecureBroker:
     acl: Any
     clients: list[Any]
     groups: Any = None
+    stopped: bool = False
+
+    def stop(self) -> None:
+        """Close every client and stop the broker (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        for c in self.clients:
+            c.close()
+        if self.groups is not None:
+            self.running.call(self.groups.detach)
+        self.running.stop()
 
     @property
     def port(self) -> int:
@@ -96,11 +108,14 @@ def startSecureBroker(
     directory: Path,
     groups: dict[str, str] | None = None,
     acl: str = ACL + "user backend\ntopic write #\ntopic write $group/#\ntopic write $p2p/#\n",
+    store: str | None = None,
     **overrides: Any,
 ) -> SecureBroker:
     """
     @param groups: the options of a C{virtual_groups} plugin, which is then the selector and
         first in the ACL chain, as C{docs/virtual-groups.md} sets it up.
+    @param store: C{"sqlite"} for the broker's SQLite store in C{directory}, else the memory
+        store.
     """
     passwd = directory / "passwd"
     if not passwd.exists():
@@ -114,6 +129,8 @@ def startSecureBroker(
     def plugins() -> dict[str, Any]:
         made["acl"] = aclfile.aclfile.build({"file": "acl"}, context)
         extra: dict[str, Any] = {}
+        if store is not None:
+            extra["store"] = findPlugins()[store].build({"path": "mqttd.db"}, context)
         chain = [made["acl"]]
         if groups is not None:
             made["groups"] = virtualGroups.virtualGroups.build(
@@ -147,11 +164,7 @@ def startSecure(twisted_reactor: None, tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for made in started:
-        for c in made.clients:
-            c.close()
-        if made.groups is not None:
-            made.running.call(made.groups.detach)
-        made.running.stop()
+        made.stop()
     errors = e2e.REACTOR.takeErrors()
     assert not errors, "errors logged in the reactor:\n" + "\n".join(errors)
 
@@ -329,14 +342,16 @@ def test_anonymousCannotTakeAUsersSession(tmp_path: Path, twisted_reactor: None)
     assert isinstance(answer, Connack) and (answer.return_code, answer.session_present) == (0, True)
 
 
-@pytest.mark.broker_config(max_inflight=2)
-def test_aclReloadWhileOfflineAppliesOnResume(secure: SecureBroker) -> None:
+@pytest.mark.parametrize("store", [None, "sqlite"], ids=["memory", "sqlite"])
+def test_aclReloadWhileOfflineAppliesOnResume(startSecure: Any, store: str | None) -> None:
     """
     alice's session holds messages on C{alice/...} (two in flight, two queued) and on
     C{users/alice/...}; while she is offline the ACL is reloaded without her C{alice/#} right.
     On resume only C{users/alice/...} arrives: what she may no longer read is dropped and
-    counted, in flight and queued alike, and the subscription itself is gone.
+    counted, in flight and queued alike, and the subscription itself is gone.  On the SQLite
+    store, what was dropped stays dropped after a restart.
     """
+    secure = startSecure(store=store, max_inflight=2)
     holder = RawHolder(secure.port, "alice-phone", "alice")
     holder.subscribe("alice/#", "users/alice/#")
     backend = secure.client("backend-1", "backend")
@@ -358,6 +373,14 @@ def test_aclReloadWhileOfflineAppliesOnResume(secure: SecureBroker) -> None:
         lambda: dict(secure.running.broker.sessions["alice-phone"].subscriptions)
     )
     assert list(subscriptions) == ["users/alice/#"]
+    if store is None:
+        return
+    alice.disconnect()
+    secure.stop()
+    again = startSecure(store=store)
+    alice = again.client("alice-phone", "alice", clean=False)
+    assert alice.session_present is True
+    quiet(alice)
 
 
 # The owner in every store
@@ -1060,10 +1083,7 @@ def test_inboxSurvivesARestart(startSecure: Any) -> None:
     alice = first.client("alice-1", "alice")
     alice.publish("$group/chat/room", b"before the restart", qos=1)
     alice.close()
-    first.running.call(first.groups.detach)
-    first.groups = None
-    first.running.stop()
-    first.clients.clear()
+    first.stop()
     second = startSecure(groups=INBOX)
     bob = second.client("bob-1", "bob")
     assert [m.payload for m in bob.wait_for(1)] == [b"before the restart"]
