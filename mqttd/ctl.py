@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -29,9 +30,11 @@ class CtlError(Exception):
 
 
 class Api:
-    def __init__(self, url: str, key: str | None) -> None:
+    def __init__(self, url: str, key: str | None, cafile: str | None = None) -> None:
         self.url = url.rstrip("/") + "/api/v1"
         self.key = key
+        # An HTTPS listener's certificate is checked against the system's CAs, or these.
+        self.context = ssl.create_default_context(cafile=cafile) if cafile else None
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         headers = {"Accept": "application/json"}
@@ -45,7 +48,7 @@ class Api:
         url = self.url + path + ("?" + urllib.parse.urlencode(given) if given else "")
         request = urllib.request.Request(url, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self.context) as answer:
                 text = answer.read()
         except urllib.error.HTTPError as e:
             try:
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
                 key = f.read().strip()
         except OSError as e:
             raise CtlError(f"cannot read {args.key_file}: {e.strerror}") from None
-    api = Api(args.url or os.environ.get("MQTTD_URL") or DEFAULT_URL, key)
+    api = Api(args.url or os.environ.get("MQTTD_URL") or DEFAULT_URL, key, args.cafile)
     command, action = args.area, getattr(args, "action", None)
     if command == "status":
         _show(api.call("GET", "/stats"))
@@ -202,6 +205,9 @@ def addParser(commands: Any) -> None:
     )
     ctl.add_argument("--url", metavar="URL", help="the HTTP listener, e.g. " + DEFAULT_URL)
     ctl.add_argument("--key-file", metavar="FILE", help="a file holding the API key")
+    ctl.add_argument(
+        "--cafile", metavar="PEM", help="CA certificates an https:// listener is checked against"
+    )
     areas = ctl.add_subparsers(dest="area", required=True)
     areas.add_parser("status", help="broker status and counters")
 

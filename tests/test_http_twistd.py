@@ -55,7 +55,8 @@ def test_twistdServesTheApiOverTLSAndPostsWebhooks(
     """
     twistd mqttd with an HTTPS listener (the listener's certificate keys) answers a key made by
     mqttd apikey --config, and refuses no key; a user created through the API connects over
-    MQTT at once; the webhook observer configured in [observers] posts the connection.
+    MQTT at once; the webhook observer configured in [observers] posts the connection; mqttd
+    ctl reaches it with --cafile and refuses it without.
     """
     mqttPort, httpPort = freePort(), freePort()
     hookPort, events = receiver
@@ -121,6 +122,39 @@ events = client.connected
         assert (events[0]["event"], events[0]["clientid"]) == ("client.connected", "kim-1")
         kim.close()
         assert "HTTP API and dashboard" in log.read_text()
+        ctl = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mqttd",
+                "ctl",
+                "--url",
+                f"https://localhost:{httpPort}",
+                "--cafile",
+                str(pki.ca.path),
+                "clients",
+                "list",
+            ],
+            env={**env, "MQTTD_API_KEY": token},
+            capture_output=True,
+            text=True,
+        )
+        assert (ctl.returncode, ctl.stdout) == (0, ""), ctl.stderr
+        untrusted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mqttd",
+                "ctl",
+                "--url",
+                f"https://localhost:{httpPort}",
+                "status",
+            ],
+            env={**env, "MQTTD_API_KEY": token},
+            capture_output=True,
+            text=True,
+        )
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
     finally:
         process.terminate()
         process.wait(e2e.TIMEOUT)
