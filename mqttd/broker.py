@@ -410,6 +410,12 @@ class Broker:
                 return ConnackCode.IDENTIFIER_REJECTED, None, False
             # [MQTT-3.1.3-6]
             clientId = "auto-" + uuid.uuid4().hex
+        if self.bridges and any(
+            bridge.config.local_client_id == clientId and bridge.localConnection is not conn
+            for bridge in self.bridges.values()
+        ):
+            # A bridge's own session: a client taking it over would cut the bridge.
+            return ConnackCode.IDENTIFIER_REJECTED, None, False
         if level5:
             if packet.will is not None and packet.will.retain and not config.retain_available:
                 # [MQTT-3.2.2-13]

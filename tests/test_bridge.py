@@ -948,3 +948,23 @@ def test_interfaces(e2e_broker: e2e.RunningBroker) -> None:
     bridge = Bridge(config, e2e_broker.broker, e2e.reactor)
     assert verifyObject(ILinkOwner, bridge)
     assert verifyObject(IClientConnection, BridgeConnection(bridge, 4))
+
+
+def test_localClientIdReserved(
+    e2e_broker: e2e.RunningBroker, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    While a bridge runs, a client connecting with the bridge's local client identifier is
+    refused (CONNACK 2, identifier rejected) and the bridge's link and session stay as they
+    were; once the bridge is stopped the identifier is an ordinary one again.
+    """
+    remote = mosquittos("remote")
+    bridge = bridges(e2e_broker, addresses=address(remote.port), topic="x out", client_id="rid")
+    waitLinked(bridge)
+    # paho reports the 3.1.1 code 2 as its 5.0 equivalent, 133 (0x85).
+    for protocol in (e2e.MQTTv311, e2e.MQTTv5):
+        with pytest.raises(AssertionError, match="return code 133"):
+            e2e.client(e2e_broker.port, "local.rid", protocol=protocol)
+    assert e2e.in_reactor(lambda: bridge.connected and bridge.stats.links == 1)
+    e2e.in_reactor(bridge.stop)
+    e2e.client(e2e_broker.port, "local.rid").close()

@@ -183,6 +183,8 @@ class Bridge:
         self._rng = rng or random.Random()
         self._listener = ListenerConfig(name=f"bridge:{config.name}", endpoint="bridge")
         self._conn = BridgeConnection(self, config.protocolLevel)
+        # The broker refuses clients that would take this connection's session.
+        self.localConnection: IClientConnection = self._conn
         # Whether every outgoing topic stays as it is: what the session writes then goes to
         # the remote broker byte for byte, never decoded.
         self.unmapped = all(
