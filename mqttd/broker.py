@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .codec.packets import (
@@ -40,7 +40,6 @@ from .interfaces import (
     AuthDecision,
     ClientInfo,
     Credentials,
-    Deny,
     IAuthenticator,
     IAuthorizer,
     IBrokerObserver,
@@ -52,6 +51,7 @@ from .interfaces import (
 )
 from .logsummary import RepeatSummary
 from .message import Message, PropertiedMessage, SharedDelivery
+from .policy import Decision, Policy, aclFilter
 from .retain import RetainedMessages
 from .session import SESSION_NEVER_EXPIRES, Session, SessionError
 from .stats import (
@@ -73,7 +73,6 @@ from .topics import (
     SharedSubscriptions,
     SubscriptionTree,
     filter_matches,
-    split_shared_filter,
     validate_topic_filter,
 )
 
@@ -96,12 +95,6 @@ KEEPALIVE_UNLIMITED = 65535
 RESERVED_PREFIXES = ("$group/", "$p2p/", "$CONTROL/")
 # Requests to the server itself: a 5.0 publish there is answered Success though nobody subscribes.
 CONTROL_PREFIX = "$CONTROL/"
-
-# Authorisation answers cached per client; past this many the client's cache starts afresh, so a
-# client walking through endless topics cannot grow the broker's memory.
-DECISION_CACHE_SIZE = 1024
-
-Decision = bool | Deferred[bool]
 
 
 class Broker:
@@ -159,11 +152,15 @@ class Broker:
         self.stats = Stats()
         self.clients: dict[str, ClientInfo] = {}
         self.clientIdsByUsername: dict[str, set[str]] = {}
-        self.authenticators = tuple(authenticators)
-        self.listenerAuthenticators = {
-            name: tuple(chain) for name, chain in (listenerAuthenticators or {}).items()
-        }
-        self.authorizers = tuple(authorizers)
+        # Lines repeated by one address (refusals, failed logins) are summarised through this.
+        self.repeats = RepeatSummary(clock)
+        self.policy = Policy(
+            self.clients,
+            self.repeats,
+            authenticators=authenticators,
+            listenerAuthenticators=listenerAuthenticators,
+            authorizers=authorizers,
+        )
         self.selectors = tuple(selectors)
         self.observers = tuple(observers)
         self.bridges: dict[str, Bridge] = {}
@@ -174,7 +171,6 @@ class Broker:
         # deliveries re-sent), and once its connection is gone: see whenConnected.
         self._connectedCallbacks: list[Any] = []
         self._disconnectedCallbacks: list[Any] = []
-        self._decisions: dict[str, dict[tuple[Action, str], bool]] = {}
         # A client's receive check still waiting on a Deferred: its later deliveries queue behind.
         self._receiving: dict[str, Deferred[Any]] = {}
         # Connections whose sessions wait on the receive ACL before resuming (see resume).
@@ -186,8 +182,6 @@ class Broker:
         self.sysTree: SysTree | None = None
         # Network connections open over all MQTT listeners, for [broker] max_connections.
         self.openConnections = 0
-        # Lines repeated by one address (refusals, failed logins) are summarised through this.
-        self.repeats = RepeatSummary(clock)
 
     # Life cycle
 
@@ -286,23 +280,8 @@ class Broker:
         address: str,
         certificateName: str | None = None,
     ) -> AuthDecision | Deferred[AuthDecision]:
-        """
-        Ask the listener's authenticator chain about a CONNECT (see
-        L{IAuthenticator} for the chain's rule).
-
-        @param address: the peer's host.
-        @param certificateName: the name a verified TLS client certificate
-            gave the client, which vouches for it when every authenticator
-            abstains.
-        @return: L{Allow} or L{Deny}, or a L{Deferred} firing with one.
-        """
-        chain = self.listenerAuthenticators.get(listener.name, self.authenticators)
-        if not chain:
-            if listener.allow_anonymous or certificateName is not None:
-                return Allow()
-            return Deny(ConnackCode.NOT_AUTHORIZED, "anonymous clients are refused")
-        credentials = self.credentials(packet, listener, address, certificateName)
-        return self._authenticateFrom(chain, 0, credentials, listener)
+        """See L{Policy.authenticate}."""
+        return self.policy.authenticate(packet, listener, address, certificateName)
 
     def credentials(
         self,
@@ -311,74 +290,41 @@ class Broker:
         address: str,
         certificateName: str | None = None,
     ) -> Credentials:
-        """What a CONNECT presents to the authenticators (see L{authenticate})."""
-        return Credentials(
-            clientId=packet.client_id,
-            username=packet.username,
-            password=packet.password,
-            peerCertificateName=certificateName,
-            address=address,
-            listener=listener.name,
-        )
+        """See L{Policy.credentials}."""
+        return self.policy.credentials(packet, listener, address, certificateName)
 
     def enhancedAuthenticator(
         self, listener: ListenerConfig, method: str
     ) -> IEnhancedAuthenticator | None:
-        """
-        The first of the listener's authenticators offering the MQTT 5.0
-        Authentication Method C{method}, or L{None}.
-        """
-        for authenticator in self.listenerAuthenticators.get(listener.name, self.authenticators):
-            if (
-                IEnhancedAuthenticator.providedBy(authenticator)
-                and authenticator.authenticationMethod == method
-            ):
-                return authenticator
-        return None
+        """See L{Policy.enhancedAuthenticator}."""
+        return self.policy.enhancedAuthenticator(listener, method)
 
-    def _authenticateFrom(
-        self,
-        chain: Sequence[IAuthenticator],
-        start: int,
-        credentials: Credentials,
-        listener: ListenerConfig,
-    ) -> AuthDecision | Deferred[AuthDecision]:
-        for index in range(start, len(chain)):
-            try:
-                result = chain[index].authenticate(credentials)
-            except Exception:
-                self.log.failure("authenticator {index} failed; refusing", index=index)
-                return Deny(ConnackCode.NOT_AUTHORIZED, "authenticator failed")
-            if isinstance(result, Deferred):
-                return result.addCallbacks(
-                    self._authenticatorAnswered,
-                    self._authenticatorFailed,
-                    callbackArgs=(chain, index, credentials, listener),
-                    errbackArgs=(index,),
-                )
-            if result is not None:
-                return result
-        if credentials.peerCertificateName is not None or (
-            listener.allow_anonymous and credentials.username is None
-        ):
-            return Allow()
-        return Deny(ConnackCode.NOT_AUTHORIZED, "no authenticator accepted the client")
+    @property
+    def authenticators(self) -> tuple[IAuthenticator, ...]:
+        """The chain for listeners without their own (L{Policy.authenticators})."""
+        return self.policy.authenticators
 
-    def _authenticatorAnswered(
-        self,
-        result: AuthDecision,
-        chain: Sequence[IAuthenticator],
-        index: int,
-        credentials: Credentials,
-        listener: ListenerConfig,
-    ) -> AuthDecision | Deferred[AuthDecision]:
-        if result is not None:
-            return result
-        return self._authenticateFrom(chain, index + 1, credentials, listener)
+    @authenticators.setter
+    def authenticators(self, chain: Sequence[IAuthenticator]) -> None:
+        self.policy.authenticators = tuple(chain)
 
-    def _authenticatorFailed(self, failure: Any, index: int) -> Deny:
-        self.log.failure("authenticator {index} failed; refusing", failure, index=index)
-        return Deny(ConnackCode.NOT_AUTHORIZED, "authenticator failed")
+    @property
+    def listenerAuthenticators(self) -> dict[str, tuple[IAuthenticator, ...]]:
+        """Listener name to that listener's chain (L{Policy.listenerAuthenticators})."""
+        return self.policy.listenerAuthenticators
+
+    @listenerAuthenticators.setter
+    def listenerAuthenticators(self, chains: Mapping[str, Sequence[IAuthenticator]]) -> None:
+        self.policy.listenerAuthenticators = {name: tuple(c) for name, c in chains.items()}
+
+    @property
+    def authorizers(self) -> tuple[IAuthorizer, ...]:
+        """The ACL chain (L{Policy.authorizers})."""
+        return self.policy.authorizers
+
+    @authorizers.setter
+    def authorizers(self, chain: Sequence[IAuthorizer]) -> None:
+        self.policy.authorizers = tuple(chain)
 
     def connect(
         self,
@@ -522,7 +468,7 @@ class Broker:
         self.clients[clientId] = client
         if username is not None:
             self.clientIdsByUsername.setdefault(username, set()).add(clientId)
-        self._decisions.pop(clientId, None)
+        self.policy.forget(clientId)
         stats = self.stats
         stats.connects += 1
         if len(self.sessions) > stats.clientsMaximum:
@@ -533,7 +479,7 @@ class Broker:
             )
         if self.observers:
             self._notify("clientConnected", client)
-        if sessionPresent and self.authorizers:
+        if sessionPresent and self.policy.authorizers:
             self._recheck(session, client)
         return ConnackCode.ACCEPTED, session, sessionPresent
 
@@ -584,13 +530,17 @@ class Broker:
             the session takes deliveries as an offline one does.
         """
         client = self.clients.get(session.clientId)
-        if not self.authorizers or client is None or not (session.inflight or session.pending):
+        if (
+            not self.policy.authorizers
+            or client is None
+            or not (session.inflight or session.pending)
+        ):
             session.resume(conn)
             self._resumed(session)
             return None
         topics = {out.message.topic for out in session.inflight.values()}
         topics.update(message.topic for message, _, _ in session.pending or ())
-        decisions = {topic: self._decide(client, Action.RECEIVE, topic) for topic in topics}
+        decisions = {topic: self.policy.decide(client, Action.RECEIVE, topic) for topic in topics}
         if not any(isinstance(d, Deferred) for d in decisions.values()):
             self._resumeDecided(decisions, session, conn)  # type: ignore[arg-type]
             return None
@@ -650,7 +600,7 @@ class Broker:
         if session is None:
             return False
         qos = min(qos, message.qos)
-        if self.authorizers or self.observers:
+        if self.policy.authorizers or self.observers:
             self._deliverChecked(session, message, qos)
         else:
             session.deliver(message, qos)
@@ -662,7 +612,7 @@ class Broker:
         no longer hold (the rules or the user may have changed since).
         """
         for topicFilter in list(session.subscriptions):
-            decision = self._decide(client, Action.SUBSCRIBE, _aclFilter(topicFilter))
+            decision = self.policy.decide(client, Action.SUBSCRIBE, aclFilter(topicFilter))
             if isinstance(decision, Deferred):
                 decision.addCallback(self._recheckedSubscription, session, topicFilter)
             else:
@@ -824,7 +774,7 @@ class Broker:
         # The session ends before its will's delay ran out: the will goes now [MQTT-3.1.2-8].
         self._endWillDelay(clientId, publish=True)
         self._forgetClient(clientId)
-        self._decisions.pop(clientId, None)
+        self.policy.forget(clientId)
         self._receiving.pop(clientId, None)
         self._resuming.pop(clientId, None)
         if not session.cleanSession:
@@ -878,7 +828,7 @@ class Broker:
                 self.clock.seconds(),
             )
         message.publisherId = session.clientId
-        if not self.authorizers:
+        if not self.policy.authorizers:
             # The publisher is looked up only for those told of it.
             publisher = (
                 self.clients.get(session.clientId) if self.observers or self.selectors else None
@@ -890,7 +840,7 @@ class Broker:
                 return None
             return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         client = self.clients[session.clientId]
-        decision = self._decide(client, Action.PUBLISH, packet.topic)
+        decision = self.policy.decide(client, Action.PUBLISH, packet.topic)
         if isinstance(decision, Deferred):
             return decision.addCallback(self._publishDecided, session, packet, message, client)
         return self._publishDecided(decision, session, packet, message, client)
@@ -907,7 +857,7 @@ class Broker:
             # As mosquitto: acknowledged, so the client does not resend it forever, but dropped.
             self.stats.drop(DROP_PUBLISH_DENIED)
             self.stats.aclDenied[ACL_PUBLISH] += 1
-            self._logDenied(client.clientId, "publish to", message.topic)
+            self.policy.logDenied(client.clientId, "publish to", message.topic)
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "publish denied")
             conn = session.connection
@@ -1064,7 +1014,7 @@ class Broker:
             return matched
         sessions = self.sessions
         qos = message.qos
-        if self.authorizers or self.observers:
+        if self.policy.authorizers or self.observers:
             for clientId, granted in matches.items():
                 self._deliverChecked(sessions[clientId], message, granted if granted < qos else qos)
             return True
@@ -1078,7 +1028,7 @@ class Broker:
         # that delivery, as the spec allows.
         sessions = self.sessions
         qos = message.qos
-        checked = bool(self.authorizers or self.observers)
+        checked = bool(self.policy.authorizers or self.observers)
         matched = False
         for group in self.shared.match(message.topic):
             matched = True
@@ -1105,7 +1055,7 @@ class Broker:
         """
         plain: dict[str, int] = {}
         sessions = self.sessions
-        checked = bool(self.authorizers or self.observers)
+        checked = bool(self.policy.authorizers or self.observers)
         topic = message.topic
         for clientId, value in matches.items():
             if value < 4:
@@ -1207,7 +1157,7 @@ class Broker:
         sessions = self.sessions
         qos = message.qos
         found = False
-        if not (self.authorizers or self.observers):
+        if not (self.policy.authorizers or self.observers):
             # As route's own fan-out: a selected group of thousands costs what a topic does.
             for clientId, granted in recipients.items():
                 session = sessions.get(clientId)
@@ -1252,10 +1202,10 @@ class Broker:
                 will.properties,
                 self.clock.seconds(),
             )
-        if not self.authorizers or client is None:
+        if not self.policy.authorizers or client is None:
             self.route(message, client)
             return
-        decision = self._decide(client, Action.PUBLISH, will.topic)
+        decision = self.policy.decide(client, Action.PUBLISH, will.topic)
         if isinstance(decision, Deferred):
             decision.addCallback(self._willDecided, message, client)
         else:
@@ -1267,84 +1217,11 @@ class Broker:
         else:
             self.stats.drop(DROP_WILL_DENIED)
             self.stats.aclDenied[ACL_PUBLISH] += 1
-            self._logDenied(client.clientId, "will to", message.topic)
+            self.policy.logDenied(client.clientId, "will to", message.topic)
             if self.observers:
                 self._notify("messageDropped", client.clientId, message, "will denied")
 
     # Authorisation
-
-    def _decide(self, client: ClientInfo, action: Action, topic: str) -> Decision:
-        """
-        The authorizer chain's answer for C{client}, from the cache when it
-        has one; a Deferred only when an authorizer answered with one.
-        """
-        cache = self._decisions.get(client.clientId)
-        if cache is None:
-            cache = self._decisions[client.clientId] = {}
-        cached = cache.get((action, topic))
-        if cached is not None:
-            return cached
-        return self._decideFrom(0, client, action, topic, cache)
-
-    def _decideFrom(
-        self,
-        start: int,
-        client: ClientInfo,
-        action: Action,
-        topic: str,
-        cache: dict[tuple[Action, str], bool],
-    ) -> Decision:
-        authorizers = self.authorizers
-        for index in range(start, len(authorizers)):
-            try:
-                answer = authorizers[index].authorize(client, action, topic)
-            except Exception:
-                self.log.failure("authorizer {index} failed; denying", index=index)
-                return False
-            if isinstance(answer, Deferred):
-                return answer.addCallbacks(
-                    self._authorizerAnswered,
-                    self._authorizerFailed,
-                    callbackArgs=(index, client, action, topic, cache),
-                    errbackArgs=(index,),
-                )
-            if answer is not None:
-                return _remember(cache, action, topic, bool(answer))
-        return _remember(cache, action, topic, False)
-
-    def _authorizerAnswered(
-        self,
-        answer: bool | None,
-        index: int,
-        client: ClientInfo,
-        action: Action,
-        topic: str,
-        cache: dict[tuple[Action, str], bool],
-    ) -> Decision:
-        if answer is not None:
-            return _remember(cache, action, topic, bool(answer))
-        return self._decideFrom(index + 1, client, action, topic, cache)
-
-    def _authorizerFailed(self, failure: Failure, index: int) -> bool:
-        # Not cached: the next attempt may find the authorizer's backend up again.
-        self.log.failure("authorizer {index} failed; denying", failure, index=index)
-        return False
-
-    def _logDenied(self, clientId: str, action: str, topic: str) -> None:
-        # Summarised per client: one that keeps publishing where it may not (or a fan-out the
-        # receive ACL stops) writes a line a minute, not one per message.
-        client = self.clients.get(clientId)
-        self.repeats.emit(
-            LogLevel.warn,
-            clientId,
-            "ACL denials",
-            "ACL denied {clientId} (user {username!r}, {address}) {action} {topic!r}",
-            clientId=clientId,
-            username=None if client is None else client.username,
-            address="offline" if client is None else client.address,
-            action=action,
-            topic=topic,
-        )
 
     def authorize(self, client: ClientInfo, action: Action, topic: str) -> Decision:
         """
@@ -1352,9 +1229,7 @@ class Broker:
         as every answer is: for a gateway that checks messages arriving outside a session
         (MQTT-SN's QoS -1).
         """
-        if not self.authorizers:
-            return True
-        return self._decide(client, action, topic)
+        return self.policy.authorize(client, action, topic)
 
     def setWill(self, session: Session, will: Will | None) -> None:
         """
@@ -1368,12 +1243,8 @@ class Broker:
             self.store.willSet(session.clientId, will)
 
     def authorizationChanged(self) -> None:
-        """
-        The authorizers' rules changed (a reload): forget every cached
-        answer.  Subscriptions already granted stay until their session
-        resumes, but each delivery is checked against the new rules.
-        """
-        self._decisions.clear()
+        """The authorizers' rules changed (a reload): see L{Policy.changed}."""
+        self.policy.changed()
 
     def _deliverChecked(
         self, session: Session, message: Message, qos: int, retain: bool = False
@@ -1383,7 +1254,7 @@ class Broker:
         to a client whose check still waits on a Deferred queue behind it,
         keeping that client's order.
         """
-        if not self.authorizers:
+        if not self.policy.authorizers:
             self._delivered(True, session, message, qos, retain)
             return
         clientId = session.clientId
@@ -1396,7 +1267,7 @@ class Broker:
         tail = self._receiving.get(clientId)
         waiting: Deferred[Any]
         if tail is None:
-            decision = self._decide(client, Action.RECEIVE, message.topic)
+            decision = self.policy.decide(client, Action.RECEIVE, message.topic)
             if not isinstance(decision, Deferred):
                 self._delivered(decision, session, message, qos, retain)
                 return
@@ -1404,7 +1275,7 @@ class Broker:
         else:
             waiting = Deferred()
             tail.addBoth(_release, waiting)
-            waiting.addCallback(lambda _: self._decide(client, Action.RECEIVE, message.topic))
+            waiting.addCallback(lambda _: self.policy.decide(client, Action.RECEIVE, message.topic))
         waiting.addCallback(self._delivered, session, message, qos, retain)
         waiting.addErrback(self._deliveryFailed, clientId)
         self._receiving[clientId] = waiting
@@ -1427,7 +1298,7 @@ class Broker:
         else:
             self.stats.drop(DROP_RECEIVE_DENIED)
             self.stats.aclDenied[ACL_RECEIVE] += 1
-            self._logDenied(session.clientId, "receive from", message.topic)
+            self.policy.logDenied(session.clientId, "receive from", message.topic)
             if self.observers:
                 self._notify("messageDropped", session.clientId, message, "receive denied")
 
@@ -1455,7 +1326,7 @@ class Broker:
             Deferred answers are in and SUBACK is written.
         """
         maxLevels = self.config.max_topic_levels
-        client = self.clients.get(session.clientId) if self.authorizers else None
+        client = self.clients.get(session.clientId) if self.policy.authorizers else None
         decisions: list[Decision] = []
         for topicFilter, _ in packet.subscriptions:
             try:
@@ -1473,7 +1344,9 @@ class Broker:
             if client is None:
                 decisions.append(True)
             else:
-                decisions.append(self._decide(client, Action.SUBSCRIBE, _aclFilter(topicFilter)))
+                decisions.append(
+                    self.policy.decide(client, Action.SUBSCRIBE, aclFilter(topicFilter))
+                )
         if any(isinstance(d, Deferred) for d in decisions):
             waiting = [d if isinstance(d, Deferred) else succeed(d) for d in decisions]
             return gatherResults(waiting).addCallback(self._subscribeDecided, session, packet)
@@ -1502,7 +1375,7 @@ class Broker:
                 failure = self._subscribeFailure(topicFilter)
                 if failure == ReasonCode.NOT_AUTHORIZED:
                     self.stats.aclDenied[ACL_SUBSCRIBE] += 1
-                    self._logDenied(session.clientId, "subscribe to", topicFilter)
+                    self.policy.logDenied(session.clientId, "subscribe to", topicFilter)
                 codes.append(failure if level5 else SUBACK_FAILURE)
                 continue
             new = topicFilter not in session.subscriptions
@@ -1533,7 +1406,7 @@ class Broker:
         if handling == RETAIN_HANDLING_NEVER or (handling and not new):
             # [MQTT-3.3.1-10, MQTT-3.3.1-11]
             return
-        checked = bool(self.authorizers or self.observers)
+        checked = bool(self.policy.authorizers or self.observers)
         qos = options & QOS_BITS
         now = self.clock.seconds()
         for message in self.retained.matching(topicFilter):
@@ -1671,7 +1544,7 @@ class Broker:
         return True
 
     def _reserved(self, topicFilter: str) -> bool:
-        return _aclFilter(topicFilter).startswith(self.reservedPrefixes)
+        return aclFilter(topicFilter).startswith(self.reservedPrefixes)
 
     def _subscribeFailure(self, topicFilter: str) -> int:
         # The 5.0 SUBACK says why: a valid filter was refused as shared or by the ACL.
@@ -1682,23 +1555,6 @@ class Broker:
         if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
             return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
         return ReasonCode.NOT_AUTHORIZED
-
-
-def _aclFilter(topicFilter: str) -> str:
-    # A shared subscription reads what its filter after the share name matches, so the ACL is
-    # asked about that filter: rules written for topics then cover shared subscriptions too.
-    if topicFilter.startswith(SHARE_PREFIX):
-        return split_shared_filter(topicFilter)[1]
-    return topicFilter
-
-
-def _remember(
-    cache: dict[tuple[Action, str], bool], action: Action, topic: str, allowed: bool
-) -> bool:
-    if len(cache) >= DECISION_CACHE_SIZE:
-        cache.clear()
-    cache[(action, topic)] = allowed
-    return allowed
 
 
 def _release(ignored: object, waiting: Deferred[Any]) -> None:

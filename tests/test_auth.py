@@ -265,7 +265,7 @@ def test_noAuthorizerAsksNothing() -> None:
     subscriber = world.subscriber("sub", ("t", 0))
     world.connect("pub").send(Publish("t", b"x"))
     assert len(subscriber.publishes()) == 1
-    assert world.broker._decisions == {}
+    assert world.broker.policy.decisions == {}
 
 
 @implementer(ISubscriberSelector)

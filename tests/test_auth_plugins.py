@@ -535,10 +535,10 @@ def test_hangupReloadsPluginsAndForgetsAnswers(tmp_path: Path) -> None:
     assert set(service.reloadable) == {"passwordfile", "aclfile"}
     broker = service.broker
     client = ClientInfo("c", "alice", "", "main")
-    assert broker._decide(client, Action.RECEIVE, "b") is False
+    assert broker.policy.decide(client, Action.RECEIVE, "b") is False
     cli(["passwd", "-b", str(tmp_path / "passwd"), "alice", "two"])
     (tmp_path / "acl").write_text("user alice\ntopic read b\n")
     service.reload()
-    assert broker._decide(client, Action.RECEIVE, "b") is True
+    assert broker.policy.decide(client, Action.RECEIVE, "b") is True
     (authenticator,) = broker.authenticators
     assert authenticator.authenticate(credentials("alice", b"two")) == Allow("alice")
