@@ -20,12 +20,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mqttd.bridge.bridge import Bridge, BridgeConnection, nextDelay
 from mqttd.bridge.config import BridgeConfig, bridgeConfig
 from mqttd.config import ConfigError, load_config
-from mqttd.interfaces import IClientConnection, ILinkOwner
+from mqttd.interfaces import Action, ClientInfo, IAuthorizer, IClientConnection, ILinkOwner
 from tests import e2e, listeners
 from tests.conftest import Clients
 from tests.mosquitto import Mosquitto, Start, freePort, mosquittos
@@ -968,3 +969,52 @@ def test_localClientIdReserved(
     assert e2e.in_reactor(lambda: bridge.connected and bridge.stats.links == 1)
     e2e.in_reactor(bridge.stop)
     e2e.client(e2e_broker.port, "local.rid").close()
+
+
+@implementer(IAuthorizer)
+class _BridgeRules:
+    """An ACL for the bridge's identity "site": it may read out/ok/#, publish in/ok/#."""
+
+    def authorize(self, client: ClientInfo, action: Action, topic: str) -> bool:
+        if client.username != "site":
+            return True
+        if action == Action.PUBLISH:
+            return topic.startswith("in/ok/")
+        return topic in ("out/#",) or topic.startswith("out/ok/")
+
+
+def test_localUsernameUnderTheAcl(mosquittos: Start, bridges: StartBridge) -> None:
+    """
+    local_username is who the ACL sees: with "site" allowed to read out/ok/# only, out/secret/x
+    stays here; allowed to publish in/ok/# only, mosquitto's in/secret/x is dropped here.
+    """
+    here = e2e.start_broker(plugins=lambda: {"authorizers": [_BridgeRules()]})
+    remote = mosquittos("remote")
+    try:
+        bridge = bridges(
+            here,
+            addresses=address(remote.port),
+            topic="out/# out 1\nin/# in 1",
+            local_username="site",
+            client_id="acl",
+        )
+        waitLinked(bridge)
+        waitSubscribed(remote, "acl")
+        far = e2e.client(remote.port, "far")
+        local = e2e.client(here.port, "local")
+        try:
+            far.subscribe("out/#", 1)
+            local.subscribe("in/#", 1)
+            local.publish("out/secret/x", b"no", qos=1)
+            local.publish("out/ok/x", b"yes", qos=1)
+            assert topics(far.wait_for(1)) == [("out/ok/x", b"yes")]
+            far.publish("in/secret/x", b"no", qos=1)
+            far.publish("in/ok/x", b"yes", qos=1)
+            assert topics(local.wait_for(1)) == [("in/ok/x", b"yes")]
+            assert far.pending() == [] and local.pending() == []
+        finally:
+            far.close()
+            local.close()
+    finally:
+        e2e.in_reactor(bridge.stop)
+        here.stop()
