@@ -235,7 +235,7 @@ static uint16_t *msg_expected, *msg_received;
 static uint32_t msg_cap, msg_next;
 
 static uint64_t g_sent, g_expected, g_recv, g_recv_unique, g_recv_live, g_recv_queued, g_acked;
-static uint64_t g_errors, g_proto_err, g_closed_by_peer, g_skipped, g_pending, g_offline;
+static uint64_t g_errors, g_proto_err, g_closed_by_peer, g_skipped, g_pending, g_offline, g_forced;
 static uint64_t win_lo, win_hi;       /* send-time window whose latency counts */
 static hist_t h_live, h_queued, h_ack;
 
@@ -684,7 +684,10 @@ static void churn(uint64_t now, double dt)
 {
     for (int i = 0; i < opt.users; i++) {
         user_t *c = &users[i];
-        if (c->back_at && now >= c->back_at && c->st == ST_CLOSING) conn_close(c, 0);
+        if (c->back_at && now >= c->back_at && c->st == ST_CLOSING) {
+            g_forced++;   /* the broker never closed: what we wrote last may be lost */
+            conn_close(c, 0);
+        }
         if (c->st == ST_OFF && c->back_at && now >= c->back_at) {
             c->back_at = 0;
             g_offline--;
@@ -945,8 +948,9 @@ int main(int argc, char **argv)
     if (!opt.saturate) {
         phase(opt.rate, opt.warmup_s, opt.measure_s, 1);
         drain(opt.drain_s, &lost, &dup);
-        printf(" lost=%llu dup=%llu setup_s=%.2f rss_after_setup_kb=%ld errors=%llu closed=%llu\n",
-               (unsigned long long)lost, (unsigned long long)dup, setup_s, rss_setup,
+        printf(" lost=%llu dup=%llu forced_closes=%llu setup_s=%.2f rss_after_setup_kb=%ld errors=%llu"
+               " closed=%llu\n", (unsigned long long)lost, (unsigned long long)dup,
+               (unsigned long long)g_forced, setup_s, rss_setup,
                (unsigned long long)(g_errors + g_proto_err), (unsigned long long)g_closed_by_peer);
         status = lost || g_errors || g_proto_err || g_closed_by_peer;
     } else {
