@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from .codec.packets import (
     SUBACK_FAILURE,
@@ -47,19 +46,20 @@ from .interfaces import (
     IEnhancedAuthenticator,
     IMessageStore,
     ISubscriberSelector,
-    Kept,
 )
 from .logsummary import RepeatSummary
-from .message import Message, PropertiedMessage, SharedDelivery
+from .message import Message, PropertiedMessage
+from .observers import Observers
 from .policy import Decision, Policy, aclFilter
-from .retain import RetainedMessages
+from .router import (
+    QOS_BITS,
+    Router,
+)
 from .session import SESSION_NEVER_EXPIRES, Session, SessionError
 from .stats import (
     ACL_PUBLISH,
-    ACL_RECEIVE,
     ACL_SUBSCRIBE,
     DROP_PUBLISH_DENIED,
-    DROP_RECEIVE_DENIED,
     DROP_SIZE_LIMIT,
     DROP_SYS_TOPIC,
     DROP_WILL_DENIED,
@@ -70,22 +70,12 @@ from .sys import SysTree, presenceMessage
 from .topics import (
     SHARE_PREFIX,
     InvalidTopic,
-    SharedSubscriptions,
-    SubscriptionTree,
-    filter_matches,
     validate_topic_filter,
 )
 
 if TYPE_CHECKING:
     from .bridge.bridge import Bridge
     from .sn.gateway import MQTTSNGateway
-
-# The bits of a subscription's options (MQTT 5 section 3.8.3.1; 3.1.1 sets the QoS bits only).
-QOS_BITS = 0x03
-NO_LOCAL = 0x04
-RETAIN_AS_PUBLISHED = 0x08
-RETAIN_HANDLING = 0x30
-RETAIN_HANDLING_NEVER = 0x20
 
 # Highest keepalive a client can ask for; a max_keepalive below it also refuses keepalive 0
 # from a 3.x client, which would otherwise switch the limit off, if allow_zero_keepalive is off.
@@ -143,12 +133,6 @@ class Broker:
         # from it), so sessions keep that state in themselves alone rather than twice.
         self.journal: IMessageStore | None = store
         self.sessions: dict[str, Session] = {}
-        self.subscriptions = SubscriptionTree()
-        self.shared = SharedSubscriptions()
-        # Whether any shared subscription or MQTT 5 subscription option exists, so that route
-        # tests one flag for both while there are none.
-        self._richRouting = False
-        self.retained: RetainedMessages[Message] = RetainedMessages()
         self.stats = Stats()
         self.clients: dict[str, ClientInfo] = {}
         self.clientIdsByUsername: dict[str, set[str]] = {}
@@ -161,8 +145,22 @@ class Broker:
             listenerAuthenticators=listenerAuthenticators,
             authorizers=authorizers,
         )
-        self.selectors = tuple(selectors)
-        self.observers = tuple(observers)
+        self.observing = Observers(observers)
+        self.router = Router(
+            config,
+            clock,
+            self.store,
+            self.stats,
+            self.policy,
+            self.observing,
+            self.sessions,
+            self.clients,
+            selectors,
+        )
+        # The router's tables, under the names plugins and $SYS know them by.
+        self.subscriptions = self.router.subscriptions
+        self.shared = self.router.shared
+        self.retained = self.router.retained
         self.bridges: dict[str, Bridge] = {}
         self.gateways: dict[str, MQTTSNGateway] = {}
         # Filters starting with these are refused to every client (SUBACK 0x80 / 0x87).
@@ -171,8 +169,6 @@ class Broker:
         # deliveries re-sent), and once its connection is gone: see whenConnected.
         self._connectedCallbacks: list[Any] = []
         self._disconnectedCallbacks: list[Any] = []
-        # A client's receive check still waiting on a Deferred: its later deliveries queue behind.
-        self._receiving: dict[str, Deferred[Any]] = {}
         # Connections whose sessions wait on the receive ACL before resuming (see resume).
         self._resuming: dict[str, IClientConnection] = {}
         # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.
@@ -214,7 +210,7 @@ class Broker:
                     filters=reserved,
                 )
             for topicFilter, qos in session.subscriptions.items():
-                self._addSubscription(topicFilter, clientId, qos)
+                self.router.addSubscription(topicFilter, clientId, qos)
             interval = session.expiryInterval = sessionState.expiryInterval
             if interval != SESSION_NEVER_EXPIRES:
                 # A client connected at the crash lost its connection at the restart.
@@ -325,6 +321,24 @@ class Broker:
     @authorizers.setter
     def authorizers(self, chain: Sequence[IAuthorizer]) -> None:
         self.policy.authorizers = tuple(chain)
+
+    @property
+    def observers(self) -> tuple[IBrokerObserver, ...]:
+        """The observers told of what happens (L{Observers.chain})."""
+        return self.observing.chain
+
+    @observers.setter
+    def observers(self, chain: Sequence[IBrokerObserver]) -> None:
+        self.observing.chain = tuple(chain)
+
+    @property
+    def selectors(self) -> tuple[ISubscriberSelector, ...]:
+        """The plugins adding recipients to each message (L{Router.selectors})."""
+        return self.router.selectors
+
+    @selectors.setter
+    def selectors(self, chain: Sequence[ISubscriberSelector]) -> None:
+        self.router.selectors = tuple(chain)
 
     def connect(
         self,
@@ -477,8 +491,8 @@ class Broker:
             self._presence(
                 "connected", clientId, packet.protocol_level, clean_start=packet.clean_session
             )
-        if self.observers:
-            self._notify("clientConnected", client)
+        if self.observing.chain:
+            self.observing.notify("clientConnected", client)
         if sessionPresent and self.policy.authorizers:
             self._recheck(session, client)
         return ConnackCode.ACCEPTED, session, sessionPresent
@@ -590,21 +604,8 @@ class Broker:
         self._disconnectedCallbacks.append(disconnected)
 
     def deliverTo(self, clientId: str, message: Message, qos: int) -> bool:
-        """
-        Deliver C{message} to C{clientId}'s session at C{qos} (at most the
-        message's), through the receive ACL as any delivery.
-
-        @return: whether the session exists.
-        """
-        session = self.sessions.get(clientId)
-        if session is None:
-            return False
-        qos = min(qos, message.qos)
-        if self.policy.authorizers or self.observers:
-            self._deliverChecked(session, message, qos)
-        else:
-            session.deliver(message, qos)
-        return True
+        """See L{Router.deliverTo}."""
+        return self.router.deliverTo(clientId, message, qos)
 
     def _recheck(self, session: Session, client: ClientInfo) -> None:
         """
@@ -620,7 +621,7 @@ class Broker:
 
     def _recheckedSubscription(self, allowed: bool, session: Session, topicFilter: str) -> None:
         if not allowed and session.subscriptions.pop(topicFilter, None) is not None:
-            self._removeSubscription(topicFilter, session.clientId)
+            self.router.removeSubscription(topicFilter, session.clientId)
             if not session.cleanSession:
                 self.store.sessionSaved(session.clientId, session.subscriptions)
             self.log.info(
@@ -662,8 +663,8 @@ class Broker:
                 graceful=graceful,
             )
         client = self.clients.get(session.clientId)
-        if self.observers and client is not None:
-            self._notify("clientDisconnected", client, graceful)
+        if self.observing.chain and client is not None:
+            self.observing.notify("clientDisconnected", client, graceful)
         if client is not None:
             for callback in self._disconnectedCallbacks:
                 try:
@@ -756,18 +757,18 @@ class Broker:
         )
         if not cleanSession:
             session.journal = self.journal
-        if self.observers:
+        if self.observing.chain:
             session.acknowledged = self._acknowledged
         session.now = self.clock.seconds
         self.sessions[clientId] = session
         return session
 
     def _acknowledged(self, clientId: str, message: Message, qos: int) -> None:
-        self._notify("messageAcknowledged", clientId, message, qos)
+        self.observing.notify("messageAcknowledged", clientId, message, qos)
 
     def _discardSession(self, session: Session) -> None:
         for topicFilter in session.subscriptions:
-            self._removeSubscription(topicFilter, session.clientId)
+            self.router.removeSubscription(topicFilter, session.clientId)
         clientId = session.clientId
         del self.sessions[clientId]
         self._cancelExpiry(clientId)
@@ -775,7 +776,7 @@ class Broker:
         self._endWillDelay(clientId, publish=True)
         self._forgetClient(clientId)
         self.policy.forget(clientId)
-        self._receiving.pop(clientId, None)
+        self.router.forget(clientId)
         self._resuming.pop(clientId, None)
         if not session.cleanSession:
             self.store.sessionDeleted(session.clientId)
@@ -831,10 +832,12 @@ class Broker:
         if not self.policy.authorizers:
             # The publisher is looked up only for those told of it.
             publisher = (
-                self.clients.get(session.clientId) if self.observers or self.selectors else None
+                self.clients.get(session.clientId)
+                if self.observing.chain or self.selectors
+                else None
             )
-            if self.observers:
-                self._notify("messagePublished", publisher, message)
+            if self.observing.chain:
+                self.observing.notify("messagePublished", publisher, message)
             matched = self.route(message, publisher)
             if not qos:
                 return None
@@ -849,8 +852,8 @@ class Broker:
         self, allowed: bool, session: Session, packet: Publish, message: Message, client: ClientInfo
     ) -> Deferred[None] | None:
         if allowed:
-            if self.observers:
-                self._notify("messagePublished", client, message)
+            if self.observing.chain:
+                self.observing.notify("messagePublished", client, message)
             matched = self.route(message, client)
             return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         else:
@@ -858,8 +861,8 @@ class Broker:
             self.stats.drop(DROP_PUBLISH_DENIED)
             self.stats.aclDenied[ACL_PUBLISH] += 1
             self.policy.logDenied(client.clientId, "publish to", message.topic)
-            if self.observers:
-                self._notify("messageDropped", client.clientId, message, "publish denied")
+            if self.observing.chain:
+                self.observing.notify("messageDropped", client.clientId, message, "publish denied")
             conn = session.connection
             if conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5 and packet.qos:
                 # A 5.0 client is told: 0x87 in PUBACK or PUBREC.  After a PUBREC of 0x80 or
@@ -984,201 +987,8 @@ class Broker:
         return self._whenDurable(True, session.sendPubrel, packetId)
 
     def route(self, message: Message, publisher: ClientInfo | None = None) -> bool:
-        """
-        Store a retained message and deliver C{message} to every matching
-        subscriber once, at the lower of the published and the highest granted
-        QoS [MQTT-3.3.5-1], with RETAIN=0 [MQTT-3.3.1-9] unless a 5.0
-        subscription asks for Retain As Published, to none whose only
-        matching subscriptions have No Local if it is the publisher, and to
-        one member of each matching shared subscription; then to the
-        recipients the selectors add.  Each delivery passes the receive ACL.
-
-        @param publisher: who sent it, for the selectors; L{None} for the
-            broker's own messages.
-        @return: whether it matched any subscription or selected recipient
-            (the receipt of an MQTT 5 PUBACK / PUBREC).
-        """
-        if message.retain and self.config.retain_available:
-            self._retain(message)
-        self.stats.messagesRouted += 1
-        matches = self.subscriptions.match(message.topic)
-        matched = bool(matches)
-        if self._richRouting:
-            if self.shared.groups:
-                matched = self._routeShared(message) or matched
-            if self.subscriptions.optioned and matches:
-                matches = self._routeOptioned(message, matches)
-        if self.selectors:
-            return self._routeSelected(message, publisher, matches) or matched
-        if not matches:
-            return matched
-        sessions = self.sessions
-        qos = message.qos
-        if self.policy.authorizers or self.observers:
-            for clientId, granted in matches.items():
-                self._deliverChecked(sessions[clientId], message, granted if granted < qos else qos)
-            return True
-        for clientId, granted in matches.items():
-            sessions[clientId].deliver(message, granted if granted < qos else qos)
-        return True
-
-    def _routeShared(self, message: Message) -> bool:
-        # One delivery per matching shared subscription, to the member whose turn it is
-        # [MQTT-4.8.2-3 for the QoS]; a member with its own ordinary subscription also gets
-        # that delivery, as the spec allows.
-        sessions = self.sessions
-        qos = message.qos
-        checked = bool(self.policy.authorizers or self.observers)
-        matched = False
-        for group in self.shared.match(message.topic):
-            matched = True
-            clientId = group.pick(self._online)
-            options = group.members[clientId]
-            granted = options & QOS_BITS
-            retain = message.retain and bool(options & RETAIN_AS_PUBLISHED)
-            session = sessions[clientId]
-            delivered = (
-                SharedDelivery(message, group.topicFilter) if session.identified else message
-            )
-            if checked:
-                self._deliverChecked(session, delivered, granted if granted < qos else qos, retain)
-            else:
-                session.deliver(delivered, granted if granted < qos else qos, retain)
-        return matched
-
-    def _routeOptioned(self, message: Message, matches: Mapping[str, int]) -> dict[str, int]:
-        """
-        Deliver to the subscribers matched through MQTT 5 subscriptions with
-        options beyond the QoS (the tree gives them a value of 4 or more).
-
-        @return: the other matches, for the usual fan-out.
-        """
-        plain: dict[str, int] = {}
-        sessions = self.sessions
-        checked = bool(self.policy.authorizers or self.observers)
-        topic = message.topic
-        for clientId, value in matches.items():
-            if value < 4:
-                plain[clientId] = value
-                continue
-            # One copy for all of the session's matching subscriptions [MQTT-3.3.4-2]; its
-            # options are in the session, since the tree kept only the largest value.
-            session = sessions[clientId]
-            granted = -1
-            retain = False
-            for topicFilter, options in session.subscriptions.items():
-                if topicFilter.startswith(SHARE_PREFIX) or not filter_matches(topicFilter, topic):
-                    continue
-                if options & NO_LOCAL and message.publisherId == clientId:
-                    continue  # [MQTT-3.8.3-3]
-                if options & QOS_BITS > granted:
-                    granted = options & QOS_BITS
-                if options & RETAIN_AS_PUBLISHED:
-                    retain = message.retain  # [MQTT-3.3.1-13]
-            if granted < 0:
-                continue
-            qos = min(granted, message.qos)
-            if checked:
-                self._deliverChecked(session, message, qos, retain)
-            else:
-                session.deliver(message, qos, retain)
-        return plain
-
-    def _online(self, clientId: str) -> bool:
-        return self.sessions[clientId].connection is not None
-
-    def _addSubscription(self, topicFilter: str, clientId: str, options: int) -> bool:
-        if topicFilter.startswith(SHARE_PREFIX):
-            added = self.shared.subscribe(topicFilter, clientId, options)
-        else:
-            added = self.subscriptions.subscribe(topicFilter, clientId, options)
-        self._richRouting = bool(self.shared.groups or self.subscriptions.optioned)
-        return added
-
-    def _removeSubscription(self, topicFilter: str, clientId: str) -> bool:
-        if topicFilter.startswith(SHARE_PREFIX):
-            removed = self.shared.unsubscribe(topicFilter, clientId)
-        else:
-            removed = self.subscriptions.unsubscribe(topicFilter, clientId)
-        self._richRouting = bool(self.shared.groups or self.subscriptions.optioned)
-        return removed
-
-    def _routeSelected(
-        self, message: Message, publisher: ClientInfo | None, matches: Mapping[str, int]
-    ) -> bool:
-        # Neither the tree's cached matches nor a selector's prepared mapping may be changed, so
-        # recipients is copied before its first change; a lone mapping is delivered from as is.
-        recipients: Mapping[str, int] = matches
-        merged: dict[str, int] | None = None
-        # One Message per distinct topic override, so its encoded prefix is shared too.
-        overridden: dict[str, tuple[Message, dict[str, int]]] = {}
-        kept = False
-        for selector in self.selectors:
-            try:
-                selected = selector.select(message, publisher)
-                if isinstance(selected, Kept):
-                    kept = True
-                if isinstance(selected, Mapping):
-                    self.stats.selectedDeliveries += len(selected)
-                    if not recipients:
-                        recipients = selected
-                        continue
-                    if merged is None:
-                        recipients = merged = dict(recipients)
-                    for clientId, wanted in selected.items():
-                        if merged.get(clientId, -1) < wanted:
-                            merged[clientId] = wanted
-                    continue
-                for recipient in selected:
-                    self.stats.selectedDeliveries += 1
-                    clientId, wanted = recipient[0], recipient[1]
-                    if len(recipient) > 2:
-                        topic = recipient[2]
-                        entry = overridden.get(topic)
-                        if entry is None:
-                            override = Message(topic, message.payload, message.qos)
-                            entry = overridden[topic] = (override, {})
-                        target = entry[1]
-                    else:
-                        if merged is None:
-                            recipients = merged = dict(recipients)
-                        target = merged
-                    if target.get(clientId, -1) < wanted:
-                        target[clientId] = wanted
-            except Exception:
-                self.log.failure("subscriber selector {selector!r} failed", selector=selector)
-        delivered = self._deliverAll(message, recipients)
-        for override, overrideRecipients in overridden.values():
-            delivered = self._deliverAll(override, overrideRecipients) or delivered
-        return delivered or kept
-
-    def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> bool:
-        # Whether any recipient had a session.
-        sessions = self.sessions
-        qos = message.qos
-        found = False
-        if not (self.policy.authorizers or self.observers):
-            # As route's own fan-out: a selected group of thousands costs what a topic does.
-            for clientId, granted in recipients.items():
-                session = sessions.get(clientId)
-                if session is not None:
-                    found = True
-                    session.deliver(message, granted if granted < qos else qos)
-            return found
-        for clientId, granted in recipients.items():
-            session = sessions.get(clientId)
-            if session is not None:
-                found = True
-                self._deliverChecked(session, message, granted if granted < qos else qos)
-        return found
-
-    def _retain(self, message: Message) -> None:
-        if message.payload:
-            self.retained.set(message.topic, message)
-            self.store.retainedSet(message)
-        elif self.retained.delete(message.topic):
-            # [MQTT-3.3.1-10, MQTT-3.3.1-11]
-            self.store.retainedDeleted(message.topic)
+        """See L{Router.route}."""
+        return self.router.route(message, publisher)
 
     def publishWill(self, will: Will, client: ClientInfo | None = None) -> None:
         """
@@ -1218,8 +1028,8 @@ class Broker:
             self.stats.drop(DROP_WILL_DENIED)
             self.stats.aclDenied[ACL_PUBLISH] += 1
             self.policy.logDenied(client.clientId, "will to", message.topic)
-            if self.observers:
-                self._notify("messageDropped", client.clientId, message, "will denied")
+            if self.observing.chain:
+                self.observing.notify("messageDropped", client.clientId, message, "will denied")
 
     # Authorisation
 
@@ -1245,73 +1055,6 @@ class Broker:
     def authorizationChanged(self) -> None:
         """The authorizers' rules changed (a reload): see L{Policy.changed}."""
         self.policy.changed()
-
-    def _deliverChecked(
-        self, session: Session, message: Message, qos: int, retain: bool = False
-    ) -> None:
-        """
-        Deliver through the receive ACL and tell the observers.  Deliveries
-        to a client whose check still waits on a Deferred queue behind it,
-        keeping that client's order.
-        """
-        if not self.policy.authorizers:
-            self._delivered(True, session, message, qos, retain)
-            return
-        clientId = session.clientId
-        client = self.clients.get(clientId)
-        if client is None:
-            # Restored from the store and not back since: who it is, and so what it may read,
-            # is unknown until it reconnects, and its subscriptions were granted by the ACL.
-            session.deliver(message, qos, retain)
-            return
-        tail = self._receiving.get(clientId)
-        waiting: Deferred[Any]
-        if tail is None:
-            decision = self.policy.decide(client, Action.RECEIVE, message.topic)
-            if not isinstance(decision, Deferred):
-                self._delivered(decision, session, message, qos, retain)
-                return
-            waiting = decision
-        else:
-            waiting = Deferred()
-            tail.addBoth(_release, waiting)
-            waiting.addCallback(lambda _: self.policy.decide(client, Action.RECEIVE, message.topic))
-        waiting.addCallback(self._delivered, session, message, qos, retain)
-        waiting.addErrback(self._deliveryFailed, clientId)
-        self._receiving[clientId] = waiting
-        waiting.addBoth(self._receiveSettled, clientId, waiting)
-
-    def _deliveryFailed(self, failure: Failure, clientId: str) -> None:
-        self.log.failure("delivering to {clientId}", failure, clientId=clientId)
-
-    def _receiveSettled(self, ignored: object, clientId: str, waiting: Deferred[Any]) -> None:
-        if self._receiving.get(clientId) is waiting:
-            del self._receiving[clientId]
-
-    def _delivered(
-        self, allowed: bool, session: Session, message: Message, qos: int, retain: bool
-    ) -> None:
-        if allowed:
-            session.deliver(message, qos, retain)
-            if self.observers:
-                self._notify("messageDelivered", session.clientId, message, qos)
-        else:
-            self.stats.drop(DROP_RECEIVE_DENIED)
-            self.stats.aclDenied[ACL_RECEIVE] += 1
-            self.policy.logDenied(session.clientId, "receive from", message.topic)
-            if self.observers:
-                self._notify("messageDropped", session.clientId, message, "receive denied")
-
-    # Observers
-
-    def _notify(self, event: str, *args: object) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, event)(*args)
-            except Exception:
-                self.log.failure(
-                    "observer {observer!r} failed on {event}", observer=observer, event=event
-                )
 
     # Subscriptions
 
@@ -1379,7 +1122,7 @@ class Broker:
                 codes.append(failure if level5 else SUBACK_FAILURE)
                 continue
             new = topicFilter not in session.subscriptions
-            self._addSubscription(topicFilter, session.clientId, options)
+            self.router.addSubscription(topicFilter, session.clientId, options)
             session.subscriptions[topicFilter] = options
             codes.append(options & QOS_BITS)
             granted.append((topicFilter, options, new))
@@ -1392,30 +1135,11 @@ class Broker:
         if conn is not None:
             session.hold(durable, conn.sendPacket, Suback(packet.packet_id, codes))
         client = self.clients.get(session.clientId)
-        if self.observers and client is not None:
+        if self.observing.chain and client is not None:
             for topicFilter, options, _ in granted:
-                self._notify("subscribed", client, topicFilter, options & QOS_BITS)
+                self.observing.notify("subscribed", client, topicFilter, options & QOS_BITS)
         for topicFilter, options, new in granted:
-            self._sendRetained(session, topicFilter, options, new)
-
-    def _sendRetained(self, session: Session, topicFilter: str, options: int, new: bool) -> None:
-        if topicFilter.startswith(SHARE_PREFIX):
-            # Retained messages go to new non-shared subscriptions only (5.0 section 3.3.1.3).
-            return
-        handling = options & RETAIN_HANDLING
-        if handling == RETAIN_HANDLING_NEVER or (handling and not new):
-            # [MQTT-3.3.1-10, MQTT-3.3.1-11]
-            return
-        checked = bool(self.policy.authorizers or self.observers)
-        qos = options & QOS_BITS
-        now = self.clock.seconds()
-        for message in self.retained.matching(topicFilter):
-            if message.expired(now):
-                continue  # [MQTT-3.3.2-5]
-            if checked:
-                self._deliverChecked(session, message, min(qos, message.qos), retain=True)
-            else:
-                session.deliver(message, min(qos, message.qos), retain=True)
+            self.router.sendRetained(session, topicFilter, options, new)
 
     def unsubscribe(self, session: Session, packet: Unsubscribe) -> None:
         """
@@ -1426,7 +1150,7 @@ class Broker:
         codes: list[int] = []
         for topicFilter in packet.topic_filters:
             if session.subscriptions.pop(topicFilter, None) is not None:
-                self._removeSubscription(topicFilter, session.clientId)
+                self.router.removeSubscription(topicFilter, session.clientId)
                 removed.append(topicFilter)
                 codes.append(ReasonCode.SUCCESS)
             else:
@@ -1434,9 +1158,9 @@ class Broker:
         if removed and not session.cleanSession:
             self.store.sessionSaved(session.clientId, session.subscriptions)
         client = self.clients.get(session.clientId)
-        if self.observers and client is not None:
+        if self.observing.chain and client is not None:
             for topicFilter in removed:
-                self._notify("unsubscribed", client, topicFilter)
+                self.observing.notify("unsubscribed", client, topicFilter)
         conn = session.connection
         if conn is not None:
             level5 = conn.protocolLevel == ProtocolLevel.MQTT_5
@@ -1450,8 +1174,8 @@ class Broker:
         (with no client), then it is routed like any client's message.
         """
         self.stats.messagesReceived += 1
-        if self.observers:
-            self._notify("messagePublished", None, message)
+        if self.observing.chain:
+            self.observing.notify("messagePublished", None, message)
         self.route(message)
 
     def kick(self, clientId: str) -> bool:
@@ -1504,14 +1228,14 @@ class Broker:
         if session is None:
             return False
         new = topicFilter not in session.subscriptions
-        self._addSubscription(topicFilter, clientId, qos)
+        self.router.addSubscription(topicFilter, clientId, qos)
         session.subscriptions[topicFilter] = qos
         if not session.cleanSession:
             self.store.sessionSaved(clientId, session.subscriptions)
         client = self.clients.get(clientId)
-        if self.observers and client is not None:
-            self._notify("subscribed", client, topicFilter, qos)
-        self._sendRetained(session, topicFilter, qos, new)
+        if self.observing.chain and client is not None:
+            self.observing.notify("subscribed", client, topicFilter, qos)
+        self.router.sendRetained(session, topicFilter, qos, new)
         return True
 
     def unsubscribeFor(self, clientId: str, topicFilter: str) -> bool:
@@ -1523,12 +1247,12 @@ class Broker:
         session = self.sessions.get(clientId)
         if session is None or session.subscriptions.pop(topicFilter, None) is None:
             return False
-        self._removeSubscription(topicFilter, clientId)
+        self.router.removeSubscription(topicFilter, clientId)
         if not session.cleanSession:
             self.store.sessionSaved(clientId, session.subscriptions)
         client = self.clients.get(clientId)
-        if self.observers and client is not None:
-            self._notify("unsubscribed", client, topicFilter)
+        if self.observing.chain and client is not None:
+            self.observing.notify("unsubscribed", client, topicFilter)
         return True
 
     def deleteRetained(self, topic: str) -> bool:
@@ -1555,7 +1279,3 @@ class Broker:
         if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
             return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
         return ReasonCode.NOT_AUTHORIZED
-
-
-def _release(ignored: object, waiting: Deferred[Any]) -> None:
-    waiting.callback(None)

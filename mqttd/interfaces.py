@@ -828,3 +828,67 @@ class ILinkOwner(Interface):
 
     def linkLost(link: Any, reason: str) -> None:
         """The connection is gone, accepted or not; C{reason} is for the log."""
+
+
+# The seams a cluster replaces: today each has one in-process implementation
+# (mqttd.router.Router, mqttd.retain.RetainedMessages, mqttd.sessions.SessionRegistry).
+
+
+class IRouteTable(Interface):
+    """
+    Which subscriptions exist and whose they are, and the routing of a
+    message to them.  The in-process table is L{mqttd.router.Router}.
+    """
+
+    def addSubscription(topicFilter: str, clientId: str, options: int) -> bool:
+        """
+        Record that C{clientId}'s session holds C{topicFilter} (a shared
+        C{$share/NAME/...} filter joins that group) with C{options}: the QoS
+        bits, the MQTT 5 option bits and the Subscription Identifier shifted
+        above them.  A second call for the same pair replaces the options.
+
+        @return: whether the pair is new.
+        """
+
+    def removeSubscription(topicFilter: str, clientId: str) -> bool:
+        """
+        Forget C{clientId}'s subscription to C{topicFilter}.
+
+        @return: whether it existed.
+        """
+
+    def route(message: Any, publisher: ClientInfo | None = None) -> bool:
+        """
+        Retain C{message} if it asks to be, and deliver it to every matching
+        subscription and selected recipient, each through the receive ACL.
+
+        @param publisher: who sent it; L{None} for the broker's own.
+        @return: whether anything matched (an MQTT 5 receipt's 0x10 is its
+            negation).
+        """
+
+
+class IRetainedStore(Interface):
+    """
+    At most one retained message per topic, held in memory for matching
+    (durability is the L{IMessageStore}'s).  The in-process store is
+    L{mqttd.retain.RetainedMessages}.
+    """
+
+    def __len__() -> int:
+        """The number of retained messages."""
+
+    def set(topic: str, message: Any) -> None:
+        """Retain C{message} for C{topic}, replacing any message retained there."""
+
+    def get(topic: str) -> Any:
+        """The message retained for exactly C{topic}, or L{None}."""
+
+    def delete(topic: str) -> bool:
+        """Forget C{topic}'s message; return whether there was one."""
+
+    def matching(topicFilter: str) -> list[Any]:
+        """
+        The retained messages a new subscription to C{topicFilter} receives
+        (C{+} and C{#} at the start never match C{$} topics [MQTT-4.7.2-1]).
+        """

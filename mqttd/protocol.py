@@ -18,7 +18,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .broker import KEEPALIVE_UNLIMITED, NO_LOCAL, RETAIN_AS_PUBLISHED, Broker
+from .broker import KEEPALIVE_UNLIMITED, Broker
 from .codec import DecodeError, Decoder, encode
 from .codec.errors import (
     IdentifierRejected,
@@ -58,6 +58,7 @@ from .interfaces import (
     IEnhancedAuthenticator,
 )
 from .ratelimit import ConnectionRateLimiter
+from .router import NO_LOCAL, RETAIN_AS_PUBLISHED
 from .session import Session, SessionError
 from .writes import WriteCoalescer, coalescible, send
 

@@ -1,10 +1,10 @@
 """
 Retained messages, stored in a trie of topic levels.
 
-Pure Python with no Twisted import.  A new subscription asks for every
-retained message its filter matches; the trie lets a filter such as
-C{sensors/+/temp} visit only the branches it can match instead of testing
-every retained topic.  All walks are iterative, so topics of thousands of
+Pure Python with no Twisted import; the in-process L{IRetainedStore}.  A
+new subscription asks for every retained message its filter matches; the
+trie lets a filter such as C{sensors/+/temp} visit only the branches it can
+match instead of testing every retained topic.  All walks are iterative, so topics of thousands of
 levels (bad-inputs entry 21) cannot hit the interpreter's recursion limit.
 """
 
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import enum
 from typing import Generic, Literal, TypeVar
+
+from zope.interface import implementer
+
+from .interfaces import IRetainedStore
 
 __all__ = ["RetainedMessages"]
 
@@ -42,6 +46,7 @@ class _Node(Generic[M]):
         self.message: M | Literal[_Absent.ABSENT] = _ABSENT
 
 
+@implementer(IRetainedStore)
 class RetainedMessages(Generic[M]):
     """
     At most one retained message per topic name.

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqttd.broker import NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING_NEVER, Broker
+from mqttd.broker import Broker
 from mqttd.codec import DecodeError, Decoder
 from mqttd.codec.packets import (
     Connack,
@@ -56,6 +56,7 @@ from mqttd.codec.properties import NO_PROPERTIES, Properties
 from mqttd.config import ListenerConfig
 from mqttd.interfaces import Allow, IClientConnection, ILinkOwner
 from mqttd.message import Message
+from mqttd.router import NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING_NEVER
 from mqttd.session import Session, SessionError
 from mqttd.transports.tls import TLS_VERSIONS
 
