@@ -892,3 +892,52 @@ class IRetainedStore(Interface):
         The retained messages a new subscription to C{topicFilter} receives
         (C{+} and C{#} at the start never match C{$} topics [MQTT-4.7.2-1]).
         """
+
+
+class ISessionRegistry(Interface):
+    """
+    Which sessions exist and which connection, and identity, owns each
+    client id.  The in-process registry is L{mqttd.sessions.SessionRegistry}.
+    """
+
+    sessions = Attribute(
+        "Mapping of client identifier to every live session, connected or offline;"
+        " only the registry changes it."
+    )
+
+    def attach(
+        conn: IClientConnection,
+        packet: Any,
+        listener: Any,
+        allowed: Allow,
+        address: str,
+        clientId: str,
+        expiryInterval: int,
+        will: Any,
+    ) -> tuple[int, Any, bool]:
+        """
+        Give C{conn} the session of C{clientId}, new or continued, taking it
+        over from any other connection [MQTT-3.1.4-2], unless it belongs to
+        another identity and the configuration refuses that.
+
+        @return: C{(returnCode, session, sessionPresent)}, C{session} being
+            L{None} unless the code is 0.
+        """
+
+    def resume(session: Any, conn: IClientConnection) -> Any:
+        """
+        Start C{session}'s deliveries on C{conn} once CONNACK is written;
+        L{None}, or a L{Deferred} firing once the receive ACL has answered.
+        """
+
+    def connectionLost(session: Any, conn: IClientConnection, graceful: bool, reason: str) -> None:
+        """
+        C{conn} is gone: settle its will and end the session or keep it for
+        its Session Expiry Interval.
+        """
+
+    def kick(clientId: str) -> bool:
+        """Disconnect C{clientId}'s client as a network failure would; whether it was connected."""
+
+    def endSession(clientId: str) -> bool:
+        """End C{clientId}'s session, disconnecting it first; whether there was one."""

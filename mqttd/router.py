@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .codec.packets import Will
+from .codec.properties import NO_PROPERTIES
 from .config import BrokerConfig
 from .interfaces import (
     Action,
@@ -27,12 +29,12 @@ from .interfaces import (
     ISubscriberSelector,
     Kept,
 )
-from .message import Message, SharedDelivery
+from .message import Message, PropertiedMessage, SharedDelivery
 from .observers import Observers
 from .policy import Policy
 from .retain import RetainedMessages
 from .session import Session
-from .stats import ACL_RECEIVE, DROP_RECEIVE_DENIED, Stats
+from .stats import ACL_PUBLISH, ACL_RECEIVE, DROP_RECEIVE_DENIED, DROP_WILL_DENIED, Stats
 from .topics import SHARE_PREFIX, SharedSubscriptions, SubscriptionTree, filter_matches
 
 # The bits of a subscription's options (MQTT 5 section 3.8.3.1; 3.1.1 sets the QoS bits only).
@@ -294,6 +296,47 @@ class Router:
         elif self.retained.delete(message.topic):
             # [MQTT-3.3.1-10, MQTT-3.3.1-11]
             self.store.retainedDeleted(message.topic)
+
+    def publishWill(self, will: Will, client: ClientInfo | None = None) -> None:
+        """
+        Publish a Last Will as if its client had sent it, so the publish ACL
+        applies to it when C{client} is known.  A will on a C{$} topic (kept
+        by a store from before such CONNECTs were refused) is dropped.
+        """
+        if will.topic.startswith("$"):
+            self.stats.drop(DROP_WILL_DENIED)
+            self.log.warn("a will on {topic}, a server topic, is dropped", topic=will.topic)
+            return
+        message: Message
+        if will.properties is NO_PROPERTIES:
+            message = Message(will.topic, will.payload, will.qos, will.retain)
+        else:
+            message = PropertiedMessage(
+                will.topic,
+                will.payload,
+                will.qos,
+                will.retain,
+                will.properties,
+                self.clock.seconds(),
+            )
+        if not self.policy.authorizers or client is None:
+            self.route(message, client)
+            return
+        decision = self.policy.decide(client, Action.PUBLISH, will.topic)
+        if isinstance(decision, Deferred):
+            decision.addCallback(self._willDecided, message, client)
+        else:
+            self._willDecided(decision, message, client)
+
+    def _willDecided(self, allowed: bool, message: Message, client: ClientInfo) -> None:
+        if allowed:
+            self.route(message, client)
+        else:
+            self.stats.drop(DROP_WILL_DENIED)
+            self.stats.aclDenied[ACL_PUBLISH] += 1
+            self.policy.logDenied(client.clientId, "will to", message.topic)
+            if self.observing.chain:
+                self.observing.notify("messageDropped", client.clientId, message, "will denied")
 
     def deliverChecked(
         self, session: Session, message: Message, qos: int, retain: bool = False

@@ -170,7 +170,7 @@ def test_will_delay(clients: Clients, e2e_broker: RunningBroker) -> None:
     clients("back", protocol=MQTTv5, clean=False, properties=expiry)
     assert sub.wait_for(1) == [Received("will/late", b"l", 0, False)]
     wait_until(
-        lambda: not e2e_broker.call(lambda: bool(e2e_broker.broker._delayedWills)),
+        lambda: not e2e_broker.call(lambda: bool(e2e_broker.broker.registry._delayedWills)),
         "no delayed wills",
     )
     assert sub.pending() == []

@@ -12,14 +12,14 @@ from pathlib import Path
 from zope.interface.verify import verifyObject
 
 from mqttd.codec.packets import Publish
-from mqttd.interfaces import IRetainedStore, IRouteTable
+from mqttd.interfaces import IRetainedStore, IRouteTable, ISessionRegistry
 from mqttd.message import Message
 from tests.harness import World
 
 MQTTD = Path(__file__).resolve().parent.parent / "mqttd"
 
 # The core's parts, lowest first: each may import those before it, never one after.
-LAYERS = ["observers", "policy", "router", "broker"]
+LAYERS = ["observers", "policy", "router", "sessions", "broker"]
 
 
 def _runtimeImports(module: str) -> set[str]:
@@ -52,7 +52,7 @@ def test_partsImportDownwardOnly() -> None:
 
 def test_layerCheckSeesImports() -> None:
     """The import check reads real imports: the broker is seen importing the router."""
-    assert {"router", "policy", "observers"} <= _runtimeImports("broker")
+    assert {"sessions", "router", "policy", "observers"} <= _runtimeImports("broker")
 
 
 def test_routerIsTheRouteTable() -> None:
@@ -84,3 +84,22 @@ def test_retainedStoreInterface() -> None:
     assert len(retained) == 1
     assert retained.get("r/1") is not None
     assert [m.topic for m in retained.matching("r/#")] == ["r/1"]
+
+
+def test_sessionRegistryInterface() -> None:
+    """
+    The in-process session registry provides L{ISessionRegistry}, and its
+    table is the one the broker and the router read: a second connection
+    with the same client id takes the session over [MQTT-3.1.4-2].
+    """
+    world = World()
+    registry = world.broker.registry
+    assert verifyObject(ISessionRegistry, registry)
+    assert registry.sessions is world.broker.sessions is world.broker.router.sessions
+    first = world.connect("c", clean=False)
+    session = registry.sessions["c"]
+    world.connect("c", clean=False)
+    assert registry.sessions["c"] is session
+    assert first.transport.disconnecting
+    assert registry.endSession("c") is True
+    assert "c" not in world.broker.sessions
