@@ -1,8 +1,12 @@
 """
-The broker core: sessions, routing, retained messages and wills.
+The broker core's facade: what the protocol, bridges, gateways and the
+management API talk to.
 
-It knows clients only through L{IClientConnection} and durable state only
-through L{IMessageStore}; nothing here touches a socket.
+It builds the parts (L{Policy}, L{Router}, L{SessionRegistry}), admits
+CONNECTs, takes PUBLISH, SUBSCRIBE and the acknowledgements, and acts for
+the operator; the parts own the tables (see docs/architecture.md).  It knows
+clients only through L{IClientConnection} and durable state only through
+L{IMessageStore}; nothing here touches a socket.
 """
 
 from __future__ import annotations
@@ -89,8 +93,11 @@ CONTROL_PREFIX = "$CONTROL/"
 
 class Broker:
     """
-    Routes messages between sessions.
+    Routes messages between sessions, through its parts.
 
+    @ivar policy: the authentication and authorization chains.
+    @ivar router: the route table, the retained messages and delivery.
+    @ivar registry: the session registry.
     @ivar sessions: every live session, connected or (persistent) offline,
         by client identifier.
     @ivar clients: who each session's client was when it last connected,
