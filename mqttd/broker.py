@@ -2,9 +2,10 @@
 The broker core's facade: what the protocol, bridges, gateways and the
 management API talk to.
 
-It builds the parts (L{Policy}, L{Router}, L{SessionRegistry}), admits
-CONNECTs, takes PUBLISH, SUBSCRIBE and the acknowledgements, and acts for
-the operator; the parts own the tables (see docs/architecture.md).  It knows
+It builds the parts (L{Policy}, L{Router}, L{SessionRegistry},
+L{Publishing}, L{Subscribing}), admits CONNECTs, hands the packets after it
+to the part they are for, and acts for the operator; the parts own the
+tables (see docs/architecture.md).  It knows
 clients only through L{IClientConnection} and durable state only through
 L{IMessageStore}; nothing here touches a socket.
 """
@@ -12,30 +13,23 @@ L{IMessageStore}; nothing here touches a socket.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .codec.packets import (
-    SUBACK_FAILURE,
     ConnackCode,
     Connect,
     ProtocolLevel,
-    Puback,
-    Pubcomp,
     Publish,
-    Pubrec,
     ReasonCode,
-    Suback,
     Subscribe,
-    Unsuback,
     Unsubscribe,
     Will,
 )
-from .codec.properties import NO_PROPERTIES
 from .config import BrokerConfig, ListenerConfig
 from .interfaces import (
     Action,
@@ -52,30 +46,17 @@ from .interfaces import (
     ISubscriberSelector,
 )
 from .logsummary import RepeatSummary
-from .message import Message, PropertiedMessage
+from .message import Message
 from .observers import Observers
-from .policy import Decision, Policy, aclFilter
-from .router import (
-    QOS_BITS,
-    Router,
-)
-from .session import SESSION_NEVER_EXPIRES, Session, SessionError
+from .policy import Decision, Policy
+from .publishing import Publishing
+from .router import Router
+from .session import SESSION_NEVER_EXPIRES, Session
 from .sessions import SessionRegistry
-from .stats import (
-    ACL_PUBLISH,
-    ACL_SUBSCRIBE,
-    DROP_PUBLISH_DENIED,
-    DROP_SIZE_LIMIT,
-    DROP_SYS_TOPIC,
-    Stats,
-)
+from .stats import Stats
 from .store import MemoryStore, StoredState
+from .subscribing import Subscribing
 from .sys import SysTree
-from .topics import (
-    SHARE_PREFIX,
-    InvalidTopic,
-    validate_topic_filter,
-)
 
 if TYPE_CHECKING:
     from .bridge.bridge import Bridge
@@ -84,11 +65,6 @@ if TYPE_CHECKING:
 # Highest keepalive a client can ask for; a max_keepalive below it also refuses keepalive 0
 # from a 3.x client, which would otherwise switch the limit off, if allow_zero_keepalive is off.
 KEEPALIVE_UNLIMITED = 65535
-# Topics only the server writes and no client may subscribe to, whatever the ACL says: virtual
-# groups' and direct messages' fan-out, and control requests (plugins may reserve more).
-RESERVED_PREFIXES = ("$group/", "$p2p/", "$CONTROL/")
-# Requests to the server itself: a 5.0 publish there is answered Success though nobody subscribes.
-CONTROL_PREFIX = "$CONTROL/"
 
 
 class Broker:
@@ -98,6 +74,8 @@ class Broker:
     @ivar policy: the authentication and authorization chains.
     @ivar router: the route table, the retained messages and delivery.
     @ivar registry: the session registry.
+    @ivar publishing: what a client's PUBLISH and QoS acknowledgements do.
+    @ivar subscribing: what SUBSCRIBE and UNSUBSCRIBE do.
     @ivar sessions: every live session, connected or (persistent) offline,
         by client identifier.
     @ivar clients: who each session's client was when it last connected,
@@ -177,14 +155,34 @@ class Broker:
             self.clients,
             self.clientIdsByUsername,
         )
+        self.publishing = Publishing(
+            config,
+            clock,
+            self.store,
+            self.stats,
+            self.policy,
+            self.router,
+            self.observing,
+            self.sessions,
+            self.clients,
+        )
+        self.subscribing = Subscribing(
+            config,
+            clock,
+            self.store,
+            self.stats,
+            self.policy,
+            self.router,
+            self.observing,
+            self.sessions,
+            self.clients,
+        )
         # The router's tables, under the names plugins and $SYS know them by.
         self.subscriptions = self.router.subscriptions
         self.shared = self.router.shared
         self.retained = self.router.retained
         self.bridges: dict[str, Bridge] = {}
         self.gateways: dict[str, MQTTSNGateway] = {}
-        # Filters starting with these are refused to every client (SUBACK 0x80 / 0x87).
-        self.reservedPrefixes: tuple[str, ...] = RESERVED_PREFIXES
         # Publishes $SYS once the store is restored, if sys_interval says so.
         self.sysTree: SysTree | None = None
         # Network connections open over all MQTT listeners, for [broker] max_connections.
@@ -204,7 +202,7 @@ class Broker:
     def _restored(self, state: StoredState) -> None:
         for message in state.retained:
             self.retained.set(message.topic, message)
-        self.registry.restore(state, self._reserved)
+        self.registry.restore(state, self.subscribing.reserved)
         self.log.info(
             "Restored {retained} retained messages and {sessions} sessions;"
             " {wills} wills of connections open at the last stop are published or delayed",
@@ -400,198 +398,18 @@ class Broker:
     # Messages
 
     def publishReceived(self, session: Session, packet: Publish) -> Deferred[None] | None:
-        """
-        Route an inbound PUBLISH and acknowledge it: exactly once for QoS 2,
-        by routing on first receipt and answering resends with PUBREC only
-        [MQTT-4.3.3-2].
-
-        @return: C{None} when done, or a L{Deferred} firing when done; the
-            protocol holds the client's later packets until then.
-        @raise SessionError: the client broke a session limit.
-        """
-        conn = session.connection
-        qos = packet.qos
-        stats = self.stats
-        stats.publishReceived[qos] += 1
-        stats.publishPayloadReceived[qos] += len(packet.payload)
-        if qos == 2:
-            assert packet.packet_id is not None
-            if not session.qos2Received(packet.packet_id, self.clock.seconds()):
-                if conn is not None:
-                    conn.sendPacket(Pubrec(packet.packet_id))
-                return None
-        if not self._acceptable(packet):
-            return self._acknowledge(session, packet)
-        # No client's message is ever retained under a $ topic: those are the server's.
-        retain = packet.retain and not packet.topic.startswith("$")
-        if packet.properties is NO_PROPERTIES:
-            message = Message(packet.topic, packet.payload, qos, retain)
-        else:
-            message = PropertiedMessage(
-                packet.topic,
-                packet.payload,
-                qos,
-                retain,
-                packet.properties,
-                self.clock.seconds(),
-            )
-        message.publisherId = session.clientId
-        if not self.policy.authorizers:
-            # The publisher is looked up only for those told of it.
-            publisher = (
-                self.clients.get(session.clientId)
-                if self.observing.chain or self.selectors
-                else None
-            )
-            if self.observing.chain:
-                self.observing.notify("messagePublished", publisher, message)
-            matched = self.route(message, publisher)
-            if not qos:
-                return None
-            return self._acknowledge(session, packet, self._receipt(session, packet, matched))
-        client = self.clients[session.clientId]
-        decision = self.policy.decide(client, Action.PUBLISH, packet.topic)
-        if isinstance(decision, Deferred):
-            return decision.addCallback(self._publishDecided, session, packet, message, client)
-        return self._publishDecided(decision, session, packet, message, client)
-
-    def _publishDecided(
-        self, allowed: bool, session: Session, packet: Publish, message: Message, client: ClientInfo
-    ) -> Deferred[None] | None:
-        if allowed:
-            if self.observing.chain:
-                self.observing.notify("messagePublished", client, message)
-            matched = self.route(message, client)
-            return self._acknowledge(session, packet, self._receipt(session, packet, matched))
-        else:
-            # As mosquitto: acknowledged, so the client does not resend it forever, but dropped.
-            self.stats.drop(DROP_PUBLISH_DENIED)
-            self.stats.aclDenied[ACL_PUBLISH] += 1
-            self.policy.logDenied(client.clientId, "publish to", message.topic)
-            if self.observing.chain:
-                self.observing.notify("messageDropped", client.clientId, message, "publish denied")
-            conn = session.connection
-            if conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5 and packet.qos:
-                # A 5.0 client is told: 0x87 in PUBACK or PUBREC.  After a PUBREC of 0x80 or
-                # more the identifier is free, its next PUBLISH a new message [MQTT-4.3.3-9].
-                if packet.qos == 2:
-                    session.pubrelReceived(packet.packet_id)  # type: ignore[arg-type]
-                return self._acknowledge(session, packet, ReasonCode.NOT_AUTHORIZED)
-        return self._acknowledge(session, packet)
-
-    def _acknowledge(
-        self, session: Session, packet: Publish, reasonCode: int = ReasonCode.SUCCESS
-    ) -> Deferred[None] | None:
-        conn = session.connection
-        if conn is not None and packet.qos:
-            assert packet.packet_id is not None
-            ack = (
-                Puback(packet.packet_id, reasonCode)
-                if packet.qos == 1
-                else Pubrec(packet.packet_id, reasonCode)
-            )
-            # Acknowledged only once the store holds what routing changed, so
-            # a crash cannot lose a message its publisher was told was taken.
-            return self._whenDurable(packet.qos == 2, conn.sendPacket, ack)
-        return None
-
-    def _whenDurable(
-        self, exactlyOnce: bool, answer: Callable[..., None], *args: object
-    ) -> Deferred[None] | None:
-        """
-        Call C{answer(*args)} once the store has made what it was told so
-        far as durable as it promises (see L{IMessageStore.flush}).
-
-        @param exactlyOnce: the answer is a step of a QoS 2 exchange, which
-            waits for the disk in every durability mode; a store writing in
-            batches then answers later without holding the client's next
-            packets, so QoS 2 keeps its pace through the in-flight window.
-        @return: a L{Deferred} holding the client's later packets until it
-            fires, or L{None}.
-        """
-        store = self.store
-        held = store.flush()
-        if held is not None:
-            held.addCallback(self._flushed, self.clock.seconds())
-            return held.addCallback(lambda _: answer(*args))
-        if exactlyOnce:
-            durable = store.flush(True)
-            if durable is not None:
-                # A failed write was logged by the store; the client's resend will retry.
-                durable.addCallback(lambda _: answer(*args)).addErrback(lambda _: None)
-                return None
-        answer(*args)
-        return None
-
-    def _receipt(self, session: Session, packet: Publish, matched: bool) -> int:
-        # An MQTT 5 receipt: 0x10 when the message reached no subscriber and no selected
-        # recipient; a control request is the server's to take, so it is a Success.
-        conn = session.connection
-        if (
-            matched
-            or conn is None
-            or conn.protocolLevel != ProtocolLevel.MQTT_5
-            or packet.topic.startswith(CONTROL_PREFIX)
-        ):
-            return ReasonCode.SUCCESS
-        return ReasonCode.NO_MATCHING_SUBSCRIBERS
-
-    def _flushed(self, result: None, requested: float) -> None:
-        self.stats.storeFlush.observe(self.clock.seconds() - requested)
-        return result
-
-    def _acceptable(self, packet: Publish) -> bool:
-        config = self.config
-        topic = packet.topic
-        if topic.count("/") >= config.max_topic_levels:
-            raise SessionError(
-                f"topic has more than {config.max_topic_levels} levels",
-                ReasonCode.TOPIC_NAME_INVALID,
-            )
-        if topic.startswith("$SYS"):
-            # The broker alone writes $SYS; the QoS flow still completes so the
-            # client does not retry forever.
-            self.stats.drop(DROP_SYS_TOPIC)
-            return False
-        if config.message_size_limit and len(packet.payload) > config.message_size_limit:
-            self.stats.drop(DROP_SIZE_LIMIT)
-            return False
-        return True
+        """See L{Publishing.publishReceived}."""
+        return self.publishing.publishReceived(session, packet)
 
     def pubrelReceived(self, session: Session, packetId: int) -> Deferred[None] | None:
-        """
-        Release an inbound QoS 2 message; always answered [MQTT-4.3.3-1],
-        once the release is durable: a client may reuse the identifier after
-        PUBCOMP, and a restored broker still holding it would drop the new
-        message as a resend.
-        """
-        session.pubrelReceived(packetId)
-        if session.journal is None:
-            self._sendPubcomp(session, packetId)
-            return None
-        return self._whenDurable(True, self._sendPubcomp, session, packetId)
-
-    def _sendPubcomp(self, session: Session, packetId: int) -> None:
-        if session.connection is not None:
-            session.connection.sendPacket(Pubcomp(packetId))
+        """See L{Publishing.pubrelReceived}."""
+        return self.publishing.pubrelReceived(session, packetId)
 
     def pubrecReceived(
         self, session: Session, packetId: int, reasonCode: int = ReasonCode.SUCCESS
     ) -> Deferred[None] | None:
-        """
-        A QoS 2 delivery was received; answer PUBREL once that is durable,
-        so a restored broker never re-sends a PUBLISH the client may already
-        have released to its application [MQTT-4.3.3-1].  A 5.0 client's
-        refusal (a reason code of 0x80 or more) ends the delivery instead.
-        """
-        if reasonCode >= ReasonCode.UNSPECIFIED_ERROR:
-            session.pubrecRefused(packetId)
-            return None
-        session.pubrecReceived(packetId)
-        if session.journal is None:
-            session.sendPubrel(packetId)
-            return None
-        return self._whenDurable(True, session.sendPubrel, packetId)
+        """See L{Publishing.pubrecReceived}."""
+        return self.publishing.pubrecReceived(session, packetId, reasonCode)
 
     def route(self, message: Message, publisher: ClientInfo | None = None) -> bool:
         """See L{Router.route}."""
@@ -629,112 +447,12 @@ class Broker:
     # Subscriptions
 
     def subscribe(self, session: Session, packet: Subscribe) -> Deferred[None] | None:
-        """
-        Add or replace subscriptions [MQTT-3.8.4-3], answer SUBACK with one
-        code per filter (0x80 for an invalid filter or one the ACL denies)
-        [MQTT-3.8.4-5], then send the retained messages they match with
-        RETAIN=1 [MQTT-3.3.1-8].
-
-        @return: L{None}, or a L{Deferred} firing once an authorizer's
-            Deferred answers are in and SUBACK is written.
-        """
-        maxLevels = self.config.max_topic_levels
-        client = self.clients.get(session.clientId) if self.policy.authorizers else None
-        decisions: list[Decision] = []
-        for topicFilter, _ in packet.subscriptions:
-            try:
-                validate_topic_filter(topicFilter, maxLevels)
-            except InvalidTopic:
-                decisions.append(False)
-                continue
-            if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
-                decisions.append(False)
-                continue
-            if self._reserved(topicFilter):
-                # Whatever the ACL says: no client reads the server's fan-out topics.
-                decisions.append(False)
-                continue
-            if client is None:
-                decisions.append(True)
-            else:
-                decisions.append(
-                    self.policy.decide(client, Action.SUBSCRIBE, aclFilter(topicFilter))
-                )
-        if any(isinstance(d, Deferred) for d in decisions):
-            waiting = [d if isinstance(d, Deferred) else succeed(d) for d in decisions]
-            return gatherResults(waiting).addCallback(self._subscribeDecided, session, packet)
-        self._subscribeDecided(decisions, session, packet)  # type: ignore[arg-type]
-        return None
-
-    def _subscribeDecided(
-        self, allowed: Sequence[bool], session: Session, packet: Subscribe
-    ) -> None:
-        if self.sessions.get(session.clientId) is not session:
-            # Taken over or ended while an authorizer was answering.
-            return
-        conn = session.connection
-        level5 = conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5
-        codes = []
-        granted = []
-        # A 5.0 SUBSCRIBE's Subscription Identifier names each of its subscriptions; kept above
-        # the options byte, so the one int the tree and the store hold per subscription has it.
-        identifiers = packet.properties.subscription_identifiers
-        identifier = identifiers[0] << 8 if identifiers else 0
-        if identifier:
-            session.identified = True
-        for (topicFilter, requested), ok in zip(packet.subscriptions, allowed, strict=True):
-            options = requested | identifier
-            if not ok:
-                failure = self._subscribeFailure(topicFilter)
-                if failure == ReasonCode.NOT_AUTHORIZED:
-                    self.stats.aclDenied[ACL_SUBSCRIBE] += 1
-                    self.policy.logDenied(session.clientId, "subscribe to", topicFilter)
-                codes.append(failure if level5 else SUBACK_FAILURE)
-                continue
-            new = topicFilter not in session.subscriptions
-            self.router.addSubscription(topicFilter, session.clientId, options)
-            session.subscriptions[topicFilter] = options
-            codes.append(options & QOS_BITS)
-            granted.append((topicFilter, options, new))
-        durable = None
-        if granted and not session.cleanSession:
-            self.store.sessionSaved(session.clientId, session.subscriptions)
-            # Granted once the subscription is as durable as the store promises, and before
-            # the retained messages it brings, which the session holds behind it.
-            durable = self.store.flush()
-        if conn is not None:
-            session.hold(durable, conn.sendPacket, Suback(packet.packet_id, codes))
-        client = self.clients.get(session.clientId)
-        if self.observing.chain and client is not None:
-            for topicFilter, options, _ in granted:
-                self.observing.notify("subscribed", client, topicFilter, options & QOS_BITS)
-        for topicFilter, options, new in granted:
-            self.router.sendRetained(session, topicFilter, options, new)
+        """See L{Subscribing.subscribe}."""
+        return self.subscribing.subscribe(session, packet)
 
     def unsubscribe(self, session: Session, packet: Unsubscribe) -> None:
-        """
-        Remove subscriptions; UNSUBACK always follows [MQTT-3.10.4-5], at 5.0
-        with a reason code for each filter [MQTT-3.11.3-1].
-        """
-        removed = []
-        codes: list[int] = []
-        for topicFilter in packet.topic_filters:
-            if session.subscriptions.pop(topicFilter, None) is not None:
-                self.router.removeSubscription(topicFilter, session.clientId)
-                removed.append(topicFilter)
-                codes.append(ReasonCode.SUCCESS)
-            else:
-                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        if removed and not session.cleanSession:
-            self.store.sessionSaved(session.clientId, session.subscriptions)
-        client = self.clients.get(session.clientId)
-        if self.observing.chain and client is not None:
-            for topicFilter in removed:
-                self.observing.notify("unsubscribed", client, topicFilter)
-        conn = session.connection
-        if conn is not None:
-            level5 = conn.protocolLevel == ProtocolLevel.MQTT_5
-            conn.sendPacket(Unsuback(packet.packet_id, codes if level5 else []))
+        """See L{Subscribing.unsubscribe}."""
+        self.subscribing.unsubscribe(session, packet)
 
     # Management: what an operator does through the HTTP API or mqttd ctl
 
@@ -757,50 +475,12 @@ class Broker:
         return self.registry.endSession(clientId)
 
     def subscribeFor(self, clientId: str, topicFilter: str, qos: int) -> bool:
-        """
-        Subscribe C{clientId}'s session to C{topicFilter} at C{qos} on the
-        operator's authority (no SUBSCRIBE, no SUBACK, no subscribe ACL; the
-        receive ACL still applies to each delivery), then send the retained
-        messages it matches.
-
-        @return: whether the session exists.
-        @raise InvalidTopic: C{topicFilter} is not a valid filter.
-        """
-        validate_topic_filter(topicFilter, self.config.max_topic_levels)
-        if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
-            raise InvalidTopic("shared subscriptions are turned off", None)
-        if self._reserved(topicFilter):
-            raise InvalidTopic("topics reserved for the server cannot be subscribed to", None)
-        session = self.sessions.get(clientId)
-        if session is None:
-            return False
-        new = topicFilter not in session.subscriptions
-        self.router.addSubscription(topicFilter, clientId, qos)
-        session.subscriptions[topicFilter] = qos
-        if not session.cleanSession:
-            self.store.sessionSaved(clientId, session.subscriptions)
-        client = self.clients.get(clientId)
-        if self.observing.chain and client is not None:
-            self.observing.notify("subscribed", client, topicFilter, qos)
-        self.router.sendRetained(session, topicFilter, qos, new)
-        return True
+        """See L{Subscribing.subscribeFor}."""
+        return self.subscribing.subscribeFor(clientId, topicFilter, qos)
 
     def unsubscribeFor(self, clientId: str, topicFilter: str) -> bool:
-        """
-        Remove C{clientId}'s subscription to C{topicFilter}, without UNSUBACK.
-
-        @return: whether there was one.
-        """
-        session = self.sessions.get(clientId)
-        if session is None or session.subscriptions.pop(topicFilter, None) is None:
-            return False
-        self.router.removeSubscription(topicFilter, clientId)
-        if not session.cleanSession:
-            self.store.sessionSaved(clientId, session.subscriptions)
-        client = self.clients.get(clientId)
-        if self.observing.chain and client is not None:
-            self.observing.notify("unsubscribed", client, topicFilter)
-        return True
+        """See L{Subscribing.unsubscribeFor}."""
+        return self.subscribing.unsubscribeFor(clientId, topicFilter)
 
     def deleteRetained(self, topic: str) -> bool:
         """
@@ -814,15 +494,11 @@ class Broker:
         self.store.retainedDeleted(topic)
         return True
 
-    def _reserved(self, topicFilter: str) -> bool:
-        return aclFilter(topicFilter).startswith(self.reservedPrefixes)
+    @property
+    def reservedPrefixes(self) -> tuple[str, ...]:
+        """Filters starting with these are refused to every client (L{Subscribing})."""
+        return self.subscribing.reservedPrefixes
 
-    def _subscribeFailure(self, topicFilter: str) -> int:
-        # The 5.0 SUBACK says why: a valid filter was refused as shared or by the ACL.
-        try:
-            validate_topic_filter(topicFilter, self.config.max_topic_levels)
-        except InvalidTopic:
-            return ReasonCode.TOPIC_FILTER_INVALID
-        if not self.config.shared_subscriptions and topicFilter.startswith(SHARE_PREFIX):
-            return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-        return ReasonCode.NOT_AUTHORIZED
+    @reservedPrefixes.setter
+    def reservedPrefixes(self, prefixes: tuple[str, ...]) -> None:
+        self.subscribing.reservedPrefixes = prefixes

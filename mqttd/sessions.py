@@ -6,6 +6,11 @@ Delay and Session Expiry timers, and keeps who each session's client is.
 It routes nothing itself: wills and presence events go to the L{Router} it
 is given, and the ACL is asked through the L{Policy}.  The protocol's
 packets after CONNECT are the broker's, not its.
+
+Over 500 lines, for a reason: a session's life is one state machine (attach,
+take over, resume, lose the connection, expire, delayed will, restore) whose
+steps share the same tables and timers; split, each half would have to
+reach into the other's.
 """
 
 from __future__ import annotations
