@@ -1018,3 +1018,49 @@ def test_localUsernameUnderTheAcl(mosquittos: Start, bridges: StartBridge) -> No
     finally:
         e2e.in_reactor(bridge.stop)
         here.stop()
+
+
+def test_remoteNotifications(
+    e2e_broker: e2e.RunningBroker, mosquittos: Start, bridges: StartBridge
+) -> None:
+    """
+    As mosquitto's bridges do, the remote broker learns the link's state on
+    $SYS/broker/connection/CLIENT_ID/state: 1 (retained) once linked, with a will of 0 for a
+    failed link, and 0 when the bridge stops; notifications_local_only keeps it here.
+    """
+    remote = mosquittos("remote")
+    watch = e2e.client(remote.port, "watch")
+    try:
+        watch.subscribe("$SYS/broker/connection/+/state", 1)
+        bridge = bridges(e2e_broker, addresses=address(remote.port), topic="x out", client_id="rn")
+        quiet = bridges(
+            e2e_broker,
+            name="quiet",
+            addresses=address(remote.port),
+            topic="x out",
+            client_id="qn",
+            local_client_id="qn-local",
+            notifications_local_only="true",
+        )
+        waitLinked(bridge)
+        waitLinked(quiet)
+        assert [(m.topic, m.payload) for m in watch.wait_for(1)] == [
+            ("$SYS/broker/connection/rn/state", b"1")
+        ]
+        e2e.in_reactor(bridge.stop)
+        assert [(m.topic, m.payload) for m in watch.wait_for(1)] == [
+            ("$SYS/broker/connection/rn/state", b"0")
+        ]
+        e2e.in_reactor(quiet.stop)
+        late = e2e.client(remote.port, "late")
+        try:
+            late.subscribe("$SYS/broker/connection/+/state", 1)
+            assert [(m.topic, m.payload, m.retain) for m in late.wait_for(1)] == [
+                ("$SYS/broker/connection/rn/state", b"0", True)
+            ]
+        finally:
+            late.close()
+        assert watch.pending() == []
+        assert "Will message specified (1 bytes) (r1, q1)." in remote.logText()
+    finally:
+        watch.close()

@@ -51,6 +51,7 @@ from mqttd.codec.packets import (
     Subscribe,
     Unsuback,
     Unsubscribe,
+    Will,
 )
 from mqttd.codec.properties import NO_PROPERTIES, Properties
 from mqttd.config import ListenerConfig
@@ -245,6 +246,10 @@ class Bridge:
         if link is None:
             return succeed(None)
         self._stopped = Deferred()
+        remoteState = self.config.remoteNotificationTopic
+        if remoteState is not None and link.accepted:
+            # DISCONNECT discards the will, so the remote broker is told in so many words.
+            link.send(Publish(remoteState, b"0", 0, True))
         link.disconnect("bridge stopped")
         return self._stopped
 
@@ -337,12 +342,14 @@ class Bridge:
                 receive_maximum=min(self.broker.config.max_awaiting_rel, 65535),
             )
         password = config.password.encode() if config.password is not None else None
+        remoteState = config.remoteNotificationTopic
         return Connect(
             level,
             config.client_id,
             config.clean_start,
             config.keepalive,
-            None,
+            # The remote broker says 0 for us if the link fails (mosquitto's notifications).
+            None if remoteState is None else Will(remoteState, b"0", 1, True),
             config.username,
             password,
             properties,
@@ -453,6 +460,10 @@ class Bridge:
         self._conn.reset()
         self._conn.paused = False
         self._notify(True)
+        remoteState = config.remoteNotificationTopic
+        if remoteState is not None:
+            # QoS 0: the session owns the link's packet identifiers.
+            link.send(Publish(remoteState, b"1", 0, True))
         session.resume(self._conn)
         self._subscribeLocal(session, 0)
         if not config.round_robin and self._index != 0:

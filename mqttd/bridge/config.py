@@ -105,6 +105,7 @@ class BridgeConfig:
     max_queued_messages: int = 10000
     max_queued_bytes: int = 16 * 1024 * 1024
     notifications: bool = True
+    notifications_local_only: bool = False
     tls: bool = False
     ca_certificates: str | None = None
     certificate: str | None = None
@@ -120,6 +121,13 @@ class BridgeConfig:
     @property
     def notificationTopic(self) -> str:
         return f"$SYS/broker/connection/{self.name}/state"
+
+    @property
+    def remoteNotificationTopic(self) -> str | None:
+        """Where the remote broker learns the link's state, as mosquitto's bridges tell it."""
+        if not self.notifications or self.notifications_local_only:
+            return None
+        return f"$SYS/broker/connection/{self.client_id}/state"
 
 
 def _parseAddresses(key: str, text: str) -> tuple[tuple[str, int], ...]:
