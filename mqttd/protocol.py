@@ -7,6 +7,10 @@ L{mqttd.handshake}'s.  What differs between protocol levels after it is in
 the packet tables at the end of L{MQTTServerProtocol}: C{_handlers} for 3.1
 and 3.1.1, C{_handlers5} for 5.0 (Topic Aliases, AUTH), and
 C{_authenticatingHandlers} while an enhanced authentication runs.
+
+Over 500 lines, for a reason: one connection's framing, timers, write path,
+orderly close and packet tables are one object's state, each touching the
+others'; the handshake, the part that stands alone, is already apart.
 """
 
 from __future__ import annotations
