@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.crashharness import BrokerProcess, runCycles
+from tests.crashharness import STREAMS, BrokerProcess, runCycles
 from tests.test_twistd import twistdCommand
 
 
@@ -62,6 +62,9 @@ def main() -> None:
     for name, stream in result.streams.items():
         if stream.lost:
             print(f"  {name} lost: {stream.lost[:50]}")
+        if STREAMS[name] == 2 and stream.duplicated:
+            # (cycle, packet id, DUP) of each delivery; the drain is cycle --cycles.
+            print(f"  {name} delivered twice: {dict(list(stream.duplicated.items())[:20])}")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ class Wire:
         if properties is not None:
             connect = Connect(self.level, clientId, False, 0, properties=properties)
         self.send(connect)
-        connack = self.read(10)
+        connack = self.read(60)
         assert isinstance(connack, Connack) and connack.return_code == 0, connack
         return connack.session_present
 
@@ -255,10 +255,18 @@ class Subscriber:
     awaitingRel: set[int] = field(default_factory=set)
     subscribed: bool = False
     lastDelivery: float = 0.0
+    # The cycle running, and where each delivery came from: (cycle, packet id, DUP), per message.
+    cycle: int = 0
+    origins: dict[str, dict[int, list[tuple[int, int | None, bool]]]] = field(
+        default_factory=lambda: {s: {} for s in STREAMS}
+    )
 
-    def deliver(self, payload: bytes) -> None:
-        stream, seq = payload.decode().split(":")
+    def deliver(self, packet: Publish) -> None:
+        stream, seq = packet.payload.decode().split(":")
         self.delivered[stream].append(int(seq))
+        self.origins[stream].setdefault(int(seq), []).append(
+            (self.cycle, packet.packet_id, packet.dup)
+        )
         self.lastDelivery = time.monotonic()
 
     def run(self, wire: Wire, stop: threading.Event, delay: float) -> None:
@@ -273,10 +281,10 @@ class Subscriber:
                     assert packet.packet_id is not None
                     if packet.packet_id not in self.awaitingRel:
                         self.awaitingRel.add(packet.packet_id)
-                        self.deliver(packet.payload)
+                        self.deliver(packet)
                     wire.send(Pubrec(packet.packet_id))
                 else:
-                    self.deliver(packet.payload)
+                    self.deliver(packet)
                     if packet.qos == 1:
                         assert packet.packet_id is not None
                         wire.send(Puback(packet.packet_id))
@@ -293,6 +301,8 @@ class StreamResult:
     outOfOrder: int
     # For each lost message, how long before the kill that ended its cycle it was acknowledged.
     lostAges: list[float]
+    # For each message delivered more than once: its deliveries' (cycle, packet id, DUP).
+    duplicated: dict[int, list[tuple[int, int | None, bool]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -345,6 +355,7 @@ def runCycles(
     kills: list[float] = []
     errors: list[BaseException] = []
     for cycle in range(cycles):
+        subscriber.cycle = cycle
         level = 5 if cycle % 2 else 4
         mode = ("offline", "slow", "fast")[cycle % 3]
         broker.start()
@@ -392,6 +403,7 @@ def runCycles(
             progress(cycle + 1, None)
 
     # Drain: finish every publisher's outstanding exchanges and let the subscriber take all.
+    subscriber.cycle = cycles
     broker.start()
     stop = threading.Event()
     wires = []
@@ -459,5 +471,10 @@ def runCycles(
             duplicates=len(delivered) - len(seen),
             outOfOrder=outOfOrder,
             lostAges=ages,
+            duplicated={
+                seq: origins
+                for seq, origins in subscriber.origins[name].items()
+                if len(origins) > 1
+            },
         )
     return Result(cycles, streams)
