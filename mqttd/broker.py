@@ -412,7 +412,12 @@ class Broker:
         return self.publishing.pubrecReceived(session, packetId, reasonCode)
 
     def route(self, message: Message, publisher: ClientInfo | None = None) -> bool:
-        """See L{Router.route}."""
+        """
+        See L{Router.route}; for the plugins and the operator, whose topics no decoder checked,
+        a topic that is no topic name is dropped (and logged) instead.
+        """
+        if not self.router.publishable(message.topic, "a message routed by a plugin"):
+            return False
         return self.router.route(message, publisher)
 
     def publishWill(self, will: Will, client: ClientInfo | None = None) -> None:

@@ -34,8 +34,22 @@ from .observers import Observers
 from .policy import Policy
 from .retain import RetainedMessages
 from .session import Session
-from .stats import ACL_PUBLISH, ACL_RECEIVE, DROP_RECEIVE_DENIED, DROP_WILL_DENIED, Stats
-from .topics import SHARE_PREFIX, SharedSubscriptions, SubscriptionTree, filter_matches
+from .stats import (
+    ACL_PUBLISH,
+    ACL_RECEIVE,
+    DROP_INVALID_TOPIC,
+    DROP_RECEIVE_DENIED,
+    DROP_WILL_DENIED,
+    Stats,
+)
+from .topics import (
+    SHARE_PREFIX,
+    InvalidTopic,
+    SharedSubscriptions,
+    SubscriptionTree,
+    filter_matches,
+    validate_topic_name,
+)
 
 # The bits of a subscription's options (MQTT 5 section 3.8.3.1; 3.1.1 sets the QoS bits only).
 QOS_BITS = 0x03
@@ -252,6 +266,8 @@ class Router:
                         topic = recipient[2]
                         entry = overridden.get(topic)
                         if entry is None:
+                            if not self.publishable(topic, selector):
+                                continue
                             override = Message(topic, message.payload, message.qos)
                             entry = overridden[topic] = (override, {})
                         target = entry[1]
@@ -267,6 +283,25 @@ class Router:
         for override, overrideRecipients in overridden.values():
             delivered = self._deliverAll(override, overrideRecipients) or delivered
         return delivered or kept
+
+    def publishable(self, topic: str, source: object) -> bool:
+        """
+        Whether C{topic}, which a plugin chose, is a topic name a PUBLISH may carry: a client
+        would take one with a wildcard for a protocol error [MQTT-3.3.2-2], a bridge too.  One
+        that is not is counted as dropped and logged, naming C{source}.
+        """
+        try:
+            validate_topic_name(topic, self.config.max_topic_levels)
+        except InvalidTopic as e:
+            self.stats.drop(DROP_INVALID_TOPIC)
+            self.log.warn(
+                "{source!r} chose {topic!r}, not a topic name ({why}): not delivered",
+                source=source,
+                topic=topic[:128],
+                why=str(e),
+            )
+            return False
+        return True
 
     def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> bool:
         # Whether any recipient had a session.
@@ -428,6 +463,8 @@ class Router:
         session = self.sessions.get(clientId)
         if session is None:
             return False
+        if not self.publishable(message.topic, "a delivery to " + clientId):
+            return True
         qos = min(qos, message.qos)
         if self.policy.authorizers or self.observing.chain:
             self.deliverChecked(session, message, qos)

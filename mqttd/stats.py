@@ -24,6 +24,7 @@ DROP_RECEIVE_DENIED = 4
 DROP_WILL_DENIED = 5
 DROP_SYS_TOPIC = 6
 DROP_SIZE_LIMIT = 7
+DROP_INVALID_TOPIC = 8
 DROP_CAUSES = (
     "queue_full",
     "expired",
@@ -33,6 +34,7 @@ DROP_CAUSES = (
     "will_denied",
     "sys_topic",
     "message_size_limit",
+    "invalid_topic",
 )
 
 # What an ACL denial refused; L{Stats.aclDenied} is indexed by these.

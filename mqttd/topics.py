@@ -63,18 +63,29 @@ def _check_levels(topic: str, max_levels: int) -> None:
 
 def validate_topic_name(name: str, max_levels: int = DEFAULT_MAX_LEVELS) -> None:
     """
-    Check a topic name taken from a PUBLISH packet.
+    Check a topic name taken from a PUBLISH packet, or one the broker is to
+    publish on (a template's result, a control reply's topic).
 
     @param name: the topic name.
     @param max_levels: the most C{/}-separated levels allowed (the broker's
         C{max_topic_levels}); an empty level still counts.
     @raise InvalidTopic: if C{name} is empty [MQTT-4.7.3-1], contains a
-        wildcard [MQTT-3.3.2-2], or has more than C{max_levels} levels.
+        wildcard [MQTT-3.3.2-2] or U+0000 [MQTT-1.5.4-2], is not UTF-8
+        [MQTT-1.5.4-1] or longer than such a string can be (65535 bytes), or
+        has more than C{max_levels} levels.
     """
     if not name:
         raise InvalidTopic("empty topic name", "MQTT-4.7.3-1")
     if "+" in name or "#" in name:
         raise InvalidTopic(f"wildcard in topic name {name[:64]!r}", "MQTT-3.3.2-2")
+    if "\0" in name:
+        raise InvalidTopic(f"U+0000 in topic name {name[:64]!r}", "MQTT-1.5.4-2")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidTopic(f"a surrogate in topic name {name[:64]!r}", "MQTT-1.5.4-1") from None
+    if size > 0xFFFF:
+        raise InvalidTopic("topic name longer than 65535 bytes", None)
     _check_levels(name, max_levels)
 
 

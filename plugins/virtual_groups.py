@@ -67,6 +67,7 @@ from mqttd.interfaces import (
     PluginContext,
 )
 from mqttd.message import Message, PropertiedMessage
+from mqttd.topics import DEFAULT_MAX_LEVELS, InvalidTopic, validate_topic_name
 
 CONTROL_PREFIX = "$CONTROL/mqttd/groups/"
 PUBLISH_POLICIES = ("members", "owners", "acl")
@@ -853,6 +854,25 @@ class VirtualGroups:
         correlation = properties.correlation_data if responseTopic is None else None
         if responseTopic is None:
             responseTopic = properties.response_topic
+        elif isinstance(responseTopic, str) and responseTopic:
+            # The property was checked as a topic name when it was read; the body's must be
+            # too, or a reply would go out on a name no PUBLISH may carry [MQTT-3.3.2-2].
+            levels = (
+                self.broker.config.max_topic_levels
+                if self.broker is not None
+                else DEFAULT_MAX_LEVELS
+            )
+            try:
+                validate_topic_name(responseTopic, levels)
+            except InvalidTopic as e:
+                self.log.warn(
+                    "virtual groups: a request to {action} refused: its response_topic {topic!r}"
+                    " is not a topic name ({why})",
+                    action=action,
+                    topic=responseTopic[:128],
+                    why=str(e),
+                )
+                return
         d = maybeDeferred(self._act, action, request, publisher)
         d.addErrback(_explain)
         if isinstance(responseTopic, str) and responseTopic:

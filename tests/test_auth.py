@@ -292,6 +292,25 @@ def test_selectorAddsRecipientsOnce() -> None:
     assert sorted((p.topic, p.qos) for p in b.publishes()) == [("group/g", 0), ("inbox/b", 1)]
 
 
+def test_noPluginChosenTopicThatIsNoTopicName() -> None:
+    """
+    Whatever topic a plugin chooses, no PUBLISH goes out on one that is no topic name: a
+    selector's override with a wildcard, U+0000 or more than C{max_topic_levels} levels, a
+    message a plugin routes or hands one client on such a topic, are each dropped and counted,
+    while the valid override beside them is delivered [MQTT-3.3.2-2, MQTT-1.5.4-2].
+    """
+    world = World(max_topic_levels=8)
+    bad = ("inbox/b/#", "inbox/+/x", "inbox/\0", "/".join("x" * 9))
+    world.broker.selectors = (Group([*(("b", 1, t) for t in bad), ("b", 1, "inbox/b")]),)
+    b = world.subscriber("b", ("news/#", 1))
+    world.connect("pub").send(Publish("group/g", b"hi", qos=1, packet_id=1))
+    assert [p.topic for p in b.publishes()] == ["inbox/b"]
+    assert world.broker.route(Message("news/#", b"x", 1)) is False
+    assert world.broker.deliverTo("b", Message("news/+", b"x", 1), 1)
+    assert b.publishes() == []
+    assert world.broker.stats.messagesDropped == len(bad) + 2
+
+
 @implementer(IBrokerObserver)
 class Recorder:
     def __init__(self) -> None:

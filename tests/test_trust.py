@@ -731,6 +731,28 @@ def test_controlReplyOnlyWhereTheCallerMayPublish(startSecure: Any) -> None:
     quiet(alice, bob, watcher)
 
 
+def test_controlReplyTopicMustBeATopicName(startSecure: Any) -> None:
+    """
+    A control request whose JSON C{response_topic} is no topic name (a C{#} or C{+}, U+0000,
+    more than 128 levels) is refused: nothing is published on it, though the caller may write
+    there and subscribes to it, and the request does not act (carol is still in alpha); with a
+    valid one it is answered [MQTT-3.3.2-2, MQTT-1.5.4-2].
+    """
+    secure = startSecure(groups=ROLES, acl=ROLES_ACL)
+    carol = secure.client("carol-1", "carol")
+    assert carol.subscribe("users/carol/#", 1) == 1
+    deep = "users/carol/" + "/".join("x" * 130)
+    for responseTopic in ("users/carol/#", "users/carol/+/r", "users/carol/a\0b", deep):
+        body = {"group": "alpha", "response_topic": responseTopic}
+        carol.publish("$CONTROL/mqttd/groups/leave", json.dumps(body).encode(), qos=1)
+    body = {"response_topic": "users/carol/replies"}
+    carol.publish("$CONTROL/mqttd/groups/mine", json.dumps(body).encode(), qos=1)
+    (reply,) = carol.wait_for(1)
+    assert reply.topic == "users/carol/replies"
+    assert [g["group"] for g in json.loads(reply.payload)["groups"]] == ["alpha"]
+    quiet(carol)
+
+
 def test_willOnSysIsNotRetained(clients: Any, e2e_broker: e2e.RunningBroker) -> None:
     """
     On a broker without an ACL, a client whose will would plant a retained
