@@ -153,7 +153,7 @@ def test_dropsCountedByCause() -> None:
     pub.send(Publish("big", b"12345", 0))
     pub.send(Publish("q", b"1", 1, packet_id=1), Publish("q", b"2", 1, packet_id=2))
     assert stats.dropped[:3] == [1, 0, 0]
-    assert stats.dropped[6:] == [1, 1]
+    assert stats.dropped[6:8] == [1, 1]
     assert stats.messagesDropped == 3
 
 
