@@ -11,6 +11,7 @@ broker made it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
@@ -88,6 +89,63 @@ def openStoreFile(
         raise PluginConfigError("path", f"{path}: {e.strerror}") from None
     except StoreError as e:
         raise PluginConfigError("path", str(e)) from None
+
+
+class StoreLock:
+    """
+    The exclusive claim of one broker process on a store file: an OS lock
+    (C{flock}) on C{PATH.lock} beside it, holding the owner's pid.
+
+    Two brokers on one store would each replay it, then write over the
+    other's changes (and the file store would compact the other's records
+    away), so losing acknowledged messages without a word; the second one
+    is refused instead.  The lock is on a file of its own because both
+    stores replace their file (compaction, recovery), which would leave a
+    lock on the old one.  A C{flock} lock belongs to the open file, not to
+    the process, so it stays held across twistd's fork into the background
+    and is gone, without leaving anything to clean up, when the process
+    ends however it ends (C{kill -9} too).  Other programs that edit the
+    store while the broker runs (C{mqttd groups}) do not take it.
+
+    @raise StoreError: another process holds the lock (naming it by pid
+        when it wrote one), or the lock file cannot be opened.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path + ".lock"
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(path, f"cannot open its lock file {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 20, 0).decode("ascii", "replace").strip()
+            self.release()
+            if holder == str(os.getpid()):
+                by = f"this process (pid {holder}), opened twice"
+            elif holder.isdigit():
+                by = f"another broker (pid {holder})"
+            else:
+                by = "another broker"
+            raise StoreError(
+                path, f"in use by {by}, which holds {self.path}; one store per broker"
+            ) from None
+        self._owner = 0
+        self.claimed()
+
+    def claimed(self) -> None:
+        """Write this process's pid into the lock file if it is not there yet (twistd forked)."""
+        if self._fd is not None and self._owner != os.getpid():
+            self._owner = os.getpid()
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{self._owner}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Give the store up; the lock file stays, as removing it would race the next owner."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Writer(Generic[Op]):

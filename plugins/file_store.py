@@ -54,7 +54,13 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
-from mqttd.durable import Writer, durabilityOptions, openStoreFile, recoverOption
+from mqttd.durable import (
+    StoreLock,
+    Writer,
+    durabilityOptions,
+    openStoreFile,
+    recoverOption,
+)
 from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
 from mqttd.message import Message
 from mqttd.session import WAIT_PUBCOMP
@@ -325,37 +331,43 @@ class FileStore:
         recover: bool = False,
     ) -> None:
         self.path = path
-        damage = None
+        # Before the log is even read: another broker may be writing it.
+        self._lock = StoreLock(path)
         try:
-            if os.path.exists(path):
-                replay, good, version, damage = readLog(path, recover)
-                if damage is not None:
-                    self._recovered(damage)
-                elif good < os.path.getsize(path):
-                    self.log.info(
-                        "{path}: dropped the {count} bytes a crash left unfinished at its end",
-                        path=path,
-                        count=os.path.getsize(path) - good,
-                    )
-                    os.truncate(path, good)
-            else:
-                replay, good, version = _Replay(path), 0, FORMAT_VERSION
-                self._replace(_header())
-        except OSError as e:
-            raise StoreError(path, f"cannot use the log: {e.strerror}") from None
-        self._model = replay.model
-        self._written: set[int] = set(replay.messages)
-        try:
-            if version != FORMAT_VERSION or damage is not None:
-                # Records appended from now on have the current format's fields, which the
-                # header must announce: the whole log is rewritten in that format first.  A
-                # recovered log is rewritten from what could be read.
-                snapshot = self._snapshot()
-                self._replace(snapshot)
-                good = len(snapshot)
-            self._open()
-        except OSError as e:
-            raise StoreError(path, f"cannot use the log: {e.strerror}") from None
+            damage = None
+            try:
+                if os.path.exists(path):
+                    replay, good, version, damage = readLog(path, recover)
+                    if damage is not None:
+                        self._recovered(damage)
+                    elif good < os.path.getsize(path):
+                        self.log.info(
+                            "{path}: dropped the {count} bytes a crash left unfinished at its end",
+                            path=path,
+                            count=os.path.getsize(path) - good,
+                        )
+                        os.truncate(path, good)
+                else:
+                    replay, good, version = _Replay(path), 0, FORMAT_VERSION
+                    self._replace(_header())
+            except OSError as e:
+                raise StoreError(path, f"cannot use the log: {e.strerror}") from None
+            self._model = replay.model
+            self._written: set[int] = set(replay.messages)
+            try:
+                if version != FORMAT_VERSION or damage is not None:
+                    # Records appended from now on have the current format's fields, which the
+                    # header must announce: the whole log is rewritten in that format first.  A
+                    # recovered log is rewritten from what could be read.
+                    snapshot = self._snapshot()
+                    self._replace(snapshot)
+                    good = len(snapshot)
+                self._open()
+            except OSError as e:
+                raise StoreError(path, f"cannot use the log: {e.strerror}") from None
+        except BaseException:
+            self._lock.release()
+            raise
         self._nextId = max(replay.messages, default=0) + 1
         self._size = max(good, _HEADER_SIZE)
         self._compactBytes = compactBytes
@@ -496,13 +508,18 @@ class FileStore:
     # IMessageStore
 
     def restore(self) -> StoredState:
+        self._lock.claimed()
         return self._model.restore()
 
     def flush(self, exactlyOnce: bool = False) -> Deferred[None] | None:
         return self._writer.flush(exactlyOnce)
 
     def close(self) -> Deferred[None]:
-        return self._writer.close(self._close)
+        return self._writer.close(self._closeFile)
+
+    def _closeFile(self) -> None:
+        self._close()
+        self._lock.release()
 
     def sessionSaved(self, clientId: str, subscriptions: Mapping[str, int]) -> None:
         self._model.sessionSaved(clientId, subscriptions)

@@ -46,7 +46,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.codec.packets import Will
-from mqttd.durable import Writer, durabilityOptions, openStoreFile, recoverOption
+from mqttd.durable import (
+    StoreLock,
+    Writer,
+    durabilityOptions,
+    openStoreFile,
+    recoverOption,
+)
 from mqttd.groupinbox import (
     INBOX_SCHEMA,
     Inbox,
@@ -441,22 +447,30 @@ class SQLiteStore:
         recover: bool = False,
     ) -> None:
         self.path = path
+        # Before the file is even read: another broker may be writing it.
+        self._lock = StoreLock(path)
         try:
-            self._db = openDatabase(path)
-        except DamagedStore as e:
-            if not recover:
-                raise StoreError(
-                    path, f"{e.why}; set recover = true to start from what can be read"
-                ) from None
-            self._db, what = recoverDatabase(path)
-            self.log.warn("{path}: {why}; recover = true: {what}", path=path, why=e.why, what=what)
+            try:
+                self._db = openDatabase(path)
+            except DamagedStore as e:
+                if not recover:
+                    raise StoreError(
+                        path, f"{e.why}; set recover = true to start from what can be read"
+                    ) from None
+                self._db, what = recoverDatabase(path)
+                self.log.warn(
+                    "{path}: {why}; recover = true: {what}", path=path, why=e.why, what=what
+                )
+            # Read here, before the writer thread owns the connection: the
+            # routing asks for groups synchronously from the first message on.
+            self._groupChanges = readGroupChanges(self._db)
+            self._groups = readGroups(self._db)
+            self._inboxes = readInboxes(self._db)
+        except BaseException:
+            self._lock.release()
+            raise
         self._openedBy = os.getpid()
         self._nextId = 1
-        # Read here, before the writer thread owns the connection: the
-        # routing asks for groups synchronously from the first message on.
-        self._groupChanges = readGroupChanges(self._db)
-        self._groups = readGroups(self._db)
-        self._inboxes = readInboxes(self._db)
         self._groupWrites = 0
         self._watchers: list[Callable[[], None]] = []
         self._closed = False
@@ -517,6 +531,7 @@ class SQLiteStore:
             # thread, or anything else, uses the database in this process.
             self._db = openDatabase(self.path)
             self._openedBy = os.getpid()
+            self._lock.claimed()
         return self._writer.call(self._read).addCallback(self._restored)
 
     def _restored(self, rows: dict[str, list[Any]]) -> StoredState:
@@ -560,7 +575,11 @@ class SQLiteStore:
         self._closed = True
         if self._poll.running:
             self._poll.stop()
-        return self._writer.close(self._db.close)
+        return self._writer.close(self._closeFile)
+
+    def _closeFile(self) -> None:
+        self._db.close()
+        self._lock.release()
 
     def _messageId(self, message: Message) -> int:
         mid = message.storeId

@@ -81,6 +81,14 @@ def closed(store: Any) -> None:
     e2e.in_reactor(lambda: maybeDeferred(store.close))
 
 
+def killed(store: Any) -> None:
+    """
+    What the OS does when a broker is killed (SIGKILL): its lock on the store goes with the
+    process; the store's file is left as it was, with no close.
+    """
+    store._lock.release()
+
+
 def restored(store: Any) -> StoredState:
     state: StoredState = e2e.in_reactor(lambda: maybeDeferred(store.restore))
     return state
@@ -424,6 +432,7 @@ def test_syncFlush(kind: str, tmp_path: Path) -> None:
 
     e2e.in_reactor(retained)
     # Not closed: the second store reads what the first has committed, as after SIGKILL.
+    killed(store)
     reader = opened(DURABLE[kind], tmp_path)
     assert [m.payload for m in restored(reader).retained] == [b"on disk"]
     closed(reader)
@@ -476,10 +485,9 @@ def test_fileTornTail(tmp_path: Path) -> None:
         assert normal(restored(again)) == EXPECTED
         e2e.in_reactor(again.retainedSet, Message("r/after", b"appended", 0, True))
         closed(again)
-        assert {m.topic for m in restored(opened(fileStore, tmp_path)).retained} == {
-            "r/1",
-            "r/after",
-        }
+        reread = opened(fileStore, tmp_path)
+        assert {m.topic for m in restored(reread).retained} == {"r/1", "r/after"}
+        closed(reread)
 
 
 def test_fileCorruptMiddle(tmp_path: Path) -> None:
