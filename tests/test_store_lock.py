@@ -149,7 +149,7 @@ def test_secondTwistdOnOneStoreExits(tmp_path: Path, kind: str) -> None:
     try:
         received: list[bytes] = []
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="reader")
-        client.on_message = lambda c, u, m: received.append(m.payload)
+        client.on_message = lambda c, u, m: received.append(bytes(m.payload))
 
         def connected() -> bool:
             try:
