@@ -40,6 +40,9 @@ INBOX_SCHEMA = (
 
 Op = tuple[str, tuple[object, ...]]
 
+# How a member's claim is kept among the readers: see Inbox.claims.
+CLAIM = "o:"
+
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
@@ -62,11 +65,16 @@ class Inbox:
         C{"c:" + clientId} once that client has been connected, and C{"m:" + member} where the
         member as a whole got to (set when it is added, less the group's history), which is
         where a client id the member never used before starts.
+    @ivar claims: member of a group of client ids to the identity (user name, C{""} for
+        anonymous) that first connected with that client id while a member: the inbox is that
+        identity's, as a session is its owner's.  The store keeps a claim as the reader
+        C{"o:" + member + "/" + identity} (a member name holds no C{/}), its number unused.
     """
 
     entries: deque[InboxEntry] = field(default_factory=deque)
     readers: dict[str, int] = field(default_factory=dict)
     lastSeq: int = 0
+    claims: dict[str, str] = field(default_factory=dict)
 
 
 def dumpSettings(group: Group) -> str | None:
@@ -117,6 +125,11 @@ def readOps(group: str, reader: str, seq: int) -> list[Op]:
     return [("INSERT OR REPLACE INTO group_readers VALUES (?, ?, ?)", (group, reader, seq))]
 
 
+def claimReader(member: str, identity: str) -> str:
+    """The reader a store keeps C{identity}'s claim of C{member} as (see L{Inbox.claims})."""
+    return f"{CLAIM}{member}/{identity}"
+
+
 def deleteOps(group: str) -> list[Op]:
     return [
         ("DELETE FROM group_inbox WHERE group_name = ?", (group,)),
@@ -136,6 +149,10 @@ def readInboxes(db: sqlite3.Connection) -> dict[str, Inbox]:
         inbox.lastSeq = seq
     for name, reader, seq in db.execute("SELECT group_name, reader, seq FROM group_readers"):
         inbox = inboxes.setdefault(name, Inbox())
+        if reader.startswith(CLAIM):
+            member, _, identity = reader[len(CLAIM) :].partition("/")
+            inbox.claims[member] = identity
+            continue
         inbox.readers[reader] = seq
         inbox.lastSeq = max(inbox.lastSeq, seq)
     return inboxes

@@ -45,6 +45,7 @@ from mqttd.groupinbox import (
     appendOps,
     deleteOps,
     dumpSettings,
+    claimReader,
     readInboxes,
     readOps,
     trimOps,
@@ -575,6 +576,9 @@ class VirtualGroups:
             if not (group.events or group.inbox):
                 continue
             after = self._known[name] = frozenset(group.members)
+            if group.inbox:
+                # Before its first message too: a member's first connection claims it.
+                self.inboxes.setdefault(name, Inbox())
             if not announce or before is None:
                 continue
             for member in sorted(after - before):
@@ -591,7 +595,11 @@ class VirtualGroups:
             if self.broker is not None:
                 for clientId, name, _ in self._sessionsOf(replace(group, members={member: 2})):
                     session = self.broker.sessions.get(clientId)
-                    if session is not None and session.connection is not None:
+                    if (
+                        session is not None
+                        and session.connection is not None
+                        and self._claimedBy(group, name, clientId)
+                    ):
                         self._drain(group, inbox, clientId, name)
         self._announce(group, "joined", member)
 
@@ -677,7 +685,11 @@ class VirtualGroups:
         resolved = [
             (clientId, member, qos)
             for clientId, member, qos in self._sessionsOf(group)
-            if clientId != exclude and (sessions is None or _connected(sessions, clientId))
+            if clientId != exclude
+            and (
+                sessions is None
+                or (_connected(sessions, clientId) and self._claimedBy(group, member, clientId))
+            )
         ]
         if sessions is not None and (group.topic is None or not resolved):
             # Kept in the inbox: taken, even when nobody is connected to get it now.
@@ -747,17 +759,56 @@ class VirtualGroups:
             if self._inboxStore is not None:
                 self._inboxStore.inboxRead(name, reader, seq)
 
-    def _inboxGroups(self, client: ClientInfo) -> Iterator[tuple[Group, Inbox, str]]:
+    def _claimed(self, group: Group, member: str, client: ClientInfo | None) -> bool:
+        """
+        Whether C{client} may read C{member}'s inbox of C{group}: in a group of client ids,
+        only the identity that claimed the member may (the first to connect with its client
+        id, which claims it now), as a session is its owner's.
+        """
+        if group.byUsername:
+            # The member is the identity itself.
+            return True
+        if client is None:
+            return False
+        identity = client.username if client.username is not None else ""
+        inbox = self.inboxes.setdefault(group.name, Inbox())
+        owner = inbox.claims.get(member)
+        if owner is None:
+            inbox.claims[member] = identity
+            if self._inboxStore is not None:
+                self._inboxStore.inboxRead(group.name, claimReader(member, identity), 0)
+            return True
+        return owner == identity
+
+    def _claimedBy(self, group: Group, member: str, clientId: str) -> bool:
+        clients = self.broker.clients if self.broker is not None else {}
+        return self._claimed(group, member, clients.get(clientId))
+
+    def _inboxGroups(
+        self, client: ClientInfo, announce: bool = False
+    ) -> Iterator[tuple[Group, Inbox, str]]:
         for name, inbox in list(self.inboxes.items()):
             group = self.find(name)
             if group is None or not group.inbox:
                 continue
             member = self._memberName(group, client)
-            if member is not None and member in group.members:
+            if member is None or member not in group.members:
+                continue
+            if self._claimed(group, member, client):
                 yield group, inbox, member
+            elif announce:
+                self.log.warn(
+                    "virtual groups: {clientId} of {identity!r} gets nothing of group {group}:"
+                    " member {member} belongs to {owner!r}",
+                    clientId=client.clientId,
+                    identity=client.username or "",
+                    group=name,
+                    member=member,
+                    owner=inbox.claims.get(member),
+                )
 
     def _connected(self, client: ClientInfo) -> None:
-        for group, inbox, member in self._inboxGroups(client):
+        for group, inbox, member in self._inboxGroups(client, announce=True):
             self._drain(group, inbox, client.clientId, member)
 
     def _disconnected(self, client: ClientInfo) -> None:

@@ -1211,3 +1211,29 @@ def test_groupsFileVersion1Migrates(tmp_path: Path) -> None:
         )
     finally:
         db.close()
+
+
+def test_inboxOfAClientIdMemberBelongsToWhoClaimedIt(startSecure: Any) -> None:
+    """
+    In a group of client ids with an inbox, carol-phone is claimed by carol, its first
+    connection.  While she is away, bob connects with her client id (no persistent session
+    protects it): he is given nothing, neither the inbox nor what is sent while he is
+    connected, and her position does not move: carol, back, gets all three messages in order.
+    """
+    secure = startSecure(
+        groups={"group.chat": "alice-phone, carol-phone", "group.chat.inbox": "true"}
+    )
+    carol = secure.client("carol-phone", "carol")
+    carol.disconnect()
+    secure.running.wait_gone("carol-phone")
+    alice = secure.client("alice-phone", "alice")
+    for n in range(2):
+        alice.publish("$group/chat/room", b"away %d" % n, qos=1)
+    bob = secure.client("carol-phone", "bob")
+    alice.publish("$group/chat/room", b"while bob is there", qos=1)
+    quiet(bob)
+    bob.disconnect()
+    secure.running.wait_gone("carol-phone")
+    carol = secure.client("carol-phone", "carol")
+    assert [m.payload for m in carol.wait_for(3)] == [b"away 0", b"away 1", b"while bob is there"]
+    quiet(carol, alice)
