@@ -671,8 +671,11 @@ class IBrokerAware(Interface):
         connected yet.  Start timers here.
         """
 
-    def detach() -> None:
-        """The broker has stopped: stop timers and let go of it."""
+    def detach() -> Any:
+        """
+        The broker has stopped: stop timers and let go of it.  May return a L{Deferred}
+        that fires once what the plugin still writes is written; the service waits for it.
+        """
 
 
 # Virtual groups

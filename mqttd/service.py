@@ -285,9 +285,9 @@ class BrokerService(MultiService):
         d.addCallback(self._detach)
         return d.addCallback(lambda _: self.broker.repeats.stop())
 
-    def _detach(self, ignored: None) -> None:
-        for plugin in self.brokerAware:
-            plugin.detach()
+    def _detach(self, ignored: None) -> Deferred[Any]:
+        # A plugin may still be writing what it was told last: stopping waits for it.
+        return DeferredList([maybeDeferred(plugin.detach) for plugin in self.brokerAware])
 
     def _hangup(self, signum: int, frame: object) -> None:
         # Signal handlers run between bytecodes, possibly inside the reactor's own code.

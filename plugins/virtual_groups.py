@@ -43,9 +43,9 @@ from mqttd.groupinbox import (
     Inbox,
     InboxEntry,
     appendOps,
+    claimReader,
     deleteOps,
     dumpSettings,
-    claimReader,
     readInboxes,
     readOps,
     trimOps,
@@ -384,9 +384,11 @@ class SQLiteGroupStore:
         """Start reading back other processes' changes."""
         self._poll.start(self._pollInterval, now=False)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Stop polling; the L{Deferred} fires once every write asked for so far is done."""
         if self._poll.running:
             self._poll.stop()
+        return self._lock.run(lambda: None)
 
     # IGroupInbox: written through, in order, as group changes are.
 
@@ -547,10 +549,12 @@ class VirtualGroups:
         if isinstance(self.store, SQLiteGroupStore):
             self.store.start()
 
-    def detach(self) -> None:
-        if isinstance(self.store, SQLiteGroupStore):
-            self.store.stop()
+    def detach(self) -> Deferred[None] | None:
         self.broker = None
+        if isinstance(self.store, SQLiteGroupStore):
+            # What the inboxes wrote last (a reader's position, a claim) must reach the file.
+            return self.store.stop()
+        return None
 
     def _membershipChanged(self) -> None:
         self._prepared.clear()

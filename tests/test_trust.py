@@ -1237,3 +1237,26 @@ def test_inboxOfAClientIdMemberBelongsToWhoClaimedIt(startSecure: Any) -> None:
     carol = secure.client("carol-phone", "carol")
     assert [m.payload for m in carol.wait_for(3)] == [b"away 0", b"away 1", b"while bob is there"]
     quiet(carol, alice)
+
+
+def test_inboxClaimSurvivesARestart(startSecure: Any) -> None:
+    """
+    Who claimed a client-id member is in the group store: carol claims carol-phone, the broker
+    restarts on the same file, and bob connecting with carol-phone is still given nothing of
+    what was kept for her.
+    """
+    groups = {"group.chat": "alice-phone, carol-phone", "group.chat.inbox": "true"}
+    first = startSecure(groups=groups)
+    carol = first.client("carol-phone", "carol")
+    carol.disconnect()
+    first.running.wait_gone("carol-phone")
+    first.stop()
+    second = startSecure(groups=groups)
+    alice = second.client("alice-phone", "alice")
+    alice.publish("$group/chat/room", b"for carol", qos=1)
+    bob = second.client("carol-phone", "bob")
+    quiet(bob)
+    bob.disconnect()
+    second.running.wait_gone("carol-phone")
+    carol = second.client("carol-phone", "carol")
+    assert [m.payload for m in carol.wait_for(1)] == [b"for carol"]
