@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from . import __version__
 from .message import Message
 from .stats import DROP_CAUSES
+from .topics import topic_level
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -315,11 +316,5 @@ def presenceMessage(clientId: str, event: str, body: dict[str, Any]) -> Message:
 
 
 def presenceLevel(clientId: str) -> str:
-    """
-    C{clientId} as one topic level: C{%}, C{/}, C{+} and C{#} percent-encoded,
-    so that an identifier holding them neither adds levels nor makes the topic
-    name invalid.
-    """
-    if not any(c in clientId for c in "%/+#"):
-        return clientId
-    return clientId.replace("%", "%25").replace("/", "%2F").replace("+", "%2B").replace("#", "%23")
+    """C{clientId} as one topic level: see L{mqttd.topics.topic_level}."""
+    return topic_level(clientId)

@@ -22,6 +22,7 @@ __all__ = [
     "SubscriptionTree",
     "filter_matches",
     "split_shared_filter",
+    "topic_level",
     "validate_topic_filter",
     "validate_topic_name",
 ]
@@ -87,6 +88,23 @@ def validate_topic_name(name: str, max_levels: int = DEFAULT_MAX_LEVELS) -> None
     if size > 0xFFFF:
         raise InvalidTopic("topic name longer than 65535 bytes", None)
     _check_levels(name, max_levels)
+
+
+def topic_level(text: str) -> str:
+    """
+    C{text} (a client id) as one topic level: C{%}, C{/}, C{+}, C{#} and U+0000
+    percent-encoded, so that it neither adds levels nor makes a topic name
+    invalid, and two client ids never give the same level.
+    """
+    if not any(c in text for c in "%/+#\0"):
+        return text
+    return (
+        text.replace("%", "%25")
+        .replace("/", "%2F")
+        .replace("+", "%2B")
+        .replace("#", "%23")
+        .replace("\0", "%00")
+    )
 
 
 def validate_topic_filter(topic_filter: str, max_levels: int = DEFAULT_MAX_LEVELS) -> None:

@@ -68,7 +68,7 @@ from mqttd.interfaces import (
     PluginContext,
 )
 from mqttd.message import Message, PropertiedMessage
-from mqttd.topics import DEFAULT_MAX_LEVELS, InvalidTopic, validate_topic_name
+from mqttd.topics import DEFAULT_MAX_LEVELS, InvalidTopic, topic_level, validate_topic_name
 
 CONTROL_PREFIX = "$CONTROL/mqttd/groups/"
 PUBLISH_POLICIES = ("members", "owners", "acl")
@@ -659,10 +659,9 @@ class VirtualGroups:
             return self._drop()
         if self.directTopic is None:
             return ((clientId, 2),)
-        sender = publisher.clientId if publisher is not None else ""
-        topic = self.directTopic.format(
-            clientid=clientId, member=clientId, publisher=sender, rest=rest
-        )
+        sender = topic_level(publisher.clientId) if publisher is not None else ""
+        level = topic_level(clientId)
+        topic = self.directTopic.format(clientid=level, member=level, publisher=sender, rest=rest)
         return ((clientId, 2, topic),)
 
     def _toGroup(self, name: str, rest: str, publisher: ClientInfo | None, message: Message) -> Any:
@@ -703,13 +702,18 @@ class VirtualGroups:
         if group.topic is None:
             return {clientId: qos for clientId, _, qos in resolved}
         template = group.topic
-        sender = publisher.clientId if publisher is not None else ""
+        # Client ids are percent-encoded (as in presence topics): one may hold / + # or %.
+        sender = topic_level(publisher.clientId) if publisher is not None else ""
         return [
             (
                 clientId,
                 qos,
                 template.format(
-                    group=name, member=member, clientid=clientId, publisher=sender, rest=rest
+                    group=name,
+                    member=member,
+                    clientid=topic_level(clientId),
+                    publisher=sender,
+                    rest=rest,
                 ),
             )
             for clientId, member, qos in resolved
@@ -856,7 +860,11 @@ class VirtualGroups:
             return Message(entry.topic, entry.payload, entry.qos)
         rest = entry.topic[len(self.groupPrefix) :].partition("/")[2]
         topic = group.topic.format(
-            group=group.name, member=member, clientid=clientId, publisher=entry.publisher, rest=rest
+            group=group.name,
+            member=member,
+            clientid=topic_level(clientId),
+            publisher=topic_level(entry.publisher),
+            rest=rest,
         )
         return Message(topic, entry.payload, entry.qos)
 

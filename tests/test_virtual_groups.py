@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -146,6 +147,38 @@ def test_templatesAndEcho(tmp_path: Path) -> None:
         ("b", 1, "inbox/b/g/hi/there"),
     ]
     assert list(plugin.select(Message("$p2p/b/x", b""), client("a"))) == [("b", 2, "dm/b/from/a")]
+
+
+def test_templatesPercentEncodeClientIds(tmp_path: Path) -> None:
+    """
+    A publisher's client id put into a group or direct-message template by C{{publisher}} is
+    one topic level, percent-encoded: C{ev+l#} gives no wildcard topic name [MQTT-3.3.2-2] and
+    C{x/y} (or C{%2F}) adds no level that would forge sender C{x} (as presence topics encode
+    it); a member's client id by user name through C{{clientid}} too.
+    """
+    plugin = build(
+        tmp_path,
+        {
+            "group.g": "a",
+            "group.g.topic": "from/{publisher}/{rest}",
+            "group.u": "alice",
+            "group.u.by": "username",
+            "group.u.topic": "to/{clientid}/{rest}",
+            "p2p_topic": "dm/{publisher}/{rest}",
+        },
+    )
+    for sender, level in (("ev+l#", "ev%2Bl%23"), ("x/y", "x%2Fy"), ("x%2Fy", "x%252Fy")):
+        assert list(plugin.select(Message("$group/g/hi", b""), client(sender))) == [
+            ("a", 2, f"from/{level}/hi")
+        ]
+        assert list(plugin.select(Message("$p2p/a/hi", b""), client(sender))) == [
+            ("a", 2, f"dm/{level}/hi")
+        ]
+    # Only the broker's map of user names to client ids is read for a group by user name.
+    plugin.broker = SimpleNamespace(clientIdsByUsername={"alice": ["ph/one+"]})
+    assert list(plugin.select(Message("$group/u/hi", b""), client("b"))) == [
+        ("ph/one+", 2, "to/ph%2Fone%2B/hi")
+    ]
 
 
 def test_authorizesMembersAndAbstainsOtherwise(tmp_path: Path) -> None:
