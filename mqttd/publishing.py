@@ -80,6 +80,9 @@ class Publishing:
                     conn.sendPacket(Pubrec(packet.packet_id))
                 return None
         if not self._acceptable(packet):
+            if packet.topic.startswith("$SYS"):
+                # Not the client's to write, as mosquitto answers: Not authorized.
+                return self._refuse(session, packet, ReasonCode.NOT_AUTHORIZED)
             return self._acknowledge(session, packet)
         # No client's message is ever retained under a $ topic: those are the server's.
         retain = packet.retain and not packet.topic.startswith("$")
@@ -129,13 +132,18 @@ class Publishing:
             self.policy.logDenied(client.clientId, "publish to", message.topic)
             if self.observing.chain:
                 self.observing.notify("messageDropped", client.clientId, message, "publish denied")
-            conn = session.connection
-            if conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5 and packet.qos:
-                # A 5.0 client is told: 0x87 in PUBACK or PUBREC.  After a PUBREC of 0x80 or
-                # more the identifier is free, its next PUBLISH a new message [MQTT-4.3.3-9].
-                if packet.qos == 2:
-                    session.pubrelReceived(packet.packet_id)  # type: ignore[arg-type]
-                return self._acknowledge(session, packet, ReasonCode.NOT_AUTHORIZED)
+            return self._refuse(session, packet, ReasonCode.NOT_AUTHORIZED)
+        return self._acknowledge(session, packet)
+
+    def _refuse(self, session: Session, packet: Publish, reasonCode: int) -> Deferred[None] | None:
+        """Acknowledge a PUBLISH that was dropped: a 5.0 client is told C{reasonCode}."""
+        conn = session.connection
+        if conn is not None and conn.protocolLevel == ProtocolLevel.MQTT_5 and packet.qos:
+            # 0x87 in PUBACK or PUBREC.  After a PUBREC of 0x80 or more the identifier is
+            # free, its next PUBLISH a new message [MQTT-4.3.3-9].
+            if packet.qos == 2:
+                session.pubrelReceived(packet.packet_id)  # type: ignore[arg-type]
+            return self._acknowledge(session, packet, reasonCode)
         return self._acknowledge(session, packet)
 
     def _acknowledge(

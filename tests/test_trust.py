@@ -26,7 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from mqttd.codec import Decoder, encode
-from mqttd.codec.packets import Connack, Connect, Publish, Pubrec, Suback, Subscribe
+from mqttd.codec.packets import Connack, Connect, Puback, Publish, Pubrec, Suback, Subscribe
 from mqttd.config import BrokerConfig, ConfigError, ListenerConfig, load_config
 from mqttd.interfaces import Credentials, PluginContext
 from mqttd.message import Message
@@ -34,6 +34,7 @@ from mqttd.plugin_loader import findPlugins, pluginPackage
 from mqttd.store import MemoryStore
 from tests import e2e
 from tests.e2e import MQTTv5, MQTTv311
+from tests.harness import World
 
 pluginPackage()
 passwordfile: Any = importlib.import_module("mqttd.plugins.passwordfile")
@@ -856,6 +857,26 @@ def test_receiptNoMatchingSubscribers(startSecure: Any) -> None:
         (1, 0x10),
         (2, 0),
     ]
+
+
+def test_publishToSysRefusedNotAuthorized() -> None:
+    """
+    A client's QoS 1 or 2 PUBLISH to C{$SYS/...} is dropped; an MQTT 5 client is told so with
+    0x87 (Not authorized) in PUBACK and PUBREC, as mosquitto answers, and its packet identifier
+    is free again [MQTT-4.3.3-9]; a 3.1.1 client gets a plain PUBACK (it has no reason codes).
+    """
+    world = World()
+    five = world.connect("five", level=5)
+    five.send(Publish("$SYS/broker/x", b"1", 1, packet_id=1))
+    five.send(Publish("$SYS/broker/x", b"2", 2, packet_id=2))
+    five.send(Publish("$SYS/broker/x", b"3", 2, packet_id=2))
+    acks = [(type(p).__name__, p.packet_id, p.reason_code) for p in five.read()]
+    assert acks == [("Puback", 1, 0x87), ("Pubrec", 2, 0x87), ("Pubrec", 2, 0x87)]
+    old = world.connect("old")
+    old.send(Publish("$SYS/broker/x", b"1", 1, packet_id=1))
+    (ack,) = old.read()
+    assert isinstance(ack, Puback) and ack.packet_id == 1
+    assert world.broker.stats.messagesDropped == 4
 
 
 # Group roles
