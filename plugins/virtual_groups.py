@@ -1019,6 +1019,12 @@ class VirtualGroups:
             if existing is None or role is None or caller is None:
                 raise GroupError(f"not a member of {name!r}")
             me = self._memberName(existing, caller)
+            if me in existing.owners and existing.owners == {me}:
+                # A group nobody may manage but the operators: as a chat app, hand it on first.
+                raise GroupError(
+                    f"not allowed: you are the last owner of {name!r}; make another member an"
+                    " owner first (set owners), or ask an administrator to delete it"
+                )
             group = replace(
                 existing,
                 members={m: q for m, q in existing.members.items() if m != me},
@@ -1045,9 +1051,20 @@ class VirtualGroups:
                     owners=existing.owners - gone,
                 )
             else:
+                if "by" in request:
+                    raise GroupError(
+                        "'by' cannot be changed by set: delete the group and create it again"
+                    )
+                unknown = sorted(set(request) - _SETTABLE - _REQUEST_KEYS)
+                if unknown:
+                    raise GroupError(f"set cannot change {', '.join(map(repr, unknown))}")
                 changes = _settings(request, creating=False)
-                if not admin and set(changes) - {"publish", "events", "echo", "topic"}:
-                    raise GroupError("not allowed: owners change publish, events, echo, topic")
+                refused = sorted(set(changes) - _OWNER_SETTABLE)
+                if not admin and refused:
+                    raise GroupError(
+                        f"not allowed: only an administrator sets {', '.join(map(repr, refused))};"
+                        " owners change publish, events, echo, topic"
+                    )
                 current = describe(existing)
                 group = makeGroup(
                     name,
@@ -1142,6 +1159,12 @@ def describe(group: Group) -> dict[str, Any]:
         "inbox": group.inbox,
         "history": group.history,
     }
+
+
+# What set may change, what of that an owner may, and the keys of any request.
+_SETTABLE = frozenset({"topic", "echo", "publish", "events", "inbox", "history", "owners"})
+_OWNER_SETTABLE = frozenset({"publish", "events", "echo", "topic"})
+_REQUEST_KEYS = frozenset({"group", "response_topic", "correlation"})
 
 
 def _settings(request: Mapping[str, Any], creating: bool) -> dict[str, Any]:

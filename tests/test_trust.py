@@ -1285,3 +1285,32 @@ def test_inboxClaimSurvivesARestart(startSecure: Any) -> None:
     second.running.wait_gone("carol-phone")
     carol = second.client("carol-phone", "carol")
     assert [m.payload for m in carol.wait_for(1)] == [b"for carol"]
+
+
+def test_setRefusesWhatItCannotChangeAndTheLastOwnerStays(startSecure: Any) -> None:
+    """
+    C{set} never answers ok for a change it does not make: C{by} (for anyone), a setting only an
+    administrator may change (for an owner), an unknown key, each is an error naming the key,
+    and the group is unchanged.  alpha's only owner cannot leave it (nobody would manage it);
+    once the administrator made carol an owner too, she can.
+    """
+    secure = startSecure(groups=ROLES, acl=ROLES_ACL)
+    alice = member(secure, "alice-1", "alice")
+    backend = member(secure, "backend-1", "backend")
+    before = secure.running.call(lambda: virtualGroups.describe(secure.groups.find("alpha")))
+    for caller, body, key in (
+        (alice, {"by": "clientid"}, "'by'"),
+        (backend, {"by": "clientid"}, "'by'"),
+        (alice, {"inbox": True}, "'inbox'"),
+        (alice, {"owners": ["alice", "bob"]}, "'owners'"),
+        (alice, {"members": ["bob"]}, "'members'"),
+    ):
+        answer = ask(caller, "set", group="alpha", **body)
+        assert answer["ok"] is False and key in answer["error"], (body, answer)
+    after = secure.running.call(lambda: virtualGroups.describe(secure.groups.find("alpha")))
+    assert after == before
+    refused = ask(alice, "leave", group="alpha")
+    assert refused["ok"] is False and "last owner" in refused["error"]
+    assert ask(backend, "set", group="alpha", owners=["alice", "carol"])["ok"]
+    left = ask(alice, "leave", group="alpha")
+    assert (left["ok"], left["owners"], left["members"]) == (True, ["carol"], {"carol": 2})
