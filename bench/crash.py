@@ -31,9 +31,7 @@ def main() -> None:
     parser.add_argument("--max-run", type=float, default=1.5, help="longest run before a kill, s")
     # What the subscriber has not taken when the drain ends is counted as lost: on a loaded
     # machine a backlog of tens of thousands of QoS 2 messages takes minutes.
-    parser.add_argument(
-        "--drain-timeout", type=float, default=600.0, help="longest final drain, s"
-    )
+    parser.add_argument("--drain-timeout", type=float, default=600.0, help="longest final drain, s")
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mqttd-crash-") as directory:
