@@ -1,5 +1,5 @@
 """
-Virtual groups and direct messages (C{plugins/virtual_groups.py}): the plugin on its own, then
+Virtual groups and direct messages (C{plugins/virtual_groups/}): the plugin on its own, then
 each IM scenario of issue 6 end to end with paho-mqtt through the real broker, and membership
 surviving a restart of a real C{twistd mqttd}.
 """
