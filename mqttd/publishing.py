@@ -9,54 +9,24 @@ changes a session's life: those are the router's and the registry's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 
 from .codec.packets import ProtocolLevel, Puback, Pubcomp, Publish, Pubrec, ReasonCode
 from .codec.properties import NO_PROPERTIES
-from .config import BrokerConfig
-from .interfaces import Action, ClientInfo, IMessageStore
+from .handlers import PacketHandlers
+from .interfaces import Action, ClientInfo
 from .message import Message, PropertiedMessage
-from .observers import Observers
-from .policy import Policy
-from .router import Router
 from .session import Session, SessionError
-from .stats import ACL_PUBLISH, DROP_PUBLISH_DENIED, DROP_SIZE_LIMIT, DROP_SYS_TOPIC, Stats
+from .stats import ACL_PUBLISH, DROP_PUBLISH_DENIED, DROP_SIZE_LIMIT, DROP_SYS_TOPIC
 
 # Requests to the server itself: a 5.0 publish there is answered Success though nobody subscribes.
 CONTROL_PREFIX = "$CONTROL/"
 
 
-class Publishing:
+class Publishing(PacketHandlers):
     """What the broker does with a client's PUBLISH, PUBREL and PUBREC."""
-
-    def __init__(
-        self,
-        config: BrokerConfig,
-        clock: IReactorTime,
-        store: IMessageStore,
-        stats: Stats,
-        policy: Policy,
-        router: Router,
-        observing: Observers,
-        sessions: Mapping[str, Session],
-        clients: Mapping[str, ClientInfo],
-    ) -> None:
-        """
-        @param sessions: every session by client identifier (read only).
-        @param clients: who each session's client is (read only).
-        """
-        self.config = config
-        self.clock = clock
-        self.store = store
-        self.stats = stats
-        self.policy = policy
-        self.router = router
-        self.observing = observing
-        self.sessions = sessions
-        self.clients = clients
 
     def publishReceived(self, session: Session, packet: Publish) -> Deferred[None] | None:
         """

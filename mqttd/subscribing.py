@@ -10,10 +10,9 @@ never delivers a published message and never creates or ends a session.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .codec.packets import (
@@ -25,13 +24,12 @@ from .codec.packets import (
     Unsuback,
     Unsubscribe,
 )
-from .config import BrokerConfig
-from .interfaces import Action, ClientInfo, IMessageStore
-from .observers import Observers
-from .policy import Decision, Policy, aclFilter
-from .router import QOS_BITS, Router
+from .handlers import PacketHandlers
+from .interfaces import Action
+from .policy import Decision, aclFilter
+from .router import QOS_BITS
 from .session import Session
-from .stats import ACL_SUBSCRIBE, Stats
+from .stats import ACL_SUBSCRIBE
 from .topics import SHARE_PREFIX, InvalidTopic, validate_topic_filter
 
 # Topics only the server writes and no client may subscribe to, whatever the ACL says: virtual
@@ -39,7 +37,7 @@ from .topics import SHARE_PREFIX, InvalidTopic, validate_topic_filter
 RESERVED_PREFIXES = ("$group/", "$p2p/", "$CONTROL/")
 
 
-class Subscribing:
+class Subscribing(PacketHandlers):
     """
     What the broker does with SUBSCRIBE and UNSUBSCRIBE.
 
@@ -48,33 +46,8 @@ class Subscribing:
     """
 
     log = Logger()
-
-    def __init__(
-        self,
-        config: BrokerConfig,
-        clock: IReactorTime,
-        store: IMessageStore,
-        stats: Stats,
-        policy: Policy,
-        router: Router,
-        observing: Observers,
-        sessions: Mapping[str, Session],
-        clients: Mapping[str, ClientInfo],
-    ) -> None:
-        """
-        @param sessions: every session by client identifier (read only).
-        @param clients: who each session's client is (read only).
-        """
-        self.config = config
-        self.clock = clock
-        self.store = store
-        self.stats = stats
-        self.policy = policy
-        self.router = router
-        self.observing = observing
-        self.sessions = sessions
-        self.clients = clients
-        self.reservedPrefixes: tuple[str, ...] = RESERVED_PREFIXES
+    # A tuple, so a plugin adding its prefixes rebinds it on the instance.
+    reservedPrefixes: tuple[str, ...] = RESERVED_PREFIXES
 
     def subscribe(self, session: Session, packet: Subscribe) -> Deferred[None] | None:
         """

@@ -21,7 +21,8 @@ MQTTD = Path(__file__).resolve().parent.parent / "mqttd"
 # The core's parts and the connection above them, lowest first: each may import those before it,
 # never one after.
 CORE = ["observers", "policy", "router", "sessions", "publishing", "subscribing"]
-LAYERS = [*CORE, "broker", "handshake", "protocol"]
+# handlers.py sits below the two packet-handler parts, which subclass it; the broker never names it.
+LAYERS = [*CORE[:4], "handlers", *CORE[4:], "broker", "handshake", "protocol"]
 
 
 def _runtimeImports(module: str) -> set[str]:
