@@ -24,6 +24,7 @@ from mqttd.transports import TLSFileError
 
 if TYPE_CHECKING:
     from mqttd.bridge.config import BridgeConfig
+    from mqttd.cluster.config import ClusterConfig
     from mqttd.transports.tls import TLSSettings
 
 # The names of mqttd.transports.tls.TLS_VERSIONS, which is imported only for listeners using TLS.
@@ -179,6 +180,7 @@ class Config:
     @ivar selectorChain: C{[selectors] chain}, the L{ISubscriberSelector} plugins.
     @ivar observerChain: C{[observers] chain}, the L{IBrokerObserver} plugins.
     @ivar bridges: the C{[bridge:NAME]} sections, connections to other brokers.
+    @ivar cluster: the C{[cluster]} section (docs/cluster.md); L{None} for a lone broker.
     """
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -193,6 +195,7 @@ class Config:
     observerChain: tuple[str, ...] = ()
     bridges: tuple[BridgeConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
+    cluster: ClusterConfig | None = None
 
     def pluginKind(self, name: str) -> str:
         """
@@ -602,7 +605,7 @@ def load_config(path: str) -> Config:
 
     unknownSection = (
         "unknown section; expected [broker], [listener:NAME], [plugins], [auth], [acl], [store],"
-        " [selectors], [observers], [log], [plugin:NAME] or [bridge:NAME]"
+        " [selectors], [observers], [log], [cluster], [plugin:NAME] or [bridge:NAME]"
     )
     if parser.defaults():
         # configparser would copy these keys into every section, hiding where a value came from.
@@ -614,6 +617,7 @@ def load_config(path: str) -> Config:
     chains: dict[str, object] = {}
     pluginSections: dict[str, Mapping[str, str]] = {}
     bridges = []
+    cluster = None
     for section in parser.sections():
         values = dict(parser.items(section))
         if section == "broker":
@@ -642,6 +646,11 @@ def load_config(path: str) -> Config:
             from mqttd.bridge.config import bridgeConfig
 
             bridges.append(bridgeConfig(path, section, values))
+        elif section == "cluster":
+            # Imported here: the cluster package builds on this module.
+            from mqttd.cluster.config import clusterConfig
+
+            cluster = clusterConfig(path, values)
         else:
             raise ConfigError(path, section, None, unknownSection)
     if not listeners:
@@ -668,6 +677,7 @@ def load_config(path: str) -> Config:
         observerChain=chains.get("observers", ()),  # type: ignore[arg-type]
         bridges=tuple(bridges),
         log=log,
+        cluster=cluster,
     )
 
 

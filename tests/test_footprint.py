@@ -16,7 +16,7 @@ import pytest
 from mqttd.footprint import needsTLS
 from tests.test_twistd import ROOT
 
-WATCHED = ("OpenSSL", "cryptography", "wsproto", "sqlite3", "twisted.web.client")
+WATCHED = ("OpenSSL", "cryptography", "wsproto", "sqlite3", "twisted.web.client", "txredisapi")
 
 # Builds the service as twistd does (options parsed, then makeService), in a fresh interpreter,
 # and says which of the watched modules were imported.
