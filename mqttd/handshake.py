@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -108,8 +108,6 @@ class ConnectHandshake:
     _handlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]]
     _handlers5: dict[type, Callable[[Any, Any], Deferred[Any] | None]]
     _authenticatingHandlers: dict[type, Callable[[Any, Any], Deferred[Any] | None]]
-    _keepaliveLimit: float
-    _keepaliveTimer: IDelayedCall | None
     _topicAliases: dict[int, str] | None
     _username: str | None
     _who: str
@@ -118,7 +116,7 @@ class ConnectHandshake:
 
         def _notePeer(self) -> None: ...
         def _stopConnectTimer(self) -> None: ...
-        def _checkKeepalive(self) -> None: ...
+        def _startKeepalive(self, limit: float) -> None: ...
         def _refuse(self, code: int, reason: str) -> None: ...
         def _loseConnection(self) -> None: ...
         def _encodeWithin(self, packet: Packet) -> bytes | None: ...
@@ -300,8 +298,7 @@ class ConnectHandshake:
             present = sessionPresent and self.protocolLevel == ProtocolLevel.MQTT_3_1_1
             self.sendPacket(Connack(present, 0))
         if keepalive:
-            self._keepaliveLimit = keepalive * 1.5
-            self._keepaliveTimer = self.clock.callLater(self._keepaliveLimit, self._checkKeepalive)
+            self._startKeepalive(keepalive * 1.5)
         self._username = decision.identity if decision.identity is not None else packet.username
         if self.certificateIdentity is not None:
             self._who = f"certificate identity {self.certificateIdentity!r}"

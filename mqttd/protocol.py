@@ -66,6 +66,7 @@ from .interfaces import (
 from .ratelimit import ConnectionRateLimiter
 from .router import NO_LOCAL, RETAIN_AS_PUBLISHED
 from .session import Session, SessionError
+from .timeouts import Timeout, Timeouts
 from .writes import WriteCoalescer, coalescible, send
 
 PINGRESP = encode(Pingresp())
@@ -152,6 +153,7 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         "_lastReceived",
         "_out",
         "_stats",
+        "_timeouts",
         "_topicAliases",
         "_username",
         "_who",
@@ -169,7 +171,9 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         "session",
     )
 
-    def __init__(self, broker: Broker, listener: ListenerConfig, clock: IReactorTime) -> None:
+    def __init__(
+        self, broker: Broker, listener: ListenerConfig, clock: IReactorTime, timeouts: Timeouts
+    ) -> None:
         self.broker = broker
         self.listener = listener
         self.clock = clock
@@ -186,8 +190,10 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
             max_packet_size=broker.config.max_packet_size,
             max_connect_size=broker.config.max_connect_size,
         )
-        self._connectTimer: IDelayedCall | None = None
-        self._keepaliveTimer: IDelayedCall | None = None
+        # Both on the listener's shared Timeouts rather than callLater (see mqttd.timeouts).
+        self._timeouts = timeouts
+        self._connectTimer: Timeout | None = None
+        self._keepaliveTimer: Timeout | None = None
         self._keepaliveLimit = 0.0
         self._lastReceived = 0.0
         self._graceful = False
@@ -206,7 +212,8 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         # Who the accepted client is, for the connect and disconnect lines.
         self._username: str | None = None
         self._who = "anonymous"
-        # On a plain TCP connection, the packets of this reactor turn, sent as one (writes.py).
+        # On a plain TCP connection (where _writes is set), the packets of this reactor turn,
+        # sent as one (writes.py); None between turns, so an idle connection holds no list.
         self._out: list[bytes] | None = None
         self._writes: WriteCoalescer | None = None
 
@@ -220,11 +227,10 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         if self.listener.tcp_nodelay:
             _setNoDelay(self.transport)
         if isinstance(self.factory, MQTTServerFactory) and coalescible(self.transport):
-            self._out = []
             self._writes = self.factory.writes
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._connectTimer = self.clock.callLater(
-            self.broker.config.connect_timeout, self._connectTimedOut
+        self._connectTimer = self._timeouts.set(
+            self.broker.config.connect_timeout, MQTTServerProtocol._connectTimedOut, self
         )
 
     def _notePeer(self) -> None:
@@ -234,9 +240,11 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         self._host = host if host else str(peer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for timer in (self._connectTimer, self._keepaliveTimer, self._abortTimer):
-            if timer is not None and timer.active():
-                timer.cancel()
+        for timeout in (self._connectTimer, self._keepaliveTimer):
+            if timeout is not None:
+                self._timeouts.cancel(timeout)
+        if self._abortTimer is not None and self._abortTimer.active():
+            self._abortTimer.cancel()
         self._connectTimer = self._keepaliveTimer = self._abortTimer = None
         if isinstance(self.factory, MQTTServerFactory):
             self.factory.connectionClosed()
@@ -439,19 +447,26 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
             self.close("no CONNECT within the connect timeout")
 
     def _stopConnectTimer(self) -> None:
-        if self._connectTimer is not None and self._connectTimer.active():
-            self._connectTimer.cancel()
+        if self._connectTimer is not None:
+            self._timeouts.cancel(self._connectTimer)
         self._connectTimer = None
 
+    def _startKeepalive(self, limit: float) -> None:
+        """Close the connection once no packet has come for C{limit} seconds."""
+        self._keepaliveLimit = limit
+        self._keepaliveTimer = self._timeouts.set(limit, MQTTServerProtocol._checkKeepalive, self)
+
     def _checkKeepalive(self) -> None:
+        # Not moved on every packet, which would cost the heap a push per packet: when it
+        # comes due it looks at the last packet's time, and is set again for what is left.
         idle = self.clock.seconds() - self._lastReceived
         if idle >= self._keepaliveLimit:
             self._keepaliveTimer = None
             # [MQTT-3.1.2-24]: as if the network had failed, so the will goes.
             self.close("keepalive timeout", ReasonCode.KEEP_ALIVE_TIMEOUT)
         else:
-            self._keepaliveTimer = self.clock.callLater(
-                self._keepaliveLimit - idle, self._checkKeepalive
+            self._keepaliveTimer = self._timeouts.set(
+                self._keepaliveLimit - idle, MQTTServerProtocol._checkKeepalive, self
             )
 
     # IClientConnection
@@ -465,21 +480,23 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         stats = self._stats
         stats.controlSent += 1
         stats.controlBytesSent += len(data)
-        out = self._out
-        if out is None:
+        writes = self._writes
+        if writes is None:
             self.transport.write(data)  # type: ignore[union-attr]
             return
-        if not out:
-            self._writes.waiting(self)  # type: ignore[union-attr]
-        out.append(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+            writes.waiting(self)
+        else:
+            out.append(data)
 
     def flushWrites(self) -> None:
         """Send the packets this turn wrote, if any, as one."""
         out = self._out
-        if out:
-            data = b"".join(out)
-            out.clear()
-            send(self.transport, data)
+        if out is not None:
+            self._out = None
+            send(self.transport, b"".join(out))
 
     def _encodeWithin(self, packet: Packet) -> bytes | None:
         """
@@ -514,13 +531,16 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         stats = self._stats
         stats.sentByHeader[header] += 1
         stats.sentBytesByHeader[header] += len(chunks[0]) + len(chunks[-1])
-        out = self._out
-        if out is None:
+        writes = self._writes
+        if writes is None:
             self.transport.writeSequence(chunks)  # type: ignore[union-attr]
             return
-        if not out:
-            self._writes.waiting(self)  # type: ignore[union-attr]
-        out.extend(chunks)
+        out = self._out
+        if out is None:
+            self._out = list(chunks)
+            writes.waiting(self)
+        else:
+            out.extend(chunks)
 
     # IPushProducer: the transport tells us when its write buffer fills.
 
@@ -671,6 +691,7 @@ class MQTTServerFactory(Factory):
         self.listener = listener
         self.clock = clock
         self.writes = WriteCoalescer(clock)
+        self.timeouts = Timeouts(clock)
         self.rateLimiter: ConnectionRateLimiter | None = None
         # This listener's connections open now, for its max_connections.
         self.openConnections = 0
@@ -699,7 +720,7 @@ class MQTTServerFactory(Factory):
         if limit and broker.openConnections >= limit:
             self._refused(host, f"broker max_connections ({limit}) reached")
             return None
-        protocol = MQTTServerProtocol(broker, listener, self.clock)
+        protocol = MQTTServerProtocol(broker, listener, self.clock, self.timeouts)
         protocol.factory = self
         return protocol
 

@@ -166,7 +166,9 @@ class Session:
         # Most sessions never queue; an empty deque costs ~700 bytes, which
         # is most of an idle connection's footprint.
         self.pending: deque[tuple[Message, int, bool]] | None = None
-        self.awaitingRel: dict[int, float] = {}
+        # Inbound QoS 2 packet identifiers awaiting PUBREL, with when each came; None until the
+        # first, as most clients never publish at QoS 2 (an empty dict is 64 bytes each).
+        self.awaitingRel: dict[int, float] | None = None
         self.dropped = 0
         # Seconds the session outlives its connection (MQTT 5 Session Expiry Interval); 3.1.1
         # sessions are kept for ever or end with the connection, as their clean session says.
@@ -181,7 +183,9 @@ class Session:
         # The Topic Alias Maximum of a 5.0 client's CONNECT, and the aliases this connection
         # gave topics: the first topics sent keep theirs, and the rest go by name.
         self.aliasMaximum = 0
-        self.aliases: dict[str, int] = {}
+        # None until the first alias: most clients set no Topic Alias Maximum, and an empty
+        # dict is 64 bytes of every idle connection.
+        self.aliases: dict[str, int] | None = None
         self.maxQueued = maxQueued
         # 0: bounded by count only.
         self.maxQueuedBytes = maxQueuedBytes
@@ -246,12 +250,15 @@ class Session:
         ids = self._subscriptionIds(message) if self.identified else _NO_IDS
         alias = 0
         known = False
+        aliases = self.aliases
         if self.aliasMaximum:
-            alias = self.aliases.get(message.topic, 0)
+            if aliases is None:
+                aliases = self.aliases = {}
+            alias = aliases.get(message.topic, 0)
             known = alias != 0
-            if not known and len(self.aliases) < self.aliasMaximum:
+            if not known and len(aliases) < self.aliasMaximum:
                 # Numbered from 1 up to the client's maximum [MQTT-3.3.2-8, MQTT-3.1.2-26].
-                alias = len(self.aliases) + 1
+                alias = len(aliases) + 1
         prefix, block = message.wire5(qos, retain, dup, self.now(), ids, alias, known)
         limit = self.maxPacketSize
         if limit and len(prefix) + len(packetId) + len(block) + len(message.payload) > limit:
@@ -267,7 +274,7 @@ class Session:
         self._stats.propertyBytesSent[qos] += len(block)
         if alias and not known:
             # Only once sent: the client must have seen the topic its alias stands for.
-            self.aliases[message.topic] = alias
+            aliases[message.topic] = alias  # type: ignore[index]
         conn.writeSequence((prefix, packetId, block, message.payload))
 
     def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
@@ -508,9 +515,8 @@ class Session:
         """
         self.connection = conn
         self.mqtt5 = conn.protocolLevel == ProtocolLevel.MQTT_5
-        if self.aliases:
-            # Aliases are the connection's, not the session's [MQTT-3.3.2-7].
-            self.aliases = {}
+        # Aliases are the connection's, not the session's [MQTT-3.3.2-7].
+        self.aliases = None
         # What the last connection still waited for is its no more.
         self.unsent = None
         durable = None
@@ -627,7 +633,9 @@ class Session:
             PUBREL even after forgetting those older than C{awaitRelTimeout}.
         """
         awaiting = self.awaitingRel
-        if packetId in awaiting:
+        if awaiting is None:
+            awaiting = self.awaitingRel = {}
+        elif packetId in awaiting:
             return False
         journal = self.journal
         if len(awaiting) >= self.maxAwaitingRel:
@@ -652,7 +660,8 @@ class Session:
         The client released an inbound QoS 2 message; its identifier may be
         reused for a new message from now on.
         """
-        if self.awaitingRel.pop(packetId, None) is not None and self.journal is not None:
+        awaiting = self.awaitingRel
+        if awaiting and awaiting.pop(packetId, None) is not None and self.journal is not None:
             self.journal.qos2Released(self.clientId, packetId)
 
     # Persistence
@@ -667,7 +676,7 @@ class Session:
         }
         self.pending = deque(state.pending) if state.pending else None
         self.queuedBytes = sum(len(message.payload) for message, _, _ in state.pending)
-        self.awaitingRel = dict(state.awaitingRel)
+        self.awaitingRel = dict(state.awaitingRel) or None
         self._nextPacketId = state.nextPacketId
         self.owner = state.owner
 
