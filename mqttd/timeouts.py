@@ -79,7 +79,14 @@ class Timeouts:
         timeout[2] = timeout[3] = None
         self._cancelled += 1
         heap = self._heap
-        if self._cancelled >= _COMPACT_AT and self._cancelled * 2 >= len(heap):
+        if self._cancelled == len(heap):
+            # Nothing live is left: nor is the reactor call for it.
+            heap.clear()
+            self._cancelled = 0
+            if self._call is not None:
+                self._call.cancel()
+                self._call = None
+        elif self._cancelled >= _COMPACT_AT and self._cancelled * 2 >= len(heap):
             # Filtered in place: _expire may be iterating over this very list.
             heap[:] = [entry for entry in heap if entry[2] is not None]
             heapify(heap)

@@ -91,6 +91,7 @@ def test_cancelledNeverCalledAndTargetReleased() -> None:
     timeouts.set(5, _Target.expired, kept)
     timeouts.cancel(timeout)
     timeouts.cancel(timeout)
+    assert len(clock.getDelayedCalls()) == 1
     del target
     gc.collect()
     assert ref() is None
@@ -99,6 +100,25 @@ def test_cancelledNeverCalledAndTargetReleased() -> None:
     assert calls == [("kept", 5.0)]
     timeouts.cancel(timeout)
     assert len(timeouts) == 0
+
+
+def test_noReactorCallOnceAllAreCancelled() -> None:
+    """
+    With every timeout cancelled the reactor is left with no call of theirs (a broker whose
+    clients all left has no timer running for them).
+    """
+    clock = Clock()
+    timeouts = Timeouts(clock)
+    calls: list[tuple[str, float]] = []
+    first = timeouts.set(5, _Target.expired, _Target(clock, "a", calls))
+    second = timeouts.set(7, _Target.expired, _Target(clock, "b", calls))
+    timeouts.cancel(first)
+    assert len(clock.getDelayedCalls()) == 1
+    timeouts.cancel(second)
+    assert clock.getDelayedCalls() == [] and len(timeouts) == 0
+    timeouts.set(1, _Target.expired, _Target(clock, "c", calls))
+    clock.advance(1)
+    assert calls == [("c", 1.0)]
 
 
 def test_cancelledEntriesDoNotPileUp() -> None:
