@@ -14,7 +14,7 @@ import sqlite3
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +33,8 @@ from mqttd.plugin_loader import buildPlugin, findPlugins
 from mqttd.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
 from mqttd.store import MemoryStore, StoredState
 from tests import e2e
+from tests.redisserver import RedisServer
+from tests.test_redisserver import command
 
 pytestmark = pytest.mark.usefixtures("twisted_reactor")
 
@@ -58,7 +60,44 @@ def fileStore(path: Path, sync: bool = True, compactBytes: int = 1 << 20) -> Any
     )
 
 
+# One redis-server for the module, started by the first Redis store a test opens; each test's
+# stores keep their keys under a prefix of their own, the same for every store on one path.
+_redis: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _redisServer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    _redis["directory"] = tmp_path_factory.mktemp("redis")
+    yield
+    server = _redis.pop("server", None)
+    if server is not None:
+        server.stop()
+
+
+def redisServer() -> RedisServer:
+    server = _redis.get("server")
+    if server is None:
+        server = _redis["server"] = RedisServer(_redis["directory"]).start()
+    assert isinstance(server, RedisServer)
+    return server
+
+
+def redisStore(path: Path, sync: bool = True, node: str = "mqttd") -> Any:
+    return findPlugins()["redis"].build(
+        {
+            "url": redisServer().url,
+            "prefix": f"t{zlib.crc32(str(path).encode())}:",
+            "node": node,
+            "durability": "sync" if sync else "batched",
+            "flush_ms": "10",
+        },
+        PluginContext(e2e.reactor, str(path), BrokerConfig()),
+    )
+
+
 DURABLE: dict[str, Factory] = {
+    "redis-sync": redisStore,
+    "redis-batched": lambda p: redisStore(p, sync=False),
     "sqlite-sync": sqliteStore,
     "sqlite-batched": lambda p: sqliteStore(p, sync=False),
     "file-sync": fileStore,
@@ -742,3 +781,151 @@ def test_pluginOptions(name: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         build(name, {"path": "bad"}, tmp_path)
     assert str(raised.value).startswith(f"mqttd.ini: [plugin:{name}] path: {bad}: ")
+
+
+# The Redis store
+
+
+def redisKeys(path: Path, pattern: str) -> int:
+    """How many keys of the Redis store on C{path} match C{pattern} (after its prefix)."""
+    reply = command(
+        redisServer().port,
+        "EVAL",
+        "return #redis.call('KEYS', ARGV[1])",
+        "0",
+        f"t{zlib.crc32(str(path).encode())}:{pattern}",
+    )
+    return int(reply[1:].split(b"\r\n")[0])
+
+
+def test_redisSyncFlushSurvivesAKilledRedis(tmp_path: Path) -> None:
+    """
+    In sync mode the Redis store's flush fires once Redis has answered the batch; with
+    C{appendfsync always} that is on disk, so what a broker acknowledged after flush is there
+    when Redis itself is killed (SIGKILL) and restarted, for a new store object to restore.
+    """
+    store = opened(redisStore, tmp_path)
+
+    def recorded() -> Deferred[None]:
+        store.sessionSaved("s", {"t": 1})
+        store.messageQueued("s", Message("t", b"acknowledged", 1), 1, False)
+        store.retainedSet(Message("r", b"on disk", 1, True))
+        d = store.flush()
+        assert isinstance(d, Deferred)
+        return d
+
+    e2e.in_reactor(recorded)
+    server = redisServer()
+    server.stop(kill=True)
+    server.start()
+    reader = opened(redisStore, tmp_path)
+    state = restored(reader)
+    assert [m.payload for m in state.retained] == [b"on disk"]
+    assert [[m.payload for m, _, _ in s.pending] for s in state.sessions] == [[b"acknowledged"]]
+    closed(reader)
+    closed(store)
+
+
+def test_redisBatchedFlush(tmp_path: Path) -> None:
+    """
+    In batched mode the Redis store's flush returns None (acknowledgements do not wait) and the
+    change still reaches Redis within the flush interval, without a close.
+    """
+    store = opened(lambda p: redisStore(p, sync=False), tmp_path)
+
+    def retained() -> object:
+        store.retainedSet(Message("r", b"soon", 1, True))
+        return store.flush()
+
+    assert e2e.in_reactor(retained) is None
+    e2e.wait_until(lambda: redisKeys(tmp_path, "retained") == 1, "the batch to be written")
+    closed(store)
+
+
+def test_redisFanOutWrittenOnce(tmp_path: Path) -> None:
+    """
+    A message queued for many persistent sessions is one Redis key referenced by each session,
+    and goes with its last reference.
+    """
+    store = opened(redisStore, tmp_path)
+
+    def fanOut() -> Deferred[None] | None:
+        message = Message("t", b"x" * 100, 1)
+        for n in range(50):
+            store.sessionSaved(f"c{n}", {"t": 1})
+            store.messageQueued(f"c{n}", message, 1, False)
+        return store.flush()
+
+    e2e.in_reactor(fanOut)
+    assert redisKeys(tmp_path, "m:*") == 1
+
+    def acknowledged() -> Deferred[None] | None:
+        for n in range(50):
+            store.messageSent(f"c{n}", 1, Message("t", b"x" * 100, 1), 1, False, True)
+        for n in range(49):
+            store.messageAcknowledged(f"c{n}", 1)
+        return store.flush()
+
+    e2e.in_reactor(acknowledged)
+    assert redisKeys(tmp_path, "m:*") == 1
+    e2e.in_reactor(lambda: store.messageAcknowledged("c49", 1) or store.flush())
+    assert redisKeys(tmp_path, "m:*") == 0
+    closed(store)
+
+
+def test_redisFencedWritesAreRefused(tmp_path: Path) -> None:
+    """
+    Once another run of a broker (node "b") has claimed a session, the run that held it (node
+    "a") can no longer change it: its writes are refused in Redis and reported, while a message
+    it still queued for the session is kept in the session's queue (a stray), so that the owner
+    delivers what the publisher was told was taken.
+    """
+    a = opened(lambda p: redisStore(p, node="a"), tmp_path)
+    b = opened(lambda p: redisStore(p, node="b"), tmp_path)
+    reported: list[tuple[list[str], list[str]]] = []
+    a.fenced = lambda fenced, strays: reported.append((fenced, strays))
+
+    def held() -> Deferred[None] | None:
+        a.sessionSaved("s", {"t": 1})
+        a.messageQueued("s", Message("t", b"first", 1), 1, False)
+        return a.flush()
+
+    e2e.in_reactor(held)
+    (claimed,) = e2e.in_reactor(b.claim, ["s"])
+    assert [m.payload for m, _, _ in claimed.pending] == [b"first"]
+
+    def lost() -> Deferred[None] | None:
+        a.sessionSaved("s", {"other": 2})
+        a.messageQueued("s", Message("t", b"stray", 1), 1, False)
+        a.messageSent("s", 1, Message("t", b"first", 1), 1, False, True)
+        a.sessionDeleted("s")
+        return a.flush()
+
+    e2e.in_reactor(lost)
+    assert reported == [(["s"], ["s"])]
+    state = restored(b)
+    (session,) = state.sessions
+    assert session.subscriptions == {"t": 1}
+    assert session.inflight == []
+    assert [m.payload for m, _, _ in session.pending] == [b"first", b"stray"]
+    assert restored(a).sessions == []
+    closed(a)
+    closed(b)
+
+
+def test_redisPluginOptions(tmp_path: Path) -> None:
+    """
+    The Redis store checks its options when built: start-up stops with one line naming the
+    configuration file, the plugin's section and the key.
+    """
+    with pytest.raises(ConfigError) as raised:
+        build("redis", {"url": "http://localhost/"}, tmp_path)
+    assert str(raised.value) == (
+        "mqttd.ini: [plugin:redis] url: expected redis://HOST[:PORT][/DB], got 'http://localhost/'"
+    )
+    with pytest.raises(ConfigError, match=r"\[plugin:redis\] url: 'redis://h:port'"):
+        build("redis", {"url": "redis://h:port"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"\[plugin:redis\] node: expected a name"):
+        build("redis", {"node": "two words"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"\[plugin:redis\] durability: expected sync"):
+        build("redis", {"durability": "sometimes"}, tmp_path)

@@ -35,6 +35,7 @@ from mqttd.store import MemoryStore
 from tests import e2e
 from tests.e2e import MQTTv5, MQTTv311
 from tests.harness import World
+from tests.redisserver import Start, redis_servers  # noqa: F401 -- a fixture, by name
 
 pluginPackage()
 passwordfile: Any = importlib.import_module("mqttd.plugins.passwordfile")
@@ -110,6 +111,7 @@ def startSecureBroker(
     groups: dict[str, str] | None = None,
     acl: str = ACL + "user backend\ntopic write #\ntopic write $group/#\ntopic write $p2p/#\n",
     store: str | None = None,
+    storeOptions: dict[str, str] | None = None,
     **overrides: Any,
 ) -> SecureBroker:
     """
@@ -117,6 +119,7 @@ def startSecureBroker(
         first in the ACL chain, as C{docs/virtual-groups.md} sets it up.
     @param store: C{"sqlite"} for the broker's SQLite store in C{directory}, else the memory
         store.
+    @param storeOptions: the store plugin's options; by default its C{path} in C{directory}.
     """
     passwd = directory / "passwd"
     if not passwd.exists():
@@ -131,7 +134,9 @@ def startSecureBroker(
         made["acl"] = aclfile.aclfile.build({"file": "acl"}, context)
         extra: dict[str, Any] = {}
         if store is not None:
-            extra["store"] = findPlugins()[store].build({"path": "mqttd.db"}, context)
+            extra["store"] = findPlugins()[store].build(
+                storeOptions if storeOptions is not None else {"path": "mqttd.db"}, context
+            )
         chain = [made["acl"]]
         if groups is not None:
             made["groups"] = virtualGroups.virtualGroups.build(
@@ -343,16 +348,19 @@ def test_anonymousCannotTakeAUsersSession(tmp_path: Path, twisted_reactor: None)
     assert isinstance(answer, Connack) and (answer.return_code, answer.session_present) == (0, True)
 
 
-@pytest.mark.parametrize("store", [None, "sqlite"], ids=["memory", "sqlite"])
-def test_aclReloadWhileOfflineAppliesOnResume(startSecure: Any, store: str | None) -> None:
+@pytest.mark.parametrize("store", [None, "sqlite", "redis"], ids=["memory", "sqlite", "redis"])
+def test_aclReloadWhileOfflineAppliesOnResume(
+    startSecure: Any, store: str | None, request: pytest.FixtureRequest
+) -> None:
     """
     alice's session holds messages on C{alice/...} (two in flight, two queued) and on
     C{users/alice/...}; while she is offline the ACL is reloaded without her C{alice/#} right.
     On resume only C{users/alice/...} arrives: what she may no longer read is dropped and
     counted, in flight and queued alike, and the subscription itself is gone.  On the SQLite
-    store, what was dropped stays dropped after a restart.
+    and Redis stores, what was dropped stays dropped after a restart.
     """
-    secure = startSecure(store=store, max_inflight=2)
+    options = {"url": _redisURL(request)} if store == "redis" else None
+    secure = startSecure(store=store, storeOptions=options, max_inflight=2)
     holder = RawHolder(secure.port, "alice-phone", "alice")
     holder.subscribe("alice/#", "users/alice/#")
     backend = secure.client("backend-1", "backend")
@@ -378,7 +386,7 @@ def test_aclReloadWhileOfflineAppliesOnResume(startSecure: Any, store: str | Non
         return
     alice.disconnect()
     secure.stop()
-    again = startSecure(store=store)
+    again = startSecure(store=store, storeOptions=options)
     alice = again.client("alice-phone", "alice", clean=False)
     assert alice.session_present is True
     quiet(alice)
@@ -387,22 +395,33 @@ def test_aclReloadWhileOfflineAppliesOnResume(startSecure: Any, store: str | Non
 # The owner in every store
 
 
-def _durable(kind: str, directory: Path) -> Any:
+def _redisURL(request: pytest.FixtureRequest) -> str:
+    """A redis-server started for this test (C{redis_servers}), stopped at its teardown."""
+    start: Start = request.getfixturevalue("redis_servers")
+    return start().url
+
+
+def _durable(kind: str, directory: Path, url: str = "") -> Any:
     options = {"path": "mqttd.db" if kind == "sqlite" else "mqttd.log"}
+    if kind == "redis":
+        options = {"url": url}
     return e2e.in_reactor(
         findPlugins()[kind].build, options, PluginContext(e2e.reactor, str(directory), None)
     )
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "file"])
-def test_everyStoreKeepsTheOwner(kind: str, tmp_path: Path, twisted_reactor: None) -> None:
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file", "redis"])
+def test_everyStoreKeepsTheOwner(
+    kind: str, tmp_path: Path, twisted_reactor: None, request: pytest.FixtureRequest
+) -> None:
     """
     Every store restores a session's owner (a user, or C{""} for anonymous clients); a session
     told of no owner restores with none.
     """
     from twisted.internet.defer import maybeDeferred
 
-    store = MemoryStore() if kind == "memory" else _durable(kind, tmp_path)
+    url = _redisURL(request) if kind == "redis" else ""
+    store = MemoryStore() if kind == "memory" else _durable(kind, tmp_path, url)
 
     def journal() -> None:
         store.sessionSaved("phone", {"a/#": 1})
@@ -415,7 +434,7 @@ def test_everyStoreKeepsTheOwner(kind: str, tmp_path: Path, twisted_reactor: Non
     e2e.in_reactor(journal)
     if kind != "memory":
         e2e.in_reactor(lambda: maybeDeferred(store.close))
-        store = _durable(kind, tmp_path)
+        store = _durable(kind, tmp_path, url)
     state = e2e.in_reactor(lambda: maybeDeferred(store.restore))
     assert {s.clientId: s.owner for s in state.sessions} == {
         "phone": "alice",

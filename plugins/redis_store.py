@@ -1,0 +1,690 @@
+"""
+The Redis L{IMessageStore} (C{[store] plugin = redis}): persistent sessions, retained messages
+and wills in a Redis server, so that a session outlives the node that held it and a cluster's
+nodes (C{docs/cluster.md}) can hand it to one another.
+
+The journal's events are recorded on the reactor thread and sent as one C{EVALSHA} of
+L{APPLY} per batch, on one connection, so Redis applies them in the broker's order and each
+batch as a whole (a Lua script is atomic, and Redis writes its effects to the append-only file
+as one transaction).  In C{sync} mode a batch goes at the end of the reactor turn that recorded
+it and L{RedisStore.flush} fires once Redis has answered it; with C{appendfsync always} Redis
+answers only after the change is on disk, which is the SQLite store's guarantee.  Batches are
+pipelined: the next goes before the one before has been answered, Redis keeping their order.
+
+Every session's key carries a fencing token, C{fence}: the run of the node that owns it
+(L{RedisStore.token}, new for each process).  A write to a session is applied only while the
+fence is this run's, checked in the same script, so a node that lost a session (taken over by
+another node, or its owner thought dead) can never overwrite it.  A delivery to a session this
+run no longer owns is kept in the session's queue in Redis instead (a stray), so the node that
+owns it now delivers it: a message acknowledged to its publisher is never dropped by the fence.
+
+Options (C{[plugin:redis]}):
+  - C{url}: C{redis://[:PASSWORD@]HOST[:PORT][/DB]}; default C{redis://127.0.0.1:6379/0}.
+  - C{prefix}: what every key starts with; default C{mqttd:}.
+  - C{node}: the name this broker's sessions and wills are kept under; default C{mqttd}.  A
+    cluster's nodes each have their own (C{[cluster] node}).
+  - C{durability}, C{flush_ms}: as for the SQLite store.
+
+The keys, for a prefix C{P}, node C{N} and client identifier C{C}:
+  - C{P s:C}, hash: the session's claim (C{fence}, C{node}) and, for a persistent session
+    (C{p} = 1), C{subs} (JSON), C{owner}, C{ei} and C{ea} (Session Expiry Interval and
+    deadline), C{seq} (orders the in-flight deliveries).
+  - C{P q:C}, list: queued deliveries, C{"QOS RETAIN MID"}, oldest first.
+  - C{P f:C}, hash: in-flight deliveries by packet identifier, C{"SEQ STATE QOS RETAIN MID"}.
+  - C{P r:C}, hash: inbound QoS 2 packet identifiers awaiting PUBREL, to when they came.
+  - C{P m:MID}, hash: a message (C{body}, see L{encodeMessage}) and how many deliveries
+    reference it (C{refs}); deleted with its last reference.
+  - C{P ns:N}, set: the client identifiers whose sessions node C{N} owns.
+  - C{P w:N}, hash: the wills of node C{N}'s open connections, by client identifier.
+  - C{P retained}, hash: retained messages by topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mqttd.codec.packets import Will
+from mqttd.durable import durabilityOptions
+from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
+from mqttd.message import Message
+from mqttd.session import SessionState
+from mqttd.store import StoredSession, StoredState, dumpProperties, loadProperties, storedMessage
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "mqttd:"
+DEFAULT_NODE = "mqttd"
+
+# Lua helpers both scripts share.  Keys are built in the script from the prefix: mqttd's
+# Redis is one server (or a replicated pair), never a Redis Cluster, whose slots would need
+# every key named in KEYS.
+_COMMON = """
+local token, node, p = ARGV[1], ARGV[2], ARGV[3]
+-- Messages whose references fell to none (or that were written with none): deleted by sweep
+-- at the script's end, so that one referenced again later in the same batch keeps its body.
+local unreferenced = {}
+local function unref(mid)
+  local key = p .. 'm:' .. mid
+  if redis.call('HINCRBY', key, 'refs', -1) <= 0 then unreferenced[#unreferenced + 1] = key end
+end
+local function sweep()
+  for _, key in ipairs(unreferenced) do
+    local refs = redis.call('HGET', key, 'refs')
+    if refs and tonumber(refs) <= 0 then redis.call('DEL', key) end
+  end
+end
+local function ref(mid) redis.call('HINCRBY', p .. 'm:' .. mid, 'refs', 1) end
+local function queuedMid(entry) return string.match(entry, '^%d+ %d+ (.+)$') end
+local function inflightMid(entry) return string.match(entry, '^%d+ %d+ %d+ %d+ (.+)$') end
+-- Forget a session's persistent state (its queue, in-flight deliveries and QoS 2 ids).
+local function dropState(cid)
+  for _, e in ipairs(redis.call('LRANGE', p .. 'q:' .. cid, 0, -1)) do unref(queuedMid(e)) end
+  for _, e in ipairs(redis.call('HVALS', p .. 'f:' .. cid)) do unref(inflightMid(e)) end
+  redis.call('DEL', p .. 'q:' .. cid, p .. 'f:' .. cid, p .. 'r:' .. cid)
+end
+"""
+
+# One batch of journal events: ARGV = token, node, prefix, create ('1': a sessionSaved for a
+# session no node holds creates it, as a broker alone on its Redis does; a cluster node claims
+# sessions before it saves them), then the events, each an opcode and its fixed arguments.
+# Returns the client ids whose writes were fenced off and those given a stray delivery.
+APPLY = (
+    _COMMON
+    + """
+local create = ARGV[4] == '1'
+local owned, fenced, strays = {}, {}, {}
+local function owns(cid)
+  local ok = owned[cid]
+  if ok == nil then
+    ok = redis.call('HGET', p .. 's:' .. cid, 'fence') == token
+    owned[cid] = ok
+    if not ok then fenced[#fenced + 1] = cid end
+  end
+  return ok
+end
+-- A delivery for a session this run no longer owns: kept in its queue for its owner.
+local function stray(cid, entry, mid)
+  if redis.call('HGET', p .. 's:' .. cid, 'p') == '1' then
+    redis.call('RPUSH', p .. 'q:' .. cid, entry)
+    ref(mid)
+    strays[#strays + 1] = cid
+  end
+end
+local i = 5
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'M' then
+    local key = p .. 'm:' .. ARGV[i + 1]
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('HSET', key, 'body', ARGV[i + 2], 'refs', 0)
+      unreferenced[#unreferenced + 1] = key
+    end
+    i = i + 3
+  elseif op == 'S' then
+    local cid = ARGV[i + 1]
+    local key = p .. 's:' .. cid
+    if create and owned[cid] == nil and redis.call('EXISTS', key) == 0 then
+      redis.call('HSET', key, 'fence', token, 'node', node, 'ei', 4294967295, 'ea', '', 'seq', 0)
+      redis.call('SADD', p .. 'ns:' .. node, cid)
+      owned[cid] = true
+    end
+    if owns(cid) then redis.call('HSET', key, 'subs', ARGV[i + 2], 'p', '1') end
+    i = i + 3
+  elseif op == 'D' then
+    local cid = ARGV[i + 1]
+    if owns(cid) then
+      dropState(cid)
+      if create then
+        redis.call('DEL', p .. 's:' .. cid)
+        redis.call('SREM', p .. 'ns:' .. node, cid)
+        owned[cid] = nil
+      else
+        -- The claim stays: this node still holds the client id.
+        redis.call('HDEL', p .. 's:' .. cid, 'p', 'subs', 'owner', 'ei', 'ea', 'seq')
+      end
+    end
+    i = i + 2
+  elseif op == 'O' then
+    if owns(ARGV[i + 1]) then redis.call('HSET', p .. 's:' .. ARGV[i + 1], 'owner', ARGV[i + 2]) end
+    i = i + 3
+  elseif op == 'E' then
+    if owns(ARGV[i + 1]) then
+      redis.call('HSET', p .. 's:' .. ARGV[i + 1], 'ei', ARGV[i + 2], 'ea', ARGV[i + 3])
+    end
+    i = i + 4
+  elseif op == 'Q' then
+    local cid, entry, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    if owns(cid) then
+      redis.call('RPUSH', p .. 'q:' .. cid, entry)
+      ref(mid)
+    else
+      stray(cid, entry, mid)
+    end
+    i = i + 4
+  elseif op == 'P' then
+    -- Sent: cid, packet id, state, QoS, retain, mid, queued ('1': it left the queue's head).
+    local cid, pid, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 6]
+    if owns(cid) then
+      if ARGV[i + 7] == '1' then
+        local head = redis.call('LPOP', p .. 'q:' .. cid)
+        if head then mid = queuedMid(head) else ref(mid) end
+      else
+        ref(mid)
+      end
+      local old = redis.call('HGET', p .. 'f:' .. cid, pid)
+      if old then unref(inflightMid(old)) end
+      local seq = redis.call('HINCRBY', p .. 's:' .. cid, 'seq', 1)
+      redis.call('HSET', p .. 'f:' .. cid, pid,
+        seq .. ' ' .. ARGV[i + 3] .. ' ' .. ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid)
+    elseif ARGV[i + 7] ~= '1' then
+      stray(cid, ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid, mid)
+    end
+    i = i + 8
+  elseif op == 'R' then
+    local cid, pid = ARGV[i + 1], ARGV[i + 2]
+    if owns(cid) then
+      local e = redis.call('HGET', p .. 'f:' .. cid, pid)
+      if e then
+        local seq, _, rest = string.match(e, '^(%d+) (%d+) (.+)$')
+        redis.call('HSET', p .. 'f:' .. cid, pid, seq .. ' 3 ' .. rest)
+      end
+    end
+    i = i + 3
+  elseif op == 'A' then
+    local cid, pid = ARGV[i + 1], ARGV[i + 2]
+    if owns(cid) then
+      local e = redis.call('HGET', p .. 'f:' .. cid, pid)
+      if e then
+        unref(inflightMid(e))
+        redis.call('HDEL', p .. 'f:' .. cid, pid)
+      end
+    end
+    i = i + 3
+  elseif op == '2' then
+    local cid = ARGV[i + 1]
+    if owns(cid) then redis.call('HSET', p .. 'r:' .. cid, ARGV[i + 2], ARGV[i + 3]) end
+    i = i + 4
+  elseif op == '3' then
+    if owns(ARGV[i + 1]) then redis.call('HDEL', p .. 'r:' .. ARGV[i + 1], ARGV[i + 2]) end
+    i = i + 3
+  elseif op == 'W' then
+    -- Wills are the node's own record of its connections, not the session's: never fenced.
+    redis.call('HSET', p .. 'w:' .. node, ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'w' then
+    redis.call('HDEL', p .. 'w:' .. node, ARGV[i + 1])
+    i = i + 2
+  elseif op == 'T' then
+    redis.call('HSET', p .. 'retained', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 't' then
+    redis.call('HDEL', p .. 'retained', ARGV[i + 1])
+    i = i + 2
+  else
+    return redis.error_reply('mqttd: unknown store event ' .. op)
+  end
+end
+sweep()
+return {fenced, strays}
+"""
+)
+
+# Claim sessions for this run and return their state: ARGV = token, node, prefix, then either
+# 'node' and a node name (every session that node owns: this node's own at start-up, or a dead
+# node's), or 'client' and client ids.  A claimed session's fence becomes this run's, so the
+# run that held it before can write to it no more.  What a dead run left of a clean session
+# (a claim without persistent state) is deleted.  Returns, per persistent session, its client
+# id, subscriptions, owner, expiry interval and deadline, queue, in-flight deliveries and QoS 2
+# ids, then the bodies of the messages they reference (mid, body, ...).
+CLAIM = (
+    _COMMON
+    + """
+local cids
+if ARGV[4] == 'node' then
+  cids = redis.call('SMEMBERS', p .. 'ns:' .. ARGV[5])
+else
+  cids = {}
+  for j = 5, #ARGV do cids[#cids + 1] = ARGV[j] end
+end
+local sessions, bodies, seen = {}, {}, {}
+local function body(mid)
+  if not seen[mid] then
+    seen[mid] = true
+    bodies[#bodies + 1] = mid
+    bodies[#bodies + 1] = redis.call('HGET', p .. 'm:' .. mid, 'body') or ''
+  end
+end
+for _, cid in ipairs(cids) do
+  local key = p .. 's:' .. cid
+  local was = redis.call('HGET', key, 'node')
+  if was then redis.call('SREM', p .. 'ns:' .. was, cid) end
+  if redis.call('HGET', key, 'p') == '1' then
+    redis.call('HSET', key, 'fence', token, 'node', node)
+    redis.call('SADD', p .. 'ns:' .. node, cid)
+    local s = redis.call('HMGET', key, 'subs', 'owner', 'ei', 'ea')
+    local queue = redis.call('LRANGE', p .. 'q:' .. cid, 0, -1)
+    for _, e in ipairs(queue) do body(queuedMid(e)) end
+    local inflight = redis.call('HGETALL', p .. 'f:' .. cid)
+    for j = 2, #inflight, 2 do body(inflightMid(inflight[j])) end
+    sessions[#sessions + 1] = {cid, s[1], s[2], s[3], s[4], queue, inflight,
+      redis.call('HGETALL', p .. 'r:' .. cid)}
+  elseif ARGV[4] == 'node' then
+    dropState(cid)
+    redis.call('DEL', key)
+  end
+end
+sweep()
+return {sessions, bodies}
+"""
+)
+
+
+def encodeMessage(message: Message) -> bytes:
+    """
+    A message as Redis keeps it: a JSON header (topic, QoS, retain, what L{dumpProperties}
+    keeps of its properties, its expiry deadline), a newline (JSON text has none), the payload.
+    """
+    header = [
+        message.topic,
+        message.qos,
+        message.retain,
+        dumpProperties(message.properties),
+        message.expiresAt,
+    ]
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + message.payload
+
+
+def decodeMessage(body: bytes) -> Message:
+    """The message L{encodeMessage} made C{body} of."""
+    header, _, payload = body.partition(b"\n")
+    topic, qos, retain, properties, expiresAt = json.loads(header)
+    return storedMessage(topic, payload, qos, retain, properties, expiresAt)
+
+
+def encodeWill(will: Will) -> bytes:
+    """A will as Redis keeps it, in L{encodeMessage}'s form."""
+    header = [will.topic, will.qos, will.retain, dumpProperties(will.properties)]
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + will.payload
+
+
+def decodeWill(body: bytes) -> Will:
+    """The will L{encodeWill} made C{body} of."""
+    header, _, payload = body.partition(b"\n")
+    topic, qos, retain, properties = json.loads(header)
+    return Will(topic, payload, qos, bool(retain), loadProperties(properties))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def claimedSessions(reply: Sequence[Any]) -> list[SessionState]:
+    """The L{SessionState}s of a L{CLAIM} script's reply."""
+    rawSessions, rawBodies = reply
+    messages: dict[bytes, Message] = {}
+    for j in range(0, len(rawBodies), 2):
+        mid = rawBodies[j]
+        message = messages[mid] = decodeMessage(rawBodies[j + 1])
+        message.storeId = int(mid)
+    states: list[SessionState] = []
+    for cid, subs, owner, ei, ea, queue, inflight, awaiting in rawSessions:
+        stored = StoredSession(json.loads(subs) if subs else {})
+        stored.owner = _text(owner)
+        stored.expiryInterval = int(ei)
+        stored.expiresAt = float(ea) if ea else None
+        for entry in queue:
+            qos, retain, mid = entry.split(b" ", 2)
+            stored.queue.append((messages[mid], int(qos), retain == b"1"))
+        sent = []
+        for j in range(0, len(inflight), 2):
+            seq, state, qos, retain, mid = inflight[j + 1].split(b" ", 4)
+            sent.append(
+                (int(seq), int(inflight[j]), messages[mid], int(qos), retain == b"1", state)
+            )
+        for _, packetId, message, qos, retain, state in sorted(sent, key=lambda s: s[0]):
+            stored.inflight[packetId] = [message, qos, retain, int(state)]
+        for j in range(0, len(awaiting), 2):
+            stored.awaitingRel[int(awaiting[j])] = float(awaiting[j + 1])
+        states.append(stored.state(cid.decode()))
+    return states
+
+
+def _flag(value: bool) -> bytes:
+    return b"1" if value else b"0"
+
+
+class _Script:
+    """A Lua script run by its SHA-1, loaded again when Redis has forgotten it (a restart)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text.encode()
+        self.sha = hashlib.sha1(self.text).hexdigest()
+
+    def run(self, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
+        d: Deferred[Any] = redis.execute_command("EVALSHA", self.sha, 0, *args)
+        return d.addErrback(self._missing, redis, args)
+
+    def _missing(self, failure: Failure, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
+        if "NOSCRIPT" not in str(failure.value):
+            return failure  # type: ignore[return-value]
+        d: Deferred[Any] = redis.execute_command("EVAL", self.text, 0, *args)
+        return d
+
+
+_APPLY = _Script(APPLY)
+_CLAIM = _Script(CLAIM)
+
+
+def connect(url: str) -> Any:
+    """
+    A txredisapi connection to C{url} that reconnects by itself, speaking bytes (payloads are
+    binary); imported here so that nothing Redis-related is loaded without a Redis store.
+    """
+    import txredisapi
+
+    parts = urlsplit(url)
+    db = parts.path.strip("/")
+    return txredisapi.lazyConnection(
+        parts.hostname or "127.0.0.1",
+        parts.port or 6379,
+        dbid=int(db) if db else None,
+        password=unquote(parts.password) if parts.password else None,
+        charset=None,
+        convertNumbers=False,
+    )
+
+
+def parseURL(url: str) -> str:
+    """
+    Check a C{redis://} URL.
+
+    @raise PluginConfigError: naming C{url}, when it is not one.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises for a port that is not a number
+    except ValueError as e:
+        raise PluginConfigError("url", f"{url!r}: {e}") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "redis" or not parts.hostname or (db and not db.isdigit()):
+        raise PluginConfigError("url", f"expected redis://HOST[:PORT][/DB], got {url!r}")
+    return url
+
+
+@implementer(IMessageStore)
+class RedisStore:
+    """
+    L{IMessageStore} in Redis.
+
+    @ivar token: this run's fencing token: the C{fence} of every session it owns.
+    @ivar fenced: called with the client ids of sessions whose writes were refused because
+        another run owns them now, and those given a stray delivery; L{None} to only log.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        redis: Any,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        node: str = DEFAULT_NODE,
+        sync: bool = True,
+        flushInterval: float = 0.05,
+        clustered: bool = False,
+    ) -> None:
+        """
+        @param redis: a txredisapi connection (L{connect}).
+        @param clustered: whether a cluster's session registry claims each session before
+            saving it; otherwise this broker creates the sessions it saves.
+        """
+        self._reactor = reactor
+        self.redis = redis
+        self.prefix = prefix
+        self.node = node
+        self.token = f"{node}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        self._header = [self.token, node, prefix, b"0" if clustered else b"1"]
+        self._sync = sync
+        self._flushInterval = flushInterval
+        self.fenced: Callable[[list[str], list[str]], None] | None = None
+        self._events: list[Any] = []
+        # Messages whose body the batch being recorded carries: each goes once per batch.
+        self._bodies: set[str] = set()
+        self._nextId = 0
+        self._idBase = int.from_bytes(os.urandom(8), "big") << 40
+        self._timer: IDelayedCall | None = None
+        # Waiting for the batch being recorded, and for the batches sent and not yet answered.
+        self._waiters: list[Deferred[None]] = []
+        self._sent: list[list[Deferred[None]]] = []
+        # Batched: a batch came due while the one before was still unanswered.
+        self._behind = False
+
+    # Batches
+
+    def _record(self, *event: Any) -> None:
+        self._events.extend(event)
+        if self._timer is None:
+            self._timer = self._reactor.callLater(
+                0 if self._sync else self._flushInterval, self._send
+            )
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._events:
+            return
+        self._behind = bool(self._sent)
+        events, self._events = self._events, []
+        self._bodies = set()
+        waiters, self._waiters = self._waiters, []
+        self._sent.append(waiters)
+        _APPLY.run(self.redis, [*self._header, *events]).addBoth(self._answered, waiters)
+
+    def _answered(self, result: Any, waiters: list[Deferred[None]]) -> None:
+        # Redis answers one connection's commands in order: this is the oldest batch sent.
+        self._sent.remove(waiters)
+        if not self._sent:
+            self._behind = False
+        if isinstance(result, Failure):
+            self.log.failure("mqttd's Redis store could not write", result)
+        else:
+            fenced, strays = ([c.decode() for c in cids] for cids in result)
+            if fenced or strays:
+                if self.fenced is not None:
+                    self.fenced(fenced, strays)
+                else:
+                    self.log.warn(
+                        "sessions owned by another broker were not written: {fenced}",
+                        fenced=fenced,
+                    )
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    def _messageId(self, message: Message) -> str:
+        if message.storeId is None:
+            # Unique across the cluster without asking Redis: a random number for this run and
+            # a counter below it.
+            self._nextId += 1
+            message.storeId = self._idBase + self._nextId
+        mid = str(message.storeId)
+        if mid not in self._bodies:
+            self._bodies.add(mid)
+            self._record(b"M", mid, encodeMessage(message))
+        return mid
+
+    # IMessageStore
+
+    def restore(self) -> Deferred[StoredState]:
+        claimed = _CLAIM.run(self.redis, [*self._header[:3], b"node", self.node])
+        retained = self.redis.execute_command("HGETALL", self.prefix + "retained")
+        wills = self.redis.execute_command("HGETALL", f"{self.prefix}w:{self.node}")
+
+        def restored(replies: list[Any]) -> StoredState:
+            claim, retainedReply, willsReply = replies
+            return StoredState(
+                retained=[
+                    decodeMessage(retainedReply[j + 1]) for j in range(0, len(retainedReply), 2)
+                ],
+                sessions=claimedSessions(claim),
+                wills={
+                    willsReply[j].decode(): decodeWill(willsReply[j + 1])
+                    for j in range(0, len(willsReply), 2)
+                },
+            )
+
+        d: Deferred[list[Any]] = gatherResults([claimed, retained, wills], consumeErrors=True)
+        return d.addCallback(restored).addErrback(_firstError)
+
+    def claim(self, clientIds: Iterable[str]) -> Deferred[list[SessionState]]:
+        """
+        Claim the sessions of C{clientIds} for this run (see L{CLAIM}), after every event
+        recorded so far; fires with the persistent ones' state.
+        """
+        self._send()
+        d = _CLAIM.run(self.redis, [*self._header[:3], b"client", *clientIds])
+        return d.addCallback(claimedSessions)
+
+    def flush(self, exactlyOnce: bool = False) -> Deferred[None] | None:
+        if self._sync or exactlyOnce:
+            if self._events:
+                d: Deferred[None] = Deferred()
+                self._waiters.append(d)
+                if not self._sync:
+                    # QoS 2 waits for its step's write; it need not also wait out the interval.
+                    self._send()
+                return d
+            if self._sent:
+                d = Deferred()
+                self._sent[-1].append(d)
+                return d
+            return None
+        if self._behind and self._sent:
+            # Batched, and Redis has not answered a batch within an interval: the publisher
+            # waits (and is not read) until it has, so a crash loses at most that much.
+            d = Deferred()
+            self._sent[-1].append(d)
+            return d
+        return None
+
+    def close(self) -> Deferred[None]:
+        self._send()
+        done: Deferred[None] = Deferred()
+        if self._sent:
+            self._sent[-1].append(done)
+        else:
+            done.callback(None)
+
+        def disconnect(result: object) -> Deferred[object]:
+            d: Deferred[object] = self.redis.disconnect()
+            return d.addBoth(lambda _: result)
+
+        return done.addBoth(disconnect)
+
+    def sessionSaved(self, clientId: str, subscriptions: Mapping[str, int]) -> None:
+        self._record(b"S", clientId, json.dumps(dict(subscriptions), separators=(",", ":")))
+
+    def sessionDeleted(self, clientId: str) -> None:
+        self._record(b"D", clientId)
+
+    def sessionOwned(self, clientId: str, owner: str) -> None:
+        self._record(b"O", clientId, owner)
+
+    def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
+        self._record(b"E", clientId, str(interval), "" if expiresAt is None else repr(expiresAt))
+
+    def messageQueued(self, clientId: str, message: Message, qos: int, retain: bool) -> None:
+        mid = self._messageId(message)
+        self._record(b"Q", clientId, f"{qos} {int(retain)} {mid}", mid)
+
+    def messageSent(
+        self,
+        clientId: str,
+        packetId: int,
+        message: Message,
+        qos: int,
+        retain: bool,
+        queued: bool,
+    ) -> None:
+        mid = self._messageId(message)
+        state = b"1" if qos == 1 else b"2"
+        self._record(
+            b"P", clientId, str(packetId), state, str(qos), _flag(retain), mid, _flag(queued)
+        )
+
+    def messageReleased(self, clientId: str, packetId: int) -> None:
+        self._record(b"R", clientId, str(packetId))
+
+    def messageAcknowledged(self, clientId: str, packetId: int) -> None:
+        self._record(b"A", clientId, str(packetId))
+
+    def qos2Received(self, clientId: str, packetId: int, when: float) -> None:
+        self._record(b"2", clientId, str(packetId), repr(when))
+
+    def qos2Released(self, clientId: str, packetId: int) -> None:
+        self._record(b"3", clientId, str(packetId))
+
+    def willSet(self, clientId: str, will: Will) -> None:
+        self._record(b"W", clientId, encodeWill(will))
+
+    def willCleared(self, clientId: str) -> None:
+        self._record(b"w", clientId)
+
+    def retainedSet(self, message: Message) -> None:
+        self._record(b"T", message.topic, encodeMessage(message))
+
+    def retainedDeleted(self, topic: str) -> None:
+        self._record(b"t", topic)
+
+
+def _firstError(failure: Failure) -> Failure:
+    # gatherResults wraps the failure that stopped it; the operator needs the one inside.
+    error = failure.value
+    if isinstance(error, FirstError):
+        inner: Failure = error.subFailure
+        return inner
+    return failure
+
+
+@implementer(IPlugin, IPluginFactory)
+class RedisStoreFactory:
+    """Builds L{RedisStore} from C{[plugin:redis]}."""
+
+    name = "redis"
+
+    def build(self, options: Mapping[str, str], context: PluginContext) -> RedisStore:
+        sync, flushInterval = durabilityOptions(options, frozenset({"url", "prefix", "node"}))
+        url = parseURL(options.get("url", DEFAULT_URL).strip())
+        prefix = options.get("prefix", DEFAULT_PREFIX).strip()
+        node = options.get("node", DEFAULT_NODE).strip()
+        if not node or any(c.isspace() for c in node):
+            raise PluginConfigError("node", f"expected a name without spaces, got {node!r}")
+        return RedisStore(
+            context.reactor,
+            connect(url),
+            prefix=prefix,
+            node=node,
+            sync=sync,
+            flushInterval=flushInterval,
+        )
+
+
+redis = RedisStoreFactory()
