@@ -25,18 +25,22 @@ Options (C{[plugin:redis]}):
     cluster's nodes each have their own (C{[cluster] node}).
   - C{durability}, C{flush_ms}: as for the SQLite store.
 
-The keys, for a prefix C{P}, node C{N} and client identifier C{C}:
-  - C{P s:C}, hash: the session's claim (C{fence}, C{node}) and, for a persistent session
+The keys, for a prefix C{P}, node C{N} and client identifier C{C} (C{docs/cluster.md} has
+them with their owners and lifetimes):
+  - C{Psession:C}, hash: the session's claim (C{fence}, C{node}) and, for a persistent session
     (C{p} = 1), C{subs} (JSON), C{owner}, C{ei} and C{ea} (Session Expiry Interval and
     deadline), C{seq} (orders the in-flight deliveries).
-  - C{P q:C}, list: queued deliveries, C{"QOS RETAIN MID"}, oldest first.
-  - C{P f:C}, hash: in-flight deliveries by packet identifier, C{"SEQ STATE QOS RETAIN MID"}.
-  - C{P r:C}, hash: inbound QoS 2 packet identifiers awaiting PUBREL, to when they came.
-  - C{P m:MID}, hash: a message (C{body}, see L{encodeMessage}) and how many deliveries
+  - C{Pqueue:C}, list: queued deliveries, C{"QOS RETAIN MID"}, oldest first.
+  - C{Pinflight:C}, hash: in-flight deliveries by packet identifier, C{"SEQ STATE QOS RETAIN
+    MID"}.
+  - C{Pawaiting:C}, hash: inbound QoS 2 packet identifiers awaiting PUBREL, to when they came.
+  - C{Pmessage:MID}, hash: a message (C{body}, see L{encodeMessage}) and how many deliveries
     reference it (C{refs}); deleted with its last reference.
-  - C{P ns:N}, set: the client identifiers whose sessions node C{N} owns.
-  - C{P w:N}, hash: the wills of node C{N}'s open connections, by client identifier.
-  - C{P retained}, hash: retained messages by topic.
+  - C{Psessions:N}, set: the client identifiers whose sessions node C{N} owns.
+  - C{Pwills:N}, hash: the wills of node C{N}'s open connections, by client identifier (in a
+    cluster, C{N} is the node's run, L{RedisStore.token}).
+  - C{Pstore:retained}, hash: a single broker's retained messages by topic (a cluster keeps
+    them in C{Pretained}, L{mqttd.cluster}'s).
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ local token, node, p = ARGV[1], ARGV[2], ARGV[3]
 -- at the script's end, so that one referenced again later in the same batch keeps its body.
 local unreferenced = {}
 local function unref(mid)
-  local key = p .. 'm:' .. mid
+  local key = p .. 'message:' .. mid
   if redis.call('HINCRBY', key, 'refs', -1) <= 0 then unreferenced[#unreferenced + 1] = key end
 end
 local function sweep()
@@ -85,30 +89,33 @@ local function sweep()
     if refs and tonumber(refs) <= 0 then redis.call('DEL', key) end
   end
 end
-local function ref(mid) redis.call('HINCRBY', p .. 'm:' .. mid, 'refs', 1) end
+local function ref(mid) redis.call('HINCRBY', p .. 'message:' .. mid, 'refs', 1) end
 local function queuedMid(entry) return string.match(entry, '^%d+ %d+ (.+)$') end
 local function inflightMid(entry) return string.match(entry, '^%d+ %d+ %d+ %d+ (.+)$') end
 -- Forget a session's persistent state (its queue, in-flight deliveries and QoS 2 ids).
 local function dropState(cid)
-  for _, e in ipairs(redis.call('LRANGE', p .. 'q:' .. cid, 0, -1)) do unref(queuedMid(e)) end
-  for _, e in ipairs(redis.call('HVALS', p .. 'f:' .. cid)) do unref(inflightMid(e)) end
-  redis.call('DEL', p .. 'q:' .. cid, p .. 'f:' .. cid, p .. 'r:' .. cid)
+  for _, e in ipairs(redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)) do unref(queuedMid(e)) end
+  for _, e in ipairs(redis.call('HVALS', p .. 'inflight:' .. cid)) do unref(inflightMid(e)) end
+  redis.call('DEL', p .. 'queue:' .. cid, p .. 'inflight:' .. cid, p .. 'awaiting:' .. cid)
 end
 """
 
-# One batch of journal events: ARGV = token, node, prefix, create ('1': a sessionSaved for a
-# session no node holds creates it, as a broker alone on its Redis does; a cluster node claims
+# One batch of journal events: ARGV = token, node, prefix, create ('1': a single broker on its
+# Redis, where a sessionSaved for a session nobody holds creates it; a cluster node claims
 # sessions before it saves them), then the events, each an opcode and its fixed arguments.
 # Returns the client ids whose writes were fenced off and those given a stray delivery.
 APPLY = (
     _COMMON
     + """
 local create = ARGV[4] == '1'
+-- A single broker finds its wills again under its name when it restarts; a cluster node's are
+-- its run's, which a survivor takes when the run dies.
+local willsKey = p .. 'wills:' .. (create and node or token)
 local owned, fenced, strays = {}, {}, {}
 local function owns(cid)
   local ok = owned[cid]
   if ok == nil then
-    ok = redis.call('HGET', p .. 's:' .. cid, 'fence') == token
+    ok = redis.call('HGET', p .. 'session:' .. cid, 'fence') == token
     owned[cid] = ok
     if not ok then fenced[#fenced + 1] = cid end
   end
@@ -116,8 +123,8 @@ local function owns(cid)
 end
 -- A delivery for a session this run no longer owns: kept in its queue for its owner.
 local function stray(cid, entry, mid)
-  if redis.call('HGET', p .. 's:' .. cid, 'p') == '1' then
-    redis.call('RPUSH', p .. 'q:' .. cid, entry)
+  if redis.call('HGET', p .. 'session:' .. cid, 'p') == '1' then
+    redis.call('RPUSH', p .. 'queue:' .. cid, entry)
     ref(mid)
     strays[#strays + 1] = cid
   end
@@ -127,7 +134,7 @@ local n = #ARGV
 while i <= n do
   local op = ARGV[i]
   if op == 'M' then
-    local key = p .. 'm:' .. ARGV[i + 1]
+    local key = p .. 'message:' .. ARGV[i + 1]
     if redis.call('EXISTS', key) == 0 then
       redis.call('HSET', key, 'body', ARGV[i + 2], 'refs', 0)
       unreferenced[#unreferenced + 1] = key
@@ -135,10 +142,10 @@ while i <= n do
     i = i + 3
   elseif op == 'S' then
     local cid = ARGV[i + 1]
-    local key = p .. 's:' .. cid
+    local key = p .. 'session:' .. cid
     if create and owned[cid] == nil and redis.call('EXISTS', key) == 0 then
       redis.call('HSET', key, 'fence', token, 'node', node, 'ei', 4294967295, 'ea', '', 'seq', 0)
-      redis.call('SADD', p .. 'ns:' .. node, cid)
+      redis.call('SADD', p .. 'sessions:' .. node, cid)
       owned[cid] = true
     end
     if owns(cid) then redis.call('HSET', key, 'subs', ARGV[i + 2], 'p', '1') end
@@ -148,27 +155,28 @@ while i <= n do
     if owns(cid) then
       dropState(cid)
       if create then
-        redis.call('DEL', p .. 's:' .. cid)
-        redis.call('SREM', p .. 'ns:' .. node, cid)
+        redis.call('DEL', p .. 'session:' .. cid)
+        redis.call('SREM', p .. 'sessions:' .. node, cid)
         owned[cid] = nil
       else
         -- The claim stays: this node still holds the client id.
-        redis.call('HDEL', p .. 's:' .. cid, 'p', 'subs', 'owner', 'ei', 'ea', 'seq')
+        redis.call('HDEL', p .. 'session:' .. cid, 'p', 'subs', 'owner', 'ei', 'ea', 'seq')
       end
     end
     i = i + 2
   elseif op == 'O' then
-    if owns(ARGV[i + 1]) then redis.call('HSET', p .. 's:' .. ARGV[i + 1], 'owner', ARGV[i + 2]) end
+    local cid = ARGV[i + 1]
+    if owns(cid) then redis.call('HSET', p .. 'session:' .. cid, 'owner', ARGV[i + 2]) end
     i = i + 3
   elseif op == 'E' then
     if owns(ARGV[i + 1]) then
-      redis.call('HSET', p .. 's:' .. ARGV[i + 1], 'ei', ARGV[i + 2], 'ea', ARGV[i + 3])
+      redis.call('HSET', p .. 'session:' .. ARGV[i + 1], 'ei', ARGV[i + 2], 'ea', ARGV[i + 3])
     end
     i = i + 4
   elseif op == 'Q' then
     local cid, entry, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     if owns(cid) then
-      redis.call('RPUSH', p .. 'q:' .. cid, entry)
+      redis.call('RPUSH', p .. 'queue:' .. cid, entry)
       ref(mid)
     else
       stray(cid, entry, mid)
@@ -179,15 +187,15 @@ while i <= n do
     local cid, pid, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 6]
     if owns(cid) then
       if ARGV[i + 7] == '1' then
-        local head = redis.call('LPOP', p .. 'q:' .. cid)
+        local head = redis.call('LPOP', p .. 'queue:' .. cid)
         if head then mid = queuedMid(head) else ref(mid) end
       else
         ref(mid)
       end
-      local old = redis.call('HGET', p .. 'f:' .. cid, pid)
+      local old = redis.call('HGET', p .. 'inflight:' .. cid, pid)
       if old then unref(inflightMid(old)) end
-      local seq = redis.call('HINCRBY', p .. 's:' .. cid, 'seq', 1)
-      redis.call('HSET', p .. 'f:' .. cid, pid,
+      local seq = redis.call('HINCRBY', p .. 'session:' .. cid, 'seq', 1)
+      redis.call('HSET', p .. 'inflight:' .. cid, pid,
         seq .. ' ' .. ARGV[i + 3] .. ' ' .. ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid)
     elseif ARGV[i + 7] ~= '1' then
       stray(cid, ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid, mid)
@@ -196,42 +204,43 @@ while i <= n do
   elseif op == 'R' then
     local cid, pid = ARGV[i + 1], ARGV[i + 2]
     if owns(cid) then
-      local e = redis.call('HGET', p .. 'f:' .. cid, pid)
+      local e = redis.call('HGET', p .. 'inflight:' .. cid, pid)
       if e then
         local seq, _, rest = string.match(e, '^(%d+) (%d+) (.+)$')
-        redis.call('HSET', p .. 'f:' .. cid, pid, seq .. ' 3 ' .. rest)
+        redis.call('HSET', p .. 'inflight:' .. cid, pid, seq .. ' 3 ' .. rest)
       end
     end
     i = i + 3
   elseif op == 'A' then
     local cid, pid = ARGV[i + 1], ARGV[i + 2]
     if owns(cid) then
-      local e = redis.call('HGET', p .. 'f:' .. cid, pid)
+      local e = redis.call('HGET', p .. 'inflight:' .. cid, pid)
       if e then
         unref(inflightMid(e))
-        redis.call('HDEL', p .. 'f:' .. cid, pid)
+        redis.call('HDEL', p .. 'inflight:' .. cid, pid)
       end
     end
     i = i + 3
   elseif op == '2' then
     local cid = ARGV[i + 1]
-    if owns(cid) then redis.call('HSET', p .. 'r:' .. cid, ARGV[i + 2], ARGV[i + 3]) end
+    if owns(cid) then redis.call('HSET', p .. 'awaiting:' .. cid, ARGV[i + 2], ARGV[i + 3]) end
     i = i + 4
   elseif op == '3' then
-    if owns(ARGV[i + 1]) then redis.call('HDEL', p .. 'r:' .. ARGV[i + 1], ARGV[i + 2]) end
+    local cid = ARGV[i + 1]
+    if owns(cid) then redis.call('HDEL', p .. 'awaiting:' .. cid, ARGV[i + 2]) end
     i = i + 3
   elseif op == 'W' then
     -- Wills are the node's own record of its connections, not the session's: never fenced.
-    redis.call('HSET', p .. 'w:' .. node, ARGV[i + 1], ARGV[i + 2])
+    redis.call('HSET', willsKey, ARGV[i + 1], ARGV[i + 2])
     i = i + 3
   elseif op == 'w' then
-    redis.call('HDEL', p .. 'w:' .. node, ARGV[i + 1])
+    redis.call('HDEL', willsKey, ARGV[i + 1])
     i = i + 2
   elseif op == 'T' then
-    redis.call('HSET', p .. 'retained', ARGV[i + 1], ARGV[i + 2])
+    redis.call('HSET', p .. 'store:retained', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
   elseif op == 't' then
-    redis.call('HDEL', p .. 'retained', ARGV[i + 1])
+    redis.call('HDEL', p .. 'store:retained', ARGV[i + 1])
     i = i + 2
   else
     return redis.error_reply('mqttd: unknown store event ' .. op)
@@ -254,7 +263,7 @@ CLAIM = (
     + """
 local cids
 if ARGV[4] == 'node' then
-  cids = redis.call('SMEMBERS', p .. 'ns:' .. ARGV[5])
+  cids = redis.call('SMEMBERS', p .. 'sessions:' .. ARGV[5])
 else
   cids = {}
   for j = 5, #ARGV do cids[#cids + 1] = ARGV[j] end
@@ -264,23 +273,23 @@ local function body(mid)
   if not seen[mid] then
     seen[mid] = true
     bodies[#bodies + 1] = mid
-    bodies[#bodies + 1] = redis.call('HGET', p .. 'm:' .. mid, 'body') or ''
+    bodies[#bodies + 1] = redis.call('HGET', p .. 'message:' .. mid, 'body') or ''
   end
 end
 for _, cid in ipairs(cids) do
-  local key = p .. 's:' .. cid
+  local key = p .. 'session:' .. cid
   local was = redis.call('HGET', key, 'node')
-  if was then redis.call('SREM', p .. 'ns:' .. was, cid) end
+  if was then redis.call('SREM', p .. 'sessions:' .. was, cid) end
   if redis.call('HGET', key, 'p') == '1' then
     redis.call('HSET', key, 'fence', token, 'node', node)
-    redis.call('SADD', p .. 'ns:' .. node, cid)
+    redis.call('SADD', p .. 'sessions:' .. node, cid)
     local s = redis.call('HMGET', key, 'subs', 'owner', 'ei', 'ea')
-    local queue = redis.call('LRANGE', p .. 'q:' .. cid, 0, -1)
+    local queue = redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)
     for _, e in ipairs(queue) do body(queuedMid(e)) end
-    local inflight = redis.call('HGETALL', p .. 'f:' .. cid)
+    local inflight = redis.call('HGETALL', p .. 'inflight:' .. cid)
     for j = 2, #inflight, 2 do body(inflightMid(inflight[j])) end
     sessions[#sessions + 1] = {cid, s[1], s[2], s[3], s[4], queue, inflight,
-      redis.call('HGETALL', p .. 'r:' .. cid)}
+      redis.call('HGETALL', p .. 'awaiting:' .. cid)}
   elseif ARGV[4] == 'node' then
     dropState(cid)
     redis.call('DEL', key)
@@ -535,8 +544,8 @@ class RedisStore:
 
     def restore(self) -> Deferred[StoredState]:
         claimed = _CLAIM.run(self.redis, [*self._header[:3], b"node", self.node])
-        retained = self.redis.execute_command("HGETALL", self.prefix + "retained")
-        wills = self.redis.execute_command("HGETALL", f"{self.prefix}w:{self.node}")
+        retained = self.redis.execute_command("HGETALL", self.prefix + "store:retained")
+        wills = self.redis.execute_command("HGETALL", f"{self.prefix}wills:{self.node}")
 
         def restored(replies: list[Any]) -> StoredState:
             claim, retainedReply, willsReply = replies

@@ -838,7 +838,7 @@ def test_redisBatchedFlush(tmp_path: Path) -> None:
         return store.flush()
 
     assert e2e.in_reactor(retained) is None
-    e2e.wait_until(lambda: redisKeys(tmp_path, "retained") == 1, "the batch to be written")
+    e2e.wait_until(lambda: redisKeys(tmp_path, "store:retained") == 1, "the batch to be written")
     closed(store)
 
 
@@ -857,7 +857,7 @@ def test_redisFanOutWrittenOnce(tmp_path: Path) -> None:
         return store.flush()
 
     e2e.in_reactor(fanOut)
-    assert redisKeys(tmp_path, "m:*") == 1
+    assert redisKeys(tmp_path, "message:*") == 1
 
     def acknowledged() -> Deferred[None] | None:
         for n in range(50):
@@ -867,9 +867,9 @@ def test_redisFanOutWrittenOnce(tmp_path: Path) -> None:
         return store.flush()
 
     e2e.in_reactor(acknowledged)
-    assert redisKeys(tmp_path, "m:*") == 1
+    assert redisKeys(tmp_path, "message:*") == 1
     e2e.in_reactor(lambda: store.messageAcknowledged("c49", 1) or store.flush())
-    assert redisKeys(tmp_path, "m:*") == 0
+    assert redisKeys(tmp_path, "message:*") == 0
     closed(store)
 
 
