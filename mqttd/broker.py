@@ -13,7 +13,7 @@ L{IMessageStore}; nothing here touches a socket.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -107,7 +107,12 @@ class Broker:
         authorizers: Sequence[IAuthorizer] = (),
         selectors: Sequence[ISubscriberSelector] = (),
         observers: Sequence[IBrokerObserver] = (),
+        router: Callable[..., Router] = Router,
     ) -> None:
+        """
+        @param router: builds the route table from L{Router}'s arguments: a cluster node's
+            (L{mqttd.cluster.router.ClusterRouter}) also reaches the other nodes.
+        """
         self.config = config
         self.clock = clock
         # For $SYS/broker/uptime and the metrics.
@@ -131,7 +136,7 @@ class Broker:
             authorizers=authorizers,
         )
         self.observing = Observers(observers)
-        self.router = Router(
+        self.router = router(
             config,
             clock,
             self.store,

@@ -13,10 +13,11 @@ import configparser
 import sys
 
 # Keys and words in a configuration that may need TLS: mqttd's own TLS keys, ssl: and tls:
-# endpoint strings, https URLs of plugins, bridges (which may dial out over TLS) and plugin
-# directories (whose plugins may need anything).
+# endpoint strings, https URLs of plugins, bridges (which may dial out over TLS), plugin
+# directories (whose plugins may need anything) and a cluster (txredisapi, its Redis client,
+# imports twisted.internet.ssl unconditionally).
 _TLS_WORDS = ("ssl", "tls", "certificate", "private_key", "https")
-_TLS_SECTIONS = ("bridge:", "plugins")
+_TLS_SECTIONS = ("bridge:", "plugins", "cluster")
 
 
 def needsTLS(path: str | None) -> bool:

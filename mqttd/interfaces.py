@@ -870,6 +870,15 @@ class IRouteTable(Interface):
             negation).
         """
 
+    def whenForwarded() -> Any:
+        """
+        L{None} when everything routed so far is with its recipients; else a L{Deferred}
+        firing once what was handed elsewhere (a cluster's other nodes) is safely held
+        there, which a publisher's PUBACK / PUBREC waits for.  It fails with
+        L{mqttd.session.SessionError} when a message could not be handed on and the
+        publisher must be disconnected unacknowledged.
+        """
+
 
 class IRetainedStore(Interface):
     """

@@ -148,6 +148,10 @@ class Publishing(PacketHandlers):
         """
         store = self.store
         held = store.flush()
+        forwarded = self.router.whenForwarded()
+        if forwarded is not None:
+            # A cluster node: the other nodes' share is in Redis too before the answer.
+            held = forwarded if held is None else held.addCallback(lambda _: forwarded)
         if held is not None:
             held.addCallback(self._flushed, self.clock.seconds())
             return held.addCallback(lambda _: answer(*args))

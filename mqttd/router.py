@@ -150,6 +150,10 @@ class Router:
             sessions[clientId].deliver(message, granted if granted < qos else qos)
         return True
 
+    def whenForwarded(self) -> Deferred[None] | None:
+        """See L{IRouteTable.whenForwarded}: in one process, nothing leaves it."""
+        return None
+
     def _routeShared(self, message: Message) -> bool:
         # One delivery per matching shared subscription, to the member whose turn it is
         # [MQTT-4.8.2-3 for the QoS]; a member with its own ordinary subscription also gets

@@ -43,6 +43,7 @@ from mqttd.interfaces import (
 )
 from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
+from mqttd.router import Router
 from mqttd.transports import TLSFileError
 
 if TYPE_CHECKING:
@@ -217,6 +218,9 @@ class BrokerService(MultiService):
         self.reloadable: dict[str, IReloadable] = {}
         # Plugins told when the broker starts and stops.
         self.brokerAware: list[IBrokerAware] = []
+        # Called once the children started; the listeners accept once all their Deferreds
+        # fired (a cluster node has read the cluster's routes).
+        self.beforeAccepting: list[Callable[[], Deferred[Any]]] = []
         self._previousHangup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -249,6 +253,16 @@ class BrokerService(MultiService):
             return
         for listening in self:
             listening.startService()
+        if not self.beforeAccepting:
+            self._accept()
+            return
+        waiting = [maybeDeferred(ready) for ready in self.beforeAccepting]
+        DeferredList(waiting).addCallback(lambda _: self._accept())
+
+    def _accept(self) -> None:
+        if not self.running:
+            return
+        for listening in self:
             if isinstance(listening, ListenerService):
                 listening.accept()
 
@@ -387,10 +401,17 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         if config.storePlugin is None
         else plugins.get(config.storePlugin, IMessageStore, section="store", key="plugin")
     )
+    cluster = None
+    if config.cluster is not None:
+        # Imported only when configured: a lone broker loads nothing of Redis.
+        from mqttd.cluster.service import Cluster
+
+        cluster = Cluster(config.cluster, reactor)
     broker = Broker(
         config.broker,
         reactor,
         store,
+        router=Router if cluster is None else cluster.buildRouter,
         authenticators=plugins.chain(config.authChain, IAuthenticator, section="auth", key="chain"),
         listenerAuthenticators=listenerAuthenticators,
         authorizers=plugins.chain(config.aclChain, IAuthorizer, section="acl", key="chain"),
@@ -402,6 +423,9 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         ),
     )
     service = BrokerService(broker, IReactorFromThreads(reactor, None))
+    if cluster is not None:
+        # First child: it starts before the listeners and stops after them.
+        cluster.serve(broker, service)
     for name, plugin in plugins.built.items():
         if IReloadable.providedBy(plugin):
             service.reloadable[name] = plugin

@@ -1,0 +1,158 @@
+"""
+The route table of a cluster node (L{IRouteTable}): the in-process L{Router} for this node's
+sessions, plus the other nodes' routes, so that a message goes on to exactly the nodes with a
+matching subscription, and a shared subscription gets one delivery across the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+from mqttd.interfaces import ClientInfo
+from mqttd.message import Message, SharedDelivery
+from mqttd.router import QOS_BITS, RETAIN_AS_PUBLISHED, Router
+from mqttd.topics import SHARE_PREFIX
+
+if TYPE_CHECKING:
+    from mqttd.cluster.service import Cluster
+
+
+class ClusterRouter(Router):
+    """
+    @ivar cluster: the node's link to the others; set by the cluster when it is built.
+    """
+
+    cluster: Cluster | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # How many of this node's sessions hold each filter: the node's route set in Redis
+        # changes only when a count goes from or to zero.
+        self.localFilters: dict[str, int] = {}
+        # While routing: the shared subscriptions another node serves this message (skipped
+        # here), or, for a message another node sent, the only ones served here.
+        self._sharedSkipped: frozenset[str] | set[str] = frozenset()
+        self._sharedOnly: Iterable[str] | None = None
+
+    def addSubscription(self, topicFilter: str, clientId: str, options: int) -> bool:
+        added = super().addSubscription(topicFilter, clientId, options)
+        if added:
+            count = self.localFilters.get(topicFilter, 0)
+            self.localFilters[topicFilter] = count + 1
+            if not count and self.cluster is not None:
+                self.cluster.routeAdded(topicFilter)
+        return added
+
+    def removeSubscription(self, topicFilter: str, clientId: str) -> bool:
+        removed = super().removeSubscription(topicFilter, clientId)
+        if removed:
+            count = self.localFilters[topicFilter] - 1
+            if count:
+                self.localFilters[topicFilter] = count
+            else:
+                del self.localFilters[topicFilter]
+                if self.cluster is not None:
+                    self.cluster.routeRemoved(topicFilter)
+        return removed
+
+    def route(self, message: Message, publisher: ClientInfo | None = None) -> bool:
+        """
+        Deliver C{message} to this node's subscribers, as L{Router.route}, and send it once to
+        each other node with a matching subscription, or whose turn it is to serve a matching
+        shared subscription.
+        """
+        cluster = self.cluster
+        if cluster is None:
+            return super().route(message, publisher)
+        routes = cluster.routes
+        topic = message.topic
+        nodes = routes.match(topic)
+        sharedRemote = routes.matchShared(topic)
+        if not nodes and not sharedRemote:
+            return super().route(message, publisher)
+        served: dict[str, list[str]] = {}
+        skipped = set()
+        here = cluster.name
+        for groupFilter in sharedRemote:
+            node = routes.pick(groupFilter, groupFilter in self.shared.groups, here)
+            if node != here:
+                served.setdefault(node, []).append(groupFilter)
+                skipped.add(groupFilter)
+        self._sharedSkipped = skipped
+        try:
+            matched = super().route(message, publisher)
+        finally:
+            self._sharedSkipped = frozenset()
+        for node in nodes.keys() | served.keys():
+            cluster.forward(node, message, node in nodes, tuple(served.get(node, ())))
+        return True if nodes or served else matched
+
+    def _routeShared(self, message: Message) -> bool:
+        # One delivery for each matching shared subscription this node serves this time.
+        sessions = self.sessions
+        qos = message.qos
+        checked = bool(self.policy.authorizers or self.observing.chain)
+        skipped = self._sharedSkipped
+        only = self._sharedOnly
+        matched = False
+        for group in self.shared.match(message.topic):
+            if group.topicFilter in skipped or (only is not None and group.topicFilter not in only):
+                continue
+            matched = True
+            clientId = group.pick(self._online)
+            options = group.members[clientId]
+            granted = options & QOS_BITS
+            retain = message.retain and bool(options & RETAIN_AS_PUBLISHED)
+            session = sessions[clientId]
+            delivered = (
+                SharedDelivery(message, group.topicFilter) if session.identified else message
+            )
+            if checked:
+                self.deliverChecked(session, delivered, granted if granted < qos else qos, retain)
+            else:
+                session.deliver(delivered, granted if granted < qos else qos, retain)
+        return matched
+
+    def deliverForwarded(self, message: Message, ordinary: bool, groups: tuple[str, ...]) -> None:
+        """
+        Deliver a message another node routed here: to this node's matching ordinary
+        subscriptions if C{ordinary}, and to one member of each of C{groups}; never retained
+        again, forwarded again, or given to the selectors (the publisher's node did those).
+        """
+        if groups:
+            self._sharedOnly = groups
+            try:
+                self._routeShared(message)
+            finally:
+                self._sharedOnly = None
+        if not ordinary:
+            return
+        matches = self.subscriptions.match(message.topic)
+        if not matches:
+            return
+        if self.subscriptions.optioned:
+            matches = self._routeOptioned(message, matches)
+        sessions = self.sessions
+        qos = message.qos
+        checked = bool(self.policy.authorizers or self.observing.chain)
+        for clientId, granted in matches.items():
+            session = sessions.get(clientId)
+            if session is None:
+                continue
+            if checked:
+                self.deliverChecked(session, message, granted if granted < qos else qos)
+            else:
+                session.deliver(message, granted if granted < qos else qos)
+
+    def whenForwarded(self) -> Deferred[None] | None:
+        """See L{IRouteTable.whenForwarded}: what went to other nodes is in Redis."""
+        if self.cluster is None:
+            return None
+        return self.cluster.forwarder.whenWritten()
+
+    def sharedFilters(self) -> list[str]:
+        """This node's shared subscriptions, by whole filter."""
+        return [f for f in self.localFilters if f.startswith(SHARE_PREFIX)]
