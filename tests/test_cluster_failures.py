@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import e2e
-from tests.clusternodes import Cluster3, Connect, cluster_nodes, clients
+from tests.clusternodes import Cluster3, Connect, clients, cluster_nodes
 from tests.redisserver import RedisServer, redis_servers
 from tests.test_redisserver import command
 from tests.test_twistd import freePort, twistdCommand, waitForPort
