@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 from mqttd.codec import Decoder, encode
 from mqttd.codec.packets import (
@@ -85,10 +87,19 @@ class BrokerProcess:
         self._command = command
         self.process: subprocess.Popen[bytes] | None = None
         self.runs = 0
+        # The crash cycle running (runCycles sets it), which names its logs.
+        self.cycle = 0
 
     @property
     def logPath(self) -> Path:
-        return self.directory / f"twistd-{self.runs}.log"
+        return self.directory / f"twistd-{self.cycle:04d}-{self.runs}.log"
+
+    def snapshot(self, cycle: int) -> None:
+        """
+        Copy the store as the last kill left it (what the next start loads) to
+        C{store-CYCLE/}, so that a cycle that loses or duplicates a message can be examined.
+        """
+        shutil.copytree(self.directory / "data", self.directory / f"store-{cycle:04d}")
 
     def _listenOn(self, port: int) -> None:
         self.port = port
@@ -181,6 +192,42 @@ class Wire:
         self.sock.close()
 
 
+class Trace:
+    """
+    What the QoS 2 clients sent and received, one line per packet, to C{trace-CYCLE.log}: the
+    client side of a duplicate or a loss, next to the broker's log and store of that cycle.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self._directory = directory
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def cycle(self, cycle: int) -> None:
+        self.close()
+        if self._directory is not None:
+            self._file = (self._directory / f"trace-{cycle:04d}.log").open("w")
+
+    def __call__(self, who: str, direction: str, packet: Packet) -> None:
+        if self._file is None:
+            return
+        if isinstance(packet, Publish):
+            what = f"PUBLISH id {packet.packet_id} {packet.payload.decode()} dup {packet.dup:d}"
+        else:
+            what = f"{type(packet).__name__.upper()} id {getattr(packet, 'packet_id', '')}"
+        with self._lock:
+            self._file.write(f"{time.monotonic():.6f} {who} {direction} {what}\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _untraced(who: str, direction: str, packet: Packet) -> None:
+    pass
+
+
 @dataclass
 class Publisher:
     """
@@ -196,6 +243,7 @@ class Publisher:
     # Sequence number to when its PUBACK or PUBREC came (monotonic clock).
     acknowledged: dict[int, float] = field(default_factory=dict)
     _lastId: int = 0
+    trace: Callable[[str, str, Packet], None] = _untraced
 
     def _packetId(self) -> int:
         packetId = self._lastId
@@ -212,11 +260,17 @@ class Publisher:
 
     def run(self, wire: Wire, stop: threading.Event, limit: int | None = None) -> None:
         """Re-send what is outstanding, then publish until C{stop} or the connection ends."""
+        trace = self.trace if self.qos == 2 else _untraced
+
+        def send(packet: Packet) -> None:
+            trace(self.name, "out", packet)
+            wire.send(packet)
+
         for packetId, (seq, stage) in list(self.outstanding.items()):
             if stage == "pub":
-                wire.send(self.publish(packetId, seq, True))  # type: ignore[arg-type]
+                send(self.publish(packetId, seq, True))  # type: ignore[arg-type]
             else:
-                wire.send(Pubrel(packetId))
+                send(Pubrel(packetId))
         while not stop.is_set():
             while (
                 len(self.outstanding) < WINDOW
@@ -225,13 +279,14 @@ class Publisher:
             ):
                 packetId = self._packetId()
                 self.outstanding[packetId] = [self.next, "pub"]
-                wire.send(self.publish(packetId, self.next, False))
+                send(self.publish(packetId, self.next, False))
                 self.next += 1
             packet = wire.read(0.2)
             if packet is None:
                 if limit is not None and not self.outstanding:
                     return
                 continue
+            trace(self.name, "in", packet)
             entry = self.outstanding.get(getattr(packet, "packet_id", -1))
             if isinstance(packet, Puback) and entry is not None:
                 self.acknowledged.setdefault(entry[0], time.monotonic())  # type: ignore[arg-type]
@@ -239,7 +294,7 @@ class Publisher:
             elif isinstance(packet, Pubrec) and entry is not None:
                 self.acknowledged.setdefault(entry[0], time.monotonic())  # type: ignore[arg-type]
                 entry[1] = "rel"
-                wire.send(Pubrel(packet.packet_id))
+                send(Pubrel(packet.packet_id))
             elif isinstance(packet, Pubcomp) and entry is not None:
                 del self.outstanding[packet.packet_id]
 
@@ -260,6 +315,7 @@ class Subscriber:
     origins: dict[str, dict[int, list[tuple[int, int | None, bool]]]] = field(
         default_factory=lambda: {s: {} for s in STREAMS}
     )
+    trace: Callable[[str, str, Packet], None] = _untraced
 
     def deliver(self, packet: Publish) -> None:
         stream, seq = packet.payload.decode().split(":")
@@ -270,6 +326,10 @@ class Subscriber:
         self.lastDelivery = time.monotonic()
 
     def run(self, wire: Wire, stop: threading.Event, delay: float) -> None:
+        def send(packet: Packet) -> None:
+            self.trace("sub", "out", packet)
+            wire.send(packet)
+
         while not stop.is_set():
             packet = wire.read(0.2)
             if packet is None:
@@ -279,18 +339,20 @@ class Subscriber:
                     time.sleep(delay)
                 if packet.qos == 2:
                     assert packet.packet_id is not None
+                    self.trace("sub", "in", packet)
                     if packet.packet_id not in self.awaitingRel:
                         self.awaitingRel.add(packet.packet_id)
                         self.deliver(packet)
-                    wire.send(Pubrec(packet.packet_id))
+                    send(Pubrec(packet.packet_id))
                 else:
                     self.deliver(packet)
                     if packet.qos == 1:
                         assert packet.packet_id is not None
                         wire.send(Puback(packet.packet_id))
             elif isinstance(packet, Pubrel):
+                self.trace("sub", "in", packet)
                 self.awaitingRel.discard(packet.packet_id)
-                wire.send(Pubcomp(packet.packet_id))
+                send(Pubcomp(packet.packet_id))
 
 
 @dataclass
@@ -303,12 +365,27 @@ class StreamResult:
     lostAges: list[float]
     # For each message delivered more than once: its deliveries' (cycle, packet id, DUP).
     duplicated: dict[int, list[tuple[int, int | None, bool]]] = field(default_factory=dict)
+    # For each lost message, the cycle in which it was acknowledged (cycles: the drain).
+    lostCycles: list[int] = field(default_factory=list)
 
 
 @dataclass
 class Result:
     cycles: int
     streams: dict[str, StreamResult]
+
+    def implicated(self) -> set[int]:
+        """
+        The cycles that acknowledged a lost message or delivered a QoS 2 message again (QoS 1
+        may deliver twice).
+        """
+        cycles: set[int] = set()
+        for name, stream in self.streams.items():
+            cycles.update(stream.lostCycles)
+            if STREAMS[name] == 2:
+                for origins in stream.duplicated.values():
+                    cycles.update(cycle for cycle, _, _ in origins)
+        return cycles
 
     def summary(self) -> str:
         return "; ".join(
@@ -340,6 +417,7 @@ def runCycles(
     killAfter: tuple[float, float] = (0.3, 1.2),
     drainTimeout: float = 60.0,
     progress: Callable[[int, Result | None], None] | None = None,
+    keep: bool = False,
 ) -> Result:
     """
     Run C{cycles} crash cycles on C{broker}, then drain, and count per stream.
@@ -348,14 +426,19 @@ def runCycles(
     is offline) the subscriber, all at 3.1.1 on even cycles and 5.0 on odd ones, let them run
     for a random time within C{killAfter} seconds, and SIGKILL the broker.  The subscriber is
     offline, slow (1 ms per message) or fast, in turn.
+
+    With C{keep}, each cycle leaves in the broker's directory, beside its twistd log, the QoS 2
+    clients' packets (L{Trace}) and a copy of the store its kill left (L{BrokerProcess.snapshot}).
     """
     rng = random.Random(seed)
-    publishers = {name: Publisher(name, qos) for name, qos in STREAMS.items()}
-    subscriber = Subscriber()
+    trace = Trace(broker.directory if keep else None)
+    publishers = {name: Publisher(name, qos, trace=trace) for name, qos in STREAMS.items()}
+    subscriber = Subscriber(trace=trace)
     kills: list[float] = []
     errors: list[BaseException] = []
     for cycle in range(cycles):
-        subscriber.cycle = cycle
+        subscriber.cycle = broker.cycle = cycle
+        trace.cycle(cycle)
         level = 5 if cycle % 2 else 4
         mode = ("offline", "slow", "fast")[cycle % 3]
         broker.start()
@@ -397,13 +480,16 @@ def runCycles(
             thread.join()
         for wire in wires:
             wire.close()
+        if keep:
+            broker.snapshot(cycle)
         if errors:
             raise errors[0]
         if progress is not None:
             progress(cycle + 1, None)
 
     # Drain: finish every publisher's outstanding exchanges and let the subscriber take all.
-    subscriber.cycle = cycles
+    subscriber.cycle = broker.cycle = cycles
+    trace.cycle(cycles)
     broker.start()
     stop = threading.Event()
     wires = []
@@ -442,6 +528,7 @@ def runCycles(
     for wire in wires:
         wire.close()
     broker.kill()
+    trace.close()
     if errors:
         raise errors[0]
 
@@ -451,10 +538,12 @@ def runCycles(
         seen = set(delivered)
         lost = sorted(seq for seq in publisher.acknowledged if seq not in seen)
         ages = []
+        lostCycles = []
         for seq in lost:
             acked = publisher.acknowledged[seq]
-            kill = next((k for k in kills if k >= acked), acked)
-            ages.append(kill - acked)
+            cycle = next((c for c, k in enumerate(kills) if k >= acked), cycles)
+            lostCycles.append(cycle)
+            ages.append((kills[cycle] if cycle < cycles else acked) - acked)
         outOfOrder = 0
         highest = -1
         firsts: set[int] = set()
@@ -471,6 +560,7 @@ def runCycles(
             duplicates=len(delivered) - len(seen),
             outOfOrder=outOfOrder,
             lostAges=ages,
+            lostCycles=lostCycles,
             duplicated={
                 seq: origins
                 for seq, origins in subscriber.origins[name].items()
