@@ -375,6 +375,10 @@ class Broker:
             conn, packet, listener, allowed, address, clientId, expiryInterval, will
         )
 
+    def whenSessionStored(self, session: Session, conn: IClientConnection) -> Deferred[bool] | None:
+        """See L{SessionRegistry.whenStored}."""
+        return self.registry.whenStored(session, conn)
+
     def resume(self, session: Session, conn: IClientConnection) -> Deferred[None] | None:
         """
         Attach C{conn}, whose CONNACK was written, to its C{session}, once

@@ -270,6 +270,34 @@ class ConnectHandshake:
             return None
         self.session = session
         self.clientId = session.clientId
+        stored = self.broker.whenSessionStored(session, conn)
+        if stored is not None:
+            return stored.addCallbacks(
+                self._sessionStored,
+                self._sessionNotStored,
+                (packet, session, sessionPresent, decision),
+            )
+        return self._accept(packet, session, sessionPresent, decision)
+
+    def _sessionStored(
+        self, ours: bool, packet: Connect, session: Session, sessionPresent: bool, decision: Allow
+    ) -> Deferred[None] | None:
+        if not ours:
+            # Taken over, or gone, while its session was being committed: settled there.
+            return None
+        return self._accept(packet, session, sessionPresent, decision)
+
+    def _sessionNotStored(self, failure: Failure) -> None:
+        # The store logged why; the client is told to come back rather than that a session
+        # exists which a crash would forget.  Refused, its will is not published either.
+        self._graceful = True
+        self._refuse(ConnackCode.SERVER_UNAVAILABLE, "the store could not record its session")
+
+    def _accept(
+        self, packet: Connect, session: Session, sessionPresent: bool, decision: Allow
+    ) -> Deferred[None] | None:
+        """Answer CONNACK to the admitted C{packet} and resume C{session}."""
+        conn = cast(IClientConnection, self)
         keepalive = packet.keepalive
         self._stopConnectTimer()
         if self.protocolLevel == ProtocolLevel.MQTT_5:

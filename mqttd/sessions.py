@@ -317,6 +317,36 @@ class SessionRegistry:
         # [MQTT-3.1.4-3]
         old.close("session taken over by a new connection", ReasonCode.SESSION_TAKEN_OVER)
 
+    def whenStored(self, session: Session, conn: IClientConnection) -> Deferred[bool] | None:
+        """
+        Whether C{conn}'s CONNACK must wait for the store: a persistent session's CONNACK
+        is written once what the store was told of it is committed (in C{sync} mode; in
+        C{batched} mode only while the writer is behind), so that a crash cannot forget a
+        session whose client was told it exists (Session Present on its next connection
+        [MQTT-3.2.2-2]).  A new session waits for its record; a continued one for its expiry
+        or a takeover's changes, or a commit already under way that may hold them.
+
+        @return: L{None} to answer at once; or a L{Deferred} firing with C{True} once the
+            session is durable if C{conn} is still its connection, C{False} if C{conn} was
+            taken over or lost meanwhile (L{connectionLost} and L{attach} settle it as for a
+            connection whose session is being resumed), failing if the store could not write.
+        """
+        if session.cleanSession:
+            return None
+        durable = self.store.flush()
+        if durable is None:
+            return None
+        clientId = session.clientId
+        self._resuming[clientId] = conn
+
+        def stored(_: None) -> bool:
+            if self._resuming.get(clientId) is not conn:
+                return False
+            del self._resuming[clientId]
+            return True
+
+        return durable.addCallback(stored)
+
     def resume(self, session: Session, conn: IClientConnection) -> Deferred[None] | None:
         """
         Attach C{conn}, whose CONNACK was written, to its C{session}

@@ -7,9 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 
-from mqttd.codec.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Will
+from mqttd.codec.packets import (
+    Connack,
+    Connect,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Will,
+)
+from mqttd.codec.properties import Properties
 from mqttd.store import MemoryStore
 from tests.harness import Client, World
 
@@ -53,6 +66,24 @@ class RecordingStore(MemoryStore):
         flushes, self.flushes = self.flushes, []
         for d in flushes:
             d.callback(None)
+
+
+def persistent(world: World, clientId: str, *filters: tuple[str, int]) -> Client:
+    """
+    A 3.1.1 client of a persistent session, connected and subscribed to C{filters}, the test's
+    store committing each step (a persistent session's CONNACK and SUBACK wait for it).
+    """
+    store: Any = world.store
+    client = world.client()
+    client.send(Connect(4, clientId, False, 0))
+    store.commit()
+    connack, *client._unread = client.read()
+    assert isinstance(connack, Connack) and connack.return_code == 0, connack
+    if filters:
+        client.send(Subscribe(1, list(filters)))
+        store.commit()
+        assert client.read() == [Suback(1, [qos for _, qos in filters])]
+    return client
 
 
 def test_cleanSessionsAndQos0CostNothing() -> None:
@@ -108,8 +139,8 @@ def test_syncAcknowledgementsWaitForTheStore() -> None:
     """
     store = RecordingStore(held=True)
     world = World(store=store)
-    sub = world.subscriber("sub", ("t", 2), clean=False)
-    pub = world.connect("pub", clean=False)
+    sub = persistent(world, "sub", ("t", 2))
+    pub = persistent(world, "pub")
     pub.send(Publish("t", b"one", qos=1, packet_id=1), Publish("t", b"two", qos=2, packet_id=2))
     assert pub.read() == []
     store.commit()
@@ -231,7 +262,8 @@ def test_deliveryWrittenOnceDurable() -> None:
     """
     store = RecordingStore(held=True)
     world = World(store=store)
-    sub = world.subscriber("sub", ("t/#", 2), clean=False)
+    sub = persistent(world, "sub")
+    sub.send(Subscribe(1, [("t/#", 2)]))
     store.commit()
     assert sub.read() == [Suback(1, [2])]
     pub = world.connect("pub")
@@ -256,8 +288,7 @@ def test_noPacketIdentifierReusedAfterACrash() -> None:
     store = CommittingStore()
     world = World(store=store)  # type: ignore[arg-type]
     receiver = Receiver()
-    sub = world.subscriber("sub", ("t", 2), clean=False)
-    store.commit()
+    sub = persistent(world, "sub", ("t", 2))
     first = world.connect("first")
     first.send(Publish("t", b"one", qos=2, packet_id=1))
     receiver.take(sub)
@@ -310,11 +341,88 @@ def test_subackWaitsForTheStore() -> None:
     store = RecordingStore(held=True)
     world = World(store=store)
     world.connect("pub").send(Publish("t", b"kept", qos=0, retain=True))
-    sub = world.connect("sub", clean=False)
-    store.commit()
+    sub = persistent(world, "sub")
     sub.send(Subscribe(1, [("t", 0)]))
     assert sub.read() == []
     store.commit()
     suback, retained = sub.read()
     assert suback == Suback(1, [0])
     assert isinstance(retained, Publish) and retained.payload == b"kept"
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_connackWaitsForANewSession(level: int) -> None:
+    """
+    A new persistent session's CONNACK is written once the store has committed it: a broker
+    killed before that commit never told the client its session exists, and one killed after
+    it restores the session, so the client's next CONNACK says Session Present
+    [MQTT-3.2.2-2].  Packets the client sent behind its CONNECT wait, in order.
+    """
+    properties = Properties(session_expiry_interval=3600) if level == 5 else None
+    store = CommittingStore()
+    world = World(store=store)  # type: ignore[arg-type]
+    client = world.client(level)
+    client.send(
+        Connect(level, "sub", False, 0, properties=properties or Properties()),
+        Subscribe(1, [("t", 1)]),
+    )
+    # What a crash now would leave: the client was told nothing, and the disk has no session.
+    assert client.read() == []
+    assert not store.disk.restore().sessions
+    store.commit()
+    connack, *later = client.read()
+    assert isinstance(connack, Connack) and connack.return_code == 0
+    assert not connack.session_present
+    store.commit()
+    assert later + client.read() == [Suback(1, [1])]
+    # Killed now: the session is back, with its subscription.
+    reborn = World(store=CommittingStore(store.disk))  # type: ignore[arg-type]
+    again = reborn.client(level)
+    again.send(Connect(level, "sub", False, 0, properties=properties or Properties()))
+    reborn.store.commit()  # type: ignore[attr-defined]
+    (connack,) = again.read()
+    assert isinstance(connack, Connack) and connack.session_present
+
+
+def test_connackWaitEndsWithItsConnection() -> None:
+    """
+    A connection gone, or taken over, while its new session commits is never answered and
+    never attached; the one that takes it over gets its CONNACK once the store commits, with
+    Session Present [MQTT-3.1.4-3, MQTT-3.2.2-2].  A clean session does not wait.
+    """
+    store = RecordingStore(held=True)
+    world = World(store=store)
+    first = world.client()
+    first.send(Connect(4, "sub", False, 0))
+    assert first.read() == []
+    second = world.client()
+    second.send(Connect(4, "sub", False, 0))
+    assert first.closed and first.read() == []
+    store.commit()
+    (connack,) = second.read()
+    assert connack == Connack(True, 0)
+    assert world.broker.registry.sessions["sub"].connection is second.protocol
+
+    gone = world.client()
+    gone.send(Connect(4, "gone", False, 0))
+    gone.drop()
+    store.commit()
+    assert gone.read() == []
+    assert world.broker.registry.sessions["gone"].connection is None
+    assert world.connect("clean").connack == Connack(False, 0)  # type: ignore[attr-defined]
+
+
+def test_connackRefusedWhenTheStoreFails() -> None:
+    """
+    When the store cannot commit a new persistent session, its client is refused with
+    CONNACK 3 (Server unavailable) rather than told a session exists that a crash would
+    forget; the session is settled as any whose connection is lost.
+    """
+    store = RecordingStore(held=True)
+    world = World(store=store)
+    client = world.client()
+    client.send(Connect(4, "sub", False, 0))
+    (pending,) = store.flushes
+    pending.errback(OSError("disk full"))
+    assert client.read() == [Connack(False, 3)]
+    assert client.closed
