@@ -79,7 +79,7 @@ class Publishing(PacketHandlers):
                 self.observing.notify("messagePublished", publisher, message)
             matched = self.router.route(message, publisher)
             if not qos:
-                return None
+                return self._paced(retain)
             return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         client = self.clients[session.clientId]
         decision = self.policy.decide(client, Action.PUBLISH, packet.topic)
@@ -94,6 +94,8 @@ class Publishing(PacketHandlers):
             if self.observing.chain:
                 self.observing.notify("messagePublished", client, message)
             matched = self.router.route(message, client)
+            if not packet.qos:
+                return self._paced(message.retain)
             return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         else:
             # As mosquitto: acknowledged, so the client does not resend it forever, but dropped.
@@ -131,6 +133,25 @@ class Publishing(PacketHandlers):
             # a crash cannot lose a message its publisher was told was taken.
             return self._whenDurable(packet.qos == 2, conn.sendPacket, ack)
         return None
+
+    def _paced(self, retained: bool) -> Deferred[None] | None:
+        """
+        A QoS 0 PUBLISH has no acknowledgement to hold; one that changed the store (a retained
+        message: a QoS 0 delivery is never stored) holds its publisher's later packets, and
+        reading from it, until the store says what it recorded is as durable as it promises:
+        in C{sync} mode until its commit, in C{batched} mode only while the writer is behind.
+        So retained messages cannot pile up in front of a slow disk, nor stretch the commit
+        every acknowledged message of that window waits in.  Other QoS 0 publishers give the
+        writer nothing to do, and are not held.
+
+        @param retained: the PUBLISH is to be retained.
+        """
+        if not (retained and self.config.retain_available):
+            return None
+        held = self.store.flush()
+        if held is not None:
+            held.addCallback(self._flushed, self.clock.seconds())
+        return held
 
     def _whenDurable(
         self, exactlyOnce: bool, answer: Callable[..., None], *args: object

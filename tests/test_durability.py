@@ -426,3 +426,28 @@ def test_connackRefusedWhenTheStoreFails() -> None:
     pending.errback(OSError("disk full"))
     assert client.read() == [Connack(False, 3)]
     assert client.closed
+
+
+@pytest.mark.parametrize("keepingUp", [False, True])
+def test_retainedQos0PacedByTheStore(keepingUp: bool) -> None:
+    """
+    A retained QoS 0 PUBLISH, the one QoS 0 message the store records, holds its publisher's
+    later packets (and reading from it) while the store is not done with it: until the commit
+    in sync mode, and in batched mode only while the writer is behind (the store here answers
+    flush with a Deferred, as both do then; a batched store keeping up answers None and holds
+    nothing); a QoS 0 PUBLISH that is not retained, which the store never
+    sees, is not held [MQTT-4.6.0-6: the later packets keep their order].
+    """
+    store = RecordingStore(held=True, batched=keepingUp)
+    world = World(store=store)
+    sub = world.subscriber("sub", ("t/#", 0))
+    pub = world.connect("pub")
+    pub.send(Publish("t/plain", b"a", qos=0), Publish("t/kept", b"b", qos=0, retain=True))
+    pub.send(Publish("t/plain", b"c", qos=0))
+    seen = [p.payload for p in sub.publishes()]
+    if keepingUp:
+        assert seen == [b"a", b"b", b"c"] and store.flushes == []
+        return
+    assert seen == [b"a", b"b"]
+    store.commit()
+    assert [p.payload for p in sub.publishes()] == [b"c"]
