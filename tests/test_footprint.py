@@ -69,6 +69,83 @@ def test_whatIsUsedIsLoaded(tmp_path: Path) -> None:
     assert loaded(tmp_path, config) == ["sqlite3", "wsproto"]
 
 
+# What the broker's start may add to what twistd and its reactor loaded before it, besides
+# mqttd's own modules: configparser (the configuration), resource (the $SYS memory figures),
+# twisted.internet.endpoints (listeners are endpoint strings; it brings stdio and systemd).
+STARTUP_EXTRAS = {
+    "configparser",
+    "resource",
+    "twisted.internet._posixstdio",
+    "twisted.internet.endpoints",
+    "twisted.internet.stdio",
+    "twisted.python.systemd",
+}
+
+# twistd's modules and its reactor (without OpenSSL, as mqttd.footprint refuses it for a
+# configuration without TLS) first, then the broker built and started as twistd would: what
+# the start added.
+ADDED = """
+import json, sys
+sys.modules["OpenSSL"] = None
+import twisted.scripts.twistd
+from twisted.internet import reactor
+before = set(sys.modules)
+from mqttd.tap import Options, makeService
+options = Options()
+options.parseOptions(sys.argv[1:])
+makeService(options).startService()
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def added(tmp_path: Path, probe: str, *args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    modules: list[str] = json.loads(result.stdout.splitlines()[-1])
+    return modules
+
+
+def test_startAddsNothingHeavy(tmp_path: Path) -> None:
+    """
+    Started with the default configuration (one plain TCP listener, memory store), the broker
+    imports its own modules and the few listed in STARTUP_EXTRAS beyond what twistd and the
+    reactor already hold: anything else imported at start (a store, a protocol layer, a
+    plugin, an HTTP client) is memory every idle broker pays, and fails here.
+    """
+    (tmp_path / "mqttd.ini").write_text(LISTENER)
+    modules = added(tmp_path, ADDED, "--config", str(tmp_path / "mqttd.ini"))
+    assert "mqttd.broker" in modules
+    assert [m for m in modules if m.split(".")[0] != "mqttd" and m not in STARTUP_EXTRAS] == []
+
+
+# twistd imports every module in twisted/plugins/ on each run, whatever it runs: mqttd's
+# drop-in must cost nothing beyond the ServiceMaker it names.
+# Loaded from its path: an installed mqttd's copy may come first in twisted.plugins.
+DROP_IN = """
+import importlib.util, json, sys
+import twisted.application.service, twisted.plugins
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("twisted.plugins.mqttd_plugin", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_dropInImportsNothing(tmp_path: Path) -> None:
+    """Loading mqttd's twistd drop-in imports nothing but itself: the broker loads on use."""
+    dropIn = ROOT / "twisted" / "plugins" / "mqttd_plugin.py"
+    assert added(tmp_path, DROP_IN, str(dropIn)) == ["twisted.plugins.mqttd_plugin"]
+
+
 @pytest.mark.parametrize(
     "config",
     [
