@@ -29,6 +29,7 @@ from .fields import (
     first_byte_ok,
     malformed,
     read_binary,
+    read_packet_id,
     read_string,
 )
 from .packets import (
@@ -41,7 +42,6 @@ from .packets import (
     Pingresp,
     Puback,
     Pubcomp,
-    Publish,
     Pubrec,
     Pubrel,
     Suback,
@@ -50,6 +50,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .publish import PublishParser
 
 __all__ = ["Decoder"]
 
@@ -63,66 +64,28 @@ _PINGRESP = Pingresp()
 _DISCONNECT = Disconnect()
 
 
-def _packet_id(data: Buffer, start: int, end: int, what: str, spec: str) -> int:
-    if start + 2 > end:
-        raise malformed(f"{what}: packet identifier runs past the packet")
-    packet_id = (data[start] << 8) | data[start + 1]
-    if not packet_id:
-        raise malformed(f"{what}: packet identifier 0", spec)
-    return packet_id
-
-
-def _publish(data: Buffer, start: int, end: int, first: int) -> Packet:
-    qos = (first >> 1) & 3
-    if start + 2 > end:
-        raise malformed("PUBLISH: topic length runs past the packet")
-    p = start + 2 + ((data[start] << 8) | data[start + 1])
-    if p > end:
-        raise malformed("PUBLISH: topic runs past the packet")
-    if p == start + 2:
-        raise malformed("PUBLISH: zero-length topic name", "MQTT-4.7.3-1")
-    try:
-        topic = str(data[start + 2 : p], "utf-8")
-    except UnicodeDecodeError:
-        raise malformed("PUBLISH: ill-formed UTF-8 topic", "MQTT-1.5.3-1") from None
-    if "\x00" in topic:
-        raise malformed("PUBLISH: topic contains U+0000", "MQTT-1.5.3-2")
-    if "+" in topic or "#" in topic:
-        raise malformed("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
-    if qos:
-        if p + 2 > end:
-            raise malformed("PUBLISH: packet identifier runs past the packet")
-        packet_id: int | None = (data[p] << 8) | data[p + 1]
-        if not packet_id:
-            raise malformed("PUBLISH: QoS > 0 with packet identifier 0", "MQTT-2.3.1-1")
-        p += 2
-    else:
-        packet_id = None
-    return Publish(topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id)
-
-
 def _puback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Puback(_packet_id(data, start, end, "PUBACK", "MQTT-2.3.1-6"))
+    return Puback(read_packet_id(data, start, end, "PUBACK", "MQTT-2.3.1-6"))
 
 
 def _pubrec(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubrec(_packet_id(data, start, end, "PUBREC", "MQTT-2.3.1-6"))
+    return Pubrec(read_packet_id(data, start, end, "PUBREC", "MQTT-2.3.1-6"))
 
 
 def _pubrel(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubrel(_packet_id(data, start, end, "PUBREL", "MQTT-2.3.1-6"))
+    return Pubrel(read_packet_id(data, start, end, "PUBREL", "MQTT-2.3.1-6"))
 
 
 def _pubcomp(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Pubcomp(_packet_id(data, start, end, "PUBCOMP", "MQTT-2.3.1-6"))
+    return Pubcomp(read_packet_id(data, start, end, "PUBCOMP", "MQTT-2.3.1-6"))
 
 
 def _unsuback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    return Unsuback(_packet_id(data, start, end, "UNSUBACK", "MQTT-2.3.1-7"))
+    return Unsuback(read_packet_id(data, start, end, "UNSUBACK", "MQTT-2.3.1-7"))
 
 
 def _subscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
-    packet_id = _packet_id(data, start, end, "SUBSCRIBE", "MQTT-2.3.1-1")
+    packet_id = read_packet_id(data, start, end, "SUBSCRIBE", "MQTT-2.3.1-1")
     p = start + 2
     subscriptions: list[tuple[str, int]] = []
     while p < end:
@@ -143,7 +106,7 @@ def _subscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
 
 
 def _unsubscribe(data: Buffer, start: int, end: int, first: int) -> Packet:
-    packet_id = _packet_id(data, start, end, "UNSUBSCRIBE", "MQTT-2.3.1-1")
+    packet_id = read_packet_id(data, start, end, "UNSUBSCRIBE", "MQTT-2.3.1-1")
     p = start + 2
     topic_filters: list[str] = []
     while p < end:
@@ -169,7 +132,7 @@ def _connack(data: Buffer, start: int, end: int, first: int) -> Packet:
 
 
 def _suback(data: Buffer, start: int, end: int, first: int) -> Packet:
-    packet_id = _packet_id(data, start, end, "SUBACK", "MQTT-2.3.1-7")
+    packet_id = read_packet_id(data, start, end, "SUBACK", "MQTT-2.3.1-7")
     codes = list(data[start + 2 : end])
     if not codes:
         raise malformed("SUBACK: no return codes", "MQTT-3.8.4-5")
@@ -210,7 +173,7 @@ _FIXED_LENGTH = {
 }
 _HANDLERS: dict[PacketType, Handler] = {
     PacketType.CONNACK: _connack,
-    PacketType.PUBLISH: _publish,
+    PacketType.PUBLISH: PublishParser(None).parse,
     PacketType.PUBACK: _puback,
     PacketType.PUBREC: _pubrec,
     PacketType.PUBREL: _pubrel,

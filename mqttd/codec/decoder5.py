@@ -31,6 +31,7 @@ from .fields import (
     first_byte_ok,
     malformed,
     read_binary,
+    read_packet_id,
     read_string,
     read_varint,
 )
@@ -52,7 +53,6 @@ from .packets import (
     Pingresp,
     Puback,
     Pubcomp,
-    Publish,
     Pubrec,
     Pubrel,
     ReasonCode,
@@ -72,6 +72,7 @@ from .properties import (
     PropertyId,
     PropertyType,
 )
+from .publish import PublishParser
 
 __all__ = ["Level5", "level5"]
 
@@ -150,15 +151,6 @@ _DISCONNECT = Disconnect(ReasonCode.NORMAL_DISCONNECTION, NO_PROPERTIES)
 _AUTH = Auth(ReasonCode.SUCCESS, NO_PROPERTIES)
 
 
-def _packet_id(data: Buffer, start: int, end: int, what: str, spec: str) -> int:
-    if start + 2 > end:
-        raise malformed(f"{what}: packet identifier runs past the packet")
-    packet_id = (data[start] << 8) | data[start + 1]
-    if not packet_id:
-        raise malformed(f"{what}: packet identifier 0", spec)
-    return packet_id
-
-
 def _check_code(code: int, allowed: frozenset[int], what: str, spec: str) -> None:
     if code not in allowed:
         raise ProtocolViolation(f"{what}: reason code 0x{code:02x} not allowed", spec)
@@ -172,24 +164,25 @@ class Level5:
     """
     The MQTT 5.0 parsers for one direction.
 
+    @ivar server: these parse what a server receives (else what a client does).
     @ivar table: the first-byte table of the connected state: every byte to
         its parser and fixed Remaining Length, or C{None} when that byte alone
         is a reason to close (L{header_error} says which).
     """
 
-    __slots__ = ("_cap", "_receives", "_server", "table")
+    __slots__ = ("_cap", "_receives", "server", "table")
 
     def __init__(self, server: bool, max_user_properties: int) -> None:
         """
         @param server: parse what a server receives (else what a client does).
         @param max_user_properties: the most User Properties in one property list.
         """
-        self._server = server
+        self.server = server
         self._cap = max_user_properties
         self._receives = _SERVER_RECEIVES if server else _CLIENT_RECEIVES
         handlers: dict[PacketType, Handler] = {
             PacketType.CONNACK: self.connack,
-            PacketType.PUBLISH: self.publish,
+            PacketType.PUBLISH: PublishParser(self).parse,
             PacketType.PUBACK: self.puback,
             PacketType.PUBREC: self.pubrec,
             PacketType.PUBREL: self.pubrel,
@@ -218,7 +211,7 @@ class Level5:
         if kind == 0:
             return ProtocolViolation("reserved packet type 0")
         packet_type = PacketType(kind)
-        if self._server and packet_type == PacketType.CONNECT:
+        if self.server and packet_type == PacketType.CONNECT:
             return ProtocolViolation("second CONNECT", "MQTT-3.1.0-2")
         if packet_type not in self._receives:
             return ProtocolViolation(f"{packet_type.name} not allowed in this direction")
@@ -385,49 +378,6 @@ class Level5:
             raise malformed("CONNACK: trailing bytes after the properties")
         return Connack(bool(flags), code, properties)
 
-    def publish(self, data: Buffer, start: int, end: int, first: int) -> Packet:
-        # The topic and packet identifier are read inline, as at level 4: this
-        # is the hot path, and an empty property list costs one byte test.
-        qos = (first >> 1) & 3
-        if start + 2 > end:
-            raise malformed("PUBLISH: topic length runs past the packet")
-        p = start + 2 + ((data[start] << 8) | data[start + 1])
-        if p > end:
-            raise malformed("PUBLISH: topic runs past the packet")
-        try:
-            topic = str(data[start + 2 : p], "utf-8")
-        except UnicodeDecodeError:
-            raise malformed("PUBLISH: ill-formed UTF-8 topic", "MQTT-1.5.4-1") from None
-        if "\x00" in topic:
-            raise malformed("PUBLISH: topic contains U+0000", "MQTT-1.5.4-2")
-        if "+" in topic or "#" in topic:
-            raise malformed("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
-        if qos:
-            if p + 2 > end:
-                raise malformed("PUBLISH: packet identifier runs past the packet")
-            packet_id: int | None = (data[p] << 8) | data[p + 1]
-            if not packet_id:
-                raise malformed("PUBLISH: QoS > 0 with packet identifier 0", "MQTT-2.2.1-3")
-            p += 2
-        else:
-            packet_id = None
-        if p < end and not data[p]:
-            properties = NO_PROPERTIES
-            p += 1
-        else:
-            properties, p = self.properties(data, p, end, "PUBLISH", "PUBLISH")
-            if self._server and properties.subscription_identifiers:
-                raise ProtocolViolation(
-                    "PUBLISH: Subscription Identifier from a client", "MQTT-3.3.4-6"
-                )
-        if not topic and properties.topic_alias is None:
-            raise ProtocolViolation(
-                "PUBLISH: zero-length topic name without a Topic Alias", "MQTT-4.7.3-1"
-            )
-        return Publish(
-            topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id, properties
-        )
-
     def _ack(
         self,
         cls: type[Puback | Pubrec | Pubrel | Pubcomp],
@@ -442,7 +392,7 @@ class Level5:
         success without properties, 3 a reason code without properties.
         """
         what = cls.__name__.upper()
-        packet_id = _packet_id(data, start, end, what, "MQTT-2.2.1-5")
+        packet_id = read_packet_id(data, start, end, what, "MQTT-2.2.1-5")
         if end - start == 2:
             return cls(packet_id)
         code = data[start + 2]
@@ -467,7 +417,7 @@ class Level5:
         return self._ack(Pubcomp, data, start, end, PUBREL_REASON_CODES, "MQTT-3.7.2-1")
 
     def subscribe(self, data: Buffer, start: int, end: int, first: int) -> Packet:
-        packet_id = _packet_id(data, start, end, "SUBSCRIBE", "MQTT-2.2.1-3")
+        packet_id = read_packet_id(data, start, end, "SUBSCRIBE", "MQTT-2.2.1-3")
         properties, p = self.properties(data, start + 2, end, "SUBSCRIBE", "SUBSCRIBE")
         if len(properties.subscription_identifiers) > 1:
             raise _duplicate("SUBSCRIBE", "subscription_identifiers")
@@ -496,7 +446,7 @@ class Level5:
         return Subscribe(packet_id, subscriptions, properties)
 
     def unsubscribe(self, data: Buffer, start: int, end: int, first: int) -> Packet:
-        packet_id = _packet_id(data, start, end, "UNSUBSCRIBE", "MQTT-2.2.1-3")
+        packet_id = read_packet_id(data, start, end, "UNSUBSCRIBE", "MQTT-2.2.1-3")
         properties, p = self.properties(data, start + 2, end, "UNSUBSCRIBE", "UNSUBSCRIBE")
         topic_filters: list[str] = []
         while p < end:
@@ -512,7 +462,7 @@ class Level5:
         self, data: Buffer, start: int, end: int, what: str, codes: frozenset[int], spec: str
     ) -> tuple[int, list[int], Properties]:
         """Read a SUBACK or UNSUBACK body: packet id, properties, reason codes."""
-        packet_id = _packet_id(data, start, end, what, "MQTT-2.2.1-6")
+        packet_id = read_packet_id(data, start, end, what, "MQTT-2.2.1-6")
         properties, p = self.properties(data, start + 2, end, what, what)
         reason_codes = list(data[p:end])
         if not reason_codes:
@@ -546,7 +496,7 @@ class Level5:
         properties, p = self.properties(data, start + 1, end, "DISCONNECT", "DISCONNECT")
         if p != end:
             raise malformed("DISCONNECT: trailing bytes after the properties")
-        if not self._server and properties.session_expiry_interval is not None:
+        if not self.server and properties.session_expiry_interval is not None:
             raise ProtocolViolation(
                 "DISCONNECT: Session Expiry Interval from the server", "MQTT-3.14.2-2"
             )

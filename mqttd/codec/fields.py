@@ -75,6 +75,20 @@ def read_binary(data: Buffer, p: int, end: int, what: str) -> tuple[bytes, int]:
     return bytes(data[p + 2 : q]), q
 
 
+def read_packet_id(data: Buffer, start: int, end: int, what: str, spec: str) -> int:
+    """
+    Read the packet identifier at C{start}.
+
+    @param spec: the id of the statement a packet identifier 0 breaks.
+    """
+    if start + 2 > end:
+        raise malformed(f"{what}: packet identifier runs past the packet")
+    packet_id = (data[start] << 8) | data[start + 1]
+    if not packet_id:
+        raise malformed(f"{what}: packet identifier 0", spec)
+    return packet_id
+
+
 def read_varint(data: Buffer, p: int, end: int, what: str) -> tuple[int, int]:
     """
     Read a Variable Byte Integer at C{p}; return it and the offset after it.
