@@ -17,8 +17,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 
 from mqttd.config import ListenerConfig
-from mqttd.http.api import Management
 from mqttd.http.apikeys import ApiKeys
+from mqttd.http.management import Management
 from mqttd.http.site import makeHttpSite
 from mqttd.interfaces import PluginContext
 from mqttd.plugin_loader import findPlugins

@@ -16,10 +16,12 @@ from twisted.web.server import Request, Site
 
 from mqttd.broker import Broker
 from mqttd.config import ListenerConfig
-from mqttd.http.api import HISTORY_INTERVAL, MAX_BODY, ApiResource, Management
+from mqttd.http.api import ApiResource
 from mqttd.http.apikeys import ApiKeys
 from mqttd.http.auth import Guard
+from mqttd.http.management import HISTORY_INTERVAL, Management
 from mqttd.http.metrics import ReactorLag, metricsResource
+from mqttd.http.request import MAX_BODY
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 _TYPES = {
