@@ -141,8 +141,12 @@ class BrokerProcess:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             except OSError:
                 time.sleep(0.05)
-            else:
+                continue
+            # Up only once this process says it listens there: another process may have taken
+            # the port while the broker was down, and the clients would then talk to it.
+            if f"starting on {self.port}\n" in self.logPath.read_text():
                 return
+            time.sleep(0.05)
         raise RuntimeError(f"twistd did not listen:\n{self.logPath.read_text()}")
 
     def kill(self) -> None:

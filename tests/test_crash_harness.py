@@ -7,6 +7,7 @@ C{bench/crash.py} runs the same for as many cycles as asked.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,23 @@ def test_batchedBoundedAndExactlyOnce(tmp_path: Path, store: str) -> None:
     assert q2.lost == [] and q2.duplicates == 0, result.summary()
     assert max(q1.lostAges, default=0.0) <= BATCHED_LOSS_AGE, result.summary()
     assert q1.outOfOrder == 0 and q2.outOfOrder == 0, result.summary()
+
+
+def test_startedOnlyWhenItListens(tmp_path: Path) -> None:
+    """
+    A broker whose port another process took while it was down is not taken for started
+    because something answers there: it moves to another port, so that no cycle's clients talk
+    to a stranger (whose acknowledgements would count as losses, its deliveries as duplicates).
+    """
+    running = broker(tmp_path, "sqlite", "sync")
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        taken = stranger.getsockname()[1]
+        running._listenOn(taken)
+        try:
+            running.start()
+            assert running.port != taken
+            assert running.process is not None and running.process.poll() is None
+        finally:
+            running.kill()
