@@ -192,6 +192,9 @@ class Broker:
         self.sysTree: SysTree | None = None
         # Network connections open over all MQTT listeners, for [broker] max_connections.
         self.openConnections = 0
+        # This broker's node name in a cluster (docs/cluster.md), for $SYS and the metrics;
+        # None for a lone broker.
+        self.nodeName: str | None = None
 
     # Life cycle
 

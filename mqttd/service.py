@@ -22,6 +22,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorCore,
     IReactorFromThreads,
+    IReactorSocket,
     IReactorTime,
     IReactorUDP,
     IStreamServerEndpoint,
@@ -402,11 +403,20 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         else plugins.get(config.storePlugin, IMessageStore, section="store", key="plugin")
     )
     cluster = None
+    # With [cluster] workers above one, each process opens the TCP listeners with SO_REUSEPORT.
+    shared = False
     if config.cluster is not None:
         # Imported only when configured: a lone broker loads nothing of Redis.
         from mqttd.cluster.service import Cluster
+        from mqttd.cluster.workers import ReusePortEndpoint, nodeName, workerNumber
 
-        cluster = Cluster(config.cluster, reactor)
+        worker = workerNumber()
+        shared = config.cluster.workers > 1
+        cluster = Cluster(
+            config.cluster,
+            reactor,
+            nodeName(config.cluster.node, config.cluster.workers, worker),
+        )
     broker = Broker(
         config.broker,
         reactor,
@@ -433,6 +443,13 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             service.brokerAware.append(plugin)
     for listener in config.listeners:
         if listener.protocol == "mqtt-sn":
+            if shared:
+                raise ConfigError(
+                    config.source or "<default>",
+                    f"listener:{listener.name}",
+                    "protocol",
+                    "an MQTT-SN listener cannot be shared by [cluster] workers",
+                )
             # Imported only when configured: a broker without MQTT-SN loads none of it.
             from mqttd.sn.client import MAX_DATAGRAM
             from mqttd.sn.endpoint import UDPServerEndpoint
@@ -445,7 +462,17 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
                 service
             )
             continue
-        endpoint = serverFromString(reactor, listener.listenEndpoint())
+        if shared:
+            try:
+                endpoint: IStreamServerEndpoint = ReusePortEndpoint(
+                    IReactorSocket(reactor), listener.listenEndpoint()
+                )
+            except ValueError as e:
+                raise ConfigError(
+                    config.source or "<default>", f"listener:{listener.name}", "endpoint", str(e)
+                ) from None
+        else:
+            endpoint = serverFromString(reactor, listener.listenEndpoint())
         served: IProtocolFactory
         if listener.protocol == "http":
             # Imported only when configured: a broker without one loads nothing of twisted.web.
@@ -476,6 +503,12 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             service
         )
     plugins.checkAllUsed()
+    if shared and worker == 1:
+        assert config.cluster is not None and config.source is not None
+        from mqttd.cluster.workers import workerProcesses
+
+        # Started with the listeners, once this worker has restored its store and joined.
+        workerProcesses(config.source, config.cluster.workers).setServiceParent(service)
     if config.bridges:
         # Imported only when configured, as most brokers have no bridge.
         from mqttd.bridge.bridge import Bridge, BridgeService

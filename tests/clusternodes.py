@@ -86,7 +86,7 @@ class Cluster3:
         self.redis = redis
         self.nodes: list[Node] = []
 
-    def start(self, name: str, **cluster: Any) -> Node:
+    def start(self, name: str, sys_interval: float = 0, **cluster: Any) -> Node:
         settings = ClusterConfig(
             redis=self.redis.url,
             address=parseRedisURL(self.redis.url),
@@ -95,7 +95,7 @@ class Cluster3:
             node_timeout=NODE_TIMEOUT,
         )
         config = Config(
-            broker=BrokerConfig(sys_interval=0),
+            broker=BrokerConfig(sys_interval=sys_interval),
             listeners=(
                 ListenerConfig(
                     name="mqtt", endpoint=f"tcp:0:interface={e2e.HOST}", allow_anonymous=True

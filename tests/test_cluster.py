@@ -189,3 +189,31 @@ def test_sharedSubscriptionWithALocalMember(cluster_nodes: Cluster3, clients: Co
     got = local.pending() + remote.pending()
     assert sorted(int(m.payload) for m in got) == list(range(10))
     assert len(got) == 10
+
+
+def test_sysPerNodeAndClusterTotals(cluster_nodes: Cluster3, clients: Connect) -> None:
+    """
+    Each node mirrors its C{$SYS/broker/} tree under C{$SYS/brokers/{node}/}, live and
+    retained cluster-wide, and the first node by name publishes the cluster's totals under
+    C{$SYS/cluster/}; a node's own tree is not sent to the others.
+    """
+    a = cluster_nodes.start("a", sys_interval=0.2)
+    b = cluster_nodes.start("b", sys_interval=0.2)
+    clients(a.port, "on-a-1")
+    clients(a.port, "on-a-2")
+    watcher = clients(b.port, "watcher")
+    watcher.subscribe("$SYS/brokers/a/clients/connected", 0)
+    watcher.subscribe("$SYS/cluster/clients/connected", 0)
+
+    def latest(topic: str) -> bytes | None:
+        kept = b.call(lambda: b.cluster.retained.get(topic))
+        return None if kept is None else bytes(kept.payload)
+
+    e2e.wait_until(lambda: latest("$SYS/brokers/a/clients/connected") == b"2", "A's mirror")
+    e2e.wait_until(lambda: latest("$SYS/cluster/clients/connected") == b"3", "the totals")
+    assert latest("$SYS/cluster/nodes") == b"2"
+    assert latest("$SYS/brokers/b/clients/connected") == b"1"
+    topics = {m.topic for m in watcher.wait_for(2)}
+    assert topics <= {"$SYS/brokers/a/clients/connected", "$SYS/cluster/clients/connected"}
+    # A's own $SYS/broker/ tree stays A's: B's copy has B's figures only.
+    assert latest("$SYS/broker/clients/connected") == b"1"

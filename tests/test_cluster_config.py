@@ -13,6 +13,8 @@ import pytest
 from mqttd.cluster.config import RedisAddress, parseRedisURL
 from mqttd.config import ConfigError, load_config
 from tests.test_config import LISTENER, assertNames, write
+from tests.test_footprint import LISTENER as FOOTPRINT_LISTENER
+from tests.test_footprint import loaded
 
 
 def test_clusterSection(tmp_path: Path) -> None:
@@ -75,3 +77,13 @@ def test_redisURL() -> None:
     """A user name and password are taken apart and unquoted; the port defaults to 6379."""
     assert parseRedisURL("redis://u:p%2Fw@h/0") == RedisAddress("h", 6379, 0, "u", "p/w")
     assert parseRedisURL("redis://[::1]:7000") == RedisAddress("::1", 7000)
+
+
+def test_redisClientLoadedOnlyForACluster(tmp_path: Path) -> None:
+    """
+    Without a C{[cluster]} section the Redis client is never imported (the footprint test's
+    probe, building the service as twistd does); with one it is.
+    """
+    assert "txredisapi" not in loaded(tmp_path, FOOTPRINT_LISTENER)
+    cluster = FOOTPRINT_LISTENER + "[cluster]\nredis = redis://127.0.0.1:1\n"
+    assert "txredisapi" in loaded(tmp_path, cluster)

@@ -1,6 +1,6 @@
 """
-The cluster's pure parts, without Redis: the message encoding between nodes, the copy of the
-other nodes' routes, and the seams the cluster implements.
+The cluster's parts that need no Redis: the message encoding between nodes, the copy of the
+other nodes' routes, the retained store's seam, and a node's metrics label.
 """
 
 from __future__ import annotations
@@ -8,12 +8,16 @@ from __future__ import annotations
 import pytest
 from zope.interface.verify import verifyObject
 
+from mqttd.broker import Broker
 from mqttd.cluster.retained import ClusterRetained
 from mqttd.cluster.routes import RemoteRoutes
 from mqttd.cluster.wire import WireError, decode, encode
 from mqttd.codec.properties import Properties
+from mqttd.config import BrokerConfig
+from mqttd.http.metrics import BrokerCollector, ReactorLag
 from mqttd.interfaces import IRetainedStore
 from mqttd.message import Message, PropertiedMessage
+from tests import e2e
 
 
 def test_wireRoundTrip() -> None:
@@ -127,3 +131,15 @@ def test_clusterRetainedIsARetainedStore() -> None:
     assert [m.topic for m in store.matching("#")] == ["gate"]
     assert store.get("$SYS/broker/uptime") is not None
     assert len(written) == 2
+
+
+def test_metricsOfANodeCarryItsName(twisted_reactor: None) -> None:
+    """Every sample of a cluster node's metrics has a C{node} label; a lone broker's none."""
+    broker = Broker(BrokerConfig(sys_interval=0), e2e.reactor)
+    collector = BrokerCollector(broker, ReactorLag(e2e.reactor), e2e.reactor)
+    lone = [s for family in collector.collect() for s in family.samples]
+    assert lone and all("node" not in s.labels for s in lone)
+    broker.nodeName = "a-1"
+    named = [s for family in collector.collect() for s in family.samples]
+    assert len(named) == len(lone)
+    assert all(s.labels["node"] == "a-1" for s in named)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
+from mqttd.cluster.sys import OWN_PREFIX
 from mqttd.interfaces import ClientInfo
 from mqttd.message import Message, SharedDelivery
 from mqttd.router import QOS_BITS, RETAIN_AS_PUBLISHED, Router
@@ -67,8 +68,13 @@ class ClusterRouter(Router):
         cluster = self.cluster
         if cluster is None:
             return super().route(message, publisher)
-        routes = cluster.routes
         topic = message.topic
+        if topic.startswith(OWN_PREFIX):
+            # This node's own $SYS tree: its clients' alone, mirrored for the others.
+            matched = super().route(message, publisher)
+            cluster.sysPublished(message)
+            return matched
+        routes = cluster.routes
         nodes = routes.match(topic)
         sharedRemote = routes.matchShared(topic)
         if not nodes and not sharedRemote:

@@ -25,6 +25,7 @@ from mqttd.cluster.redis import ConnectionError, RedisConnections
 from mqttd.cluster.retained import ClusterRetained
 from mqttd.cluster.router import ClusterRouter
 from mqttd.cluster.routes import RemoteRoutes
+from mqttd.cluster.sys import ClusterSys
 from mqttd.cluster.wire import WireError, decode, encode
 from mqttd.message import Message
 
@@ -96,6 +97,7 @@ class Cluster:
         self.buried: list[Callable[[str, str], Any]] = []
         self.router: ClusterRouter | None = None
         self.broker: Broker | None = None
+        self._sys: ClusterSys | None = None
         self._sequence = 0
         # The last sequence number seen from each sending incarnation, to drop an entry
         # a sender wrote twice (its connection broke before Redis's answer came).
@@ -120,16 +122,30 @@ class Cluster:
         self.router = router
         return router
 
+    @property
+    def sys(self) -> ClusterSys:
+        """This node's C{$SYS} mirror and the cluster's totals, once started."""
+        assert self._sys is not None
+        return self._sys
+
+    def sysPublished(self, message: Message) -> None:
+        """The broker published C{message} in its own C{$SYS/broker/} tree."""
+        if self._sys is not None:
+            self._sys.mirrored(message)
+
     # Life cycle
 
     def start(self, broker: Broker) -> None:
         """Connect and join: the broker has restored its store."""
         assert self.router is not None
         self.broker = broker
+        broker.nodeName = self.name
+        self._sys = ClusterSys(self, broker)
         self.running = True
         self.retained.writer = self._retainedChanged
         self.redis.start()
         self.inbox.start()
+        self.sys.start()
 
     def serve(self, broker: Broker, parent: BrokerService) -> ClusterService:
         """
@@ -162,6 +178,8 @@ class Cluster:
         self.running = False
         if self._heartbeat.running:
             self._heartbeat.stop()
+        self.sys.stop()
+        self.sys.forget(self.name)
         self.retained.writer = None
         inbox = self.inbox.stop()
         if self.redis.up:
@@ -311,6 +329,8 @@ class Cluster:
         )
         await commands.execute_command("DEL", routesKey(node, incarnation))
         await commands.execute_command("EVAL", _FORGET_INCARNATION, 1, NODES, node, incarnation)
+        if node != self.name:
+            self.sys.forget(node)
         for hook in self.buried:
             try:
                 await maybeDeferred(hook, node, incarnation)

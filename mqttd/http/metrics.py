@@ -97,7 +97,16 @@ class BrokerCollector(Collector):
             snapshot = self.snapshot()
         else:
             snapshot = blockingCallFromThread(self.reactor, self.snapshot)
-        return iter(self.families(snapshot))
+        families = self.families(snapshot)
+        node = self.broker.nodeName
+        if node is not None:
+            # A cluster node's figures are its own: each sample says whose.
+            for family in families:
+                family.samples = [
+                    sample._replace(labels={**sample.labels, "node": node})
+                    for sample in family.samples
+                ]
+        return iter(families)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the metrics report, copied in the reactor thread."""

@@ -1,0 +1,136 @@
+"""
+C{workers = N}: one machine's cores serving one port.  The process C{twistd mqttd} starts is
+worker 1 and starts workers 2 to N as child processes (C{python -m twisted mqttd}, restarted
+if they die); each is a cluster node named C{NODE-i} on the same Redis, and each opens every
+TCP listener itself with C{SO_REUSEPORT}, so the kernel spreads new connections over them.
+
+Twisted's endpoints cannot set C{SO_REUSEPORT}, so L{ReusePortEndpoint} makes the listening
+socket itself and hands it to the reactor (C{adoptStreamPort}).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorSocket,
+    IStreamServerEndpoint,
+)
+from twisted.runner.procmon import ProcessMonitor
+from zope.interface import implementer
+
+# Which worker a child process is (2 to N); absent in the process the operator started.
+WORKER_VARIABLE = "MQTTD_CLUSTER_WORKER"
+# An endpoint string's fields are separated by colons not escaped with a backslash.
+_FIELD = re.compile(r"(?<!\\):")
+
+
+def workerNumber() -> int:
+    """This process's worker number: 1 unless started as another worker."""
+    text = os.environ.get(WORKER_VARIABLE, "1")
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def nodeName(node: str, workers: int, worker: int) -> str:
+    """The cluster node name of worker C{worker} of C{node}."""
+    return node if workers == 1 else f"{node}-{worker}"
+
+
+def parseTCP(description: str) -> tuple[socket.AddressFamily, int, str, int]:
+    """
+    Read a C{tcp:} or C{tcp6:} endpoint string.
+
+    @return: address family, port, interface and backlog.
+    @raise ValueError: it is another kind of endpoint, which workers cannot share.
+    """
+    fields = [f.replace("\\:", ":") for f in _FIELD.split(description)]
+    kind = fields[0]
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(
+            f"workers share tcp: and tcp6: listeners only (SO_REUSEPORT); got {description!r}"
+        )
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    options: dict[str, str] = {}
+    positional: list[str] = []
+    for field in fields[1:]:
+        name, equals, value = field.partition("=")
+        if equals:
+            options[name] = value
+        else:
+            positional.append(field)
+    port = options.get("port", positional[0] if positional else "")
+    interface = options.get("interface", "::" if family == socket.AF_INET6 else "0.0.0.0")
+    backlog = options.get("backlog", "50")
+    if not port.isdigit() or not backlog.isdigit():
+        raise ValueError(f"expected tcp:PORT[:interface=...][:backlog=N]; got {description!r}")
+    if int(port) == 0:
+        raise ValueError("workers share one fixed port; port 0 gives each its own")
+    return family, int(port), interface, int(backlog)
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """A TCP listening endpoint whose socket has C{SO_REUSEPORT} set."""
+
+    def __init__(self, reactor: IReactorSocket, description: str) -> None:
+        """
+        @raise ValueError: C{description} is no C{tcp:} / C{tcp6:} endpoint with a port.
+        """
+        self.reactor = reactor
+        self.family, self.port, self.interface, self.backlog = parseTCP(description)
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+        except OSError as e:
+            return fail(e)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.interface, self.port))
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            # The reactor takes a duplicate of the descriptor; this one is closed below.  Typed
+            # for a ServerFactory, it takes any IProtocolFactory, as listenTCP does.
+            port: IListeningPort = self.reactor.adoptStreamPort(
+                sock.fileno(),
+                self.family,
+                factory,  # type: ignore[arg-type]
+            )
+        except OSError as e:
+            return fail(e)
+        finally:
+            sock.close()
+        return succeed(port)
+
+
+def workerProcesses(configPath: str, workers: int) -> ProcessMonitor:
+    """
+    The service that runs workers 2 to C{workers} of the configuration at C{configPath}, each
+    restarted if it dies, all stopped (SIGTERM, then SIGKILL) when it stops.
+    """
+    monitor = ProcessMonitor()
+    environment: dict[str, Any] = dict(os.environ)
+    for worker in range(2, workers + 1):
+        env = {**environment, WORKER_VARIABLE: str(worker)}
+        monitor.addProcess(
+            f"mqttd-worker-{worker}",
+            [
+                sys.executable,
+                "-m",
+                "twisted",
+                "--log-format=text",
+                "mqttd",
+                "--config",
+                os.path.abspath(configPath),
+            ],
+            env=env,
+        )
+    return monitor
