@@ -158,6 +158,7 @@ static double hist_pct(const hist_t *h, double p)
     return (double)h->max;
 }
 
+static double proc_sys_s;   /* the system (kernel) part of the last proc_cpu_s() */
 static double proc_cpu_s(int pid)
 {
     char path[64], buf[1024];
@@ -171,6 +172,7 @@ static double proc_cpu_s(int pid)
     unsigned long ut = 0, st = 0;
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return -1;
+    proc_sys_s = (double)st / (double)sysconf(_SC_CLK_TCK);
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 static long proc_rss_kb(int pid)
@@ -737,7 +739,7 @@ static int phase(double rate, double warmup_s, double measure_s, int phase_no)
     memset(&h_ack, 0, sizeof h_ack);
     win_lo = t_meas; win_hi = t_end;
     counts_t c0 = {0};
-    double b0 = 0, g0 = 0;
+    double b0 = 0, b0sys = 0, g0 = 0;
     unsigned long long k0 = 0;
     int measuring = 0;
     collect_online();
@@ -747,6 +749,7 @@ static int phase(double rate, double warmup_s, double measure_s, int phase_no)
             measuring = 1;
             c0 = snap();
             b0 = opt.broker_pid ? proc_cpu_s(opt.broker_pid) : 0;
+            b0sys = proc_sys_s;
             g0 = self_cpu_s();
             k0 = tasks_ticks();
         }
@@ -773,6 +776,7 @@ static int phase(double rate, double warmup_s, double measure_s, int phase_no)
     counts_t c1 = snap();
     double secs = (double)(t_stop - t_meas) / 1e9;
     double bcpu = opt.broker_pid ? proc_cpu_s(opt.broker_pid) - b0 : 0;
+    double bsys = opt.broker_pid ? proc_sys_s - b0sys : 0;
     double gcpu = self_cpu_s() - g0;
     double other = (double)(tasks_ticks() - k0) / (double)sysconf(_SC_CLK_TCK) - bcpu - gcpu;
     long rss = opt.broker_pid ? proc_rss_kb(opt.broker_pid) : -1;
@@ -794,8 +798,10 @@ static int phase(double rate, double warmup_s, double measure_s, int phase_no)
     printf(" users=%d groups=%d offline=%llu backlog=%lld skipped=%llu secs=%.2f", opt.users, opt.groups,
            (unsigned long long)g_offline, (long long)backlog, (unsigned long long)g_skipped, secs);
     if (opt.broker_pid)
-        printf(" broker_cpu_pct=%.0f broker_cpu_us_per_delivery=%.1f broker_rss_kb=%ld", 100.0 * bcpu / secs,
-               c1.recv > c0.recv ? 1e6 * bcpu / (double)(c1.recv - c0.recv) : 0, rss);
+        printf(" broker_cpu_pct=%.0f broker_cpu_us_per_delivery=%.1f broker_sys_pct_of_cpu=%.0f"
+               " broker_rss_kb=%ld", 100.0 * bcpu / secs,
+               c1.recv > c0.recv ? 1e6 * bcpu / (double)(c1.recv - c0.recv) : 0,
+               bcpu > 0 ? 100.0 * bsys / bcpu : 0, rss);
     printf(" gen_cpu_pct=%.0f other_cpu_pct=%.0f held=%d", 100.0 * gcpu / secs,
            other > 0 ? 100.0 * other / secs : 0, held);
     fflush(stdout);

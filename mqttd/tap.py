@@ -115,6 +115,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from mqttd.config import ConfigError, default_config, load_config
+    from mqttd.dispatch import installLeanDispatch
     from mqttd.service import makeBrokerService
 
     path: str | None = options["config"]
@@ -127,6 +128,7 @@ def makeService(options: Options) -> IService:
     startup = _OneLineStartup(getattr(options, "parent", None), config.log)
     service.setServiceParent(startup)
     tuneCollector()
+    installLeanDispatch(reactor)
     return startup
 
 

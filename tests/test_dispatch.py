@@ -1,0 +1,142 @@
+"""
+twistd mqttd's epoll dispatch without a log context per event (mqttd.dispatch) does what
+Twisted's does: a ready socket is read, a writable one written, a handler's exception closes that
+socket alone, a socket removed earlier in the same batch is skipped; other reactors are left alone.
+Real sockets on a private EPollReactor, stepped one iteration at a time.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mqttd.dispatch import installLeanDispatch
+
+
+class _Socket:
+    """A selectable on one end of a socket pair, recording what the reactor asked of it."""
+
+    def __init__(self, sock: socket.socket, fail: bool = False) -> None:
+        self.sock = sock
+        self.fail = fail
+        self.read: list[bytes] = []
+        self.writes = 0
+        self.lost: list[Failure] = []
+        self.others: list[_Socket] = []
+        self.reactor: EPollReactor | None = None
+        self.prefixes = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        if self.fail:
+            raise RuntimeError("handler failed")
+        self.read.append(self.sock.recv(100))
+        # A handler that stops another selectable ready in the same batch.
+        for other in self.others:
+            assert self.reactor is not None
+            self.reactor.removeReader(other)
+
+    def doWrite(self) -> None:
+        self.writes += 1
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+    def logPrefix(self) -> str:
+        self.prefixes += 1
+        return "test"
+
+
+@pytest.fixture
+def reactor() -> Iterator[EPollReactor]:
+    r = EPollReactor()
+    assert installLeanDispatch(r)
+    yield r
+    r._poller.close()
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    return a, b
+
+
+def test_readsAndWritesReadySockets(reactor: EPollReactor) -> None:
+    """
+    Data waiting on a socket is read by its selectable; a writable one is told so; neither
+    event asks the selectable for a log prefix, as Twisted's own dispatch does for each.
+    """
+    a, b = _pair()
+    reader = _Socket(a)
+    reactor.addReader(reader)
+    b.sendall(b"hello")
+    reactor.doIteration(1)
+    assert reader.read == [b"hello"]
+    reactor.removeReader(reader)
+    reactor.addWriter(reader)
+    reactor.doIteration(1)
+    assert reader.writes == 1
+    assert reader.prefixes == 0
+    reactor.removeWriter(reader)
+    a.close()
+    b.close()
+
+
+def test_failingHandlerClosesItsSocketOnly(reactor: EPollReactor) -> None:
+    """
+    A handler that raises loses its connection, with the error as the reason, as under
+    Twisted's dispatch; another socket ready in the same iteration is still read.
+    """
+    a, b = _pair()
+    c, d = _pair()
+    failing, working = _Socket(a, fail=True), _Socket(c)
+    reactor.addReader(failing)
+    reactor.addReader(working)
+    b.sendall(b"x")
+    d.sendall(b"y")
+    reactor.doIteration(1)
+    assert [f.type for f in failing.lost] == [RuntimeError]
+    assert working.read == [b"y"] and working.lost == []
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_socketRemovedEarlierInTheBatchIsSkipped(reactor: EPollReactor) -> None:
+    """
+    Of two sockets ready together, the one the other's handler removed is not dispatched (its
+    descriptor may already belong to something else).
+    """
+    a, b = _pair()
+    c, d = _pair()
+    first, second = _Socket(a), _Socket(c)
+    first.others, second.others = [second], [first]
+    first.reactor = second.reactor = reactor
+    reactor.addReader(first)
+    reactor.addReader(second)
+    b.sendall(b"1")
+    d.sendall(b"2")
+    reactor.doIteration(1)
+    assert len(first.read) + len(second.read) == 1
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_otherReactorsLeftAlone() -> None:
+    """Only Twisted's epoll reactor itself is changed: a fake clock or a subclass is not."""
+
+    class Subclass(EPollReactor):
+        pass
+
+    clock = Clock()
+    assert not installLeanDispatch(clock)
+    sub = Subclass()
+    assert not installLeanDispatch(sub)
+    assert "doIteration" not in vars(sub)
+    sub._poller.close()
