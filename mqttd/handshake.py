@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .broker import KEEPALIVE_UNLIMITED, Broker
+from .codec import encode
 from .codec.packets import (
     Auth,
     Connack,
@@ -46,6 +47,10 @@ from .stats import Stats
 
 # Protocol levels as operators name them, for the connect line.
 _VERSIONS = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+
+# A 3.1 / 3.1.1 CONNACK accepting the connection, by Session Present: the same four bytes for
+# every client, encoded once.
+_CONNACK_ACCEPTED = {present: encode(Connack(present, 0)) for present in (False, True)}
 
 # What an authenticator refusing a login may answer, 3.1.1's two return codes and their 5.0
 # counterparts; every one becomes one answer to a CONNECT carrying a user name.
@@ -135,9 +140,10 @@ class ConnectHandshake:
         self.bridge = packet.bridge
         if packet.protocol_level == ProtocolLevel.MQTT_5:
             self.maxPacketSize = packet.properties.maximum_packet_size or 0
-        # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
-        # precedes CONNECT, has been read; from now on it is the client.
-        self._notePeer()
+        if self.listener.endpoint.startswith("haproxy:"):
+            # Behind a haproxy: endpoint the peer is the balancer until the PROXY header, which
+            # precedes CONNECT, has been read; from now on it is the client.
+            self._notePeer()
         if self.listener.identity != "none":
             identified = self._identified(packet)
             if identified is None:
@@ -324,7 +330,7 @@ class ConnectHandshake:
             session.maxInflight = self.broker.config.max_inflight
             # MQTT 3.1 has no Session Present flag; its CONNACK byte is reserved.
             present = sessionPresent and self.protocolLevel == ProtocolLevel.MQTT_3_1_1
-            self.sendPacket(Connack(present, 0))
+            self._write(_CONNACK_ACCEPTED[present])
         if keepalive:
             self._startKeepalive(keepalive * 1.5)
         self._username = decision.identity if decision.identity is not None else packet.username
@@ -332,22 +338,23 @@ class ConnectHandshake:
             self._who = f"certificate identity {self.certificateIdentity!r}"
         elif self._username is not None:
             self._who = f"user {self._username!r}"
-        self.log.info(
-            "client {clientId} connected from {address} on listener {listener} as {who}"
-            " (MQTT {version}{bridge}, clean {clean}, session present {sessionPresent},"
-            " keepalive {keepalive})",
-            clientId=session.clientId,
-            address=self.clientAddress,
-            listener=self.listener.name,
-            who=self._who,
-            username=self._username,
-            version=_VERSIONS.get(packet.protocol_level, packet.protocol_level),
-            protocolLevel=packet.protocol_level,
-            bridge=", bridge" if self.bridge else "",
-            clean=packet.clean_session,
-            sessionPresent=sessionPresent,
-            keepalive=packet.keepalive,
-        )
+        if self.broker.logConnections:
+            self.log.info(
+                "client {clientId} connected from {address} on listener {listener} as {who}"
+                " (MQTT {version}{bridge}, clean {clean}, session present {sessionPresent},"
+                " keepalive {keepalive})",
+                clientId=session.clientId,
+                address=self.clientAddress,
+                listener=self.listener.name,
+                who=self._who,
+                username=self._username,
+                version=_VERSIONS.get(packet.protocol_level, packet.protocol_level),
+                protocolLevel=packet.protocol_level,
+                bridge=", bridge" if self.bridge else "",
+                clean=packet.clean_session,
+                sessionPresent=sessionPresent,
+                keepalive=packet.keepalive,
+            )
         return self.broker.resume(session, conn)
 
     def _accepted5(self, packet: Connect, session: Session) -> tuple[Properties, int]:

@@ -269,14 +269,15 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
             return
         self.session = None
         self.broker.connectionLost(session, self, self._graceful, self._closeReason)
-        self.log.info(
-            "client {clientId} disconnected from {address} ({who}): {reason}",
-            clientId=self.clientId,
-            address=self.clientAddress,
-            who=self._who,
-            username=self._username,
-            reason=self._closeReason,
-        )
+        if self.broker.logConnections:
+            self.log.info(
+                "client {clientId} disconnected from {address} ({who}): {reason}",
+                clientId=self.clientId,
+                address=self.clientAddress,
+                who=self._who,
+                username=self._username,
+                reason=self._closeReason,
+            )
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
     IReactorUDP,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mqttd.broker import Broker
@@ -432,6 +432,7 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             config.observerChain, IBrokerObserver, section="observers", key="chain"
         ),
     )
+    broker.logConnections = LogLevel.levelWithName(config.log.level) <= LogLevel.info
     service = BrokerService(broker, IReactorFromThreads(reactor, None))
     if cluster is not None:
         # First child: it starts before the listeners and stops after them.

@@ -300,3 +300,30 @@ def test_certificateIdentityInConnectLine(
     assert connected.startswith("client sensor-1 connected from 127.0.0.1:")
     assert " as certificate identity 'alice' (MQTT 3.1.1," in connected
     assert "(certificate identity 'alice'): client sent DISCONNECT" in disconnected
+
+
+@pytest.mark.parametrize(("level", "lines"), [("info", 2), ("warn", 0)])
+def test_connectionLinesOnlyBuiltWhenTheLevelKeepsThem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str, lines: int
+) -> None:
+    """
+    At C{[log] level = warn} (the one bench/run and mosquitto's quiet configurations use) the
+    connect and disconnect lines, which the level would drop, are not even emitted, so a
+    connection pays nothing for them; at C{info} both are.  The client is served alike.
+    """
+    path = tmp_path / "mqttd.ini"
+    path.write_text(
+        f"[log]\nlevel = {level}\n\n[listener:t]\nendpoint = tcp:0\nallow_anonymous = true\n"
+    )
+    service = makeBrokerService(load_config(str(path)), MemoryReactorClock())
+    broker = service.broker
+    assert broker.logConnections == (level == "info")
+    events = Events()
+    monkeypatch.setattr(MQTTServerProtocol, "log", Logger(observer=events))
+    world = World()
+    world.broker = broker
+    world.factory.broker = broker
+    client = world.connect("quiet")
+    client.send(Disconnect())
+    client.finish()
+    assert len(events) == lines
