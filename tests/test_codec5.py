@@ -60,8 +60,8 @@ from mqttd.codec import (
     property_block,
     publish_prefix,
 )
-from mqttd.codec.decoder5 import level5
 from mqttd.codec.properties import FIELD_NAMES
+from mqttd.codec.propertylist import read_properties
 
 from .vectors import BOTH, CLIENT, CONNECT_311, SERVER, Vector
 from .vectors5 import BAD, CONNECT_5, DECODE_ONLY, GOOD, BadVector5, user_property_flood
@@ -312,10 +312,9 @@ def _reads_to_parse(count: int, cap: int) -> int:
     flood = user_property_flood(count)
     # The Property Length follows the topic "t".
     start = flood.index(b"\x00\x01t") + 3
-    handlers = level5(True, cap)
     _CountingBytes.reads = 0
     try:
-        handlers.properties(_CountingBytes(flood), start, len(flood), "PUBLISH", "PUBLISH")
+        read_properties(_CountingBytes(flood), start, len(flood), "PUBLISH", "PUBLISH", cap)
     except LimitExceeded:
         pass
     return _CountingBytes.reads

@@ -5,9 +5,8 @@ A L{Level5} holds the parsers for one direction and one User Property cap,
 and the first-byte table the decoder switches to once it knows the peer
 speaks 5.0; L{level5} shares one per configuration between connections.
 
-Properties are read in one pass with constant work per property: duplicates
-are found with a bit set, User Properties are appended and counted against
-the cap before their strings are decoded (bad-inputs entry 18).
+Property lists are read by L{mqttd.codec.propertylist}, with this level's
+User Property cap.
 
 Which error class a broken rule raises follows the spec's own words (section
 2.2.2.2 and the text of each property): a property the packet may not carry,
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from .errors import DecodeError, LimitExceeded, ProtocolViolation
+from .errors import DecodeError, ProtocolViolation
 from .fields import (
     UTF8_SPEC_5,
     VARIABLE,
@@ -33,7 +32,6 @@ from .fields import (
     read_binary,
     read_packet_id,
     read_string,
-    read_varint,
 )
 from .packets import (
     AUTH_REASON_CODES,
@@ -64,48 +62,13 @@ from .packets import (
     Will,
 )
 from .properties import (
-    ALLOWED_PROPERTIES,
-    FIELD_NAMES,
     NO_PROPERTIES,
-    PROPERTY_TYPES,
     Properties,
-    PropertyId,
-    PropertyType,
 )
+from .propertylist import duplicate, read_properties
 from .publish import PublishParser
 
 __all__ = ["Level5", "level5"]
-
-_BYTE, _TWO, _FOUR, _VARINT, _STRING, _BINARY, _PAIR = range(7)
-_KINDS = {
-    PropertyType.BYTE: _BYTE,
-    PropertyType.TWO_BYTE_INTEGER: _TWO,
-    PropertyType.FOUR_BYTE_INTEGER: _FOUR,
-    PropertyType.VARIABLE_BYTE_INTEGER: _VARINT,
-    PropertyType.UTF8_STRING: _STRING,
-    PropertyType.BINARY_DATA: _BINARY,
-    PropertyType.UTF8_STRING_PAIR: _PAIR,
-}
-# Indexed by the identifier byte: its kind and Properties attribute, or None
-# for identifiers the spec does not define.
-_READERS: list[tuple[int, str] | None] = [None] * 256
-for _id, _type in PROPERTY_TYPES.items():
-    _READERS[_id] = (_KINDS[_type], FIELD_NAMES[_id])
-
-_MASKS = {
-    name: sum(1 << identifier for identifier in allowed)
-    for name, allowed in ALLOWED_PROPERTIES.items()
-}
-# Properties whose value 0 the spec calls a Protocol Error, with the reason
-# code and statement to report.
-_NONZERO: dict[int, tuple[int, str | None]] = {
-    PropertyId.RECEIVE_MAXIMUM: (ReasonCode.PROTOCOL_ERROR, None),
-    PropertyId.MAXIMUM_PACKET_SIZE: (ReasonCode.PROTOCOL_ERROR, None),
-    PropertyId.TOPIC_ALIAS: (ReasonCode.TOPIC_ALIAS_INVALID, "MQTT-3.3.2-8"),
-    PropertyId.SUBSCRIPTION_IDENTIFIER: (ReasonCode.PROTOCOL_ERROR, None),
-}
-_AUTHENTICATION_DATA = 1 << PropertyId.AUTHENTICATION_DATA
-_AUTHENTICATION_METHOD = 1 << PropertyId.AUTHENTICATION_METHOD
 
 _SERVER_RECEIVES = frozenset(
     {
@@ -156,21 +119,18 @@ def _check_code(code: int, allowed: frozenset[int], what: str, spec: str) -> Non
         raise ProtocolViolation(f"{what}: reason code 0x{code:02x} not allowed", spec)
 
 
-def _duplicate(what: str, name: str) -> ProtocolViolation:
-    return ProtocolViolation(f"{what}: {name} more than once")
-
-
 class Level5:
     """
     The MQTT 5.0 parsers for one direction.
 
     @ivar server: these parse what a server receives (else what a client does).
+    @ivar cap: the most User Properties one property list may hold.
     @ivar table: the first-byte table of the connected state: every byte to
         its parser and fixed Remaining Length, or C{None} when that byte alone
         is a reason to close (L{header_error} says which).
     """
 
-    __slots__ = ("_cap", "_receives", "server", "table")
+    __slots__ = ("_receives", "cap", "server", "table")
 
     def __init__(self, server: bool, max_user_properties: int) -> None:
         """
@@ -178,7 +138,7 @@ class Level5:
         @param max_user_properties: the most User Properties in one property list.
         """
         self.server = server
-        self._cap = max_user_properties
+        self.cap = max_user_properties
         self._receives = _SERVER_RECEIVES if server else _CLIENT_RECEIVES
         handlers: dict[PacketType, Handler] = {
             PacketType.CONNACK: self.connack,
@@ -225,103 +185,6 @@ class Level5:
             _FLAGS_SPEC.get(packet_type, "MQTT-2.1.3-1"),
         )
 
-    def properties(
-        self, data: Buffer, p: int, end: int, scope: str, what: str
-    ) -> tuple[Properties, int]:
-        """
-        Read the Property Length at C{p} and the properties it covers.
-
-        Only the rules that hold wherever a property appears are checked
-        here; each packet's parser adds its own (a SUBSCRIBE's single
-        Subscription Identifier, none in a client's PUBLISH, ...).
-
-        @param scope: the key of L{ALLOWED_PROPERTIES} for this property list.
-        @return: the properties (L{NO_PROPERTIES} if there are none) and the
-            offset after them.
-        """
-        if p >= end:
-            raise malformed(f"{what}: Property Length missing", "MQTT-2.2.2-1")
-        length = data[p]
-        if length < 0x80:
-            p += 1
-        else:
-            length, p = read_varint(data, p, end, f"{what} Property Length")
-        stop = p + length
-        if stop > end:
-            raise malformed(f"{what}: properties run past the packet")
-        if p == stop:
-            return NO_PROPERTIES, p
-        mask = _MASKS[scope]
-        properties = Properties()
-        users: list[tuple[str, str]] = []
-        identifiers: list[int] = []
-        seen = 0
-        value: object
-        while p < stop:
-            identifier = data[p]
-            reader = _READERS[identifier]
-            if reader is None:
-                raise malformed(f"{what}: unknown property identifier 0x{identifier:02x}")
-            bit = 1 << identifier
-            name = reader[1]
-            if not mask & bit:
-                raise malformed(f"{what}: {name} not allowed in {scope}")
-            kind = reader[0]
-            p += 1
-            if kind == _PAIR:
-                # Counted before decoding so a flood costs no more than the cap.
-                if len(users) >= self._cap:
-                    raise LimitExceeded(f"{what}: more than {self._cap} User Properties")
-                key, p = read_string(data, p, stop, f"{what} User Property", UTF8_SPEC_5)
-                text, p = read_string(data, p, stop, f"{what} User Property", UTF8_SPEC_5)
-                users.append((key, text))
-                continue
-            if kind == _STRING:
-                value, p = read_string(data, p, stop, f"{what} {name}", UTF8_SPEC_5)
-            elif kind == _BYTE:
-                if p >= stop:
-                    raise malformed(f"{what}: {name} runs past the properties")
-                value = data[p]
-                p += 1
-                # Every Byte property is a 0/1 flag (or Maximum QoS 0/1).
-                if value > 1:
-                    raise ProtocolViolation(f"{what}: {name} {value}, must be 0 or 1")
-            elif kind == _TWO:
-                if p + 2 > stop:
-                    raise malformed(f"{what}: {name} runs past the properties")
-                value = (data[p] << 8) | data[p + 1]
-                p += 2
-            elif kind == _FOUR:
-                if p + 4 > stop:
-                    raise malformed(f"{what}: {name} runs past the properties")
-                value = int.from_bytes(data[p : p + 4], "big")
-                p += 4
-            elif kind == _BINARY:
-                value, p = read_binary(data, p, stop, f"{what} {name}")
-            else:
-                identifier_value, p = read_varint(data, p, stop, f"{what} {name}")
-                if not identifier_value:
-                    raise ProtocolViolation(f"{what}: Subscription Identifier 0")
-                identifiers.append(identifier_value)
-                continue
-            if seen & bit:
-                raise _duplicate(what, name)
-            seen |= bit
-            if not value and identifier in _NONZERO:
-                code, spec = _NONZERO[identifier]
-                raise ProtocolViolation(f"{what}: {name} 0", spec, code)
-            setattr(properties, name, value)
-        if users:
-            properties.user_properties = tuple(users)
-        if identifiers:
-            properties.subscription_identifiers = tuple(identifiers)
-        if seen & _AUTHENTICATION_DATA and not seen & _AUTHENTICATION_METHOD:
-            raise ProtocolViolation(f"{what}: Authentication Data without Authentication Method")
-        topic = properties.response_topic
-        if topic is not None and (not topic or "+" in topic or "#" in topic):
-            raise malformed(f"{what}: Response Topic is not a topic name", "MQTT-3.3.2-14")
-        return properties, stop
-
     def connect(self, data: Buffer, p: int, end: int) -> Connect:
         """
         Parse a level 5 CONNECT from its Connect Flags at C{p} on.
@@ -342,11 +205,11 @@ class Level5:
                 raise malformed("CONNECT: Will Retain without Will flag", "MQTT-3.1.2-13")
         elif will_qos == 3:
             raise malformed("CONNECT: Will QoS 3", "MQTT-3.1.2-12")
-        properties, p = self.properties(data, p, end, "CONNECT", "CONNECT")
+        properties, p = read_properties(data, p, end, "CONNECT", "CONNECT", self.cap)
         client_id, p = read_string(data, p, end, "CONNECT client identifier", UTF8_SPEC_5)
         will = None
         if flags & 0x04:
-            will_properties, p = self.properties(data, p, end, "WILL", "CONNECT will")
+            will_properties, p = read_properties(data, p, end, "WILL", "CONNECT will", self.cap)
             will_topic, p = read_string(data, p, end, "CONNECT will topic", UTF8_SPEC_5)
             check_topic_name(will_topic, "CONNECT will topic")
             will_payload, p = read_binary(data, p, end, "CONNECT will payload")
@@ -373,7 +236,7 @@ class Level5:
         _check_code(code, CONNACK_REASON_CODES, "CONNACK", "MQTT-3.2.2-8")
         if flags and code:
             raise ProtocolViolation("CONNACK: session present with a refusal", "MQTT-3.2.2-6")
-        properties, p = self.properties(data, start + 2, end, "CONNACK", "CONNACK")
+        properties, p = read_properties(data, start + 2, end, "CONNACK", "CONNACK", self.cap)
         if p != end:
             raise malformed("CONNACK: trailing bytes after the properties")
         return Connack(bool(flags), code, properties)
@@ -399,7 +262,7 @@ class Level5:
         _check_code(code, codes, what, spec)
         if end - start == 3:
             return cls(packet_id, code)
-        properties, p = self.properties(data, start + 3, end, what, what)
+        properties, p = read_properties(data, start + 3, end, what, what, self.cap)
         if p != end:
             raise malformed(f"{what}: trailing bytes after the properties")
         return cls(packet_id, code, properties)
@@ -418,9 +281,9 @@ class Level5:
 
     def subscribe(self, data: Buffer, start: int, end: int, first: int) -> Packet:
         packet_id = read_packet_id(data, start, end, "SUBSCRIBE", "MQTT-2.2.1-3")
-        properties, p = self.properties(data, start + 2, end, "SUBSCRIBE", "SUBSCRIBE")
+        properties, p = read_properties(data, start + 2, end, "SUBSCRIBE", "SUBSCRIBE", self.cap)
         if len(properties.subscription_identifiers) > 1:
-            raise _duplicate("SUBSCRIBE", "subscription_identifiers")
+            raise duplicate("SUBSCRIBE", "subscription_identifiers")
         subscriptions: list[tuple[str, int]] = []
         while p < end:
             topic_filter, p = read_string(data, p, end, "SUBSCRIBE topic filter", UTF8_SPEC_5)
@@ -447,7 +310,9 @@ class Level5:
 
     def unsubscribe(self, data: Buffer, start: int, end: int, first: int) -> Packet:
         packet_id = read_packet_id(data, start, end, "UNSUBSCRIBE", "MQTT-2.2.1-3")
-        properties, p = self.properties(data, start + 2, end, "UNSUBSCRIBE", "UNSUBSCRIBE")
+        properties, p = read_properties(
+            data, start + 2, end, "UNSUBSCRIBE", "UNSUBSCRIBE", self.cap
+        )
         topic_filters: list[str] = []
         while p < end:
             topic_filter, p = read_string(data, p, end, "UNSUBSCRIBE topic filter", UTF8_SPEC_5)
@@ -463,7 +328,7 @@ class Level5:
     ) -> tuple[int, list[int], Properties]:
         """Read a SUBACK or UNSUBACK body: packet id, properties, reason codes."""
         packet_id = read_packet_id(data, start, end, what, "MQTT-2.2.1-6")
-        properties, p = self.properties(data, start + 2, end, what, what)
+        properties, p = read_properties(data, start + 2, end, what, what, self.cap)
         reason_codes = list(data[p:end])
         if not reason_codes:
             raise ProtocolViolation(f"{what}: no reason codes", spec)
@@ -493,7 +358,7 @@ class Level5:
         _check_code(code, DISCONNECT_REASON_CODES, "DISCONNECT", "MQTT-3.14.2-1")
         if end - start == 1:
             return Disconnect(code, NO_PROPERTIES)
-        properties, p = self.properties(data, start + 1, end, "DISCONNECT", "DISCONNECT")
+        properties, p = read_properties(data, start + 1, end, "DISCONNECT", "DISCONNECT", self.cap)
         if p != end:
             raise malformed("DISCONNECT: trailing bytes after the properties")
         if not self.server and properties.session_expiry_interval is not None:
@@ -508,7 +373,7 @@ class Level5:
             return _AUTH
         code = data[start]
         _check_code(code, AUTH_REASON_CODES, "AUTH", "MQTT-3.15.2-1")
-        properties, p = self.properties(data, start + 1, end, "AUTH", "AUTH")
+        properties, p = read_properties(data, start + 1, end, "AUTH", "AUTH", self.cap)
         if p != end:
             raise malformed("AUTH: trailing bytes after the properties")
         return Auth(code, properties)

@@ -18,6 +18,7 @@ from .errors import ProtocolViolation
 from .fields import UTF8_SPEC_5, UTF8_SPEC_311, Buffer, malformed
 from .packets import Packet, Publish
 from .properties import NO_PROPERTIES
+from .propertylist import read_properties
 
 if TYPE_CHECKING:
     from .decoder5 import Level5
@@ -35,8 +36,8 @@ class PublishParser:
 
     def __init__(self, level5: Level5 | None) -> None:
         """
-        @param level5: the 5.0 parsers of the connection, whose property reader
-            and direction apply; C{None} for 3.1 and 3.1.1.
+        @param level5: the 5.0 parsers of the connection, whose User Property
+            cap and direction apply; C{None} for 3.1 and 3.1.1.
         """
         self.level5 = level5
 
@@ -83,7 +84,7 @@ class PublishParser:
             properties = NO_PROPERTIES
             p += 1
         else:
-            properties, p = level5.properties(data, p, end, "PUBLISH", "PUBLISH")
+            properties, p = read_properties(data, p, end, "PUBLISH", "PUBLISH", level5.cap)
             if level5.server and properties.subscription_identifiers:
                 raise ProtocolViolation(
                     "PUBLISH: Subscription Identifier from a client", "MQTT-3.3.4-6"
