@@ -452,7 +452,7 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
                     "an MQTT-SN listener cannot be shared by [cluster] workers",
                 )
             # Imported only when configured: a broker without MQTT-SN loads none of it.
-            from mqttd.sn.client import MAX_DATAGRAM
+            from mqttd.sn.delivery import MAX_DATAGRAM
             from mqttd.sn.endpoint import UDPServerEndpoint
             from mqttd.sn.gateway import MQTTSNGateway
 

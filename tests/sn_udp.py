@@ -15,8 +15,8 @@ from mqttd.broker import Broker
 from mqttd.config import ListenerConfig
 from mqttd.service import ListenerError, ListenerService
 from mqttd.sn import packets as sn
-from mqttd.sn.client import MAX_DATAGRAM
 from mqttd.sn.codec import decode, encode
+from mqttd.sn.delivery import MAX_DATAGRAM
 from mqttd.sn.endpoint import UDPServerEndpoint
 from mqttd.sn.gateway import MQTTSNGateway
 

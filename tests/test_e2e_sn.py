@@ -24,7 +24,7 @@ from mqttsn12.client.MqttSnClient import (  # type: ignore[import-untyped]
 
 from mqttd.service import ListenerError, ListenerService
 from mqttd.sn import packets as sn
-from mqttd.sn.client import MAX_DATAGRAM
+from mqttd.sn.delivery import MAX_DATAGRAM
 from mqttd.sn.endpoint import UDPServerEndpoint
 from mqttd.sn.gateway import MQTTSNGateway
 from mqttd.sn.packets import ReturnCode

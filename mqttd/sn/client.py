@@ -1,8 +1,10 @@
 """
 One MQTT-SN client as the broker core sees it: an L{IClientConnection} whose session is like any
-other, and the client's side of the MQTT-SN state machine (section 6): the will exchange, topic
-ids, one message at a time awaiting its answer with Tretry/Nretry retransmission, keepalive, and
-the asleep / awake states of a sleeping client.
+other, and the client's side of the MQTT-SN state machine (section 6): dispatching its datagrams
+by state, ids of the topics it registers, keepalive, the asleep / awake states of a sleeping
+client, and its endings.  Two parts are mixed in from their own modules: L{Connecting}
+(CONNECT to CONNACK: the will exchange, authentication) and L{Delivery} (what the broker writes,
+one message awaiting its answer with Tretry/Nretry retransmission).
 
 Nothing here touches a socket: datagrams go out through the gateway's C{send}, and time through
 its clock.  The broker writes MQTT packets (it knows no other kind); they are read back here and
@@ -11,9 +13,7 @@ said again in MQTT-SN.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +24,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..codec import packets as mqtt
-from ..interfaces import Allow, Deny, IClientConnection
+from ..interfaces import IClientConnection
 from ..session import Session, SessionError
 from ..topics import InvalidTopic, validate_topic_name
 from . import packets as sn
 from .codec import encode
-from .packets import ReturnCode, TopicIdType, shortTopicId
+from .connecting import Connecting
+from .delivery import Delivery, Outstanding
+from .packets import ReturnCode, TopicIdType
+from .states import State
 from .topicids import TopicIds, topicName
 
 if TYPE_CHECKING:
@@ -38,50 +41,10 @@ if TYPE_CHECKING:
 # Datagrams of one client kept while a plugin or the store answers about an earlier one; more are
 # dropped (the client retransmits what it needs answered).
 HELD_LIMIT = 64
-# The largest UDP payload IPv4 carries.
-MAX_DATAGRAM = 65507
-
-
-class State(enum.Enum):
-    WILLTOPIC = "awaiting WILLTOPIC"
-    WILLMSG = "awaiting WILLMSG"
-    AUTHENTICATING = "authenticating"
-    ACTIVE = "active"
-    ASLEEP = "asleep"
-    AWAKE = "awake"
-    CLOSED = "closed"
-
-
-_CONNECTING = (State.WILLTOPIC, State.WILLMSG, State.AUTHENTICATING)
-
-
-class _Outstanding:
-    """The one message sent to the client that awaits its answer (section 6.13)."""
-
-    __slots__ = ("answer", "data", "msgId", "publish", "retries", "then", "topicId")
-
-    def __init__(
-        self,
-        answer: type,
-        msgId: int,
-        data: bytes,
-        publish: sn.Publish | None = None,
-        then: mqtt.Publish | None = None,
-        topicId: int = 0,
-    ) -> None:
-        self.answer = answer
-        self.msgId = msgId
-        self.data = data
-        # A PUBLISH is sent again with DUP set.
-        self.publish = publish
-        # A REGISTER's delivery, sent once REGACK gives its topic id.
-        self.then = then
-        self.topicId = topicId
-        self.retries = 0
 
 
 @implementer(IClientConnection)
-class SNClient:
+class SNClient(Connecting, Delivery):
     """
     The gateway's state for one client address.
 
@@ -137,7 +100,7 @@ class SNClient:
         self._connect = connect
         self._will: mqtt.Will | None = None
         self._willTopic = sn.WillTopic("")
-        self._outstanding: _Outstanding | None = None
+        self._outstanding: Outstanding | None = None
         # Most clients never have a second message waiting; an empty deque costs ~600 bytes.
         self._outbox: deque[mqtt.Publish | mqtt.Pubrel] | None = None
         self._held: deque[Any] | None = None
@@ -150,144 +113,6 @@ class SNClient:
         # What each SUBSCRIBE named, until the broker's SUBACK says whether it was granted.
         self._subscribing: dict[int, sn.Subscribe] = {}
         self._nextMsgId = 1
-
-    # Connecting (section 6.3)
-
-    def begin(self, storedWill: mqtt.Will | None) -> None:
-        """
-        Start the CONNECT's exchange: ask for the will if the client has one, else authenticate.
-
-        @param storedWill: the will the gateway kept for this client id, used when a CONNECT
-            without the Will flag continues a session (section 6.3's CleanSession rules).
-        """
-        gateway = self.gateway
-        self._supervisor = gateway.clock.callLater(
-            gateway.broker.config.connect_timeout, self._connectTimedOut
-        )
-        if self._connect.will:
-            self.state = State.WILLTOPIC
-            self._send(sn.WillTopicReq())
-            return
-        self._will = None if self._connect.clean_session else storedWill
-        self._authenticate()
-
-    @property
-    def connecting(self) -> bool:
-        return self.state in _CONNECTING
-
-    def _connectTimedOut(self) -> None:
-        self._supervisor = None
-        self.gateway.count("connect timeout")
-        self._forget(f"{self.state.value} for longer than the connect timeout")
-
-    def _willTopicReceived(self, packet: sn.WillTopic) -> None:
-        if self.state not in (State.WILLTOPIC, State.WILLMSG):
-            self.gateway.count("unexpected")
-            return
-        if packet.topic:
-            try:
-                validate_topic_name(packet.topic, self.gateway.broker.config.max_topic_levels)
-            except InvalidTopic as e:
-                self._refuse(ReturnCode.NOT_SUPPORTED, f"will topic: {e}")
-                return
-            if packet.qos < 0:
-                self._refuse(ReturnCode.NOT_SUPPORTED, "will QoS -1")
-                return
-        elif self.state == State.WILLTOPIC:
-            # An empty WILLTOPIC: the client has no will after all (section 5.4.8).
-            self._will = None
-            self._authenticate()
-            return
-        self._willTopic = packet
-        # A WILLTOPIC again means our WILLMSGREQ was lost.
-        self.state = State.WILLMSG
-        self._send(sn.WillMsgReq())
-
-    def _willMsgReceived(self, packet: sn.WillMsg) -> None:
-        if self.state != State.WILLMSG:
-            self.gateway.count("unexpected")
-            return
-        topic = self._willTopic
-        self._will = mqtt.Will(topic.topic, packet.payload, topic.qos, topic.retain)
-        self._authenticate()
-
-    def _authenticate(self) -> None:
-        self.state = State.AUTHENTICATING
-        connect = self._connect
-        packet = mqtt.Connect(
-            protocol_level=mqtt.ProtocolLevel.MQTT_3_1_1,
-            client_id=connect.client_id,
-            clean_session=connect.clean_session,
-            keepalive=connect.duration,
-            will=self._will,
-        )
-        gateway = self.gateway
-        decision = gateway.broker.authenticate(packet, gateway.listener, self.address[0])
-        if isinstance(decision, Deferred):
-            decision.addCallback(self._authenticated, packet)
-            decision.addErrback(self._authenticationFailed)
-        else:
-            self._authenticated(decision, packet)
-
-    def _authenticationFailed(self, failure: Failure) -> None:
-        self.log.failure("authenticating {clientId}", failure, clientId=self.clientId)
-        self._refuse(ReturnCode.NOT_SUPPORTED, "authentication failed")
-
-    def _authenticated(self, decision: Allow | Deny | None, packet: mqtt.Connect) -> None:
-        if self.state != State.AUTHENTICATING:
-            # Gone (timed out, replaced) while an authenticator was answering.
-            return
-        if not isinstance(decision, Allow):
-            why = decision.reason if isinstance(decision, Deny) else "no decision"
-            self._refuse(ReturnCode.NOT_SUPPORTED, f"not authenticated: {why}")
-            return
-        gateway = self.gateway
-        code, session, _ = gateway.broker.connect(
-            self, packet, gateway.listener, decision, self.address[0]
-        )
-        if session is None:
-            self._refuse(ReturnCode.NOT_SUPPORTED, f"refused by the broker (CONNACK {code})")
-            return
-        self._cancelSupervisor()
-        self.session = session
-        self.state = State.ACTIVE
-        self.previous = None
-        gateway.accepted(self, self._will if not packet.clean_session else None)
-        self._send(sn.Connack(ReturnCode.ACCEPTED))
-        self.log.info(
-            "MQTT-SN client {clientId} connected from {address} (clean session {clean},"
-            " keepalive {keepalive}, will {will})",
-            clientId=self.clientId,
-            address=self.clientAddress,
-            clean=packet.clean_session,
-            keepalive=packet.keepalive,
-            will=self._will is not None,
-        )
-        self._supervise()
-        self.paused = False
-        # Through the broker, so what waited in the session passes the receive ACL first.
-        resumed = gateway.broker.resume(session, self)
-        if resumed is not None:
-            resumed.addErrback(self._resumeFailed)
-
-    def _resumeFailed(self, failure: Failure) -> None:
-        self.log.failure("resuming {clientId}'s session", failure, clientId=self.clientId)
-        self._lost("internal error")
-
-    def _refuse(self, code: int, reason: str) -> None:
-        self._send(sn.Connack(code))
-        self.gateway.count("refused")
-        self._forget(reason)
-
-    def _forget(self, reason: str) -> None:
-        """End a client that never got a session."""
-        self.log.info(
-            "MQTT-SN CONNECT of {clientId!r} from {address} refused: {reason}",
-            clientId=self.clientId,
-            address=self.clientAddress,
-            reason=reason,
-        )
-        self._closed()
 
     # Datagrams from the client
 
@@ -567,48 +392,12 @@ class SNClient:
         sn.WillMsg: _ignored,
     }
     _connectingHandlers: dict[type, Any] = {
-        sn.WillTopic: _willTopicReceived,
-        sn.WillMsg: _willMsgReceived,
+        sn.WillTopic: Connecting._willTopicReceived,
+        sn.WillMsg: Connecting._willMsgReceived,
     }
 
-    # IClientConnection: what the broker and the session write, said again in MQTT-SN
-
-    def sendPacket(self, packet: Any) -> None:
-        if self.state == State.CLOSED:
-            return
-        match packet:
-            case mqtt.Puback():
-                topicId = self._inboundTopicIds.pop(packet.packet_id, 0)
-                self._send(sn.Puback(topicId, packet.packet_id, ReturnCode.ACCEPTED))
-            case mqtt.Pubrec():
-                self._send(sn.Pubrec(packet.packet_id))
-            case mqtt.Pubcomp():
-                self._send(sn.Pubcomp(packet.packet_id))
-            case mqtt.Suback():
-                self._subackSent(packet)
-            case mqtt.Unsuback():
-                self._send(sn.Unsuback(packet.packet_id))
-
-    def _subackSent(self, packet: mqtt.Suback) -> None:
-        asked = self._subscribing.pop(packet.packet_id, None)
-        code = packet.return_codes[0] if packet.return_codes else mqtt.SUBACK_FAILURE
-        if asked is None or code == mqtt.SUBACK_FAILURE:
-            self._send(sn.Suback(0, packet.packet_id, ReturnCode.NOT_SUPPORTED))
-            return
-        topicId = 0
-        if asked.topic_id_type == TopicIdType.PREDEFINED:
-            topicId = asked.topic_id
-        elif asked.topic_id_type == TopicIdType.NORMAL and not _hasWildcard(asked.topic_name):
-            # Section 6.9: a topic name's id comes in SUBACK, so deliveries need no REGISTER.
-            topicId = self.topicIds.register(asked.topic_name) or 0
-        self._send(sn.Suback(topicId, packet.packet_id, ReturnCode.ACCEPTED, code))
-
-    def writeSequence(self, chunks: Sequence[bytes]) -> None:
-        if self.state == State.CLOSED:
-            return
-        for packet in self.gateway.readBack(b"".join(chunks)):
-            if isinstance(packet, mqtt.Publish | mqtt.Pubrel):
-                self._outboxAdd(packet)
+    # IClientConnection: what the broker and the session write (sendPacket and writeSequence:
+    # Delivery's) and its letting go
 
     def close(self, reason: str, reasonCode: int | None = None) -> None:
         """
@@ -628,171 +417,6 @@ class SNClient:
             reason=reason,
         )
         self._closed()
-
-    # Outbound, one message awaiting its answer at a time
-
-    def _outboxAdd(self, packet: mqtt.Publish | mqtt.Pubrel) -> None:
-        if self._outstanding is None and not self._outbox and self.state != State.ASLEEP:
-            self._transmit(packet)
-        else:
-            if self._outbox is None:
-                self._outbox = deque()
-            self._outbox.append(packet)
-            self.paused = True
-
-    def _transmit(self, packet: mqtt.Publish | mqtt.Pubrel) -> None:
-        if isinstance(packet, mqtt.Pubrel):
-            self._expect(sn.Pubcomp, packet.packet_id, encode(sn.Pubrel(packet.packet_id)))
-            return
-        topic = packet.topic
-        kind = TopicIdType.NORMAL
-        topicId = self.gateway.predefined.known(topic)
-        if topicId is not None:
-            kind = TopicIdType.PREDEFINED
-        elif len(topic) == 2 and len(topic.encode("utf-8")) == 2:
-            kind = TopicIdType.SHORT
-            topicId = shortTopicId(topic)
-        else:
-            topicId = self.topicIds.known(topic)
-        if topicId is None:
-            # Section 6.10: the client learns the topic's id before the first message on it.
-            topicId = self.topicIds.register(topic)
-            if topicId is None:
-                self._undeliverable(packet, "the client's topic ids are exhausted")
-                return
-            msgId = self._allocateMsgId()
-            self._expect(
-                sn.Regack,
-                msgId,
-                encode(sn.Register(topicId, msgId, topic)),
-                then=packet,
-                topicId=topicId,
-            )
-            return
-        self._sendPublish(packet, kind, topicId)
-
-    def _sendPublish(self, packet: mqtt.Publish, kind: int, topicId: int) -> None:
-        message = sn.Publish(
-            topicId,
-            packet.packet_id or 0,
-            packet.payload,
-            packet.qos,
-            packet.retain,
-            packet.dup,
-            kind,
-        )
-        try:
-            data = encode(message)
-        except ValueError:
-            data = b""
-        if not data or len(data) > MAX_DATAGRAM:
-            self._undeliverable(packet, "too large for one datagram")
-            return
-        if packet.qos == 0:
-            self._sendBytes(data)
-            return
-        assert packet.packet_id is not None
-        self._expect(
-            sn.Puback if packet.qos == 1 else sn.Pubrec, packet.packet_id, data, publish=message
-        )
-
-    def _undeliverable(self, packet: mqtt.Publish, why: str) -> None:
-        self.gateway.count("undeliverable")
-        self.log.info(
-            "message on {topic} not delivered to MQTT-SN client {clientId}: {why}",
-            topic=packet.topic,
-            clientId=self.clientId,
-            why=why,
-        )
-        session = self.session
-        if session is None or packet.packet_id is None:
-            return
-        # Settled as if refused, so the session's window does not wait for it for ever.
-        if packet.qos == 1:
-            session.pubackReceived(packet.packet_id)
-        else:
-            session.pubrecRefused(packet.packet_id)
-
-    def _allocateMsgId(self) -> int:
-        msgId = self._nextMsgId
-        self._nextMsgId = msgId % 0xFFFF + 1
-        return msgId
-
-    def _expect(self, answer: type, msgId: int, data: bytes, **kwargs: Any) -> None:
-        self._outstanding = _Outstanding(answer, msgId, data, **kwargs)
-        self.paused = True
-        self._sendBytes(data)
-        self._startRetry()
-
-    def _startRetry(self) -> None:
-        self._cancelRetry()
-        if self.state in (State.ACTIVE, State.AWAKE):
-            self._retryTimer = self.gateway.clock.callLater(
-                self.gateway.listener.retry_interval, self._retry
-            )
-
-    def _retry(self) -> None:
-        self._retryTimer = None
-        outstanding = self._outstanding
-        if outstanding is None:
-            return
-        if outstanding.retries >= self.gateway.listener.retry_count:
-            self._lost(f"no answer after {outstanding.retries} retransmissions")
-            return
-        outstanding.retries += 1
-        self.gateway.count("retransmitted")
-        self._resend()
-
-    def _resend(self) -> None:
-        outstanding = self._outstanding
-        assert outstanding is not None
-        if outstanding.publish is not None and not outstanding.publish.dup:
-            outstanding.publish = replace(outstanding.publish, dup=True)
-            outstanding.data = encode(outstanding.publish)
-        self._sendBytes(outstanding.data)
-        self._startRetry()
-
-    def _settle(self) -> None:
-        self._outstanding = None
-        self._cancelRetry()
-
-    def _settleIf(self, answer: type, msgId: int) -> None:
-        outstanding = self._outstanding
-        if outstanding is not None and outstanding.answer is answer and outstanding.msgId == msgId:
-            self._settle()
-
-    def _drain(self) -> None:
-        """Send what waits, then let the session write again once nothing awaits an answer."""
-        while (
-            self._outstanding is None
-            and self._outbox
-            and self.state
-            in (
-                State.ACTIVE,
-                State.AWAKE,
-            )
-        ):
-            self._transmit(self._outbox.popleft())
-        if (
-            self._outstanding is None
-            and not self._outbox
-            and self.state in (State.ACTIVE, State.AWAKE)
-            and self.paused
-        ):
-            self.paused = False
-            assert self.session is not None
-            self.session.pump()
-        if self.state == State.AWAKE:
-            self._sleepIfFlushed()
-
-    def _sleepIfFlushed(self) -> None:
-        session = self.session
-        if self._outstanding is not None or self._outbox or (session and session.pending):
-            return
-        # Section 6.14: PINGRESP says everything kept was sent; the client sleeps again.
-        self.state = State.ASLEEP
-        self.paused = True
-        self._send(sn.Pingresp())
 
     # Keepalive and sleep supervision (sections 6.6, 6.14)
 
@@ -819,11 +443,6 @@ class SNClient:
         if self._supervisor is not None and self._supervisor.active():
             self._supervisor.cancel()
         self._supervisor = None
-
-    def _cancelRetry(self) -> None:
-        if self._retryTimer is not None and self._retryTimer.active():
-            self._retryTimer.cancel()
-        self._retryTimer = None
 
     # Endings
 
@@ -867,7 +486,3 @@ class SNClient:
 
     def _sendBytes(self, data: bytes) -> None:
         self.gateway.send(data, self.address)
-
-
-def _hasWildcard(topicFilter: str) -> bool:
-    return "+" in topicFilter or "#" in topicFilter

@@ -31,9 +31,10 @@ from ..message import Message
 from ..ratelimit import ConnectionRateLimiter
 from ..topics import InvalidTopic, validate_topic_name
 from . import packets as sn
-from .client import SNClient, State
+from .client import SNClient
 from .codec import SNDecodeError, decode, encode
 from .packets import PROTOCOL_ID, ReturnCode, TopicIdType
+from .states import State
 from .topicids import PredefinedTopics, topicName
 
 # Host, port and, for a client behind a forwarder (section 5.5), its Wireless Node Id.
