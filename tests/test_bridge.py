@@ -23,8 +23,10 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mqttd.bridge.bridge import Bridge, BridgeConnection, nextDelay
+from mqttd.bridge.bridge import Bridge
 from mqttd.bridge.config import BridgeConfig, bridgeConfig
+from mqttd.bridge.local import BridgeConnection
+from mqttd.bridge.remote import nextDelay
 from mqttd.config import ConfigError, load_config
 from mqttd.interfaces import Action, ClientInfo, IAuthorizer, IClientConnection, ILinkOwner
 from tests import e2e, listeners

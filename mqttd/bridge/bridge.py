@@ -6,63 +6,52 @@ the broker routes to it, queues for it (in its store) while the remote broker is
 re-sends what was in flight when the link returns, exactly as it does for any client.  What the
 session writes is decoded, its topic mapped by the C{topic} rules, and sent to the remote
 broker; what the remote broker sends is mapped back and published through the same session.
+
+This module is the bridge's life: starting and stopping, the local session, connecting with
+backoff, failing over and returning to the primary address, and the link's events.  The local
+session's connection is L{mqttd.bridge.local}'s, reaching the remote broker (endpoints, TLS,
+CONNECT) L{mqttd.bridge.remote}'s, and moving packets across the link L{mqttd.bridge.forwarding}'s
+(mixed in).
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    PrivateCertificate,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqttd.broker import Broker
-from mqttd.codec import DecodeError, Decoder
 from mqttd.codec.packets import (
     Connack,
     ConnackCode,
     Connect,
-    Disconnect,
     Packet,
-    ProtocolLevel,
-    Puback,
-    Pubcomp,
     Publish,
-    Pubrec,
-    Pubrel,
     Suback,
     Subscribe,
     Unsuback,
     Unsubscribe,
-    Will,
 )
 from mqttd.codec.properties import NO_PROPERTIES, Properties
 from mqttd.config import ListenerConfig
 from mqttd.interfaces import Allow, IClientConnection, ILinkOwner
 from mqttd.message import Message
 from mqttd.router import NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING_NEVER
-from mqttd.session import Session, SessionError
-from mqttd.transports.tls import TLS_VERSIONS
+from mqttd.session import Session
 
 from .client import MQTTClientProtocol
-from .config import BridgeConfig, localTopic, remoteTopic
+from .config import BridgeConfig
+from .forwarding import Forwarding
+from .local import BridgeConnection
+from .remote import LinkFactory, Probe, connectPacket, nextDelay, remoteEndpoint
 
 # Subscription options of the local session: messages that came in over the bridge do not go
 # back out (no loops), and retained flags go out as published.
@@ -83,81 +72,8 @@ class BridgeStats:
         self.connectFailures = 0
 
 
-@implementer(IClientConnection)
-class BridgeConnection:
-    """
-    The local session's connection: it turns what the session writes into packets for the
-    remote broker, and the broker's acknowledgements into packets to it.
-    """
-
-    def __init__(self, bridge: Bridge, level: int) -> None:
-        self.bridge = bridge
-        # 3.1 remotes read 3.1.1 PUBLISH and acknowledgements unchanged.
-        self.protocolLevel = ProtocolLevel.MQTT_5 if level == 5 else ProtocolLevel.MQTT_3_1_1
-        self.clientAddress = f"bridge {bridge.config.name}"
-        self.paused = False
-        self._decoder = self._newDecoder()
-
-    def _newDecoder(self) -> Decoder:
-        return Decoder(server=False, protocol_level=int(self.protocolLevel), max_packet_size=2**28)
-
-    def reset(self) -> None:
-        """A new link: forget any partial packet of the last one."""
-        self._decoder = self._newDecoder()
-
-    def sendPacket(self, packet: Any) -> None:
-        if isinstance(packet, Suback | Unsuback):
-            self.bridge.localSubscribed(packet)
-            return
-        self.bridge.sendRemote(packet)
-
-    def writeSequence(self, chunks: Sequence[bytes]) -> None:
-        # The session writes one whole packet per call.
-        if self.bridge.unmapped:
-            self.bridge.forwardUnchanged(chunks)
-            return
-        try:
-            packets = self._decoder.feed(b"".join(chunks))
-        except DecodeError:
-            # Only the session writes here; a packet it cannot read back is a bug, not input.
-            self.bridge.log.failure(
-                "bridge {name}: unreadable session output", name=self.bridge.config.name
-            )
-            return
-        for packet in packets:
-            self.bridge.forward(packet)
-
-    def close(self, reason: str, reasonCode: int | None = None) -> None:
-        self.bridge.localClosed(reason)
-
-
-class _LinkFactory(Factory):
-    noisy = False
-
-    def __init__(self, bridge: Bridge, connect: Connect) -> None:
-        self.bridge = bridge
-        self.connect = connect
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        config = self.bridge.config
-        return MQTTClientProtocol(
-            self.bridge,
-            self.connect,
-            self.bridge.clock,
-            config.connect_timeout,
-            self.bridge.broker.config.max_packet_size,
-        )
-
-
-class _Probe(Protocol):
-    """Connects, and so proves the primary is reachable, then hangs up."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-
 @implementer(ILinkOwner)
-class Bridge:
+class Bridge(Forwarding):
     """
     One C{[bridge:NAME]}: keeps a link to one of the remote addresses, reconnecting with
     exponential backoff and jitter, and moves the configured topics across it.
@@ -325,72 +241,11 @@ class Bridge:
         if not self._running:
             return
         host, port = self.address = self.config.addresses[self._index]
-        connect = self._connectPacket()
-        self._attempt = self._endpoint(host, port).connect(_LinkFactory(self, connect))
+        connect = connectPacket(self.config, self.broker.config, self._private)
+        self._attempt = remoteEndpoint(self.reactor, self.config, host, port).connect(
+            LinkFactory(self, connect)
+        )
         self._attempt.addCallbacks(self._tcpConnected, self._connectFailed)
-
-    def _connectPacket(self) -> Connect:
-        config = self.config
-        level = config.protocolLevel
-        properties = NO_PROPERTIES
-        if level == 5:
-            properties = Properties(
-                session_expiry_interval=(
-                    None if config.clean_start else config.session_expiry_interval or None
-                ),
-                maximum_packet_size=self.broker.config.max_packet_size,
-                receive_maximum=min(self.broker.config.max_awaiting_rel, 65535),
-            )
-        password = config.password.encode() if config.password is not None else None
-        remoteState = config.remoteNotificationTopic
-        return Connect(
-            level,
-            config.client_id,
-            config.clean_start,
-            config.keepalive,
-            # The remote broker says 0 for us if the link fails (mosquitto's notifications).
-            None if remoteState is None else Will(remoteState, b"0", 1, True),
-            config.username,
-            password,
-            properties,
-            bridge=self._private,
-        )
-
-    def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self.reactor, host, port, timeout=self.config.connect_timeout
-        )
-        if self.config.tls:
-            endpoint = wrapClientTLS(self._tlsOptions(host), endpoint)
-        return endpoint
-
-    def _tlsOptions(self, host: str) -> Any:
-        config = self.config
-        minimum = TLS_VERSIONS[config.tls_version_min]
-        client = None
-        if config.certificate is not None and config.private_key is not None:
-            with open(config.certificate, "rb") as f, open(config.private_key, "rb") as k:
-                client = PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
-        trust = platformTrust()
-        if config.ca_certificates is not None:
-            with open(config.ca_certificates, "rb") as f:
-                trust = trustRootFromCertificates(
-                    [Certificate.loadPEM(pem) for pem in _pemBlocks(f.read())]
-                )
-        if not config.verify_hostname:
-            # The chain is still verified; only the name in the certificate is not checked.
-            return CertificateOptions(
-                privateKey=client.privateKey.original if client else None,
-                certificate=client.original if client else None,
-                trustRoot=trust,
-                raiseMinimumTo=minimum,
-            )
-        return optionsForClientTLS(
-            config.tls_server_name or host,
-            trust,
-            client,
-            extraCertificateOptions={"raiseMinimumTo": minimum},
-        )
 
     def _tcpConnected(self, link: MQTTClientProtocol) -> None:
         self._attempt = None
@@ -484,83 +339,6 @@ class Bridge:
             self._index = (self._index - 1) % len(self.config.addresses)
             self._delay = 0.0
 
-    def packetsReceived(self, link: MQTTClientProtocol, packets: Sequence[Packet]) -> None:
-        if self._held is not None:
-            self._held.extend(packets)
-            return
-        self._dispatch(link, iter(packets))
-
-    def _dispatch(self, link: MQTTClientProtocol, packets: Any) -> None:
-        session = self.session
-        for packet in packets:
-            if self._link is not link or session is None or session.connection is not self._conn:
-                return
-            try:
-                result = self._handle(session, packet)
-            except SessionError as e:
-                link.abort(f"protocol error from the remote broker: {e}")
-                return
-            if result is not None:
-                # The broker answers once the store has the message: hold the rest, in order.
-                self._held = deque(packets)
-                link.transport.pauseProducing()  # type: ignore[union-attr]
-                result.addCallbacks(self._handled, self._handleFailed, callbackArgs=(link,))
-                return
-
-    def _handled(self, ignored: object, link: MQTTClientProtocol) -> None:
-        held, self._held = self._held, None
-        if self._link is not link or held is None:
-            return
-        link.transport.resumeProducing()  # type: ignore[union-attr]
-        self._dispatch(link, iter(held))
-
-    def _handleFailed(self, failure: Failure) -> None:
-        self._held = None
-        self.log.failure("bridge {name}: handling a remote packet", failure, name=self.config.name)
-        if self._link is not None:
-            self._link.abort("internal error")
-
-    def _handle(self, session: Session, packet: Packet) -> Deferred[Any] | None:
-        broker = self.broker
-        if isinstance(packet, Publish):
-            mapped = localTopic(self.config.topics, packet.topic)
-            if mapped is None:
-                # Not a topic this bridge brings in (an overlapping subscription of a
-                # persistent remote session): acknowledged, not published.
-                if packet.qos:
-                    assert packet.packet_id is not None
-                    ack = Puback(packet.packet_id) if packet.qos == 1 else Pubrec(packet.packet_id)
-                    self.sendRemote(ack)
-                return None
-            self.stats.messagesReceived += 1
-            return broker.publishReceived(session, replace(packet, topic=mapped[0]))
-        if isinstance(packet, Puback):
-            session.pubackReceived(packet.packet_id)
-        elif isinstance(packet, Pubrec):
-            return broker.pubrecReceived(session, packet.packet_id, packet.reason_code)
-        elif isinstance(packet, Pubrel):
-            return broker.pubrelReceived(session, packet.packet_id)
-        elif isinstance(packet, Pubcomp):
-            session.pubcompReceived(packet.packet_id)
-        elif isinstance(packet, Disconnect):
-            # A 5.0 server says why before it closes [MQTT-3.14.0-1].
-            self._remoteDisconnected(packet.reason_code)
-        elif isinstance(packet, Suback):
-            for code in packet.return_codes:
-                if code >= 0x80:
-                    self.log.warn(
-                        "bridge {name}: {host}:{port} refused a subscription (0x{code:02x})",
-                        name=self.config.name,
-                        host=self.address[0],
-                        port=self.address[1],
-                        code=code,
-                    )
-        return None
-
-    def _remoteDisconnected(self, code: int) -> None:
-        if self._link is not None:
-            self._link.closeReason = f"the remote broker sent DISCONNECT 0x{code:02x}"
-
     def linkPaused(self, link: MQTTClientProtocol, paused: bool) -> None:
         if link is not self._link:
             return
@@ -623,7 +401,8 @@ class Bridge:
         if not self._running or self._link is None:
             return
         host, port = self.config.addresses[0]
-        probe = self._endpoint(host, port).connect(Factory.forProtocol(_Probe))
+        endpoint = remoteEndpoint(self.reactor, self.config, host, port)
+        probe = endpoint.connect(Factory.forProtocol(Probe))
         probe.addCallbacks(self._primaryBack, self._primaryStillDown)
 
     def _primaryBack(self, probe: Protocol) -> None:
@@ -642,39 +421,6 @@ class Bridge:
     def _primaryStillDown(self, failure: Failure) -> None:
         if self._running and self._link is not None:
             self._probeTimer = self.clock.callLater(self.config.primary_retry_interval, self._probe)
-
-    # Out: the local session to the remote broker
-
-    def forward(self, packet: Packet) -> None:
-        """A packet the local session wrote: map it and send it to the remote broker."""
-        link = self._link
-        if isinstance(packet, Publish):
-            mapped = remoteTopic(self.config.topics, packet.topic)
-            session = self.session
-            if mapped is None:
-                # No rule takes it any more (the rules changed): settle it unsent.
-                if session is not None and packet.packet_id is not None:
-                    if packet.qos == 1:
-                        session.pubackReceived(packet.packet_id)
-                    else:
-                        session.pubrecRefused(packet.packet_id)
-                return
-            self.stats.messagesSent += 1
-            packet = replace(packet, topic=mapped[0])
-        if link is not None:
-            link.send(packet)
-
-    def forwardUnchanged(self, chunks: Sequence[bytes]) -> None:
-        """A packet the local session wrote, for a remote broker that sees the same topics."""
-        if chunks[0][0] >> 4 == 3:
-            self.stats.messagesSent += 1
-        if self._link is not None:
-            self._link.writeSequence(chunks)
-
-    def sendRemote(self, packet: Packet) -> None:
-        """An acknowledgement the broker sends for a message that came over the link."""
-        if self._link is not None:
-            self._link.send(packet)
 
     # State
 
@@ -700,20 +446,6 @@ class Bridge:
             "reconnects": stats.reconnects,
             "connect_failures": stats.connectFailures,
         }
-
-
-def nextDelay(previous: float, low: float, high: float, rng: random.Random) -> float:
-    """
-    The wait before the next connection attempt: exponential backoff with "decorrelated
-    jitter", drawn between C{low} and three times the C{previous} wait (0 for the first),
-    capped at C{high}, so bridges that lost the same broker do not all return in step.
-    """
-    return min(high, rng.uniform(low, max(low, previous * 3)))
-
-
-def _pemBlocks(data: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
 
 
 class BridgeService(Service):
