@@ -50,6 +50,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -96,14 +97,50 @@ local function inflightMid(entry) return string.match(entry, '^%d+ %d+ %d+ %d+ (
 local function dropState(cid)
   for _, e in ipairs(redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)) do unref(queuedMid(e)) end
   for _, e in ipairs(redis.call('HVALS', p .. 'inflight:' .. cid)) do unref(inflightMid(e)) end
-  redis.call('DEL', p .. 'queue:' .. cid, p .. 'inflight:' .. cid, p .. 'awaiting:' .. cid)
+  redis.call('DEL', p .. 'queue:' .. cid, p .. 'inflight:' .. cid, p .. 'awaiting:' .. cid,
+    p .. 'strays:' .. cid)
+end
+-- What claims return: per persistent session its client id, subscriptions, owner, expiry
+-- interval and deadline, queue, in-flight deliveries and QoS 2 ids; then the bodies of the
+-- messages they reference (mid, body, ...).
+local sessions, bodies, seen = {}, {}, {}
+local function body(mid)
+  if not seen[mid] then
+    seen[mid] = true
+    bodies[#bodies + 1] = mid
+    bodies[#bodies + 1] = redis.call('HGET', p .. 'message:' .. mid, 'body') or ''
+  end
+end
+-- Make this run the owner of cid's session; a persistent one's state goes into the reply, its
+-- strays (deliveries other runs made to it meanwhile) joining the end of its queue first.
+local function take(cid)
+  local key = p .. 'session:' .. cid
+  local was = redis.call('HGET', key, 'node')
+  if was then redis.call('SREM', p .. 'sessions:' .. was, cid) end
+  redis.call('HSET', key, 'fence', token, 'node', node)
+  redis.call('HINCRBY', key, 'epoch', 1)
+  redis.call('SADD', p .. 'sessions:' .. node, cid)
+  if redis.call('HGET', key, 'p') ~= '1' then return end
+  local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
+  if #strays > 0 then
+    redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
+    redis.call('DEL', p .. 'strays:' .. cid)
+  end
+  local s = redis.call('HMGET', key, 'subs', 'owner', 'ei', 'ea')
+  local queue = redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)
+  for _, e in ipairs(queue) do body(queuedMid(e)) end
+  local inflight = redis.call('HGETALL', p .. 'inflight:' .. cid)
+  for j = 2, #inflight, 2 do body(inflightMid(inflight[j])) end
+  sessions[#sessions + 1] = {cid, s[1], s[2], s[3], s[4], queue, inflight,
+    redis.call('HGETALL', p .. 'awaiting:' .. cid)}
 end
 """
 
 # One batch of journal events: ARGV = token, node, prefix, create ('1': a single broker on its
 # Redis, where a sessionSaved for a session nobody holds creates it; a cluster node claims
 # sessions before it saves them), then the events, each an opcode and its fixed arguments.
-# Returns the client ids whose writes were fenced off and those given a stray delivery.
+# Returns the client ids whose writes were fenced off, and those given a stray delivery each
+# followed by the node that owns it.
 APPLY = (
     _COMMON
     + """
@@ -121,12 +158,15 @@ local function owns(cid)
   end
   return ok
 end
--- A delivery for a session this run no longer owns: kept in its queue for its owner.
+-- A delivery for a persistent session this run no longer owns: kept for its owner, who is
+-- told (the node is returned with it) and takes it, or finds it when it claims the session.
 local function stray(cid, entry, mid)
-  if redis.call('HGET', p .. 'session:' .. cid, 'p') == '1' then
-    redis.call('RPUSH', p .. 'queue:' .. cid, entry)
+  local s = redis.call('HMGET', p .. 'session:' .. cid, 'p', 'node')
+  if s[1] == '1' then
+    redis.call('RPUSH', p .. 'strays:' .. cid, entry)
     ref(mid)
     strays[#strays + 1] = cid
+    strays[#strays + 1] = s[2]
   end
 end
 local i = 5
@@ -159,8 +199,8 @@ while i <= n do
         redis.call('SREM', p .. 'sessions:' .. node, cid)
         owned[cid] = nil
       else
-        -- The claim stays: this node still holds the client id.
-        redis.call('HDEL', p .. 'session:' .. cid, 'p', 'subs', 'owner', 'ei', 'ea', 'seq')
+        -- The claim stays, with its owner: this node still holds the client id.
+        redis.call('HDEL', p .. 'session:' .. cid, 'p', 'subs', 'ei', 'ea', 'seq')
       end
     end
     i = i + 2
@@ -186,10 +226,15 @@ while i <= n do
     -- Sent: cid, packet id, state, QoS, retain, mid, queued ('1': it left the queue's head).
     local cid, pid, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 6]
     if owns(cid) then
-      if ARGV[i + 7] == '1' then
+      -- From the queue: that entry (the first like it: the queue's head, unless strays taken
+      -- in since joined the broker's queue in another order) carries its reference over.
+      -- (The head goes if there is no such entry, keeping the queue as long as the broker's.)
+      local entry = ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid
+      if ARGV[i + 7] ~= '1' then
+        ref(mid)
+      elseif redis.call('LREM', p .. 'queue:' .. cid, 1, entry) == 0 then
         local head = redis.call('LPOP', p .. 'queue:' .. cid)
-        if head then mid = queuedMid(head) else ref(mid) end
-      else
+        if head then unref(queuedMid(head)) end
         ref(mid)
       end
       local old = redis.call('HGET', p .. 'inflight:' .. cid, pid)
@@ -229,6 +274,14 @@ while i <= n do
     local cid = ARGV[i + 1]
     if owns(cid) then redis.call('HDEL', p .. 'awaiting:' .. cid, ARGV[i + 2]) end
     i = i + 3
+  elseif op == 'X' then
+    -- Released: the client id is no longer this node's, and no persistent session keeps it.
+    local cid = ARGV[i + 1]
+    if owns(cid) and redis.call('HGET', p .. 'session:' .. cid, 'p') ~= '1' then
+      redis.call('DEL', p .. 'session:' .. cid)
+      redis.call('SREM', p .. 'sessions:' .. node, cid)
+    end
+    i = i + 2
   elseif op == 'W' then
     -- Wills are the node's own record of its connections, not the session's: never fenced.
     redis.call('HSET', willsKey, ARGV[i + 1], ARGV[i + 2])
@@ -251,52 +304,77 @@ return {fenced, strays}
 """
 )
 
-# Claim sessions for this run and return their state: ARGV = token, node, prefix, then either
-# 'node' and a node name (every session that node owns: this node's own at start-up, or a dead
-# node's), or 'client' and client ids.  A claimed session's fence becomes this run's, so the
-# run that held it before can write to it no more.  What a dead run left of a clean session
-# (a claim without persistent state) is deleted.  Returns, per persistent session, its client
-# id, subscriptions, owner, expiry interval and deadline, queue, in-flight deliveries and QoS 2
-# ids, then the bodies of the messages they reference (mid, body, ...).
+# Claim sessions for this run and return their state (see take): ARGV = token, node, prefix,
+# then what to claim: 'node' and a node name (every session the node owns: this node's own at
+# start-up, what its last run left), or 'dead', a node name and a run (the sessions that run
+# still owns, and its wills, which are taken with them: a run's wills are read once), or
+# 'client' and client ids.  What a dead run left of a clean session (a claim with no
+# persistent state) is deleted.  Returns the sessions, the message bodies and the wills.
 CLAIM = (
     _COMMON
     + """
-local cids
-if ARGV[4] == 'node' then
-  cids = redis.call('SMEMBERS', p .. 'sessions:' .. ARGV[5])
-else
-  cids = {}
+local mode, cids, wills = ARGV[4], {}, {}
+if mode == 'client' then
   for j = 5, #ARGV do cids[#cids + 1] = ARGV[j] end
-end
-local sessions, bodies, seen = {}, {}, {}
-local function body(mid)
-  if not seen[mid] then
-    seen[mid] = true
-    bodies[#bodies + 1] = mid
-    bodies[#bodies + 1] = redis.call('HGET', p .. 'message:' .. mid, 'body') or ''
+else
+  for _, cid in ipairs(redis.call('SMEMBERS', p .. 'sessions:' .. ARGV[5])) do
+    if mode == 'node' or redis.call('HGET', p .. 'session:' .. cid, 'fence') == ARGV[6] then
+      cids[#cids + 1] = cid
+    end
   end
+end
+if mode == 'dead' then
+  wills = redis.call('HGETALL', p .. 'wills:' .. ARGV[6])
+  redis.call('DEL', p .. 'wills:' .. ARGV[6])
 end
 for _, cid in ipairs(cids) do
   local key = p .. 'session:' .. cid
-  local was = redis.call('HGET', key, 'node')
-  if was then redis.call('SREM', p .. 'sessions:' .. was, cid) end
-  if redis.call('HGET', key, 'p') == '1' then
-    redis.call('HSET', key, 'fence', token, 'node', node)
-    redis.call('SADD', p .. 'sessions:' .. node, cid)
-    local s = redis.call('HMGET', key, 'subs', 'owner', 'ei', 'ea')
-    local queue = redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)
-    for _, e in ipairs(queue) do body(queuedMid(e)) end
-    local inflight = redis.call('HGETALL', p .. 'inflight:' .. cid)
-    for j = 2, #inflight, 2 do body(inflightMid(inflight[j])) end
-    sessions[#sessions + 1] = {cid, s[1], s[2], s[3], s[4], queue, inflight,
-      redis.call('HGETALL', p .. 'awaiting:' .. cid)}
-  elseif ARGV[4] == 'node' then
+  if mode == 'client' or redis.call('HGET', key, 'p') == '1' then
+    take(cid)
+  else
     dropState(cid)
     redis.call('DEL', key)
+    redis.call('SREM', p .. 'sessions:' .. ARGV[5], cid)
   end
 end
 sweep()
-return {sessions, bodies}
+return {sessions, bodies, wills}
+"""
+)
+
+# A client connects: claim its client id for this run unless a session of another identity
+# holds it and the configuration refuses that.  ARGV = token, node, prefix, client id,
+# identity, refuse ('1' or '0').  Returns {'refused', owner} or {'taken', the previous fence,
+# node and epoch ('' when none held it), the new epoch, the sessions, the bodies}.
+CONNECT = (
+    _COMMON
+    + """
+local cid, identity = ARGV[4], ARGV[5]
+local key = p .. 'session:' .. cid
+local was = redis.call('HMGET', key, 'fence', 'node', 'epoch', 'owner')
+if ARGV[6] == '1' and was[4] and was[4] ~= identity then return {'refused', was[4]} end
+take(cid)
+if not was[4] then redis.call('HSET', key, 'owner', identity) end
+sweep()
+return {'taken', was[1] or '', was[2] or '', was[3] or '0', redis.call('HGET', key, 'epoch'),
+  sessions, bodies}
+"""
+)
+
+# The owner of a session takes the strays other runs left for it: ARGV = token, node, prefix,
+# client id.  They join the end of its queue in Redis and are returned ({entries, bodies}) for
+# the broker to add to the session's queue in memory; nothing if the session is not this run's.
+STRAYS = (
+    _COMMON
+    + """
+local cid = ARGV[4]
+if redis.call('HGET', p .. 'session:' .. cid, 'fence') ~= token then return {{}, {}} end
+local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
+if #strays == 0 then return {{}, {}} end
+redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
+redis.call('DEL', p .. 'strays:' .. cid)
+for _, e in ipairs(strays) do body(queuedMid(e)) end
+return {strays, bodies}
 """
 )
 
@@ -340,23 +418,35 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
 
-def claimedSessions(reply: Sequence[Any]) -> list[SessionState]:
-    """The L{SessionState}s of a L{CLAIM} script's reply."""
-    rawSessions, rawBodies = reply
+def _messages(rawBodies: Sequence[bytes]) -> dict[bytes, Message]:
     messages: dict[bytes, Message] = {}
     for j in range(0, len(rawBodies), 2):
         mid = rawBodies[j]
         message = messages[mid] = decodeMessage(rawBodies[j + 1])
         message.storeId = int(mid)
+    return messages
+
+
+def _deliveries(
+    entries: Sequence[bytes], messages: Mapping[bytes, Message]
+) -> list[tuple[Message, int, bool]]:
+    deliveries = []
+    for entry in entries:
+        qos, retain, mid = entry.split(b" ", 2)
+        deliveries.append((messages[mid], int(qos), retain == b"1"))
+    return deliveries
+
+
+def claimedSessions(rawSessions: Sequence[Any], rawBodies: Sequence[bytes]) -> list[SessionState]:
+    """The L{SessionState}s a claim (L{CLAIM}, L{CONNECT}) returned."""
+    messages = _messages(rawBodies)
     states: list[SessionState] = []
     for cid, subs, owner, ei, ea, queue, inflight, awaiting in rawSessions:
         stored = StoredSession(json.loads(subs) if subs else {})
         stored.owner = _text(owner)
         stored.expiryInterval = int(ei)
         stored.expiresAt = float(ea) if ea else None
-        for entry in queue:
-            qos, retain, mid = entry.split(b" ", 2)
-            stored.queue.append((messages[mid], int(qos), retain == b"1"))
+        stored.queue.extend(_deliveries(queue, messages))
         sent = []
         for j in range(0, len(inflight), 2):
             seq, state, qos, retain, mid = inflight[j + 1].split(b" ", 4)
@@ -369,6 +459,10 @@ def claimedSessions(reply: Sequence[Any]) -> list[SessionState]:
             stored.awaitingRel[int(awaiting[j])] = float(awaiting[j + 1])
         states.append(stored.state(cid.decode()))
     return states
+
+
+def _wills(reply: Sequence[bytes]) -> dict[str, Will]:
+    return {reply[j].decode(): decodeWill(reply[j + 1]) for j in range(0, len(reply), 2)}
 
 
 def _flag(value: bool) -> bytes:
@@ -395,6 +489,28 @@ class _Script:
 
 _APPLY = _Script(APPLY)
 _CLAIM = _Script(CLAIM)
+_CONNECT = _Script(CONNECT)
+_STRAYS = _Script(STRAYS)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """
+    What claiming a connecting client's id found (L{RedisStore.claimClient}).
+
+    @ivar refusedBy: the identity whose session refused the claim, or L{None} if it was made.
+    @ivar fence: the run that held the client id before, C{""} when none did.
+    @ivar node: that run's node.
+    @ivar epoch: how many claims the client id had seen before this one; the run that lost it
+        is told, so that it ignores a late word about an older claim.
+    @ivar sessions: the persistent session claimed with it, if there is one.
+    """
+
+    refusedBy: str | None
+    fence: str = ""
+    node: str = ""
+    epoch: int = 0
+    sessions: list[SessionState] = field(default_factory=list)
 
 
 def connect(url: str) -> Any:
@@ -440,7 +556,8 @@ class RedisStore:
 
     @ivar token: this run's fencing token: the C{fence} of every session it owns.
     @ivar fenced: called with the client ids of sessions whose writes were refused because
-        another run owns them now, and those given a stray delivery; L{None} to only log.
+        another run owns them now, and the C{(client id, owner node)} of those given a stray
+        delivery; L{None} to only log.
     """
 
     log = Logger()
@@ -455,21 +572,27 @@ class RedisStore:
         sync: bool = True,
         flushInterval: float = 0.05,
         clustered: bool = False,
+        token: str | None = None,
     ) -> None:
         """
         @param redis: a txredisapi connection (L{connect}).
-        @param clustered: whether a cluster's session registry claims each session before
-            saving it; otherwise this broker creates the sessions it saves.
+        @param clustered: whether this is a cluster node, whose session registry claims each
+            session before saving it (L{claimClient}), whose retained messages the cluster
+            keeps, and whose last run's wills a survivor takes (L{adopt}); otherwise this
+            broker creates the sessions it saves and keeps everything here.
+        @param token: this run's fencing token (a cluster's node incarnation); by default a
+            new one.
         """
         self._reactor = reactor
         self.redis = redis
         self.prefix = prefix
         self.node = node
-        self.token = f"{node}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        self.token = token or f"{node}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        self.clustered = clustered
         self._header = [self.token, node, prefix, b"0" if clustered else b"1"]
         self._sync = sync
         self._flushInterval = flushInterval
-        self.fenced: Callable[[list[str], list[str]], None] | None = None
+        self.fenced: Callable[[list[str], list[tuple[str, str]]], None] | None = None
         self._events: list[Any] = []
         # Messages whose body the batch being recorded carries: each goes once per batch.
         self._bodies: set[str] = set()
@@ -513,7 +636,9 @@ class RedisStore:
         if isinstance(result, Failure):
             self.log.failure("mqttd's Redis store could not write", result)
         else:
-            fenced, strays = ([c.decode() for c in cids] for cids in result)
+            fenced = [cid.decode() for cid in result[0]]
+            pairs = result[1]
+            strays = [(pairs[j].decode(), pairs[j + 1].decode()) for j in range(0, len(pairs), 2)]
             if fenced or strays:
                 if self.fenced is not None:
                     self.fenced(fenced, strays)
@@ -544,6 +669,12 @@ class RedisStore:
 
     def restore(self) -> Deferred[StoredState]:
         claimed = _CLAIM.run(self.redis, [*self._header[:3], b"node", self.node])
+        if self.clustered:
+            # The cluster restores its retained messages itself, and the last run's wills go
+            # with that run's death (adopt).
+            return claimed.addCallback(
+                lambda reply: StoredState(sessions=claimedSessions(*reply[:2]))
+            )
         retained = self.redis.execute_command("HGETALL", self.prefix + "store:retained")
         wills = self.redis.execute_command("HGETALL", f"{self.prefix}wills:{self.node}")
 
@@ -553,11 +684,8 @@ class RedisStore:
                 retained=[
                     decodeMessage(retainedReply[j + 1]) for j in range(0, len(retainedReply), 2)
                 ],
-                sessions=claimedSessions(claim),
-                wills={
-                    willsReply[j].decode(): decodeWill(willsReply[j + 1])
-                    for j in range(0, len(willsReply), 2)
-                },
+                sessions=claimedSessions(*claim[:2]),
+                wills=_wills(willsReply),
             )
 
         d: Deferred[list[Any]] = gatherResults([claimed, retained, wills], consumeErrors=True)
@@ -570,7 +698,57 @@ class RedisStore:
         """
         self._send()
         d = _CLAIM.run(self.redis, [*self._header[:3], b"client", *clientIds])
-        return d.addCallback(claimedSessions)
+        return d.addCallback(lambda reply: claimedSessions(*reply[:2]))
+
+    def adopt(self, node: str, run: str) -> Deferred[StoredState]:
+        """
+        Claim the persistent sessions the dead run C{run} of C{node} still owned, and take its
+        wills, which no other caller then gets; fires with both.
+        """
+        self._send()
+        d = _CLAIM.run(self.redis, [*self._header[:3], b"dead", node, run])
+        return d.addCallback(
+            lambda reply: StoredState(sessions=claimedSessions(*reply[:2]), wills=_wills(reply[2]))
+        )
+
+    def claimClient(self, clientId: str, identity: str, refuse: bool) -> Deferred[Claimed]:
+        """
+        Claim C{clientId} for a client of C{identity} connecting here (L{CONNECT}), after
+        every event recorded so far, unless its session belongs to another identity and
+        C{refuse}.
+        """
+        self._send()
+        d = _CONNECT.run(self.redis, [*self._header[:3], clientId, identity, _flag(refuse)])
+
+        def claimed(reply: Sequence[Any]) -> Claimed:
+            if reply[0] == b"refused":
+                return Claimed(refusedBy=reply[1].decode())
+            _, fence, node, epoch, _, rawSessions, rawBodies = reply
+            return Claimed(
+                None,
+                fence.decode(),
+                node.decode(),
+                int(epoch),
+                claimedSessions(rawSessions, rawBodies),
+            )
+
+        return d.addCallback(claimed)
+
+    def takeStrays(self, clientId: str) -> Deferred[list[tuple[Message, int, bool]]]:
+        """
+        Take the deliveries other runs left for C{clientId}'s session (see L{STRAYS}), now at
+        the end of its queue in Redis, for the broker to add to the end of its own.
+        """
+        self._send()
+        d = _STRAYS.run(self.redis, [*self._header[:3], clientId])
+        return d.addCallback(lambda reply: _deliveries(reply[0], _messages(reply[1])))
+
+    def release(self, clientId: str) -> None:
+        """
+        This node no longer holds C{clientId}: its claim goes, unless a persistent session
+        keeps it.
+        """
+        self._record(b"X", clientId)
 
     def flush(self, exactlyOnce: bool = False) -> Deferred[None] | None:
         if self._sync or exactlyOnce:
@@ -658,10 +836,12 @@ class RedisStore:
         self._record(b"w", clientId)
 
     def retainedSet(self, message: Message) -> None:
-        self._record(b"T", message.topic, encodeMessage(message))
+        if not self.clustered:
+            self._record(b"T", message.topic, encodeMessage(message))
 
     def retainedDeleted(self, topic: str) -> None:
-        self._record(b"t", topic)
+        if not self.clustered:
+            self._record(b"t", topic)
 
 
 def _firstError(failure: Failure) -> Failure:
