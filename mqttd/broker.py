@@ -41,6 +41,7 @@ from .interfaces import (
     IAuthorizer,
     IBrokerObserver,
     IClientConnection,
+    IClientIdClaims,
     IEnhancedAuthenticator,
     IMessageStore,
     ISubscriberSelector,
@@ -199,6 +200,9 @@ class Broker:
         # This broker's node name in a cluster (docs/cluster.md), for $SYS and the metrics;
         # None for a lone broker.
         self.nodeName: str | None = None
+        # A cluster's client id registry (mqttd.cluster.sessions), asked before a client's
+        # session is attached here; None on a single broker.
+        self.claims: IClientIdClaims | None = None
 
     # Life cycle
 
@@ -381,6 +385,18 @@ class Broker:
         return self.registry.attach(
             conn, packet, listener, allowed, address, clientId, expiryInterval, will
         )
+
+    def claim(self, packet: Connect, allowed: Allow) -> Deferred[int | None] | None:
+        """
+        Ask the cluster (L{claims}) to give this node the client id of C{packet}, whose
+        CONNECT the authenticators allowed, before L{connect} attaches it here.
+
+        @return: L{None} on a single broker, or for a client id the broker will assign;
+            otherwise see L{IClientIdClaims.claim}.
+        """
+        if self.claims is None or not packet.client_id:
+            return None
+        return self.claims.claim(packet, allowed)
 
     def whenSessionStored(self, session: Session, conn: IClientConnection) -> Deferred[bool] | None:
         """See L{SessionRegistry.whenStored}."""

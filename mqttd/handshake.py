@@ -266,6 +266,32 @@ class ConnectHandshake:
                 self._refuse(ConnackCode.NOT_AUTHORIZED, "use_username_as_clientid: no user name")
                 return None
             packet = replace(packet, client_id=name)
+        claimed = self.broker.claim(packet, decision)
+        if claimed is not None:
+            return claimed.addCallbacks(self._claimed, self._claimFailed, (packet, decision))
+        return self._connect(packet, decision)
+
+    def _claimed(
+        self, refusal: int | None, packet: Connect, decision: Allow
+    ) -> Deferred[None] | None:
+        if self._closing:
+            # Gone while the cluster answered: the claim goes with no session to keep it.
+            return None
+        if refusal is not None:
+            self._refuse(refusal, f"client id {packet.client_id!r} refused by the cluster")
+            return None
+        return self._connect(packet, decision)
+
+    def _claimFailed(self, failure: Failure) -> None:
+        # Redis could not be asked: another node may hold the client id, so the client is
+        # told to come back rather than given a session two nodes might own.
+        self._graceful = True
+        if not self._closing:
+            self._refuse(
+                ConnackCode.SERVER_UNAVAILABLE, "the cluster could not claim its client id"
+            )
+
+    def _connect(self, packet: Connect, decision: Allow) -> Deferred[None] | None:
         # Mixed into MQTTServerProtocol, this is the client's IClientConnection.
         conn = cast(IClientConnection, self)
         code, session, sessionPresent = self.broker.connect(

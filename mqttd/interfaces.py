@@ -953,3 +953,23 @@ class ISessionRegistry(Interface):
 
     def endSession(clientId: str) -> bool:
         """End C{clientId}'s session, disconnecting it first; whether there was one."""
+
+
+class IClientIdClaims(Interface):
+    """
+    Who holds each client id across a cluster's nodes (L{mqttd.cluster.sessions}): asked by
+    the broker (C{Broker.claims}) before it attaches a connecting client's session, so that
+    one node at a time owns a client id, whichever node the client connects to.
+    """
+
+    def claim(packet: Any, allowed: Allow) -> Any:
+        """
+        Make this node the holder of C{packet}'s client id for the client the authenticators
+        allowed (C{allowed} naming its identity): the node that held it disconnects its client
+        [MQTT-3.1.4-2] and writes the session no more, and the session, if persistent, is
+        brought here for L{ISessionRegistry.attach} to continue.
+
+        @return: a L{Deferred} firing with L{None} once the claim is made, or with the CONNACK
+            refusal code (3.1.1's) when the session belongs to another identity and the
+            configuration refuses that; failing when the cluster cannot be asked.
+        """

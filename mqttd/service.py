@@ -405,6 +405,7 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
     cluster = None
     # With [cluster] workers above one, each process opens the TCP listeners with SO_REUSEPORT.
     shared = False
+    sessions = None
     if config.cluster is not None:
         # Imported only when configured: a lone broker loads nothing of Redis.
         from mqttd.cluster.service import Cluster
@@ -417,6 +418,13 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
             reactor,
             nodeName(config.cluster.node, config.cluster.workers, worker),
         )
+        if store is None:
+            # Without a [store] of its own a node keeps sessions in the cluster's Redis, where
+            # any node can take them over (docs/cluster.md, "Sessions").
+            from mqttd.cluster.sessions import ClusterSessions
+
+            sessions = ClusterSessions(cluster)
+            store = sessions.store
     broker = Broker(
         config.broker,
         reactor,
@@ -437,6 +445,8 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
     if cluster is not None:
         # First child: it starts before the listeners and stops after them.
         cluster.serve(broker, service)
+        if sessions is not None:
+            sessions.attach(broker)
     for name, plugin in plugins.built.items():
         if IReloadable.providedBy(plugin):
             service.reloadable[name] = plugin

@@ -93,6 +93,8 @@ class SessionRegistry:
         # deliveries re-sent), and once its connection is gone: see whenConnected.
         self._connectedCallbacks: list[Any] = []
         self._disconnectedCallbacks: list[Any] = []
+        # Called with the client id of every session that ends (see whenEnded).
+        self._endedCallbacks: list[Callable[[str], None]] = []
         # Connections whose sessions wait on the receive ACL before resuming (see resume).
         self._resuming: dict[str, IClientConnection] = {}
         # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.
@@ -578,7 +580,28 @@ class SessionRegistry:
     def _acknowledged(self, clientId: str, message: Message, qos: int) -> None:
         self.observing.notify("messageAcknowledged", clientId, message, qos)
 
-    def _discardSession(self, session: Session) -> None:
+    def handOver(self, clientId: str, continued: bool) -> bool:
+        """
+        Another cluster node took C{clientId}'s session (L{mqttd.cluster.sessions}): its
+        connection here goes as for a takeover [MQTT-3.1.4-2, MQTT-3.1.4-3], its will published
+        unless the new connection continues the session, and the session is forgotten here
+        without a word to the store, which the new owner writes now.
+
+        @return: whether this node had the session.
+        """
+        session = self.sessions.get(clientId)
+        if session is None:
+            return False
+        self._detach(session, continued)
+        self._endWillDelay(clientId, publish=not continued)
+        self._discardSession(session, stored=False)
+        return True
+
+    def whenEnded(self, ended: Callable[[str], None]) -> None:
+        """Have C{ended(clientId)} called whenever a session ends here (or is handed over)."""
+        self._endedCallbacks.append(ended)
+
+    def _discardSession(self, session: Session, stored: bool = True) -> None:
         for topicFilter in session.subscriptions:
             self.router.removeSubscription(topicFilter, session.clientId)
         clientId = session.clientId
@@ -590,8 +613,10 @@ class SessionRegistry:
         self.policy.forget(clientId)
         self.router.forget(clientId)
         self._resuming.pop(clientId, None)
-        if not session.cleanSession:
+        if stored and not session.cleanSession:
             self.store.sessionDeleted(session.clientId)
+        for ended in self._endedCallbacks:
+            ended(clientId)
 
     def _forgetClient(self, clientId: str) -> None:
         client = self.clients.pop(clientId, None)

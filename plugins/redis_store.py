@@ -115,8 +115,15 @@ end
 -- strays (deliveries other runs made to it meanwhile) joining the end of its queue first.
 local function take(cid)
   local key = p .. 'session:' .. cid
-  local was = redis.call('HGET', key, 'node')
-  if was then redis.call('SREM', p .. 'sessions:' .. was, cid) end
+  local was = redis.call('HMGET', key, 'node', 'fence')
+  if was[1] then redis.call('SREM', p .. 'sessions:' .. was[1], cid) end
+  if was[2] and was[2] ~= token then
+    -- When it left that run: if the run dies, what was on its way to it through the run's
+    -- stream from before then is this session's (docs/cluster.md, "Sessions").
+    local now = redis.call('TIME')
+    redis.call('HSET', p .. 'moved:' .. was[2], cid, now[1] * 1000 + math.floor(now[2] / 1000))
+    redis.call('EXPIRE', p .. 'moved:' .. was[2], 86400)
+  end
   redis.call('HSET', key, 'fence', token, 'node', node)
   redis.call('HINCRBY', key, 'epoch', 1)
   redis.call('SADD', p .. 'sessions:' .. node, cid)
@@ -188,7 +195,11 @@ while i <= n do
       redis.call('SADD', p .. 'sessions:' .. node, cid)
       owned[cid] = true
     end
-    if owns(cid) then redis.call('HSET', key, 'subs', ARGV[i + 2], 'p', '1') end
+    if owns(cid) then
+      redis.call('HSET', key, 'subs', ARGV[i + 2], 'p', '1')
+      -- A persistent session never expires until told otherwise (3.1.1 never tells).
+      redis.call('HSETNX', key, 'ei', 4294967295)
+    end
     i = i + 3
   elseif op == 'D' then
     local cid = ARGV[i + 1]
@@ -309,7 +320,9 @@ return {fenced, strays}
 # start-up, what its last run left), or 'dead', a node name and a run (the sessions that run
 # still owns, and its wills, which are taken with them: a run's wills are read once), or
 # 'client' and client ids.  What a dead run left of a clean session (a claim with no
-# persistent state) is deleted.  Returns the sessions, the message bodies and the wills.
+# persistent state) is deleted.  Returns the sessions, the message bodies, the wills and, for
+# a dead run, the persistent sessions other runs took from it (client id, when in ms on
+# Redis's clock, subscriptions).
 CLAIM = (
     _COMMON
     + """
@@ -323,9 +336,19 @@ else
     end
   end
 end
+local moved = {}
 if mode == 'dead' then
   wills = redis.call('HGETALL', p .. 'wills:' .. ARGV[6])
-  redis.call('DEL', p .. 'wills:' .. ARGV[6])
+  local left = redis.call('HGETALL', p .. 'moved:' .. ARGV[6])
+  for j = 1, #left, 2 do
+    local subs = redis.call('HGET', p .. 'session:' .. left[j], 'subs')
+    if subs then
+      moved[#moved + 1] = left[j]
+      moved[#moved + 1] = left[j + 1]
+      moved[#moved + 1] = subs
+    end
+  end
+  redis.call('DEL', p .. 'wills:' .. ARGV[6], p .. 'moved:' .. ARGV[6])
 end
 for _, cid in ipairs(cids) do
   local key = p .. 'session:' .. cid
@@ -338,7 +361,7 @@ for _, cid in ipairs(cids) do
   end
 end
 sweep()
-return {sessions, bodies, wills}
+return {sessions, bodies, wills, moved}
 """
 )
 
@@ -494,6 +517,20 @@ _STRAYS = _Script(STRAYS)
 
 
 @dataclass(frozen=True, slots=True)
+class Adopted:
+    """
+    What a dead run left (L{RedisStore.adopt}).
+
+    @ivar state: its persistent sessions, now this run's, and its wills.
+    @ivar moved: the persistent sessions other runs took from it, by client id: when (in
+        milliseconds, Redis's clock) and their subscriptions.
+    """
+
+    state: StoredState
+    moved: dict[str, tuple[int, dict[str, int]]]
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """
     What claiming a connecting client's id found (L{RedisStore.claimClient}).
@@ -565,31 +602,39 @@ class RedisStore:
     def __init__(
         self,
         reactor: Any,
-        redis: Any,
+        connect: Callable[[], Any],
         *,
         prefix: str = DEFAULT_PREFIX,
         node: str = DEFAULT_NODE,
         sync: bool = True,
         flushInterval: float = 0.05,
         clustered: bool = False,
-        token: str | None = None,
+        token: Callable[[], str] | None = None,
+        disconnect: Callable[[Any], Deferred[Any]] | None = None,
     ) -> None:
         """
-        @param redis: a txredisapi connection (L{connect}).
+        @param connect: makes the txredisapi connection (L{connect}), at L{restore}: the
+            broker's start, after twistd's fork into the background.
         @param clustered: whether this is a cluster node, whose session registry claims each
             session before saving it (L{claimClient}), whose retained messages the cluster
             keeps, and whose last run's wills a survivor takes (L{adopt}); otherwise this
             broker creates the sessions it saves and keeps everything here.
-        @param token: this run's fencing token (a cluster's node incarnation); by default a
-            new one.
+        @param token: gives this run's fencing token: a cluster node's incarnation, which
+            changes when the others buried it during a pause; by default one drawn here.
+        @param disconnect: closes the connection, at L{close}; by default its C{disconnect}.
         """
         self._reactor = reactor
-        self.redis = redis
+        self._connect = connect
+        self.redis: Any = None
         self.prefix = prefix
         self.node = node
-        self.token = token or f"{node}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        if token is None:
+            drawn = f"{node}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+            token = lambda: drawn  # noqa: E731
+        self._token = token
         self.clustered = clustered
-        self._header = [self.token, node, prefix, b"0" if clustered else b"1"]
+        self._disconnect = disconnect or (lambda redis: redis.disconnect())
+        self._create = b"0" if clustered else b"1"
         self._sync = sync
         self._flushInterval = flushInterval
         self.fenced: Callable[[list[str], list[tuple[str, str]]], None] | None = None
@@ -604,6 +649,14 @@ class RedisStore:
         self._sent: list[list[Deferred[None]]] = []
         # Batched: a batch came due while the one before was still unanswered.
         self._behind = False
+
+    @property
+    def token(self) -> str:
+        """This run's fencing token: the C{fence} of every session it owns."""
+        return self._token()
+
+    def _header(self) -> list[Any]:
+        return [self._token(), self.node, self.prefix]
 
     # Batches
 
@@ -626,7 +679,9 @@ class RedisStore:
         self._bodies = set()
         waiters, self._waiters = self._waiters, []
         self._sent.append(waiters)
-        _APPLY.run(self.redis, [*self._header, *events]).addBoth(self._answered, waiters)
+        _APPLY.run(self._connection(), [*self._header(), self._create, *events]).addBoth(
+            self._answered, waiters
+        )
 
     def _answered(self, result: Any, waiters: list[Deferred[None]]) -> None:
         # Redis answers one connection's commands in order: this is the oldest batch sent.
@@ -667,16 +722,22 @@ class RedisStore:
 
     # IMessageStore
 
+    def _connection(self) -> Any:
+        # Made at first use, which is the broker's start (restore).
+        if self.redis is None:
+            self.redis = self._connect()
+        return self.redis
+
     def restore(self) -> Deferred[StoredState]:
-        claimed = _CLAIM.run(self.redis, [*self._header[:3], b"node", self.node])
+        claimed = _CLAIM.run(self._connection(), [*self._header(), b"node", self.node])
         if self.clustered:
             # The cluster restores its retained messages itself, and the last run's wills go
             # with that run's death (adopt).
             return claimed.addCallback(
                 lambda reply: StoredState(sessions=claimedSessions(*reply[:2]))
             )
-        retained = self.redis.execute_command("HGETALL", self.prefix + "store:retained")
-        wills = self.redis.execute_command("HGETALL", f"{self.prefix}wills:{self.node}")
+        retained = self._connection().execute_command("HGETALL", self.prefix + "store:retained")
+        wills = self._connection().execute_command("HGETALL", f"{self.prefix}wills:{self.node}")
 
         def restored(replies: list[Any]) -> StoredState:
             claim, retainedReply, willsReply = replies
@@ -697,19 +758,28 @@ class RedisStore:
         recorded so far; fires with the persistent ones' state.
         """
         self._send()
-        d = _CLAIM.run(self.redis, [*self._header[:3], b"client", *clientIds])
+        d = _CLAIM.run(self._connection(), [*self._header(), b"client", *clientIds])
         return d.addCallback(lambda reply: claimedSessions(*reply[:2]))
 
-    def adopt(self, node: str, run: str) -> Deferred[StoredState]:
+    def adopt(self, node: str, run: str) -> Deferred[Adopted]:
         """
         Claim the persistent sessions the dead run C{run} of C{node} still owned, and take its
-        wills, which no other caller then gets; fires with both.
+        wills, which no other caller then gets.
         """
         self._send()
-        d = _CLAIM.run(self.redis, [*self._header[:3], b"dead", node, run])
-        return d.addCallback(
-            lambda reply: StoredState(sessions=claimedSessions(*reply[:2]), wills=_wills(reply[2]))
-        )
+        d = _CLAIM.run(self._connection(), [*self._header(), b"dead", node, run])
+
+        def adopted(reply: Sequence[Any]) -> Adopted:
+            moved = reply[3]
+            return Adopted(
+                StoredState(sessions=claimedSessions(*reply[:2]), wills=_wills(reply[2])),
+                {
+                    moved[j].decode(): (int(moved[j + 1]), json.loads(moved[j + 2]))
+                    for j in range(0, len(moved), 3)
+                },
+            )
+
+        return d.addCallback(adopted)
 
     def claimClient(self, clientId: str, identity: str, refuse: bool) -> Deferred[Claimed]:
         """
@@ -718,7 +788,7 @@ class RedisStore:
         C{refuse}.
         """
         self._send()
-        d = _CONNECT.run(self.redis, [*self._header[:3], clientId, identity, _flag(refuse)])
+        d = _CONNECT.run(self._connection(), [*self._header(), clientId, identity, _flag(refuse)])
 
         def claimed(reply: Sequence[Any]) -> Claimed:
             if reply[0] == b"refused":
@@ -740,7 +810,7 @@ class RedisStore:
         the end of its queue in Redis, for the broker to add to the end of its own.
         """
         self._send()
-        d = _STRAYS.run(self.redis, [*self._header[:3], clientId])
+        d = _STRAYS.run(self._connection(), [*self._header(), clientId])
         return d.addCallback(lambda reply: _deliveries(reply[0], _messages(reply[1])))
 
     def release(self, clientId: str) -> None:
@@ -780,8 +850,10 @@ class RedisStore:
         else:
             done.callback(None)
 
-        def disconnect(result: object) -> Deferred[object]:
-            d: Deferred[object] = self.redis.disconnect()
+        def disconnect(result: object) -> object:
+            if self.redis is None:
+                return result
+            d: Deferred[object] = self._disconnect(self.redis)
             return d.addBoth(lambda _: result)
 
         return done.addBoth(disconnect)
@@ -868,7 +940,7 @@ class RedisStoreFactory:
             raise PluginConfigError("node", f"expected a name without spaces, got {node!r}")
         return RedisStore(
             context.reactor,
-            connect(url),
+            lambda: connect(url),
             prefix=prefix,
             node=node,
             sync=sync,
