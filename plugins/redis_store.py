@@ -633,6 +633,8 @@ class RedisStore:
             token = lambda: drawn  # noqa: E731
         self._token = token
         self.clustered = clustered
+        # Set by close, after which nothing is recorded (the IMessageStore contract).
+        self.closed = False
         self._disconnect = disconnect or (lambda redis: redis.disconnect())
         self._create = b"0" if clustered else b"1"
         self._sync = sync
@@ -843,6 +845,7 @@ class RedisStore:
         return None
 
     def close(self) -> Deferred[None]:
+        self.closed = True
         self._send()
         done: Deferred[None] = Deferred()
         if self._sent:

@@ -166,7 +166,9 @@ class ClusterSessions:
     def _release(self, clientId: str) -> None:
         # Also for a session this node restored rather than claimed; a client id another
         # node took meanwhile is not released, the fence refusing it.
-        if clientId in self.registry.sessions:
+        if clientId in self.registry.sessions or self.store.closed:
+            # A node stopping ends its clean sessions after its store closed: their claims
+            # stay until its next start clears them, or another node claims the client ids.
             return
         self.claimed.pop(clientId, None)
         self.store.release(clientId)
