@@ -207,8 +207,8 @@ def _openGroups(path: str, inStore: bool, vg: Any) -> tuple[sqlite3.Connection, 
     (C{writeGroups}) groups there.
     """
     if inStore:
-        storeModule: Any = importlib.import_module("mqttd.plugins.sqlite_store")
-        return storeModule.openDatabase(path), storeModule
+        schema: Any = importlib.import_module("mqttd.plugins.sqlite_schema")
+        return schema.openDatabase(path), importlib.import_module("mqttd.plugins.sqlite_groups")
     return vg.openGroupDatabase(path), vg
 
 

@@ -624,10 +624,10 @@ def test_sqliteMigratesFromVersion1(tmp_path: Path) -> None:
     opened: what it held is restored, it has no groups, it takes groups, and its schema is that
     of a new store.
     """
-    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    sqliteSchema: Any = importlib.import_module("mqttd.plugins.sqlite_schema")
     old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
     old.executescript(
-        f"BEGIN; {sqlitePlugin.SCHEMA} PRAGMA user_version = 1;"
+        f"BEGIN; {sqliteSchema.SCHEMA} PRAGMA user_version = 1;"
         " INSERT INTO retained VALUES ('r', x'6b657074', 1); COMMIT;"
     )
     old.close()
@@ -656,11 +656,11 @@ def test_sqliteMigratesFromVersion2(tmp_path: Path) -> None:
     retained messages and wills have no properties and never expire, and its sessions keep the
     3.1.1 meaning of a persistent session, never expiring; new MQTT 5 state is then kept.
     """
-    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    sqliteSchema: Any = importlib.import_module("mqttd.plugins.sqlite_schema")
     old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
-    old.executescript(f"BEGIN; {sqlitePlugin.SCHEMA} COMMIT;")
+    old.executescript(f"BEGIN; {sqliteSchema.SCHEMA} COMMIT;")
     old.execute("BEGIN")
-    for statement in sqlitePlugin.MIGRATIONS[1]:
+    for statement in sqliteSchema.MIGRATIONS[1]:
         old.execute(statement)
     old.execute("PRAGMA user_version = 2")
     old.execute("INSERT INTO messages VALUES (1, 'q', x'6d', 1, 0)")
@@ -695,8 +695,8 @@ def test_fileMigratesFromFormat1(tmp_path: Path) -> None:
     A format 1 log (before MQTT 5 state) replays as before, without properties and with sessions
     that never expire, and is rewritten in format 3 when opened, keeping new MQTT 5 state.
     """
-    filePlugin: Any = importlib.import_module("mqttd.plugins.file_store")
-    record = filePlugin.record
+    fileLog: Any = importlib.import_module("mqttd.plugins.file_log")
+    record = fileLog.record
     (tmp_path / "mqttd.log").write_bytes(
         b"MQTTDLOG\x00\x00\x00\x01"
         + record(b"M", [1, "q", 1, False], b"m")
@@ -730,7 +730,8 @@ def test_sqliteGroupStore(durability: str, tmp_path: Path) -> None:
     another process's change to the file (C{mqttd groups}) reaches the watchers within the poll
     interval, while the store's own changes do not come back.
     """
-    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    sqliteSchema: Any = importlib.import_module("mqttd.plugins.sqlite_schema")
+    sqliteGroups: Any = importlib.import_module("mqttd.plugins.sqlite_groups")
     options = {"durability": durability, "flush_ms": "60000", "group_poll_interval": "0.02"}
     store = e2e.in_reactor(
         lambda: findPlugins()["sqlite"].build(
@@ -750,9 +751,9 @@ def test_sqliteGroupStore(durability: str, tmp_path: Path) -> None:
     time.sleep(0.1)
     assert changes == [None, None, None]
 
-    with closing(sqlitePlugin.openDatabase(str(tmp_path / "mqttd.db"))) as db:
-        assert sqlitePlugin.readGroups(db) == {"friends": friends}
-        sqlitePlugin.writeGroups(db, [Group("other", {"dave": 0})], ["friends"])
+    with closing(sqliteSchema.openDatabase(str(tmp_path / "mqttd.db"))) as db:
+        assert sqliteGroups.readGroups(db) == {"friends": friends}
+        sqliteGroups.writeGroups(db, [Group("other", {"dave": 0})], ["friends"])
     e2e.wait_until(lambda: list(store.groupNames()) == ["other"], "the store to read the change")
     assert len(changes) == 4
     closed(store)

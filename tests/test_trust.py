@@ -454,12 +454,12 @@ def test_sqliteVersion3SessionsHaveNoOwnerUntilClaimed(
     """
     from twisted.internet.defer import maybeDeferred
 
-    sqlitePlugin: Any = importlib.import_module("mqttd.plugins.sqlite_store")
+    sqliteSchema: Any = importlib.import_module("mqttd.plugins.sqlite_schema")
     old = sqlite3.connect(tmp_path / "mqttd.db", isolation_level=None)
-    old.executescript(f"BEGIN; {sqlitePlugin.SCHEMA} COMMIT;")
+    old.executescript(f"BEGIN; {sqliteSchema.SCHEMA} COMMIT;")
     old.execute("BEGIN")
     for version in (1, 2):
-        for statement in sqlitePlugin.MIGRATIONS[version]:
+        for statement in sqliteSchema.MIGRATIONS[version]:
             old.execute(statement)
     old.execute("PRAGMA user_version = 3")
     old.execute("""INSERT INTO sessions (client_id, subscriptions) VALUES ('s', '{"q": 1}')""")
@@ -471,7 +471,7 @@ def test_sqliteVersion3SessionsHaveNoOwnerUntilClaimed(
     e2e.in_reactor(store.sessionOwned, "s", "alice")
     e2e.in_reactor(lambda: maybeDeferred(store.close))
     with sqlite3.connect(tmp_path / "mqttd.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (sqlitePlugin.SCHEMA_VERSION,)
+        assert db.execute("PRAGMA user_version").fetchone() == (sqliteSchema.SCHEMA_VERSION,)
     store = _durable("sqlite", tmp_path)
     (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
     assert session.owner == "alice"
@@ -485,9 +485,9 @@ def test_fileFormat2SessionsHaveNoOwnerUntilClaimed(tmp_path: Path, twisted_reac
     """
     from twisted.internet.defer import maybeDeferred
 
-    filePlugin: Any = importlib.import_module("mqttd.plugins.file_store")
+    fileLog: Any = importlib.import_module("mqttd.plugins.file_log")
     (tmp_path / "mqttd.log").write_bytes(
-        b"MQTTDLOG\x00\x00\x00\x02" + filePlugin.record(b"S", ["s", {"q": 1}])
+        b"MQTTDLOG\x00\x00\x00\x02" + fileLog.record(b"S", ["s", {"q": 1}])
     )
     store = _durable("file", tmp_path)
     (session,) = e2e.in_reactor(lambda: maybeDeferred(store.restore)).sessions
