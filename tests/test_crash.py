@@ -11,6 +11,7 @@ PUBLISH it receives.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -262,3 +263,34 @@ def test_crashRecovery(broker: Broker, killAfter: int) -> None:
     assert isinstance(retained, Publish)
     assert (retained.topic, retained.payload, retained.retain) == ("retained/state", b"kept", True)
     broker.kill()
+
+
+@pytest.mark.parametrize("broker", ["sqlite", "file"], indirect=True)
+def test_sessionKeptWhenKilledRightAfterConnack(broker: Broker) -> None:
+    """
+    Ten clients ask for new persistent sessions at once and the broker is SIGKILLed as soon as
+    the first CONNACK arrives: every client that got CONNACK has its session after the restart
+    (each CONNACK waited for its session's commit), so its next CONNACK says Session Present
+    [MQTT-3.2.2-2].
+    """
+    broker.start()
+    wires = {f"fresh-{n}": Wire(broker.port) for n in range(10)}
+    for clientId, wire in wires.items():
+        wire.send(Connect(4, clientId, False, 0))
+    select.select([wire.sock for wire in wires.values()], [], [], TIMEOUT)
+    broker.kill()
+    told = []
+    for clientId, wire in wires.items():
+        # What reached the client before the kill; the rest of the connection is gone.
+        try:
+            connack = wire.read()
+        except (EOFError, OSError):
+            continue
+        assert isinstance(connack, Connack) and not connack.session_present
+        told.append(clientId)
+    assert told
+    broker.start()
+    for clientId in told:
+        wire = Wire(broker.port)
+        assert wire.connect(clientId, clean=False).session_present, clientId
+        wire.drop()
