@@ -271,7 +271,8 @@ def test_sessionKeptWhenKilledRightAfterConnack(broker: Broker) -> None:
     Ten clients ask for new persistent sessions at once and the broker is SIGKILLed as soon as
     the first CONNACK arrives: every client that got CONNACK has its session after the restart
     (each CONNACK waited for its session's commit), so its next CONNACK says Session Present
-    [MQTT-3.2.2-2].
+    [MQTT-3.2.2-2].  Without that wait the kill beats SQLite's commit in about every other run:
+    test_durability's test_connackWaitsForANewSession is the deterministic proof.
     """
     broker.start()
     wires = {f"fresh-{n}": Wire(broker.port) for n in range(10)}
