@@ -6,7 +6,9 @@ durability mode, printing the loss, duplicate and order counts per stream.
 
 A run that loses or duplicates a message keeps its directory (printed at the end) with, for
 each cycle involved and its neighbours, the broker's twistd log, the QoS 2 clients' packet trace
-and the store as that cycle's kill left it; a clean run removes it.
+and the store as that cycle's kill left it; a clean run removes it.  Until the run ends every
+cycle's copy is kept (losses are only known after the final drain): 300 cycles took 3.3 GB of
+temporary disk with SQLite, and 170 cycles 4.9 GB with the file store's log.
 """
 
 from __future__ import annotations
