@@ -4,23 +4,30 @@ The broker's configuration: ini text in, frozen values out.
 Every mistake in the file is reported as one L{ConfigError} naming the file, the section and the
 key, so that C{twistd mqttd --config ...} fails at start-up with a line an operator can act on
 instead of a broker that runs with a setting it silently ignored.
+
+This module holds the frozen values (L{BrokerConfig}, L{ListenerConfig}, L{LogConfig},
+L{Config}), L{ConfigError} and reading the file section by section; each kind of value is
+parsed by L{mqttd.configvalues}, a C{[listener:NAME]} section by L{mqttd.listenerconfig}.
 """
 
 from __future__ import annotations
 
 import configparser
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, NoReturn, get_type_hints
+from typing import TYPE_CHECKING, get_type_hints
 
-from twisted.internet.endpoints import _parseServer
-
-from mqttd.sn.endpoint import parseUDPEndpoint
-from mqttd.topics import InvalidTopic, validate_topic_name
-from mqttd.transports import TLSFileError
+from mqttd.configvalues import (
+    PARSERS,
+    PLUGIN_NAME,
+    choice,
+    parseName,
+    parseNames,
+    parsePaths,
+    parseResponseInformation,
+)
 
 if TYPE_CHECKING:
     from mqttd.bridge.config import BridgeConfig
@@ -240,208 +247,10 @@ class ConfigError(Exception):
 
 _LISTENER_PREFIX = "listener:"
 _PLUGIN_PREFIX = "plugin:"
-_PLUGIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-_LISTENER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-# Zero is the documented "no limit" for these; every other number must be positive, because a zero
-# window, queue or timeout would make the broker refuse all traffic rather than mean "unlimited".
-_ZERO_ALLOWED = frozenset(
-    {
-        "message_size_limit",
-        "max_queued_bytes",
-        "connect_rate_per_address",
-        "connect_burst_per_address",
-        "topic_alias_maximum",
-        "sys_interval",
-        "max_connections",
-    }
-)
-# The keep-alive travels in a two-byte field, so a larger limit could never be reached.
-_MAXIMUM = {
-    "max_keepalive": 65535,
-    "topic_alias_maximum": 65535,
-    # MQTT-SN's GwId is one octet and ADVERTISE's Duration two.
-    "gateway_id": 255,
-    "advertise_interval": 65535,
-}
-
-
-def _parseInt(key: str, text: str) -> int:
-    if not _INTEGER.fullmatch(text):
-        raise ValueError(f"expected {_integerKind(key)}, got {text!r}")
-    value = int(text)
-    minimum = 0 if key in _ZERO_ALLOWED else 1
-    maximum = _MAXIMUM.get(key)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f" no greater than {maximum}" if maximum is not None else ""
-        raise ValueError(f"expected {_integerKind(key)}{bound}, got {text!r}")
-    return value
-
-
-def _integerKind(key: str) -> str:
-    return "a non-negative integer" if key in _ZERO_ALLOWED else "a positive integer"
-
-
-def _parseFloat(key: str, text: str) -> float:
-    kind = "a non-negative number" if key in _ZERO_ALLOWED else "a positive number"
-    if not _DECIMAL.fullmatch(text):
-        raise ValueError(f"expected {kind}, got {text!r}")
-    value = float(text)
-    if not math.isfinite(value) or value < 0 or (value == 0 and key not in _ZERO_ALLOWED):
-        raise ValueError(f"expected {kind}, got {text!r}")
-    return value
-
-
-def _parseBool(key: str, text: str) -> bool:
-    # Only mosquitto's spelling, so a setting copied between the two brokers means the same.
-    lowered = text.lower()
-    if lowered not in ("true", "false"):
-        raise ValueError(f"expected true or false, got {text!r}")
-    return lowered == "true"
-
-
-def _parseEndpoint(key: str, text: str) -> str:
-    try:
-        # Parsing without a reactor catches unknown types, bad ports, misspelt options and, for
-        # ssl:, unreadable key and certificate files, at load time rather than at listen time.
-        _parseServer(text, None)
-    except Exception as e:
-        raise ValueError(f"not a Twisted server endpoint string ({e}), got {text!r}") from e
-    return text
-
-
-def _choice(*allowed: str) -> Callable[[str, str], str]:
-    def parse(key: str, text: str) -> str:
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
-        return text
-
-    return parse
-
-
-def _parsePath(key: str, text: str) -> str:
-    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
-        raise ValueError(f"expected an absolute URL path such as /mqtt, got {text!r}")
-    return text
-
-
-def _parseFile(key: str, text: str) -> str:
-    # Read (and so checked) with the rest of the TLS settings in _checkTLS.
-    if not text:
-        raise ValueError("expected a file path")
-    return text
-
-
-def _parseNames(key: str, text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(","))
-    if names == ("",):
-        return ()
-    for name in names:
-        if not _PLUGIN_NAME.fullmatch(name):
-            raise ValueError(f"expected comma-separated plugin names, got {text!r}")
-    return names
-
-
-def _parseName(key: str, text: str) -> str:
-    if not _PLUGIN_NAME.fullmatch(text):
-        raise ValueError(f"expected one plugin name, got {text!r}")
-    return text
-
-
-def _parseUsers(key: str, text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(","))
-    if not all(names) or any(":" in n for n in names):
-        raise ValueError(f"expected comma-separated user names, got {text!r}")
-    return names
-
-
-def _parsePredefinedTopics(key: str, text: str) -> tuple[tuple[int, str], ...]:
-    # One "ID = topic name" a line, so topic names may hold any character but a line break.
-    topics: dict[int, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        number, equals, topic = (part.strip() for part in line.partition("="))
-        if not equals or not _INTEGER.fullmatch(number) or not 1 <= int(number) <= 0xFFFE:
-            raise ValueError(f"expected lines of 'ID = topic' with ID 1 to 65534, got {line!r}")
-        try:
-            validate_topic_name(topic)
-        except InvalidTopic as e:
-            raise ValueError(f"topic id {number}: {e}") from None
-        if int(number) in topics:
-            raise ValueError(f"topic id {number} given twice")
-        topics[int(number)] = topic
-    return tuple(topics.items())
-
-
-def _parseHostPort(key: str, text: str) -> str:
-    host, colon, port = text.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return text
-
-
-# Keys of an MQTT-SN listener only, and keys it cannot use (MQTT-SN over DTLS is not offered).
-_SN_KEYS = frozenset(
-    {
-        "gateway_id",
-        "predefined_topics",
-        "retry_interval",
-        "retry_count",
-        "advertise",
-        "advertise_interval",
-        "max_half_open",
-    }
-)
-_NOT_SN_KEYS = (
-    "path",
-    "certificate",
-    "private_key",
-    "ca_certificates",
-    "require_certificate",
-    "backlog",
-    "tcp_nodelay",
-)
-
 
 _LOG_PARSERS: dict[str, Callable[[str, str], object]] = {
-    "level": _choice("debug", "info", "warn", "error", "critical"),
-    "format": _choice("text", "json"),
-}
-
-
-_LISTENER_PARSERS: dict[str, Callable[[str, str], object]] = {
-    "admins": _parseUsers,
-    "api_keys": _parseFile,
-    "auth": _parseNames,
-    "endpoint": _parseEndpoint,
-    "protocol": _choice("mqtt", "websocket", "http", "mqtt-sn"),
-    "predefined_topics": _parsePredefinedTopics,
-    "advertise": _parseHostPort,
-    "path": _parsePath,
-    "certificate": _parseFile,
-    "private_key": _parseFile,
-    "ca_certificates": _parseFile,
-    "crl_file": _parseFile,
-    "identity": _choice("none", "cn", "san"),
-    "tls_version_min": _choice(*TLS_VERSIONS),
-}
-
-
-def _parseUDPEndpoint(key: str, text: str) -> str:
-    parseUDPEndpoint(text)
-    return text
-
-
-# An MQTT-SN listener's endpoint is a UDP port, which Twisted's endpoint strings do not describe.
-_SN_LISTENER_PARSERS = {**_LISTENER_PARSERS, "endpoint": _parseUDPEndpoint}
-
-_PARSERS: dict[type, Callable[[str, str], object]] = {
-    int: _parseInt,
-    float: _parseFloat,
-    bool: _parseBool,
+    "level": choice("debug", "info", "warn", "error", "critical"),
+    "format": choice("text", "json"),
 }
 
 
@@ -457,7 +266,7 @@ def _typedValues(
         if key not in types:
             known = ", ".join(sorted(types))
             raise ConfigError(path, section, key, f"unknown key; expected one of {known}")
-        parse = special.get(key) or _PARSERS[types[key]]
+        parse = special.get(key) or PARSERS[types[key]]
         try:
             result[key] = parse(key, text.strip())
         except ValueError as e:
@@ -470,111 +279,15 @@ def _settable(cls: type, exclude: frozenset[str] = frozenset()) -> dict[str, typ
     return {f.name: hints[f.name] for f in fields(cls) if f.name not in exclude}
 
 
-def _parseResponseInformation(key: str, text: str) -> str:
-    # What remains once the placeholder is gone is sent as is, so it must be topic text.
-    rest = text.replace("{clientid}", "")
-    if any(c in rest for c in "+#{}\0"):
-        raise ValueError(
-            f"expected a topic prefix without wildcards, {{clientid}} its only placeholder,"
-            f" got {text!r}"
-        )
-    return text
-
-
 _BROKER_PARSERS: dict[str, Callable[[str, str], object]] = {
-    "response_information": _parseResponseInformation,
-    "session_owner_conflict": _choice("refuse", "discard"),
+    "response_information": parseResponseInformation,
+    "session_owner_conflict": choice("refuse", "discard"),
 }
 
 
 def _brokerConfig(path: str, values: Mapping[str, str]) -> BrokerConfig:
     typed = _typedValues(path, "broker", values, _settable(BrokerConfig), _BROKER_PARSERS)
     return BrokerConfig(**typed)  # type: ignore[arg-type]
-
-
-def _listenerConfig(path: str, section: str, values: Mapping[str, str]) -> ListenerConfig:
-    name = section[len(_LISTENER_PREFIX) :]
-    if not _LISTENER_NAME.fullmatch(name):
-        raise ConfigError(
-            path, section, None, "a listener name is letters, digits, '_', '.' or '-'"
-        )
-    types = _settable(ListenerConfig, exclude=frozenset({"name"}))
-    sn = values.get("protocol", "").strip() == "mqtt-sn"
-    typed = _typedValues(
-        path, section, values, types, _SN_LISTENER_PARSERS if sn else _LISTENER_PARSERS
-    )
-    if "endpoint" not in typed:
-        raise ConfigError(path, section, "endpoint", "required, e.g. tcp:1883:interface=127.0.0.1")
-    for key in _NOT_SN_KEYS if sn else _SN_KEYS:
-        if key in typed:
-            raise ConfigError(
-                path, section, key, ("not" if sn else "only") + " used with protocol = mqtt-sn"
-            )
-    if "path" in typed and typed.get("protocol") != "websocket":
-        raise ConfigError(path, section, "path", "only used with protocol = websocket")
-    if "max_connections" in typed and typed.get("protocol") == "http":
-        raise ConfigError(path, section, "max_connections", "only used with MQTT listeners")
-    if "backlog" in typed:
-        endpoint = str(typed["endpoint"])
-        if endpoint.split(":", 1)[0] not in _BACKLOG_ENDPOINTS:
-            raise ConfigError(
-                path, section, "backlog", "only used with tcp:, tcp6:, ssl: and unix: endpoints"
-            )
-        if _BACKLOG_GIVEN.search(endpoint):
-            raise ConfigError(path, section, "backlog", "the endpoint already sets backlog=")
-    for key in ("api_keys", "admins"):
-        if key in typed and typed.get("protocol") != "http":
-            raise ConfigError(path, section, key, "only used with protocol = http")
-    for key in (*_TLS_FILES, "api_keys"):
-        if key in typed:
-            # Relative to the configuration file, so the file works from any directory.
-            typed[key] = os.path.join(os.path.dirname(os.path.abspath(path)), str(typed[key]))
-    listener = ListenerConfig(name=name, **typed)  # type: ignore[arg-type]
-    if listener.use_identity_as_clientid and listener.tlsSettings() is None:
-        raise ConfigError(
-            path, section, "use_identity_as_clientid", "needs identity = cn or san (TLS)"
-        )
-    _checkTLS(path, section, listener, set(typed))
-    return listener
-
-
-_TLS_FILES = ("certificate", "private_key", "ca_certificates", "crl_file")
-_TLS_KEYS = ("ca_certificates", "require_certificate", "identity", "tls_version_min", "crl_file")
-
-
-def _checkTLS(path: str, section: str, listener: ListenerConfig, given: set[str]) -> None:
-    """
-    Check that the TLS keys make sense together and that every file they name can be used, so
-    that a wrong path or a key that does not fit its certificate stops the start-up.
-    """
-
-    def refuse(key: str, why: str) -> NoReturn:
-        raise ConfigError(path, section, key, why)
-
-    if listener.certificate is None or listener.private_key is None:
-        for key in ("certificate", "private_key", *_TLS_KEYS):
-            if key in given:
-                refuse(key, "TLS needs both certificate and private_key")
-        return
-    if listener.endpoint.split(":", 1)[0] == "ssl":
-        # Two TLS layers would be stacked; the ssl: endpoint's own options are the other way.
-        refuse("certificate", "the endpoint is already ssl:; use a tcp: endpoint with these keys")
-    if listener.ca_certificates is None:
-        for key in ("require_certificate", "crl_file"):
-            if key in given:
-                refuse(key, "client certificates need ca_certificates to verify them")
-    if listener.identity != "none" and not listener.require_certificate:
-        refuse("identity", "needs require_certificate = true")
-    if listener.use_identity_as_clientid and listener.identity == "none":
-        refuse("use_identity_as_clientid", "needs identity = cn or san")
-    from mqttd.transports.tls import load
-
-    settings = listener.tlsSettings()
-    assert settings is not None
-    try:
-        load(settings)
-    except TLSFileError as e:
-        refuse(e.key, e.why)
 
 
 def load_config(path: str) -> Config:
@@ -626,17 +339,20 @@ def load_config(path: str) -> Config:
             typed = _typedValues(path, section, values, _settable(LogConfig), _LOG_PARSERS)
             log = LogConfig(**typed)  # type: ignore[arg-type]
         elif section.startswith(_LISTENER_PREFIX):
-            listeners.append(_listenerConfig(path, section, values))
+            # Imported here: it builds on this module.
+            from mqttd.listenerconfig import listenerConfig
+
+            listeners.append(listenerConfig(path, section, values))
         elif section in _CHAIN_SECTIONS:
             key, parse = _CHAIN_SECTIONS[section]
             typed = _typedValues(path, section, values, {key: tuple}, {key: parse})
             chains[section] = typed.get(key, ())
         elif section.startswith(_PLUGIN_PREFIX):
             name = section[len(_PLUGIN_PREFIX) :]
-            if not _PLUGIN_NAME.fullmatch(name):
+            if not PLUGIN_NAME.fullmatch(name):
                 raise ConfigError(path, section, None, "not a plugin name")
             options = {k: v.strip() for k, v in values.items()}
-            if "plugin" in options and not _PLUGIN_NAME.fullmatch(options["plugin"]):
+            if "plugin" in options and not PLUGIN_NAME.fullmatch(options["plugin"]):
                 raise ConfigError(
                     path, section, "plugin", f"expected one plugin name, got {options['plugin']!r}"
                 )
@@ -681,21 +397,14 @@ def load_config(path: str) -> Config:
     )
 
 
-def _parsePaths(key: str, text: str) -> tuple[str, ...]:
-    paths = tuple(p.strip() for p in text.split(","))
-    if any(not p for p in paths):
-        raise ValueError(f"expected comma-separated directories, got {text!r}")
-    return paths
-
-
 # Sections holding one list: the section, its only key and how that key is parsed.
 _CHAIN_SECTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
-    "plugins": ("paths", _parsePaths),
-    "auth": ("chain", _parseNames),
-    "acl": ("chain", _parseNames),
-    "store": ("plugin", _parseName),
-    "selectors": ("chain", _parseNames),
-    "observers": ("chain", _parseNames),
+    "plugins": ("paths", parsePaths),
+    "auth": ("chain", parseNames),
+    "acl": ("chain", parseNames),
+    "store": ("plugin", parseName),
+    "selectors": ("chain", parseNames),
+    "observers": ("chain", parseNames),
 }
 
 

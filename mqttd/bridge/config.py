@@ -12,14 +12,8 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mqttd.config import (
-    _PARSERS,
-    ConfigError,
-    _choice,
-    _parseFile,
-    _settable,
-    _typedValues,
-)
+from mqttd.config import ConfigError, _settable, _typedValues
+from mqttd.configvalues import PARSERS, choice, parseFile
 from mqttd.topics import InvalidTopic, filter_matches, validate_topic_filter
 from mqttd.transports.tls import TLS_VERSIONS, TLSFileError, _certificates, _privateKey
 
@@ -204,16 +198,16 @@ def _parseClientId(key: str, text: str) -> str:
 _BRIDGE_PARSERS: dict[str, Callable[[str, str], object]] = {
     "addresses": _parseAddresses,
     "topic": _parseTopics,
-    "protocol": _choice(*PROTOCOL_LEVELS),
+    "protocol": choice(*PROTOCOL_LEVELS),
     "client_id": _parseClientId,
     "local_client_id": _parseClientId,
     "local_username": _parseText,
     "username": _parseText,
     "password": _parseText,
-    "ca_certificates": _parseFile,
-    "certificate": _parseFile,
-    "private_key": _parseFile,
-    "tls_version_min": _choice(*TLS_VERSIONS),
+    "ca_certificates": parseFile,
+    "certificate": parseFile,
+    "private_key": parseFile,
+    "tls_version_min": choice(*TLS_VERSIONS),
     "tls_server_name": _parseText,
 }
 
@@ -226,7 +220,7 @@ _ZERO_ALLOWED = frozenset({"keepalive", "session_expiry_interval", "max_queued_b
 def _parseBridgeInt(key: str, text: str) -> int:
     if key in _ZERO_ALLOWED and text.strip() == "0":
         return 0
-    value = _PARSERS[int](key, text)
+    value = PARSERS[int](key, text)
     assert isinstance(value, int)
     if key == "keepalive" and value > 65535:
         raise ValueError(f"expected at most 65535, got {text!r}")
