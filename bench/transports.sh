@@ -5,7 +5,10 @@
 # as the client (the shared C generator speaks TCP only).  Each repetition starts each broker
 # fresh, pinned to CPU 0, with one listener per transport; the driver runs on CPU 1.  Prints the
 # median of each cell.  Needs the project in .venv (the README's install), Debian's mosquitto and
-# openssl; certificates are made on the spot in bench/results/ (ignored by git).
+# openssl; certificates are made on the spot in bench/results/ (ignored by git).  The driver is
+# one Python process, which a broker can outrun: "per CPU-second" (messages per second of the
+# broker's own CPU time) is the figure that compares brokers, the rate only where the driver kept
+# up.  MQTTD_PYTHONPATH runs another tree's mqttd (default: this one).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPS=3
@@ -64,6 +67,8 @@ drive() {  # drive BROKER BASEPORT
         "tcp:127.0.0.1:$2" "tls:127.0.0.1:$(($2 + 1)):$WORK/ca.pem" "ws:127.0.0.1:$(($2 + 2))/mqtt" |
         sed "s/^/$1 rep=$rep /" | tee -a raw.txt
 }
+# twistd, a console script, would import the installed mqttd: run this tree's by default.
+export PYTHONPATH=${MQTTD_PYTHONPATH:-$ROOT}
 for rep in $(seq 1 "$REPS"); do
     taskset -c 0 "$VENV/bin/twistd" -n --pidfile= --logfile=mqttd.log mqttd --config mqttd.ini &
     PID=$!
@@ -79,11 +84,17 @@ for line in open(sys.argv[1]):
     broker, _, _, target, rate, cpu = line.split()
     value = lambda field: float(field.split("=")[1])
     cells[(broker, target.split(":")[0])].append((value(rate), value(cpu)))
-print(f"{'S1 QoS0 fan-in, median msgs/s (broker CPU %)':44} {'mqttd':>13} {'mosquitto':>13} {'ratio':>6}")
+print(f"{'S1 QoS0 fan-in, median msgs/s (broker CPU %)':44} {'mqttd':>13} {'mosquitto':>13} {'ratio':>6}"
+      f"   {'msgs per broker CPU-second: mqttd':>34} {'mosquitto':>9} {'ratio':>6}")
 for kind in ("tcp", "tls", "ws"):
     (m, mc), (q, qc) = (
         statistics.median_low(sorted(cells[(b, kind)])) for b in ("mqttd", "mosquitto")
     )
-    print(f"{kind:44} {m:>7.0f} ({mc:>3.0f}) {q:>7.0f} ({qc:>3.0f}) {m / q:>6.2f}")
+    mp, qp = (
+        statistics.median(r * 100 / c for r, c in cells[(b, kind)] if c > 0)
+        for b in ("mqttd", "mosquitto")
+    )
+    print(f"{kind:44} {m:>7.0f} ({mc:>3.0f}) {q:>7.0f} ({qc:>3.0f}) {m / q:>6.2f}"
+          f"   {mp:>34.0f} {qp:>9.0f} {mp / qp:>6.2f}")
 PY
 echo "raw: $WORK/raw.txt" >&2

@@ -67,7 +67,7 @@ from .ratelimit import ConnectionRateLimiter
 from .router import NO_LOCAL, RETAIN_AS_PUBLISHED
 from .session import Session, SessionError
 from .timeouts import Timeout, Timeouts
-from .writes import WriteCoalescer, coalescible, send
+from .writes import WriteCoalescer, coalescible, layered, send
 
 PINGRESP = encode(Pingresp())
 
@@ -144,6 +144,7 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         "_closing",
         "_connectTimer",
         "_decoder",
+        "_direct",
         "_enhanced",
         "_graceful",
         "_held",
@@ -212,10 +213,14 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         # Who the accepted client is, for the connect and disconnect lines.
         self._username: str | None = None
         self._who = "anonymous"
-        # On a plain TCP connection (where _writes is set), the packets of this reactor turn,
-        # sent as one (writes.py); None between turns, so an idle connection holds no list.
+        # The packets of this reactor turn, written as one (writes.py) when _writes is set: on a
+        # plain TCP connection straight to its socket (_direct); through TLS or WebSocket as one
+        # write of the layer, so one TLS record or WebSocket frame carries them all (an MQTT
+        # packet may share a frame [MQTT-6.0.0-2]).  None between turns, so an idle connection
+        # holds no list.
         self._out: list[bytes] | None = None
         self._writes: WriteCoalescer | None = None
+        self._direct = False
 
     # Connection life cycle
 
@@ -226,8 +231,10 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         self._notePeer()
         if self.listener.tcp_nodelay:
             _setNoDelay(self.transport)
-        if isinstance(self.factory, MQTTServerFactory) and coalescible(self.transport):
-            self._writes = self.factory.writes
+        if isinstance(self.factory, MQTTServerFactory):
+            self._direct = coalescible(self.transport)
+            if self._direct or layered(self.transport):
+                self._writes = self.factory.writes
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connectTimer = self._timeouts.set(
             self.broker.config.connect_timeout, MQTTServerProtocol._connectTimedOut, self
@@ -497,7 +504,10 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         out = self._out
         if out is not None:
             self._out = None
-            send(self.transport, b"".join(out))
+            if self._direct:
+                send(self.transport, b"".join(out))
+            else:
+                self.transport.write(b"".join(out))  # type: ignore[union-attr]
 
     def _encodeWithin(self, packet: Packet) -> bytes | None:
         """

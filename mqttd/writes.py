@@ -9,10 +9,13 @@ message or two per turn (a chat server's traffic), that was a sixth of the broke
 connection's packets wait in a list until the end of the turn, and go out as one C{send()} on
 the socket when the transport holds nothing older; only what the kernel does not take goes
 through the transport, which then watches the socket and applies its back-pressure as before.
+Under TLS or WebSocket the turn's packets go to that layer as one write, so they cost one TLS
+record or one WebSocket frame instead of one each.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
@@ -25,6 +28,19 @@ if TYPE_CHECKING:
 def coalescible(transport: object) -> bool:
     """Whether C{transport} is a plain (not TLS) Twisted TCP or UNIX socket connection."""
     return isinstance(transport, tcp.Connection) and not transport.TLS
+
+
+def layered(transport: object) -> bool:
+    """
+    Whether C{transport} is a TLS or WebSocket layer, each of whose writes makes a TLS record or
+    a WebSocket frame: worth one write per turn too.  Looked up among the modules loaded, so that
+    asking imports neither (mqttd.footprint).
+    """
+    tls = sys.modules.get("twisted.protocols.tls")
+    if tls is not None and isinstance(transport, tls.TLSMemoryBIOProtocol):
+        return True
+    websocket = sys.modules.get("mqttd.transports.websocket")
+    return websocket is not None and isinstance(transport, websocket.MQTTWebSocketProtocol)
 
 
 class WriteCoalescer:

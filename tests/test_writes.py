@@ -1,7 +1,8 @@
 """
 A plain TCP connection's packets of one reactor turn go out as one C{send()} on its socket,
 without the reactor watching the socket for writability (mqttd.writes); what the kernel does not
-take goes through the transport, in order and with nothing lost.  Real broker, real sockets.
+take goes through the transport, in order and with nothing lost; over WebSocket they share one
+frame.  Real broker, real sockets.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
+from wsproto.events import BytesMessage
 
 from mqttd.codec import Decoder, encode
 from mqttd.codec.packets import Connack, Connect, Packet, Publish, Suback, Subscribe
 from mqttd.message import Message
 from tests import e2e
+from tests.listeners import Listen
+from tests.test_websocket import SUBACK_1_QOS0, SUBSCRIBE_T_QOS0, upgraded, wsListener
 
 
 class _CountingSocket:
@@ -123,3 +127,28 @@ def test_whatTheKernelRefusesGoesThroughTheTransport() -> None:
     finally:
         sock.close()
         running.stop()
+
+
+def test_webSocketPacketsOfOneTurnShareOneFrame(listen: Listen) -> None:
+    """
+    Over WebSocket the packets the broker writes to a connection in one reactor turn go out as
+    one binary frame, not one frame each (several packets may share a frame [MQTT-6.0.0-2]):
+    five PUBLISHes that arrive in one read reach the subscriber as a single message, intact and
+    in order.
+    """
+    started = listen(wsListener())
+    ws = upgraded(started)
+    try:
+        ws.sendFrames(e2e.connect_packet("frames") + SUBSCRIBE_T_QOS0)
+        ws.expect(e2e.CONNACK_ACCEPTED + SUBACK_1_QOS0)
+        publishes = [encode(Publish("t", b"m%d" % i), 4) for i in range(5)]
+        ws.sendFrames(b"".join(publishes))
+        data = b""
+        while True:
+            message = ws.next(BytesMessage)
+            data += message.data
+            if message.message_finished:
+                break
+        assert data == b"".join(publishes)
+    finally:
+        ws.close()
