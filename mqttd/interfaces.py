@@ -4,6 +4,13 @@ The seams of mqttd.
 Everything the broker core asks of the outside world, and everything the
 outside world may replace, is an interface here.  Each method's docstring is
 its contract: what it returns, whether that may be a L{Deferred}, who may raise.
+
+Over 500 lines, for a reason: the project keeps every interface in this one
+module (the plugin contracts and the seams a cluster replaces), each with the
+contract docstring a plugin author reads and the small values its methods take
+and return (L{Allow}, L{Deny}, L{Group}, ...); the length is those contracts
+written out, and split, one plugin's contract would be spread over several
+places.
 """
 
 from __future__ import annotations
