@@ -4,6 +4,11 @@ in-flight window and queue, and inbound QoS 2 state.
 
 Pure state and rules; the only output is through an
 L{mqttd.interfaces.IClientConnection}, and time arrives as arguments.
+
+Over 500 lines, for a reason: the in-flight window, the offline queue, the
+writes held for the store and the acknowledgements are one state machine over
+the same in-flight map, queue and packet identifiers, on the per-message path;
+split, each part would have to reach into the others' slots.
 """
 
 from __future__ import annotations
