@@ -8,6 +8,12 @@ to the part they are for, and acts for the operator; the parts own the
 tables (see docs/architecture.md).  It knows
 clients only through L{IClientConnection} and durable state only through
 L{IMessageStore}; nothing here touches a socket.
+
+Over 500 lines, for a reason: as the facade it has one short method for each
+thing the protocol, the bridges, the MQTT-SN gateway and the HTTP API may ask,
+most of them handing over to a part (CONNECT admission, a few checks before
+the registry, aside); its length is the breadth of what those callers may ask,
+while the logic lives in the parts.
 """
 
 from __future__ import annotations
