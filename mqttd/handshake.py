@@ -7,6 +7,10 @@ client's protocol level with the 5.0 limits each side sets.
 L{ConnectHandshake} is mixed into L{mqttd.protocol.MQTTServerProtocol},
 whose packet tables name its handlers; what it uses of that connection is
 declared below.  Everything after CONNACK is the protocol's.
+
+A little over 500 lines, for a reason: the authenticator chain and the AUTH
+exchange (with re-authentication) are two ways to the same decision and
+CONNACK, sharing the pending CONNECT, the connect timer and the 5.0 limits.
 """
 
 from __future__ import annotations
