@@ -59,6 +59,26 @@ def test_layerCheckSeesImports() -> None:
     assert {"broker", "handshake"} <= _runtimeImports("protocol")
 
 
+# Reading the configuration: every part is built with its values, so it sits below them all.
+CONFIGURATION = ["configvalues", "config", "listenerconfig"]
+
+
+def test_configurationImportsNoPart() -> None:
+    """
+    Reading the configuration (config.py, and the modules it parses values and listener
+    sections with) imports no part of the core nor the connection: they import it, never
+    the other way.
+    """
+    for module in CONFIGURATION:
+        assert _runtimeImports(module) & set(LAYERS) == set(), module
+
+
+def test_configurationCheckSeesImports() -> None:
+    """The check reads config.py's imports, the one made inside load_config included."""
+    assert {"configvalues", "listenerconfig"} <= _runtimeImports("config")
+    assert "config" in _runtimeImports("listenerconfig")
+
+
 def test_routerIsTheRouteTable() -> None:
     """
     The in-process route table provides L{IRouteTable}, and what it records
