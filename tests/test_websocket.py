@@ -10,7 +10,10 @@ import socket
 import time
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -26,7 +29,7 @@ from wsproto.events import (
 )
 
 from mqttd.protocol import MQTTServerFactory
-from mqttd.transports.websocket import MAX_UPGRADE_SIZE
+from mqttd.transports.websocket import MAX_UPGRADE_SIZE, MQTTWebSocketProtocol
 from tests import e2e
 from tests.listeners import PKI, Listen, Started, tcpListener
 
@@ -356,3 +359,35 @@ def test_mqtt5OverWebSocket(listen: Listen) -> None:
         started.broker.wait_gone("w5")
     finally:
         ws.close()
+
+
+def test_framesOfOneReadReachMQTTAsOneRead() -> None:
+    """
+    The binary frames that arrive in one read are handed to the MQTT protocol as one read, in
+    order (one decoder pass for many small messages), and frames of later reads as later ones.
+    """
+
+    class Recorder(Protocol):
+        def __init__(self) -> None:
+            self.reads: list[bytes] = []
+
+        def dataReceived(self, data: bytes) -> None:
+            self.reads.append(data)
+
+    transport = StringTransport()
+    ws = MQTTWebSocketProtocol(
+        Factory.forProtocol(Recorder),
+        IPv4Address("TCP", "127.0.0.1", 1),
+        "/mqtt",
+        MemoryReactorClock(),
+        10.0,
+    )
+    ws.makeConnection(transport)
+    client = WSConnection(ConnectionType.CLIENT)
+    ws.dataReceived(client.send(Request(host="h", target="/mqtt", subprotocols=["mqtt"])))
+    client.receive_data(transport.value())
+    assert any(isinstance(e, AcceptConnection) for e in client.events())
+    ws.dataReceived(b"".join(client.send(BytesMessage(data=c)) for c in (b"ab", b"cd", b"ef")))
+    ws.dataReceived(client.send(BytesMessage(data=b"gh")))
+    assert isinstance(ws.wrapped, Recorder)
+    assert ws.wrapped.reads == [b"abcdef", b"gh"]
