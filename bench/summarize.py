@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 
 S7_METRICS = [
     "deliveries_per_s",
@@ -20,6 +21,7 @@ S7_METRICS = [
     "p99_us",
     "broker_cpu_pct",
     "broker_cpu_us_per_delivery",
+    "broker_sys_pct_of_cpu",
     "broker_rss_kb",
     "lost",
 ]
@@ -28,8 +30,8 @@ METRICS = {
     "S2": ["msgs_per_s", "lost"],
     "S3": ["msgs_per_s", "p50_us", "p99_us", "lost"],
     "S3L": ["p50_us", "p99_us", "ack_p99_us", "lost"],
-    "S4": ["connected", "connect_s", "rss_kb_per_1k"],
-    "S4b": ["connected", "connect_s", "rss_kb_per_1k"],
+    "S4": ["connected", "connect_s", "broker_cpu_us_per_conn", "rss_kb_per_1k"],
+    "S4b": ["connected", "connect_s", "broker_cpu_us_per_conn", "rss_kb_per_1k"],
     "S5": ["msgs_per_s", "p99_us", "lost"],
     "S6a": ["msgs_per_s", "lost"],
     "S6b": ["msgs_per_s", "lost"],
@@ -38,15 +40,22 @@ METRICS = {
     "S7S": ["held_rate"],
 }
 BROKERS = ("mqttd", "mosquitto")
+BEFORE = "mqttd_before"
 
 
-def parse(path: str):
+def parse(path: str) -> Iterator[tuple[str, str, dict[str, str]]]:
     with open(path) as f:
         for line in f:
             tok = line.split()
             if len(tok) < 2 or line.startswith("#"):
                 continue
-            yield tok[0], tok[1], dict(t.split("=", 1) for t in tok[2:] if "=" in t)
+            kv = dict(t.split("=", 1) for t in tok[2:] if "=" in t)
+            if {"broker_cpu_pct", "connect_s", "connected"} <= kv.keys() and float(kv["connected"]):
+                # What a connection costs the broker's CPU, which other load changes far less
+                # than the time to connect.
+                cpu = float(kv["broker_cpu_pct"]) / 100 * float(kv["connect_s"])
+                kv["broker_cpu_us_per_conn"] = str(cpu / float(kv["connected"]) * 1e6)
+            yield tok[0], tok[1], kv
 
 
 def fmt(v: float) -> str:
@@ -61,13 +70,16 @@ def main(paths: list[str]) -> None:
             names.setdefault(sid, name)
             if kv.get("accepted", "1") == "1":
                 runs[(sid, kv.get("broker", "?"))].append(kv)
-    print("| scenario | metric | mqttd | mosquitto | mqttd/mosquitto |")
-    print("|---|---|---|---|---|")
-    for sid in [s for s in METRICS if any((s, b) in runs for b in BROKERS)]:
+    # bench/run -b GITREF: the mqttd of that commit as a first column.
+    brokers = (BEFORE, *BROKERS) if any(b == BEFORE for _, b in runs) else BROKERS
+    columns = ["mqttd before", *brokers[1:]] if brokers[0] == BEFORE else list(brokers)
+    print(f"| scenario | metric | {' | '.join(columns)} | mqttd/mosquitto |")
+    print("|---|---|" + "---|" * (len(columns) + 1))
+    for sid in [s for s in METRICS if any((s, b) in runs for b in brokers)]:
         for metric in METRICS[sid]:
-            medians = []
-            cells = []
-            for b in BROKERS:
+            medians: list[float | None] = []
+            cells: list[str] = []
+            for b in brokers:
                 kvs = runs.get((sid, b), [])
                 vals = [float(kv[metric]) for kv in kvs if metric in kv]
                 if not vals:
@@ -77,9 +89,9 @@ def main(paths: list[str]) -> None:
                 m = statistics.median(vals)
                 medians.append(m)
                 cells.append(f"{fmt(m)} (n={len(vals)})")
-            a, b = medians
-            ratio = f"{a / b:.2f}" if a is not None and b else "-"
-            print(f"| {sid} {names.get(sid, '')} | {metric} | {cells[0]} | {cells[1]} | {ratio} |")
+            ours, theirs = medians[-2:]
+            ratio = f"{ours / theirs:.2f}" if ours is not None and theirs else "-"
+            print(f"| {sid} {names.get(sid, '')} | {metric} | {' | '.join(cells)} | {ratio} |")
 
 
 if __name__ == "__main__":
