@@ -7,7 +7,7 @@ redis-server (L{tests.redisserver}).  Each node's service is started and stopped
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -86,7 +86,17 @@ class Cluster3:
         self.redis = redis
         self.nodes: list[Node] = []
 
-    def start(self, name: str, sys_interval: float = 0, **cluster: Any) -> Node:
+    def start(
+        self,
+        name: str,
+        sys_interval: float = 0,
+        plugins: Mapping[str, Mapping[str, str]] | None = None,
+        **cluster: Any,
+    ) -> Node:
+        """
+        Start node C{name} with C{cluster} keys; C{plugins} are C{[plugin:NAME]} sections,
+        each of which also joins the subscriber selectors' chain.
+        """
         settings = ClusterConfig(
             redis=self.redis.url,
             address=parseRedisURL(self.redis.url),
@@ -102,6 +112,8 @@ class Cluster3:
                 ),
             ),
             cluster=replace(settings, **cluster),
+            pluginSections=dict(plugins or {}),
+            selectorChain=tuple(plugins or ()),
         )
 
         def build() -> Node:

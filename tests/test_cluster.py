@@ -6,6 +6,8 @@ wildcard and shared subscriptions are cluster-wide.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests import e2e
 from tests.clusternodes import Cluster3, Connect, clients, cluster_nodes
 from tests.redisserver import redis_servers
@@ -217,3 +219,43 @@ def test_sysPerNodeAndClusterTotals(cluster_nodes: Cluster3, clients: Connect) -
     assert topics <= {"$SYS/brokers/a/clients/connected", "$SYS/cluster/clients/connected"}
     # A's own $SYS/broker/ tree stays A's: B's copy has B's figures only.
     assert latest("$SYS/broker/clients/connected") == b"1"
+
+
+def test_virtualGroupMembersSpreadOverNodes(
+    cluster_nodes: Cluster3, clients: Connect, tmp_path: Path
+) -> None:
+    """
+    A virtual group's message published on A reaches each member once wherever it is
+    connected (A, B, C), at the lower of its QoS and the message's, under the group's topic
+    template when it has one; the publisher (no echo) gets none of it.
+    """
+
+    def groups(node: str) -> dict[str, dict[str, str]]:
+        return {
+            "virtual_groups": {
+                "path": str(tmp_path / f"groups-{node}.db"),
+                "group.team": "pub, m-a, m-b, m-c:1",
+                "group.crew": "pub, m-b, m-c",
+                "group.crew.topic": "crew/{rest}",
+            }
+        }
+
+    a, b, c = (cluster_nodes.start(n, plugins=groups(n)) for n in "abc")
+    members = {"m-a": clients(a.port, "m-a"), "m-b": clients(b.port, "m-b")}
+    members["m-c"] = clients(c.port, "m-c")
+    e2e.wait_until(
+        lambda: a.call(lambda: len(a.cluster.membership.others)) == 2, "A to know B and C"
+    )
+    publisher = clients(a.port, "pub")
+    publisher.publish("$group/team/hello", b"hi", 1)
+    publisher.publish("$group/crew/now", b"go", 2)
+    expected = {
+        "m-a": [("$group/team/hello", b"hi", 1)],
+        "m-b": [("$group/team/hello", b"hi", 1), ("crew/now", b"go", 2)],
+        "m-c": [("$group/team/hello", b"hi", 1), ("crew/now", b"go", 2)],
+    }
+    for name, member in members.items():
+        got = member.wait_for(len(expected[name]))
+        assert [(m.topic, m.payload, m.qos) for m in got] == expected[name], name
+    for member in (*members.values(), publisher):
+        assert member.pending() == []

@@ -23,7 +23,8 @@ from tests import e2e
 def test_wireRoundTrip() -> None:
     """
     What a node sends is what the other reads back: topic, payload, QoS, RETAIN, publisher
-    (for No Local), MQTT 5 properties, the expiry deadline, and the receiver's instructions.
+    (for No Local), MQTT 5 properties, the expiry deadline, and the receiver's instructions
+    (ordinary subscribers, shared subscriptions, selected recipients).
     """
     message = PropertiedMessage(
         "a/b",
@@ -39,7 +40,8 @@ def test_wireRoundTrip() -> None:
         1000.0,
     )
     message.publisherId = "pub-1"
-    got = decode(encode(message, True, ("$share/g/a/#", "$share/h/+/b"), 7, 42))
+    got = decode(encode(message, True, ("$share/g/a/#", "$share/h/+/b"), 7, 42, {"m1": 1}))
+    assert got.selected == {"m1": 1}
     assert (got.ordinary, got.groups, got.origin, got.sequence) == (
         True,
         ("$share/g/a/#", "$share/h/+/b"),
@@ -55,6 +57,7 @@ def test_wireRoundTrip() -> None:
     assert back.properties.correlation_data == b"\x01"
     plain = decode(encode(Message("t", b""), False, (), 1, 1))
     assert plain.message.publisherId is None and plain.groups == () and not plain.ordinary
+    assert plain.selected == {}
     assert plain.message.expiresAt is None
 
 

@@ -6,7 +6,7 @@ matching subscription, and a shared subscription gets one delivery across the cl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -122,12 +122,48 @@ class ClusterRouter(Router):
                 session.deliver(delivered, granted if granted < qos else qos, retain)
         return matched
 
-    def deliverForwarded(self, message: Message, ordinary: bool, groups: tuple[str, ...]) -> None:
+    def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> bool:
+        """
+        Deliver to the recipients a selector chose that have a session here; those that have
+        none may be connected to another node, so the message goes to every other live node
+        for them (where a client is connected is not replicated, unlike topic filters).
+        """
+        found = super()._deliverAll(message, recipients)
+        cluster = self.cluster
+        if cluster is None or not cluster.membership.others:
+            return found
+        sessions = self.sessions
+        elsewhere = {c: q for c, q in recipients.items() if c not in sessions}
+        if not elsewhere:
+            return found
+        for node in list(cluster.membership.others):
+            cluster.forward(node, message, False, (), elsewhere)
+        return True
+
+    def deliverForwarded(
+        self,
+        message: Message,
+        ordinary: bool,
+        groups: tuple[str, ...],
+        selected: Mapping[str, int] | None = None,
+    ) -> None:
         """
         Deliver a message another node routed here: to this node's matching ordinary
-        subscriptions if C{ordinary}, and to one member of each of C{groups}; never retained
-        again, forwarded again, or given to the selectors (the publisher's node did those).
+        subscriptions if C{ordinary}, to one member of each of C{groups}, and to the
+        C{selected} recipients that have a session here; never retained again, forwarded
+        again, or given to the selectors (the publisher's node did those).
         """
+        if selected:
+            qos = message.qos
+            checked = bool(self.policy.authorizers or self.observing.chain)
+            for clientId, wanted in selected.items():
+                session = self.sessions.get(clientId)
+                if session is None:
+                    continue
+                if checked:
+                    self.deliverChecked(session, message, wanted if wanted < qos else qos)
+                else:
+                    session.deliver(message, wanted if wanted < qos else qos)
         if groups:
             self._sharedOnly = groups
             try:

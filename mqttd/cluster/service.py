@@ -7,7 +7,7 @@ as a child of the broker's service (docs/cluster.md).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -366,10 +366,17 @@ class Cluster:
 
     # Messages
 
-    def forward(self, node: str, message: Message, ordinary: bool, groups: tuple[str, ...]) -> None:
+    def forward(
+        self,
+        node: str,
+        message: Message,
+        ordinary: bool,
+        groups: tuple[str, ...],
+        selected: Mapping[str, int] | None = None,
+    ) -> None:
         """Send C{message} to C{node}: by its channel at QoS 0, else by its stream."""
         self._sequence += 1
-        data = encode(message, ordinary, groups, self.origin, self._sequence)
+        data = encode(message, ordinary, groups, self.origin, self._sequence, selected)
         if message.qos:
             self.forwarder.add(node, data)
         else:
@@ -407,7 +414,9 @@ class Cluster:
         message = forwarded.message
         if message.expired(self.clock.seconds()):
             return
-        self.router.deliverForwarded(message, forwarded.ordinary, forwarded.groups)
+        self.router.deliverForwarded(
+            message, forwarded.ordinary, forwarded.groups, forwarded.selected
+        )
 
     def _inboxReceived(self, entries: list[bytes]) -> Deferred[Any] | None:
         for data in entries:

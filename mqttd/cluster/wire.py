@@ -7,14 +7,16 @@ the ordinary subscribers" bit 3, has an expiry bit 4), the sender's incarnation 
 number (so a receiver drops a stream entry written twice across a lost Redis reply), the
 expiry deadline as a double when flagged, then length-prefixed fields: topic, payload,
 publisher client id (empty for the broker's own), MQTT 5 properties as the stores keep them
-(empty for none), and the shared subscriptions the receiver serves, NUL-separated (no topic
-filter holds a NUL [MQTT-1.5.4-2]).
+(empty for none), the shared subscriptions the receiver serves, NUL-separated (no topic
+filter holds a NUL [MQTT-1.5.4-2]), and the recipients a subscriber selector chose that the
+sender does not have, as client id and QoS, NUL-separated too.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from mqttd.message import Message
 from mqttd.store import dumpProperties, storedMessage
@@ -42,6 +44,8 @@ class Forwarded:
         it to one member of.
     @ivar origin: the sending node's incarnation, and C{sequence} its number among the
         messages that incarnation sent to this node's stream.
+    @ivar selected: recipients (client id to QoS) a subscriber selector chose on the
+        sending node, to deliver to if their sessions are here.
     """
 
     message: Message
@@ -49,10 +53,16 @@ class Forwarded:
     groups: tuple[str, ...]
     origin: int
     sequence: int
+    selected: Mapping[str, int] = field(default_factory=dict)
 
 
 def encode(
-    message: Message, ordinary: bool, groups: tuple[str, ...], origin: int, sequence: int
+    message: Message,
+    ordinary: bool,
+    groups: tuple[str, ...],
+    origin: int,
+    sequence: int,
+    selected: Mapping[str, int] | None = None,
 ) -> bytes:
     """The bytes that L{decode} turns back into a L{Forwarded}."""
     flags = message.qos | (message.retain << 2) | (_ORDINARY if ordinary else 0)
@@ -62,15 +72,16 @@ def encode(
         flags |= _EXPIRES
         parts.append(_EXPIRY.pack(expiresAt))
     properties = dumpProperties(message.properties)
-    for field in (
+    for part in (
         message.topic.encode(),
         message.payload,
         (message.publisherId or "").encode(),
         b"" if properties is None else properties.encode(),
         "\0".join(groups).encode(),
+        "\0".join(f"{c}\0{q}" for c, q in (selected or {}).items()).encode(),
     ):
-        parts.append(_LENGTH.pack(len(field)))
-        parts.append(field)
+        parts.append(_LENGTH.pack(len(part)))
+        parts.append(part)
     return _HEAD.pack(VERSION, flags, origin, sequence) + b"".join(parts)
 
 
@@ -88,14 +99,16 @@ def decode(data: bytes) -> Forwarded:
             (expiresAt,) = _EXPIRY.unpack_from(data, offset)
             offset += _EXPIRY.size
         fields = []
-        for _ in range(5):
+        for _ in range(6):
             (length,) = _LENGTH.unpack_from(data, offset)
             offset += _LENGTH.size
             fields.append(bytes(data[offset : offset + length]))
             offset += length
         if offset != len(data):
             raise WireError("trailing bytes")
-        topic, payload, publisherId, properties, groups = fields
+        topic, payload, publisherId, properties, groups, chosen = fields
+        pairs = chosen.decode().split("\0") if chosen else []
+        selected = {pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)}
         message = storedMessage(
             topic.decode(),
             payload,
@@ -113,4 +126,5 @@ def decode(data: bytes) -> Forwarded:
         tuple(groups.decode().split("\0")) if groups else (),
         origin,
         sequence,
+        selected,
     )
