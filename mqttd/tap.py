@@ -18,7 +18,7 @@ from mqttd.footprint import forgoUnusedTLS
 
 if TYPE_CHECKING:
     from mqttd.config import LogConfig
-    from mqttd.service import ListenerError
+    from mqttd.listening import ListenerError
 
 # The broker's modules are imported once the options are parsed: which of them load TLS depends
 # on the configuration (see mqttd.footprint), and twistd installs its reactor, whose TCP
@@ -79,7 +79,7 @@ class _OneLineStartup(MultiService):
         super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
-        from mqttd.service import ListenerError
+        from mqttd.listening import ListenerError
 
         try:
             super().privilegedStartService()
