@@ -49,6 +49,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,13 +146,26 @@ end
 
 # One batch of journal events: ARGV = token, node, prefix, create ('1': a single broker on its
 # Redis, where a sessionSaved for a session nobody holds creates it; a cluster node claims
-# sessions before it saves them), then the events, each an opcode and its fixed arguments.
+# sessions before it saves them), the batch's number and whether it starts the count, then the
+# events, each an opcode and its fixed arguments.
 # Returns the client ids whose writes were fenced off, and those given a stray delivery each
 # followed by the node that owns it.
 APPLY = (
     _COMMON
     + """
 local create = ARGV[4] == '1'
+-- Each batch once, in order: one sent again after a lost connection (whose answer was lost,
+-- or which never arrived) is skipped if Redis had it, and one arriving before an earlier
+-- one is refused, to be sent again after it.  ARGV[6] = '1' starts a run's count.
+local seq, applied = tonumber(ARGV[5]), p .. 'applied:' .. token
+local last = tonumber(redis.call('GET', applied) or '-1')
+if ARGV[6] ~= '1' then
+  if seq <= last then return {{}, {}} end
+  if seq ~= last + 1 then
+    return redis.error_reply('MQTTDGAP batch ' .. seq .. ' after ' .. last)
+  end
+end
+redis.call('SET', applied, seq)
 -- A single broker finds its wills again under its name when it restarts; a cluster node's are
 -- its run's, which a survivor takes when the run dies.
 local willsKey = p .. 'wills:' .. (create and node or token)
@@ -176,7 +190,7 @@ local function stray(cid, entry, mid)
     strays[#strays + 1] = s[2]
   end
 end
-local i = 5
+local i = 7
 local n = #ARGV
 while i <= n do
   local op = ARGV[i]
@@ -348,7 +362,8 @@ if mode == 'dead' then
       moved[#moved + 1] = subs
     end
   end
-  redis.call('DEL', p .. 'wills:' .. ARGV[6], p .. 'moved:' .. ARGV[6])
+  redis.call('DEL', p .. 'wills:' .. ARGV[6], p .. 'moved:' .. ARGV[6],
+    p .. 'applied:' .. ARGV[6])
 end
 for _, cid in ipairs(cids) do
   local key = p .. 'session:' .. cid
@@ -516,6 +531,28 @@ _CONNECT = _Script(CONNECT)
 _STRAYS = _Script(STRAYS)
 
 
+# Seconds before the batches a lost connection left unanswered are sent again (they wait, in
+# the connection's queue, for it to come back).
+RETRY_DELAY = 0.1
+
+
+class _Batch:
+    """One EVALSHA of L{APPLY}: its arguments and who waits for its answer."""
+
+    __slots__ = ("args", "waiters")
+
+    def __init__(self, args: list[Any], waiters: list[Deferred[None]]) -> None:
+        self.args = args
+        self.waiters = waiters
+
+
+def _retried(failure: Failure) -> bool:
+    """Whether a batch that failed so is sent again: a lost connection, or one out of order."""
+    import txredisapi
+
+    return bool(failure.check(txredisapi.ConnectionError)) or "MQTTDGAP" in str(failure.value)
+
+
 @dataclass(frozen=True, slots=True)
 class Adopted:
     """
@@ -646,9 +683,15 @@ class RedisStore:
         self._nextId = 0
         self._idBase = int.from_bytes(os.urandom(8), "big") << 40
         self._timer: IDelayedCall | None = None
-        # Waiting for the batch being recorded, and for the batches sent and not yet answered.
+        # Waiting for the batch being recorded; the batches sent and not yet answered, oldest
+        # first, each with its waiters.
         self._waiters: list[Deferred[None]] = []
-        self._sent: list[list[Deferred[None]]] = []
+        self._sent: deque[_Batch] = deque()
+        self._seq = 0
+        # The run whose count the batches follow: a new one (a rejoined node) starts its own.
+        self._counted = ""
+        # After a lost connection: when the batches not answered are sent again.
+        self._retry: IDelayedCall | None = None
         # Batched: a batch came due while the one before was still unanswered.
         self._behind = False
 
@@ -680,16 +723,35 @@ class RedisStore:
         events, self._events = self._events, []
         self._bodies = set()
         waiters, self._waiters = self._waiters, []
-        self._sent.append(waiters)
-        _APPLY.run(self._connection(), [*self._header(), self._create, *events]).addBoth(
-            self._answered, waiters
-        )
+        self._seq += 1
+        token = self._token()
+        starts = token != self._counted
+        self._counted = token
+        header = [token, self.node, self.prefix, self._create, str(self._seq), _flag(starts)]
+        batch = _Batch([*header, *events], waiters)
+        self._sent.append(batch)
+        if self._retry is None:
+            # (While a retry is due, it goes with the batches before it.)
+            self._write(batch)
 
-    def _answered(self, result: Any, waiters: list[Deferred[None]]) -> None:
-        # Redis answers one connection's commands in order: this is the oldest batch sent.
-        self._sent.remove(waiters)
+    def _write(self, batch: _Batch) -> None:
+        _APPLY.run(self._connection(), batch.args).addBoth(self._answered, batch)
+
+    def _answered(self, result: Any, batch: _Batch) -> None:
+        if batch not in self._sent:
+            return  # Answered already: this was a copy sent again.
+        if isinstance(result, Failure) and _retried(result):
+            # The connection was lost with the batch on it (Redis may or may not have applied
+            # it), or an earlier one was: every batch not answered goes again, in order, once
+            # the connection is back; the script applies each once.
+            if self._retry is None:
+                self._retry = self._reactor.callLater(RETRY_DELAY, self._writeAgain)
+            return
+        # Redis answers in order: this is the oldest batch not answered.
+        self._sent.remove(batch)
         if not self._sent:
             self._behind = False
+        waiters = batch.waiters
         if isinstance(result, Failure):
             self.log.failure("mqttd's Redis store could not write", result)
         else:
@@ -709,6 +771,11 @@ class RedisStore:
                 d.errback(result)
             else:
                 d.callback(None)
+
+    def _writeAgain(self) -> None:
+        self._retry = None
+        for batch in list(self._sent):
+            self._write(batch)
 
     def _messageId(self, message: Message) -> str:
         if message.storeId is None:
@@ -833,14 +900,14 @@ class RedisStore:
                 return d
             if self._sent:
                 d = Deferred()
-                self._sent[-1].append(d)
+                self._sent[-1].waiters.append(d)
                 return d
             return None
         if self._behind and self._sent:
             # Batched, and Redis has not answered a batch within an interval: the publisher
             # waits (and is not read) until it has, so a crash loses at most that much.
             d = Deferred()
-            self._sent[-1].append(d)
+            self._sent[-1].waiters.append(d)
             return d
         return None
 
@@ -848,8 +915,11 @@ class RedisStore:
         self.closed = True
         self._send()
         done: Deferred[None] = Deferred()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._sent:
-            self._sent[-1].append(done)
+            self._sent[-1].waiters.append(done)
         else:
             done.callback(None)
 

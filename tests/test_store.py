@@ -827,6 +827,50 @@ def test_redisSyncFlushSurvivesAKilledRedis(tmp_path: Path) -> None:
     closed(store)
 
 
+def test_redisStoreRidesOutARedisRestart(tmp_path: Path) -> None:
+    """
+    Changes recorded while Redis is down (killed with SIGKILL), or on the connection it took
+    with it, are written once it is back: the flush waiting for them fires then, and a store
+    opened afterwards finds each exactly once and in order.
+    """
+    store = opened(redisStore, tmp_path)
+
+    def first() -> Deferred[None] | None:
+        store.sessionSaved("s", {"t": 1})
+        store.messageQueued("s", Message("t", b"before", 1), 1, False)
+        return store.flush()
+
+    e2e.in_reactor(first)
+    server = redisServer()
+    waiting: list[Deferred[None]] = []
+
+    def during() -> None:
+        # Killed from the reactor's thread, which has not seen the connection go yet: the
+        # batch is written to the lost connection.
+        server.stop(kill=True)
+        for n in range(3):
+            store.messageQueued("s", Message("t", b"during %d" % n, 1), 1, False)
+            d = store.flush()
+            assert d is not None
+            waiting.append(d)
+
+    e2e.in_reactor(during)
+    server.start()
+    for d in waiting:
+        e2e.in_reactor(lambda d=d: d)  # type: ignore[misc]
+    reader = opened(redisStore, tmp_path)
+    (session,) = restored(reader).sessions
+    assert [m.payload for m, _, _ in session.pending] == [
+        b"before",
+        b"during 0",
+        b"during 1",
+        b"during 2",
+    ]
+    assert redisKeys(tmp_path, "message:*") == 4
+    closed(reader)
+    closed(store)
+
+
 def test_redisBatchedFlush(tmp_path: Path) -> None:
     """
     In batched mode the Redis store's flush returns None (acknowledgements do not wait) and the
