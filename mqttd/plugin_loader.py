@@ -17,6 +17,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from types import ModuleType
 from typing import Any, cast
 
@@ -217,11 +218,24 @@ class Plugins:
             )
         return plugin
 
+    def provide(self, name: str, plugin: Any) -> None:
+        """
+        Make C{plugin}, which the broker built itself (a cluster node's Redis store), the
+        plugin called C{name} and the store the plugins built from now on are told of
+        (L{PluginContext.storePlugin}).
+        """
+        self.built[name] = plugin
+        self._context = replace(self._context, storePlugin=name)
+
     def _lookup(self, name: str, interface: type[Interface]) -> Any:
         # For PluginContext.plugin: the asking plugin names the option at fault, so the two
         # errors of the name itself carry no key; errors in the options of plugin `name` are
         # that plugin's own and keep their section.
-        if name not in self._config.pluginSections and name not in self._available:
+        if (
+            name not in self._config.pluginSections
+            and name not in self._available
+            and name not in self.built
+        ):
             known = ", ".join(sorted(self._available)) or "none"
             raise PluginConfigError(None, f"unknown plugin {name!r}; available: {known}")
         plugin = self.get(name, Interface, section=f"plugin:{name}", key=None)

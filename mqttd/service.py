@@ -252,6 +252,8 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
 
             sessions = ClusterSessions(cluster)
             store = sessions.store
+            # The broker's store for the plugins too: virtual groups live in it, cluster-wide.
+            plugins.provide("cluster", store)
     broker = Broker(
         config.broker,
         reactor,

@@ -39,6 +39,8 @@ them with their owners and lifetimes):
   - C{Psessions:N}, set: the client identifiers whose sessions node C{N} owns.
   - C{Pwills:N}, hash: the wills of node C{N}'s open connections, by client identifier (in a
     cluster, C{N} is the node's run, L{RedisStore.token}).
+  - C{Pgroups}, hash: virtual groups by name (L{dumpGroup}); C{Pgroups:changes}, a count
+    every change adds one to, which each broker polls.
   - C{Pstore:retained}, hash: a single broker's retained messages by topic (a cluster keeps
     them in C{Pretained}, L{mqttd.cluster}'s).
 """
@@ -57,6 +59,7 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
@@ -64,7 +67,15 @@ from zope.interface import implementer
 
 from mqttd.codec.packets import Will
 from mqttd.durable import durabilityOptions
-from mqttd.interfaces import IMessageStore, IPluginFactory, PluginConfigError, PluginContext
+from mqttd.groupinbox import dumpSettings, withSettings
+from mqttd.interfaces import (
+    Group,
+    IGroupStore,
+    IMessageStore,
+    IPluginFactory,
+    PluginConfigError,
+    PluginContext,
+)
 from mqttd.message import Message
 from mqttd.session import SessionState
 from mqttd.store import StoredSession, StoredState, dumpProperties, loadProperties, storedMessage
@@ -128,7 +139,13 @@ local function take(cid)
   redis.call('HSET', key, 'fence', token, 'node', node)
   redis.call('HINCRBY', key, 'epoch', 1)
   redis.call('SADD', p .. 'sessions:' .. node, cid)
-  if redis.call('HGET', key, 'p') ~= '1' then return end
+  if redis.call('HGET', key, 'p') ~= '1' then
+    -- A clean session's deliveries left for its last connection are not the new one's.
+    local left = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
+    for _, e in ipairs(left) do unref(queuedMid(e)) end
+    redis.call('DEL', p .. 'strays:' .. cid)
+    return
+  end
   local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
   if #strays > 0 then
     redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
@@ -307,6 +324,26 @@ while i <= n do
       redis.call('SREM', p .. 'sessions:' .. node, cid)
     end
     i = i + 2
+  elseif op == 'Y' then
+    -- A delivery to a client id some node holds, for that node to make (a group member of
+    -- a message published here): kept as a stray if a session has it, else nothing.
+    local cid, entry, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local s = redis.call('HGET', p .. 'session:' .. cid, 'node')
+    if s then
+      redis.call('RPUSH', p .. 'strays:' .. cid, entry)
+      ref(mid)
+      strays[#strays + 1] = cid
+      strays[#strays + 1] = s
+    end
+    i = i + 4
+  elseif op == 'G' then
+    redis.call('HSET', p .. 'groups', ARGV[i + 1], ARGV[i + 2])
+    redis.call('INCR', p .. 'groups:changes')
+    i = i + 3
+  elseif op == 'g' then
+    redis.call('HDEL', p .. 'groups', ARGV[i + 1])
+    redis.call('INCR', p .. 'groups:changes')
+    i = i + 2
   elseif op == 'W' then
     -- Wills are the node's own record of its connections, not the session's: never fenced.
     redis.call('HSET', willsKey, ARGV[i + 1], ARGV[i + 2])
@@ -400,19 +437,28 @@ return {'taken', was[1] or '', was[2] or '', was[3] or '0', redis.call('HGET', k
 )
 
 # The owner of a session takes the strays other runs left for it: ARGV = token, node, prefix,
-# client id.  They join the end of its queue in Redis and are returned ({entries, bodies}) for
-# the broker to add to the session's queue in memory; nothing if the session is not this run's.
+# client id.  A persistent session's join the end of its queue in Redis and are returned
+# ({entries, bodies, 1}) for the broker to add to the session's queue in memory; a clean
+# session's are returned ({entries, bodies, 0}) for the broker to deliver; nothing if the
+# session is not this run's.
 STRAYS = (
     _COMMON
     + """
 local cid = ARGV[4]
-if redis.call('HGET', p .. 'session:' .. cid, 'fence') ~= token then return {{}, {}} end
+local s = redis.call('HMGET', p .. 'session:' .. cid, 'fence', 'p')
+if s[1] ~= token then return {{}, {}, 0} end
 local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
-if #strays == 0 then return {{}, {}} end
-redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
-redis.call('DEL', p .. 'strays:' .. cid)
+if #strays == 0 then return {{}, {}, 0} end
 for _, e in ipairs(strays) do body(queuedMid(e)) end
-return {strays, bodies}
+redis.call('DEL', p .. 'strays:' .. cid)
+if s[2] == '1' then
+  redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
+  return {strays, bodies, 1}
+end
+-- A clean session keeps nothing in Redis: they are handed over and forgotten here.
+for _, e in ipairs(strays) do unref(queuedMid(e)) end
+sweep()
+return {strays, bodies, 0}
 """
 )
 
@@ -499,6 +545,27 @@ def claimedSessions(rawSessions: Sequence[Any], rawBodies: Sequence[bytes]) -> l
     return states
 
 
+def dumpGroup(group: Group) -> str:
+    """A virtual group as Redis keeps it: JSON."""
+    return json.dumps(
+        {
+            "members": dict(group.members),
+            "byUsername": group.byUsername,
+            "topic": group.topic,
+            "echo": group.echo,
+            "settings": dumpSettings(group),
+        },
+        separators=(",", ":"),
+    )
+
+
+def loadGroup(name: str, text: bytes) -> Group:
+    """The group L{dumpGroup} wrote as C{text}."""
+    fields = json.loads(text)
+    group = Group(name, fields["members"], fields["byUsername"], fields["topic"], fields["echo"])
+    return withSettings(group, fields["settings"])
+
+
 def _wills(reply: Sequence[bytes]) -> dict[str, Will]:
     return {reply[j].decode(): decodeWill(reply[j + 1]) for j in range(0, len(reply), 2)}
 
@@ -508,19 +575,27 @@ def _flag(value: bool) -> bytes:
 
 
 class _Script:
-    """A Lua script run by its SHA-1, loaded again when Redis has forgotten it (a restart)."""
+    """
+    A Lua script.  A script run by its SHA-1 that Redis does not know (a Redis restarted since
+    it was loaded) fails with NOSCRIPT rather than being sent again in full, which would put
+    it behind commands sent after it: the caller loads it (L{load}) and runs it again, in order.
+    """
 
     def __init__(self, text: str) -> None:
         self.text = text.encode()
         self.sha = hashlib.sha1(self.text).hexdigest()
 
-    def run(self, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
-        d: Deferred[Any] = redis.execute_command("EVALSHA", self.sha, 0, *args)
-        return d.addErrback(self._missing, redis, args)
+    def load(self, redis: Any) -> Deferred[Any]:
+        d: Deferred[Any] = redis.execute_command("SCRIPT", "LOAD", self.text)
+        return d
 
-    def _missing(self, failure: Failure, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
-        if "NOSCRIPT" not in str(failure.value):
-            return failure  # type: ignore[return-value]
+    def run(self, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
+        """By its SHA-1: for the journal's batches, sent many times a second."""
+        d: Deferred[Any] = redis.execute_command("EVALSHA", self.sha, 0, *args)
+        return d
+
+    def runWhole(self, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
+        """In full: for claims, which are rarer, and must never wait for a reload."""
         d: Deferred[Any] = redis.execute_command("EVAL", self.text, 0, *args)
         return d
 
@@ -547,10 +622,16 @@ class _Batch:
 
 
 def _retried(failure: Failure) -> bool:
-    """Whether a batch that failed so is sent again: a lost connection, or one out of order."""
+    """
+    Whether a batch that failed so is sent again: a lost connection, one out of order, or a
+    Redis that lost the script (restarted).
+    """
     import txredisapi
 
-    return bool(failure.check(txredisapi.ConnectionError)) or "MQTTDGAP" in str(failure.value)
+    if failure.check(txredisapi.ConnectionError):
+        return True
+    text = str(failure.value)
+    return "MQTTDGAP" in text or "NOSCRIPT" in text
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,7 +704,7 @@ def parseURL(url: str) -> str:
     return url
 
 
-@implementer(IMessageStore)
+@implementer(IMessageStore, IGroupStore)
 class RedisStore:
     """
     L{IMessageStore} in Redis.
@@ -648,6 +729,7 @@ class RedisStore:
         clustered: bool = False,
         token: Callable[[], str] | None = None,
         disconnect: Callable[[Any], Deferred[Any]] | None = None,
+        groupPollInterval: float = 1.0,
     ) -> None:
         """
         @param connect: makes the txredisapi connection (L{connect}), at L{restore}: the
@@ -659,6 +741,8 @@ class RedisStore:
         @param token: gives this run's fencing token: a cluster node's incarnation, which
             changes when the others buried it during a pause; by default one drawn here.
         @param disconnect: closes the connection, at L{close}; by default its C{disconnect}.
+        @param groupPollInterval: seconds between looks for virtual groups other brokers
+            changed.
         """
         self._reactor = reactor
         self._connect = connect
@@ -673,6 +757,15 @@ class RedisStore:
         # Set by close, after which nothing is recorded (the IMessageStore contract).
         self.closed = False
         self._disconnect = disconnect or (lambda redis: redis.disconnect())
+        # Virtual groups (IGroupStore): read at restore, then every groupPollInterval seconds
+        # once watched, when the count of changes moved.
+        self.groupPollInterval = groupPollInterval
+        self._groups: dict[str, Group] = {}
+        self._groupChanges = b""
+        self._groupWrites = 0
+        self._watchers: list[Callable[[], None]] = []
+        self._poll = LoopingCall(self._pollGroups)
+        self._poll.clock = reactor
         self._create = b"0" if clustered else b"1"
         self._sync = sync
         self._flushInterval = flushInterval
@@ -774,6 +867,9 @@ class RedisStore:
 
     def _writeAgain(self) -> None:
         self._retry = None
+        redis = self._connection()
+        # (A Redis restarted meanwhile has forgotten the script.)
+        _APPLY.load(redis).addErrback(lambda _: None)
         for batch in list(self._sent):
             self._write(batch)
 
@@ -792,24 +888,30 @@ class RedisStore:
     # IMessageStore
 
     def _connection(self) -> Any:
-        # Made at first use, which is the broker's start (restore).
+        # Made at first use, which is the broker's start (restore), with the journal's script
+        # loaded ahead of anything else on it.
         if self.redis is None:
             self.redis = self._connect()
+            _APPLY.load(self.redis).addErrback(lambda _: None)
         return self.redis
 
     def restore(self) -> Deferred[StoredState]:
-        claimed = _CLAIM.run(self._connection(), [*self._header(), b"node", self.node])
+        # What was recorded before the start (groups of the configuration) goes first.
+        self._send()
+        groups = self._readGroups().addCallback(self._groupsRead, self._groupWrites)
+        claimed = _CLAIM.runWhole(self._connection(), [*self._header(), b"node", self.node])
         if self.clustered:
             # The cluster restores its retained messages itself, and the last run's wills go
             # with that run's death (adopt).
-            return claimed.addCallback(
-                lambda reply: StoredState(sessions=claimedSessions(*reply[:2]))
-            )
+            both: Deferred[list[Any]] = gatherResults([claimed, groups], consumeErrors=True)
+            return both.addCallback(
+                lambda replies: StoredState(sessions=claimedSessions(*replies[0][:2]))
+            ).addErrback(_firstError)
         retained = self._connection().execute_command("HGETALL", self.prefix + "store:retained")
         wills = self._connection().execute_command("HGETALL", f"{self.prefix}wills:{self.node}")
 
         def restored(replies: list[Any]) -> StoredState:
-            claim, retainedReply, willsReply = replies
+            claim, retainedReply, willsReply, _ = replies
             return StoredState(
                 retained=[
                     decodeMessage(retainedReply[j + 1]) for j in range(0, len(retainedReply), 2)
@@ -818,7 +920,9 @@ class RedisStore:
                 wills=_wills(willsReply),
             )
 
-        d: Deferred[list[Any]] = gatherResults([claimed, retained, wills], consumeErrors=True)
+        d: Deferred[list[Any]] = gatherResults(
+            [claimed, retained, wills, groups], consumeErrors=True
+        )
         return d.addCallback(restored).addErrback(_firstError)
 
     def claim(self, clientIds: Iterable[str]) -> Deferred[list[SessionState]]:
@@ -827,7 +931,7 @@ class RedisStore:
         recorded so far; fires with the persistent ones' state.
         """
         self._send()
-        d = _CLAIM.run(self._connection(), [*self._header(), b"client", *clientIds])
+        d = _CLAIM.runWhole(self._connection(), [*self._header(), b"client", *clientIds])
         return d.addCallback(lambda reply: claimedSessions(*reply[:2]))
 
     def adopt(self, node: str, run: str) -> Deferred[Adopted]:
@@ -836,7 +940,7 @@ class RedisStore:
         wills, which no other caller then gets.
         """
         self._send()
-        d = _CLAIM.run(self._connection(), [*self._header(), b"dead", node, run])
+        d = _CLAIM.runWhole(self._connection(), [*self._header(), b"dead", node, run])
 
         def adopted(reply: Sequence[Any]) -> Adopted:
             moved = reply[3]
@@ -857,7 +961,9 @@ class RedisStore:
         C{refuse}.
         """
         self._send()
-        d = _CONNECT.run(self._connection(), [*self._header(), clientId, identity, _flag(refuse)])
+        d = _CONNECT.runWhole(
+            self._connection(), [*self._header(), clientId, identity, _flag(refuse)]
+        )
 
         def claimed(reply: Sequence[Any]) -> Claimed:
             if reply[0] == b"refused":
@@ -873,14 +979,25 @@ class RedisStore:
 
         return d.addCallback(claimed)
 
-    def takeStrays(self, clientId: str) -> Deferred[list[tuple[Message, int, bool]]]:
+    def takeStrays(self, clientId: str) -> Deferred[tuple[list[tuple[Message, int, bool]], bool]]:
         """
-        Take the deliveries other runs left for C{clientId}'s session (see L{STRAYS}), now at
-        the end of its queue in Redis, for the broker to add to the end of its own.
+        Take the deliveries other runs left for C{clientId}'s session (see L{STRAYS}); fires
+        with them and whether the session is persistent, whose are now at the end of its queue
+        in Redis, for the broker to add to the end of its own (a clean session's it delivers).
         """
         self._send()
-        d = _STRAYS.run(self._connection(), [*self._header(), clientId])
-        return d.addCallback(lambda reply: _deliveries(reply[0], _messages(reply[1])))
+        d = _STRAYS.runWhole(self._connection(), [*self._header(), clientId])
+        return d.addCallback(
+            lambda reply: (_deliveries(reply[0], _messages(reply[1])), int(reply[2]) == 1)
+        )
+
+    def deliverElsewhere(self, clientId: str, message: Message, qos: int) -> None:
+        """
+        Leave C{message} at C{qos} for C{clientId}, whose session is on another node (if any
+        node has one), to be handed to it there (see L{APPLY}'s C{Y}).
+        """
+        mid = self._messageId(message)
+        self._record(b"Y", clientId, f"{qos} 0 {mid}", mid)
 
     def release(self, clientId: str) -> None:
         """
@@ -913,6 +1030,8 @@ class RedisStore:
 
     def close(self) -> Deferred[None]:
         self.closed = True
+        if self._poll.running:
+            self._poll.stop()
         self._send()
         done: Deferred[None] = Deferred()
         if self._retry is not None:
@@ -979,6 +1098,88 @@ class RedisStore:
 
     def willCleared(self, clientId: str) -> None:
         self._record(b"w", clientId)
+
+    # IGroupStore
+
+    def group(self, name: str) -> Group | None:
+        return self._groups.get(name)
+
+    def groupNames(self) -> Iterable[str]:
+        return self._groups.keys()
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        self._watchers.append(changed)
+        # Nobody needs other brokers' changes until someone watches.
+        if not self._poll.running and not self.closed:
+            self._poll.start(self.groupPollInterval, now=False)
+
+    def save(self, group: Group) -> Deferred[None]:
+        self._groups[group.name] = group
+        return self._groupWritten(b"G", group.name, dumpGroup(group))
+
+    def delete(self, name: str) -> Deferred[None]:
+        # Written even for a group not known here: another broker may have just made it.
+        self._groups.pop(name, None)
+        return self._groupWritten(b"g", name)
+
+    def _groupWritten(self, *event: Any) -> Deferred[None]:
+        self._groupWrites += 1
+        self._record(*event)
+        for changed in self._watchers:
+            changed()
+        # Fires with the batch's answer: whoever changed the group is answered once Redis has
+        # it (sent at the end of the turn, never before the broker's start).
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _readGroups(self) -> Deferred[list[Any]]:
+        # After what this broker recorded: the groups read are never older than its own.
+        self._send()
+        redis = self._connection()
+        return gatherResults(
+            [
+                redis.execute_command("GET", self.prefix + "groups:changes"),
+                redis.execute_command("HGETALL", self.prefix + "groups"),
+            ],
+            consumeErrors=True,
+        )
+
+    def _pollGroups(self) -> Deferred[None]:
+        writes = self._groupWrites
+        d = self._connection().execute_command("GET", self.prefix + "groups:changes")
+
+        def counted(changes: bytes | None) -> Deferred[None] | None:
+            if (changes or b"") == self._groupChanges:
+                return None
+            return self._readGroups().addCallback(self._groupsRead, writes)
+
+        return d.addCallback(counted).addErrback(self._pollFailed)
+
+    def _groupsRead(self, replies: list[Any], writes: int) -> None:
+        changes, flat = replies
+        if writes != self._groupWrites:
+            # This broker changed a group while they were read: the next poll reads again.
+            return
+        self._groupChanges = changes or b""
+        groups = {}
+        for j in range(0, len(flat), 2):
+            name = flat[j].decode()
+            group = loadGroup(name, flat[j + 1])
+            # An unchanged group keeps its object, and what the routing prepared from it.
+            known = self._groups.get(name)
+            groups[name] = known if known == group else group
+        if groups.keys() == self._groups.keys() and all(
+            groups[name] is self._groups[name] for name in groups
+        ):
+            return
+        self._groups = groups
+        for changed in self._watchers:
+            changed()
+
+    def _pollFailed(self, failure: Failure) -> None:
+        # Retried at the next poll; the groups in memory keep routing meanwhile.
+        self.log.failure("cannot read the virtual groups in Redis", failure)
 
     def retainedSet(self, message: Message) -> None:
         if not self.clustered:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,19 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from mqttd.cluster.config import ClusterConfig, parseRedisURL
+from mqttd.config import BrokerConfig, Config, ListenerConfig
+from mqttd.service import makeBrokerService
 from tests import e2e
-from tests.clusternodes import Cluster3, Connect, clients, cluster_nodes
+from tests.clusternodes import (
+    HEARTBEAT,
+    NODE_TIMEOUT,
+    Cluster3,
+    Connect,
+    Node,
+    clients,
+    cluster_nodes,
+)
 from tests.e2e import MQTTv5, WillSpec
 from tests.redisserver import RedisServer, redis_servers
 from tests.test_redisserver import command
@@ -219,3 +231,69 @@ def test_willsOfAKilledNodeArePublishedOnce(
     # Published once: nothing follows once the one settling node has taken them.
     time.sleep(0.5)
     assert [w.pending() for w in watchers] == [[], []]
+
+
+def startWithGroups(cluster: Cluster3, name: str, groups: dict[str, str]) -> Node:
+    """A node as L{Cluster3.start} makes it, with the virtual groups plugin as its selector."""
+    config = Config(
+        broker=BrokerConfig(sys_interval=0),
+        listeners=(
+            ListenerConfig(
+                name="mqtt", endpoint=f"tcp:0:interface={e2e.HOST}", allow_anonymous=True
+            ),
+        ),
+        selectorChain=("virtual_groups",),
+        pluginSections={"virtual_groups": groups},
+        cluster=ClusterConfig(
+            redis=cluster.redis.url,
+            address=parseRedisURL(cluster.redis.url),
+            node=name,
+            heartbeat=HEARTBEAT,
+            node_timeout=NODE_TIMEOUT,
+        ),
+    )
+
+    def build() -> Node:
+        service = makeBrokerService(config, e2e.reactor)
+        service.startService()
+        return Node(service)
+
+    node: Node = e2e.in_reactor(build)
+    cluster.nodes.append(node)
+    e2e.wait_until(
+        lambda: node.call(lambda: node.cluster._synced and node._listener.port is not None),
+        f"node {name} to join",
+    )
+    node.port = node.call(lambda: node._listener.port.getHost().port)  # type: ignore[union-attr]
+    return node
+
+
+def test_groupMessagesReachMembersOnEveryNode(cluster_nodes: Cluster3, clients: Connect) -> None:
+    """
+    A virtual group is one group across the cluster: its membership lives in Redis, so a
+    member added through one node is known to the others, and a message published to the group
+    on any node reaches its members wherever they are connected, once each.
+    """
+    groups = {"group.team": "alice:1, bob:1, carol:1"}
+    a, b, c = (startWithGroups(cluster_nodes, name, groups) for name in "abc")
+    alice, bob, carol = (
+        clients(node.port, member) for node, member in ((a, "alice"), (b, "bob"), (c, "carol"))
+    )
+    alice.publish("$group/team/chat", b"hello", 1)
+    for member in (bob, carol):
+        (got,) = member.wait_for(1)
+        assert (got.topic, got.payload) == ("$group/team/chat", b"hello")
+
+    team = a.call(lambda: a.broker.store.group("team"))
+    a.call(lambda: a.broker.store.save(replace(team, members={**team.members, "dave": 1})))
+    e2e.wait_until(
+        lambda: "dave" in c.call(lambda: c.broker.store.group("team").members),
+        "node C to learn that dave joined",
+    )
+    dave = clients(c.port, "dave")
+    dave.publish("$group/team/chat", b"from dave", 1)
+    for member in (alice, bob, carol):
+        (got,) = member.wait_for(1)
+        assert got.payload == b"from dave"
+    time.sleep(0.3)
+    assert [m.pending() for m in (alice, bob, carol, dave)] == [[], [], [], []]

@@ -857,7 +857,7 @@ def test_redisStoreRidesOutARedisRestart(tmp_path: Path) -> None:
     e2e.in_reactor(during)
     server.start()
     for d in waiting:
-        e2e.in_reactor(lambda d=d: d)  # type: ignore[misc]
+        e2e.in_reactor(lambda d=d: d)
     reader = opened(redisStore, tmp_path)
     (session,) = restored(reader).sessions
     assert [m.payload for m, _, _ in session.pending] == [

@@ -93,10 +93,13 @@ class ClusterSessions:
             clustered=True,
             token=lambda: cluster.incarnation,
             disconnect=lambda commands: self.redis.stop(),
+            groupPollInterval=cluster.config.heartbeat,
         )
         self.store.fenced = self._fenced
         self.claimed: dict[str, int | None] = {}
         self.adopted = 0
+        # Client ids whose strays are being read: whether to read again when done.
+        self._taking: dict[str, bool] = {}
 
     def _connect(self) -> Any:
         self.redis.start()
@@ -109,6 +112,14 @@ class ClusterSessions:
         self.cluster.buried.append(self._buried)
         self.registry.whenEnded(self._ended)
         broker.claims = self
+        broker.router.elsewhere = self._elsewhere
+
+    def _elsewhere(self, clientId: str, message: Message, qos: int) -> bool:
+        # A selected recipient (a group's member) not here: the node holding it delivers.
+        if not self.redis.up:
+            return False
+        self.store.deliverElsewhere(clientId, message, qos)
+        return True
 
     # Claims (IClientIdClaims)
 
@@ -186,9 +197,21 @@ class ClusterSessions:
                 return
             self._lost(clientId, continued, "taken over by a client on another node")
         elif kind == _STRAYS and clientId in self.registry.sessions:
-            self.store.takeStrays(clientId).addCallbacks(
-                self._straysTaken, self._failed, (clientId,)
-            )
+            self._takeStrays(clientId)
+
+    def _takeStrays(self, clientId: str) -> None:
+        if clientId in self._taking:
+            # Read again once the reading under way is done, so nothing is handed on twice.
+            self._taking[clientId] = True
+            return
+        self._taking[clientId] = False
+        d = self.store.takeStrays(clientId)
+        d.addCallback(self._straysTaken, clientId).addErrback(self._failed)
+        d.addBoth(self._tookStrays, clientId)
+
+    def _tookStrays(self, ignored: object, clientId: str) -> None:
+        if self._taking.pop(clientId, False):
+            self._takeStrays(clientId)
 
     def _lost(self, clientId: str, continued: bool, why: str) -> None:
         self.claimed.pop(clientId, None)
@@ -202,7 +225,15 @@ class ClusterSessions:
         for clientId, node in strays:
             self._tell(node, _STRAYS, clientId)
 
-    def _straysTaken(self, deliveries: list[tuple[Message, int, bool]], clientId: str) -> None:
+    def _straysTaken(
+        self, taken: tuple[list[tuple[Message, int, bool]], bool], clientId: str
+    ) -> None:
+        deliveries, persistent = taken
+        if not persistent:
+            # A clean session's, through the receive ACL as any delivery.
+            for message, qos, _ in deliveries:
+                self.broker.router.deliverTo(clientId, message, qos)
+            return
         session = self.registry.sessions.get(clientId)
         if session is None or not deliveries:
             # Gone meanwhile: they wait in its queue in Redis for whoever claims it.
