@@ -36,7 +36,11 @@ them with their owners and lifetimes):
   - C{Pawaiting:C}, hash: inbound QoS 2 packet identifiers awaiting PUBREL, to when they came.
   - C{Pmessage:MID}, hash: a message (C{body}, see L{encodeMessage}) and how many deliveries
     reference it (C{refs}); deleted with its last reference.
+  - C{Pstrays:C}, list, as the queue: deliveries another run made to the session after it
+    lost it, or to a group member it holds, for its owner to take.
   - C{Psessions:N}, set: the client identifiers whose sessions node C{N} owns.
+  - C{Pmoved:RUN}, hash: the sessions other runs took from run C{RUN}, and when.
+  - C{Papplied:RUN}, string: the number of run C{RUN}'s last batch applied.
   - C{Pwills:N}, hash: the wills of node C{N}'s open connections, by client identifier (in a
     cluster, C{N} is the node's run, L{RedisStore.token}).
   - C{Pgroups}, hash: virtual groups by name (L{dumpGroup}); C{Pgroups:changes}, a count
@@ -609,6 +613,8 @@ _STRAYS = _Script(STRAYS)
 # Seconds before the batches a lost connection left unanswered are sent again (they wait, in
 # the connection's queue, for it to come back).
 RETRY_DELAY = 0.1
+# Seconds a closing store waits for Redis to answer what it was sent.
+CLOSE_TIMEOUT = 5.0
 
 
 class _Batch:
@@ -623,15 +629,15 @@ class _Batch:
 
 def _retried(failure: Failure) -> bool:
     """
-    Whether a batch that failed so is sent again: a lost connection, one out of order, or a
-    Redis that lost the script (restarted).
+    Whether a batch that failed so is sent again: a lost connection, one out of order, a
+    Redis that lost the script or is still loading its data (restarted).
     """
     import txredisapi
 
     if failure.check(txredisapi.ConnectionError):
         return True
-    text = str(failure.value)
-    return "MQTTDGAP" in text or "NOSCRIPT" in text
+    # A Redis loading its append-only file after a restart answers LOADING for a while.
+    return str(failure.value).startswith(("MQTTDGAP", "NOSCRIPT", "LOADING", "BUSY"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -847,6 +853,9 @@ class RedisStore:
         waiters = batch.waiters
         if isinstance(result, Failure):
             self.log.failure("mqttd's Redis store could not write", result)
+            # Not applied, and never sent again: the batches after it start the count anew
+            # rather than wait for it.
+            self._counted = ""
         else:
             fenced = [cid.decode() for cid in result[0]]
             pairs = result[1]
@@ -864,6 +873,17 @@ class RedisStore:
                 d.errback(result)
             else:
                 d.callback(None)
+
+    def _abandon(self, done: Deferred[None]) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self.log.error(
+            "mqttd's Redis store stopped with {batches} batches Redis never answered",
+            batches=len(self._sent),
+        )
+        self._sent.clear()
+        done.callback(None)
 
     def _writeAgain(self) -> None:
         self._retry = None
@@ -1034,11 +1054,11 @@ class RedisStore:
             self._poll.stop()
         self._send()
         done: Deferred[None] = Deferred()
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
         if self._sent:
             self._sent[-1].waiters.append(done)
+            # A Redis that does not come back must not hold the broker's stop for ever.
+            late = self._reactor.callLater(CLOSE_TIMEOUT, self._abandon, done)
+            done.addBoth(lambda result: late.cancel() if late.active() else None)
         else:
             done.callback(None)
 
