@@ -17,6 +17,8 @@ ORDER = [
     "sqlite-batched",
     "file-sync",
     "file-batched",
+    "redis-sync",
+    "redis-batched",
     "mosquitto-persistent",
 ]
 

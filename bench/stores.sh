@@ -3,7 +3,7 @@
 #
 # What persistence costs: S3 (8 QoS 1 publishers -> 1 QoS 1 subscriber, 64 B, window 10 per
 # publisher) with persistent sessions (clean session 0, so every delivery is the store's
-# business), on mqttd with each store (memory, SQLite and file, sync and batched) and on
+# business), on mqttd with each store (memory, SQLite, file and Redis, sync and batched) and on
 # mosquitto with persistence on; then the idle RSS of mqttd with the default configuration and of
 # mosquitto.  Each run goes through bench/run (fresh broker pinned to CPU 0, generator to CPU 1,
 # store files removed before each start).  The shared load generator always connects with clean
@@ -40,6 +40,25 @@ run sqlite-sync mqttd "$(store sqlite sync)"
 run sqlite-batched mqttd "$(store sqlite batched)"
 run file-sync mqttd "$(store file sync)"
 run file-batched mqttd "$(store file batched)"
+# The Redis store (sync and batched) on a redis-server of its own with appendfsync always, the
+# guarantee of the sync row; Redis runs on whichever CPU is free, so its CPU is not the broker's.
+# Emptied before each repetition, as the file stores are.
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+    REDIS_DIR=$(mktemp -d)
+    REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" --save '' \
+        --appendonly yes --appendfsync always --daemonize yes --pidfile "$REDIS_DIR/redis.pid" \
+        --logfile "$REDIS_DIR/redis.log"
+    until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+    for durability in sync batched; do
+        for _ in $(seq "$REPS"); do
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            REPS=1 run "redis-$durability" mqttd "$(printf '[store]\nplugin = redis\n[plugin:redis]\nurl = redis://127.0.0.1:%s/0\ndurability = %s\n' "$REDIS_PORT" "$durability")"
+        done
+    done
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+    rm -rf "$REDIS_DIR"
+fi
 run mosquitto-persistent mosquitto_persistent ""
 
 idle() {  # idle COMMAND...: RSS in kB of a broker left idle for 3 s

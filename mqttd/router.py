@@ -9,7 +9,7 @@ never asks the authorizers except through the L{Policy} it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -98,10 +98,6 @@ class Router:
         self.sessions = sessions
         self.clients = clients
         self.selectors = tuple(selectors)
-        # Given a selected recipient with no session here, with the message and QoS: a cluster
-        # node hands it to the node that holds the client id (mqttd.cluster.sessions) and
-        # says whether one might; None on a single broker, where such a recipient is skipped.
-        self.elsewhere: Callable[[str, Message, int], bool] | None = None
         self.subscriptions = SubscriptionTree()
         self.shared = SharedSubscriptions()
         # Whether any shared subscription or MQTT 5 subscription option exists, so that route
@@ -316,11 +312,6 @@ class Router:
         sessions = self.sessions
         qos = message.qos
         found = False
-        if self.elsewhere is not None:
-            elsewhere = self.elsewhere
-            for clientId, granted in recipients.items():
-                if clientId not in sessions:
-                    found = elsewhere(clientId, message, granted if granted < qos else qos) or found
         if not (self.policy.authorizers or self.observing.chain):
             # As route's own fan-out: a selected group of thousands costs what a topic does.
             for clientId, granted in recipients.items():

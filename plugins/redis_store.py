@@ -37,7 +37,7 @@ them with their owners and lifetimes):
   - C{Pmessage:MID}, hash: a message (C{body}, see L{encodeMessage}) and how many deliveries
     reference it (C{refs}); deleted with its last reference.
   - C{Pstrays:C}, list, as the queue: deliveries another run made to the session after it
-    lost it, or to a group member it holds, for its owner to take.
+    lost it, for its owner to take.
   - C{Psessions:N}, set: the client identifiers whose sessions node C{N} owns.
   - C{Pmoved:RUN}, hash: the sessions other runs took from run C{RUN}, and when.
   - C{Papplied:RUN}, string: the number of run C{RUN}'s last batch applied.
@@ -143,13 +143,7 @@ local function take(cid)
   redis.call('HSET', key, 'fence', token, 'node', node)
   redis.call('HINCRBY', key, 'epoch', 1)
   redis.call('SADD', p .. 'sessions:' .. node, cid)
-  if redis.call('HGET', key, 'p') ~= '1' then
-    -- A clean session's deliveries left for its last connection are not the new one's.
-    local left = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
-    for _, e in ipairs(left) do unref(queuedMid(e)) end
-    redis.call('DEL', p .. 'strays:' .. cid)
-    return
-  end
+  if redis.call('HGET', key, 'p') ~= '1' then return end
   local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
   if #strays > 0 then
     redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
@@ -328,18 +322,6 @@ while i <= n do
       redis.call('SREM', p .. 'sessions:' .. node, cid)
     end
     i = i + 2
-  elseif op == 'Y' then
-    -- A delivery to a client id some node holds, for that node to make (a group member of
-    -- a message published here): kept as a stray if a session has it, else nothing.
-    local cid, entry, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    local s = redis.call('HGET', p .. 'session:' .. cid, 'node')
-    if s then
-      redis.call('RPUSH', p .. 'strays:' .. cid, entry)
-      ref(mid)
-      strays[#strays + 1] = cid
-      strays[#strays + 1] = s
-    end
-    i = i + 4
   elseif op == 'G' then
     redis.call('HSET', p .. 'groups', ARGV[i + 1], ARGV[i + 2])
     redis.call('INCR', p .. 'groups:changes')
@@ -441,28 +423,19 @@ return {'taken', was[1] or '', was[2] or '', was[3] or '0', redis.call('HGET', k
 )
 
 # The owner of a session takes the strays other runs left for it: ARGV = token, node, prefix,
-# client id.  A persistent session's join the end of its queue in Redis and are returned
-# ({entries, bodies, 1}) for the broker to add to the session's queue in memory; a clean
-# session's are returned ({entries, bodies, 0}) for the broker to deliver; nothing if the
-# session is not this run's.
+# client id.  They join the end of its queue in Redis and are returned ({entries, bodies}) for
+# the broker to add to the session's queue in memory; nothing if the session is not this run's.
 STRAYS = (
     _COMMON
     + """
 local cid = ARGV[4]
-local s = redis.call('HMGET', p .. 'session:' .. cid, 'fence', 'p')
-if s[1] ~= token then return {{}, {}, 0} end
+if redis.call('HGET', p .. 'session:' .. cid, 'fence') ~= token then return {{}, {}} end
 local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
-if #strays == 0 then return {{}, {}, 0} end
-for _, e in ipairs(strays) do body(queuedMid(e)) end
+if #strays == 0 then return {{}, {}} end
+redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
 redis.call('DEL', p .. 'strays:' .. cid)
-if s[2] == '1' then
-  redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
-  return {strays, bodies, 1}
-end
--- A clean session keeps nothing in Redis: they are handed over and forgotten here.
-for _, e in ipairs(strays) do unref(queuedMid(e)) end
-sweep()
-return {strays, bodies, 0}
+for _, e in ipairs(strays) do body(queuedMid(e)) end
+return {strays, bodies}
 """
 )
 
@@ -999,25 +972,14 @@ class RedisStore:
 
         return d.addCallback(claimed)
 
-    def takeStrays(self, clientId: str) -> Deferred[tuple[list[tuple[Message, int, bool]], bool]]:
+    def takeStrays(self, clientId: str) -> Deferred[list[tuple[Message, int, bool]]]:
         """
-        Take the deliveries other runs left for C{clientId}'s session (see L{STRAYS}); fires
-        with them and whether the session is persistent, whose are now at the end of its queue
-        in Redis, for the broker to add to the end of its own (a clean session's it delivers).
+        Take the deliveries other runs left for C{clientId}'s session (see L{STRAYS}), now at
+        the end of its queue in Redis, for the broker to add to the end of its own.
         """
         self._send()
         d = _STRAYS.runWhole(self._connection(), [*self._header(), clientId])
-        return d.addCallback(
-            lambda reply: (_deliveries(reply[0], _messages(reply[1])), int(reply[2]) == 1)
-        )
-
-    def deliverElsewhere(self, clientId: str, message: Message, qos: int) -> None:
-        """
-        Leave C{message} at C{qos} for C{clientId}, whose session is on another node (if any
-        node has one), to be handed to it there (see L{APPLY}'s C{Y}).
-        """
-        mid = self._messageId(message)
-        self._record(b"Y", clientId, f"{qos} 0 {mid}", mid)
+        return d.addCallback(lambda reply: _deliveries(reply[0], _messages(reply[1])))
 
     def release(self, clientId: str) -> None:
         """

@@ -297,7 +297,7 @@ def test_groupMessagesReachMembersOnEveryNode(cluster_nodes: Cluster3, clients: 
     dave.publish("$group/team/chat", b"from dave", 1)
     for member in (alice, bob, carol):
         (got,) = member.wait_for(1)
-        assert got.payload == b"from dave"
+        assert got.payload == b"from dave", member.client_id
     time.sleep(0.3)
     assert [m.pending() for m in (alice, bob, carol, dave)] == [[], [], [], []]
 

@@ -112,14 +112,6 @@ class ClusterSessions:
         self.cluster.buried.append(self._buried)
         self.registry.whenEnded(self._ended)
         broker.claims = self
-        broker.router.elsewhere = self._elsewhere
-
-    def _elsewhere(self, clientId: str, message: Message, qos: int) -> bool:
-        # A selected recipient (a group's member) not here: the node holding it delivers.
-        if not self.redis.up:
-            return False
-        self.store.deliverElsewhere(clientId, message, qos)
-        return True
 
     # Claims (IClientIdClaims)
 
@@ -155,14 +147,18 @@ class ClusterSessions:
             )
             return ConnackCode.NOT_AUTHORIZED
         self.claimed[clientId] = claimed.epoch + 1
-        if claimed.fence and claimed.fence != self.store.token:
-            continued = bool(claimed.sessions) and not packet.clean_session
+        moved = bool(claimed.fence) and claimed.fence != self.store.token
+        continued = bool(claimed.sessions) and not packet.clean_session
+        if moved:
             # Whatever this node still has of it is older than what Redis gave back.
             self.registry.handOver(clientId, continued)
-            if claimed.node:
-                self._tell(claimed.node, _TAKEN, clientId, str(claimed.epoch), str(int(continued)))
         if claimed.sessions and clientId not in self.registry.sessions:
+            # Its subscriptions become this node's routes (announced to the others) before the
+            # node that held it is told to let it go, so that the others route to it here
+            # before they stop routing to it there.
             self.registry.restore(self._state(claimed.sessions), self.broker.subscribing.reserved)
+        if moved and claimed.node:
+            self._tell(claimed.node, _TAKEN, clientId, str(claimed.epoch), str(int(continued)))
         # The caller attaches the session in this same turn, unless the connection went.
         self.cluster.clock.callLater(0, self._release, clientId)
         return None
@@ -225,15 +221,7 @@ class ClusterSessions:
         for clientId, node in strays:
             self._tell(node, _STRAYS, clientId)
 
-    def _straysTaken(
-        self, taken: tuple[list[tuple[Message, int, bool]], bool], clientId: str
-    ) -> None:
-        deliveries, persistent = taken
-        if not persistent:
-            # A clean session's, through the receive ACL as any delivery.
-            for message, qos, _ in deliveries:
-                self.broker.router.deliverTo(clientId, message, qos)
-            return
+    def _straysTaken(self, deliveries: list[tuple[Message, int, bool]], clientId: str) -> None:
         session = self.registry.sessions.get(clientId)
         if session is None or not deliveries:
             # Gone meanwhile: they wait in its queue in Redis for whoever claims it.
