@@ -327,3 +327,32 @@ def test_persistentConnectRefusedWhileRedisIsDown(
     cluster_nodes.redis.start()
     e2e.wait_until(lambda: a.call(lambda: sessions.redis.up), "node A to reach Redis again")
     assert not clients(a.port, "durable", clean=False).session_present
+
+
+def test_fencedNodeHandsOnWhatItStillDelivers(cluster_nodes: Cluster3, clients: Connect) -> None:
+    """
+    If the word that a session was taken never reaches its old node (pub/sub delivers at most
+    once; a paused node hears nothing), the fence still holds: the old node's next write to
+    the session is refused in Redis, so it lets the session go and closes its client's
+    connection with 0x8E [MQTT-3.1.4-3], and the QoS 1 message it was delivering, already
+    acknowledged to its publisher, reaches the client on the new node instead of being lost.
+    """
+    a, b = cluster_nodes.start("a"), cluster_nodes.start("b")
+    old = clients(a.port, "phone", clean=False, protocol=MQTTv5, properties=persistent())
+    old.subscribe("t/#", 1)
+    b.waitKnows(a, "t/#")
+    # From now on node A hears nothing on pub/sub: neither its handover channel nor the
+    # cluster's route events, so it keeps routing to its stale session and to it alone.
+    deaf: Any = a.broker.claims
+    for connections in (deaf.redis, a.cluster.redis):
+        connections._subscriber.received = lambda channel, data: None
+    new = clients(b.port, "phone", clean=False, protocol=MQTTv5, properties=persistent())
+    assert new.session_present
+    assert a.call(lambda: "phone" in a.broker.sessions)
+    # Published on A, where the stale session still is, before A knows better.
+    clients(a.port, "pub").publish("t/x", b"acknowledged", 1)
+    (got,) = new.wait_for(1)
+    assert got.payload == b"acknowledged"
+    assert old.disconnected.wait(e2e.TIMEOUT)
+    assert old.disconnect_reason == SESSION_TAKEN_OVER
+    assert a.call(lambda: "phone" not in a.broker.sessions)
