@@ -15,7 +15,8 @@
 #                 spreading the connections
 # then the cross-node latency: S3L (8 QoS 1 publishers paced at 1,000 msgs/s in all) with the
 # publishers on node A and the subscriber on node B, p50/p99 next to the lone broker's.
-# Redis runs with appendfsync always (the cluster's guarantee for QoS 1/2), unpinned, as do
+# Redis runs with appendfsync always (the cluster's guarantee for QoS 1/2; REDIS_FSYNC=everysec
+# to see what the fsync costs), unpinned, as do
 # the generators of the two-node runs (two cores: brokers, Redis and generators share them).
 # The generator is the shared one built with --spread-port and --sub-port (a copy patched by
 # sed next to the shared source).  Besides each run's rate and latency, the CPU time of every
@@ -77,9 +78,10 @@ stop_all() {
 }
 trap 'stop_all; exit 130' INT TERM
 
-redis() {  # a fresh Redis, append-only with fsync on every write
+redis() {  # a fresh Redis, append-only, by default with fsync on every write
     rm -rf "$WORK/redis" && mkdir -p "$WORK/redis"
-    redis-server --port $R --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
+    redis-server --port $R --bind 127.0.0.1 --save '' --appendonly yes \
+        --appendfsync "${REDIS_FSYNC:-always}" \
         --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" &
     PIDS+=($!)
     wait_port $R

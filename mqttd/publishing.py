@@ -171,7 +171,14 @@ class Publishing(PacketHandlers):
         held = store.flush()
         forwarded = self.router.whenForwarded()
         if forwarded is not None:
-            # A cluster node: the other nodes' share is in Redis too before the answer.
+            # A cluster node: the other nodes' share is in Redis too before the answer.  A
+            # refusal has failed already and closes the connection; otherwise, with nothing
+            # to wait for here, the answer follows Redis's without holding the client's next
+            # packets (answers keep their order: each waits for everything sent before it),
+            # so a publisher's in-flight window keeps several messages on their way.
+            if held is None and not forwarded.called:
+                forwarded.addCallback(lambda _: answer(*args))
+                return None
             held = forwarded if held is None else held.addCallback(lambda _: forwarded)
         if held is not None:
             held.addCallback(self._flushed, self.clock.seconds())
