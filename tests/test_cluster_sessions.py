@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from zope.interface.verify import verifyObject
 
 from mqttd.cluster.config import ClusterConfig, parseRedisURL
 from mqttd.config import BrokerConfig, Config, ListenerConfig
+from mqttd.interfaces import IClientIdClaims
 from mqttd.service import makeBrokerService
 from tests import e2e
 from tests.clusternodes import (
@@ -64,6 +66,7 @@ def test_takeoverAcrossNodes(cluster_nodes: Cluster3, clients: Connect) -> None:
     MQTT-3.1.4-3], and only one node holds the session at a time.
     """
     a, b = cluster_nodes.start("a"), cluster_nodes.start("b")
+    assert verifyObject(IClientIdClaims, a.broker.claims)
     phone = clients(a.port, "phone", clean=False, protocol=MQTTv5, properties=persistent())
     phone.subscribe("inbox/#", 1)
     phone.disconnect()

@@ -959,6 +959,29 @@ def test_redisFencedWritesAreRefused(tmp_path: Path) -> None:
     closed(b)
 
 
+def test_redisStoreProvidesIGroupStore(tmp_path: Path) -> None:
+    """
+    The Redis store keeps virtual groups too (a cluster's membership): a group saved is
+    there at once, fires once Redis has it, and a new store on the same Redis reads it back
+    with its roles and policies.
+    """
+    store = opened(redisStore, tmp_path)
+    assert verifyObject(IGroupStore, store)
+    restored(store)
+    team = Group("team", {"alice": 1, "bob": 2}, owners=frozenset({"alice"}), publish="owners")
+    e2e.in_reactor(lambda: store.save(team))
+    assert store.group("team") is team
+    again = opened(redisStore, tmp_path)
+    restored(again)
+    assert again.group("team") == team
+    e2e.in_reactor(lambda: again.delete("team"))
+    third = opened(redisStore, tmp_path)
+    restored(third)
+    assert list(third.groupNames()) == []
+    for s in (store, again, third):
+        closed(s)
+
+
 def test_redisPluginOptions(tmp_path: Path) -> None:
     """
     The Redis store checks its options when built: start-up stops with one line naming the
