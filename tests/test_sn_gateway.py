@@ -26,6 +26,7 @@ from mqttd.interfaces import (
     IClientConnection,
 )
 from mqttd.sn import packets as sn
+from mqttd.sn.client import SNClient
 from mqttd.sn.codec import encode
 from mqttd.sn.packets import ReturnCode, TopicIdType, shortTopicId
 
@@ -782,3 +783,12 @@ def test_protocol_error_disconnects_one_client() -> None:
     assert client.key not in world.gateway.clients
     bystander.send(sn.Pingreq())
     assert bystander.one(sn.Pingresp) == sn.Pingresp()
+
+
+def test_clientStateIsInSlotsOnly() -> None:
+    """
+    An SN client keeps its state in slots, with no per-instance C{__dict__}: the parts mixed into
+    it (connecting, delivery) declare empty slots, so an idle client costs what it did as one
+    class.
+    """
+    assert SNClient.__dictoffset__ == 0

@@ -64,6 +64,11 @@ class Outstanding:
 class Delivery:
     """The outbound half of an MQTT-SN client."""
 
+    if not TYPE_CHECKING:
+        # Empty, so SNClient's instances stay without a __dict__ (memory per idle client);
+        # hidden from mypy, which would check the client's attributes against these.
+        __slots__ = ()
+
     log: Logger
     # What delivery reads and sets of the client it is part of.
     gateway: MQTTSNGateway
