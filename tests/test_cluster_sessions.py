@@ -359,3 +359,22 @@ def test_fencedNodeHandsOnWhatItStillDelivers(cluster_nodes: Cluster3, clients: 
     assert old.disconnected.wait(e2e.TIMEOUT)
     assert old.disconnect_reason == SESSION_TAKEN_OVER
     assert a.call(lambda: "phone" not in a.broker.sessions)
+
+
+def test_stoppedNodeLeavesItsSessionsToAnother(cluster_nodes: Cluster3, clients: Connect) -> None:
+    """
+    A node stopped cleanly (a rolling restart) hands its offline persistent sessions to a live
+    node, which takes over their routes: a QoS 1 message published while the node is down is
+    queued for the session [MQTT-3.1.2-5] and reaches its client when it reconnects anywhere.
+    """
+    a, b = cluster_nodes.start("a"), cluster_nodes.start("b")
+    sub = clients(a.port, "sleeper", clean=False)
+    sub.subscribe("news/#", 1)
+    sub.disconnect()
+    e2e.wait_until(lambda: a.call(lambda: "b" in a.cluster.membership.others), "A to see B")
+    a.stop()
+    e2e.wait_until(lambda: b.call(lambda: "sleeper" in b.broker.sessions), "B to take it")
+    clients(b.port, "pub").publish("news/1", b"while a was down", 1)
+    back = clients(b.port, "sleeper", clean=False)
+    assert back.session_present
+    assert [m.payload for m in back.wait_for(1)] == [b"while a was down"]

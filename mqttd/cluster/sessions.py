@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 DRAIN_BATCH = 512
 
 # On a node's handover channel: another node took a client id (client id, the epoch the claim
-# took it from, whether the session continues), or left deliveries for one of this node's
-# sessions (client id).
-_TAKEN, _STRAYS = b"T", b"S"
+# took it from, whether the session continues), left deliveries for one of this node's
+# sessions (client id), or stopped and leaves its persistent sessions to this one (node, run).
+_TAKEN, _STRAYS, _LEAVING = b"T", b"S", b"L"
 
 
 def handoverChannel(node: str) -> str:
@@ -92,7 +92,7 @@ class ClusterSessions:
             node=cluster.name,
             clustered=True,
             token=lambda: cluster.incarnation,
-            disconnect=lambda commands: self.redis.stop(),
+            disconnect=self._closed,
             groupPollInterval=cluster.config.heartbeat,
         )
         self.store.fenced = self._fenced
@@ -100,6 +100,20 @@ class ClusterSessions:
         self.adopted = 0
         # Client ids whose strays are being read: whether to read again when done.
         self._taking: dict[str, bool] = {}
+
+    def _closed(self, commands: Any) -> Deferred[Any]:
+        """
+        The store wrote its last batch: this node stops.  Its persistent sessions, offline
+        while it is down, would miss what is published for them meanwhile, since its routes go
+        with it; one live node (the first by name) is asked to take them, as it would a dead
+        node's, and their clients take them from there, wherever they connect.
+        """
+        others = sorted(self.cluster.membership.others)
+        if not (others and self.redis.up):
+            return self.redis.stop()
+        data = _LEAVING + f"{self.cluster.name}\0{self.store.token}".encode()
+        d: Deferred[Any] = commands.execute_command("PUBLISH", handoverChannel(others[0]), data)
+        return d.addBoth(lambda _: self.redis.stop())
 
     def _connect(self) -> Any:
         self.redis.start()
@@ -185,6 +199,10 @@ class ClusterSessions:
     def received(self, channel: bytes, data: bytes) -> None:
         """A message on this node's handover channel."""
         kind, fields = data[:1], data[1:].split(b"\0")
+        if kind == _LEAVING:
+            node, run = fields[0].decode(), fields[1].decode()
+            ensureDeferred(self._buried(node, run)).addErrback(self._failed)
+            return
         clientId = fields[0].decode()
         if kind == _TAKEN:
             epoch, continued = int(fields[1]), fields[2] == b"1"
