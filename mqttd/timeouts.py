@@ -7,8 +7,8 @@ than half of the heap's calls are live, which never happens while every idle con
 live keepalive timer, so each connection paid for two: ~0.7 KB of an idle connection's ~3 KB.
 Here a timeout is a four-slot list in one heap; a single L{DelayedCall}, for the earliest due
 time, serves them all.  Cancelling lets go of the timeout's target at once; the entry itself
-leaves when it comes due, or earlier when cancelled entries outnumber live ones and the heap is
-rebuilt without them.
+leaves when it comes due, or earlier when cancelled entries reach a quarter of the live ones and
+the heap is rebuilt without them.
 """
 
 from __future__ import annotations
@@ -86,7 +86,11 @@ class Timeouts:
             if self._call is not None:
                 self._call.cancel()
                 self._call = None
-        elif self._cancelled >= _COMPACT_AT and self._cancelled * 2 >= len(heap):
+        elif self._cancelled >= _COMPACT_AT and self._cancelled * 5 >= len(heap):
+            # Once a quarter of the live ones (cancelled / (len - cancelled) >= 1/4): not once
+            # they outnumber them, which while connections keep arriving never happens, as each
+            # adds a cancelled CONNECT timeout and a live keepalive.  Each rebuild waits for the
+            # live ones to grow by a quarter, so its cost per timeout stays constant.
             # Filtered in place: _expire may be iterating over this very list.
             heap[:] = [entry for entry in heap if entry[2] is not None]
             heapify(heap)
