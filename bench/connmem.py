@@ -10,8 +10,9 @@ process that sends each a 3.1.1 CONNECT and waits for its CONNACK, then holds th
 tracemalloc snapshot before the first connection and one with all of them idle it prints the
 heap per connection and the allocation sites (file:line) that grew most, which is where an idle
 connection's bytes go.  C{--walk} adds C{sys.getsizeof} summed per type over the objects one
-connection owns (its protocol, session, transport, socket, decoder, timers), stopping at what
-connections share (broker, listener, reactor, classes).  The broker's CPU time to accept the
+connection owns (its protocol, session, transport, socket, decoder, timers): reachable from it
+and not from another connection, stopping at the broker, listener and reactor; it leaves out
+allocator and collector overhead, which tracemalloc counts.  The broker's CPU time to accept the
 connections is printed too, per connection.  The child's allocations are in another process, so
 the figures are the broker's alone.  Other work on the machine changes the CPU figure, not the
 memory ones.
@@ -58,18 +59,29 @@ sys.stdin.read()
 SHARED_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
 
 
-def ownedSize(root: object, shared: set[int]) -> Counter[str]:
-    """C{sys.getsizeof} per type name of what is reachable from C{root} and not in C{shared}."""
-    sizes: Counter[str] = Counter()
-    seen: set[int] = set()
+def reachable(root: object, shared: set[int]) -> dict[int, object]:
+    """What C{root} reaches without passing through C{shared}, a class, module or function."""
+    found: dict[int, object] = {}
     stack = [root]
     while stack:
         obj = stack.pop()
-        if id(obj) in seen or id(obj) in shared or isinstance(obj, SHARED_TYPES):
+        if id(obj) in found or id(obj) in shared or isinstance(obj, SHARED_TYPES):
             continue
-        seen.add(id(obj))
-        sizes[type(obj).__name__] += sys.getsizeof(obj)
+        found[id(obj)] = obj
         stack.extend(gc.get_referents(obj))
+    return found
+
+
+def ownedSize(root: object, other: object, shared: set[int]) -> Counter[str]:
+    """
+    C{sys.getsizeof} per type name of what is reachable from C{root} but not from C{other}, a
+    second connection: what both reach (codec tables, enum members, small ints) is nobody's own.
+    """
+    theirs = reachable(other, shared)
+    sizes: Counter[str] = Counter()
+    for key, obj in reachable(root, shared).items():
+        if key not in theirs:
+            sizes[type(obj).__name__] += sys.getsizeof(obj)
     return sizes
 
 
@@ -148,11 +160,14 @@ def main() -> None:
                 protocol.factory,
                 protocol._stats,
                 protocol.broker.config,
+                # The listener's, holding every connection's timeouts and writes.
+                protocol._timeouts,
+                protocol._writes,
             ]
             transport: Any = protocol.transport
             sharedRoots += [transport.reactor, getattr(transport, "server", None)]
             shared = {id(o) for o in sharedRoots}
-            sizes = ownedSize(protocol, shared)
+            sizes = ownedSize(protocol, protocols[0], shared)
             print(f"\ngetsizeof walk of one connection: {sum(sizes.values())} bytes")
             for name, size in sizes.most_common(15):
                 print(f"  {size:6d}  {name}")
