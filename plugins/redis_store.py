@@ -3,20 +3,22 @@ The Redis L{IMessageStore} (C{[store] plugin = redis}): persistent sessions, ret
 and wills in a Redis server, so that a session outlives the node that held it and a cluster's
 nodes (C{docs/cluster.md}) can hand it to one another.
 
-The journal's events are recorded on the reactor thread and sent as one C{EVALSHA} of
-L{APPLY} per batch, on one connection, so Redis applies them in the broker's order and each
-batch as a whole (a Lua script is atomic, and Redis writes its effects to the append-only file
-as one transaction).  In C{sync} mode a batch goes at the end of the reactor turn that recorded
-it and L{RedisStore.flush} fires once Redis has answered it; with C{appendfsync always} Redis
-answers only after the change is on disk, which is the SQLite store's guarantee.  Batches are
-pipelined: the next goes before the one before has been answered, Redis keeping their order.
+The journal's events are recorded on the reactor thread and sent as one C{EVALSHA} of the
+script C{APPLY} (L{mqttd.plugins.redis_scripts}) per batch, on one connection, so Redis applies
+them in the broker's order and each batch as a whole (a Lua script is atomic, and Redis writes
+its effects to the append-only file as one transaction).  In C{sync} mode a batch goes at the
+end of the reactor turn that recorded it and L{RedisStore.flush} fires once Redis has answered
+it; with C{appendfsync always} Redis answers only after the change is on disk, which is the
+SQLite store's guarantee.  Batches are pipelined: the next goes before the one before has been
+answered, Redis keeping their order; each is numbered, and one lost with its connection is sent
+again, in order, and applied once.  Values are written as L{mqttd.plugins.redis_values} says.
 
 Every session's key carries a fencing token, C{fence}: the run of the node that owns it
 (L{RedisStore.token}, new for each process).  A write to a session is applied only while the
 fence is this run's, checked in the same script, so a node that lost a session (taken over by
 another node, or its owner thought dead) can never overwrite it.  A delivery to a session this
-run no longer owns is kept in the session's queue in Redis instead (a stray), so the node that
-owns it now delivers it: a message acknowledged to its publisher is never dropped by the fence.
+run no longer owns is kept for the session in Redis instead (a stray), so the node that owns
+it now delivers it: a message acknowledged to its publisher is never dropped by the fence.
 
 Options (C{[plugin:redis]}):
   - C{url}: C{redis://[:PASSWORD@]HOST[:PORT][/DB]}; default C{redis://127.0.0.1:6379/0}.
@@ -34,8 +36,8 @@ them with their owners and lifetimes):
   - C{Pinflight:C}, hash: in-flight deliveries by packet identifier, C{"SEQ STATE QOS RETAIN
     MID"}.
   - C{Pawaiting:C}, hash: inbound QoS 2 packet identifiers awaiting PUBREL, to when they came.
-  - C{Pmessage:MID}, hash: a message (C{body}, see L{encodeMessage}) and how many deliveries
-    reference it (C{refs}); deleted with its last reference.
+  - C{Pmessage:MID}, hash: a message (C{body}, see L{redis_values.encodeMessage}) and how
+    many deliveries reference it (C{refs}); deleted with its last reference.
   - C{Pstrays:C}, list, as the queue: deliveries another run made to the session after it
     lost it, for its owner to take.
   - C{Psessions:N}, set: the client identifiers whose sessions node C{N} owns.
@@ -51,7 +53,6 @@ them with their owners and lifetimes):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -71,7 +72,6 @@ from zope.interface import implementer
 
 from mqttd.codec.packets import Will
 from mqttd.durable import durabilityOptions
-from mqttd.groupinbox import dumpSettings, withSettings
 from mqttd.interfaces import (
     Group,
     IGroupStore,
@@ -82,505 +82,28 @@ from mqttd.interfaces import (
 )
 from mqttd.message import Message
 from mqttd.session import SessionState
-from mqttd.store import StoredSession, StoredState, dumpProperties, loadProperties, storedMessage
+from mqttd.store import StoredState
+
+from .redis_scripts import APPLY_SCRIPT, CLAIM_SCRIPT, CONNECT_SCRIPT, STRAYS_SCRIPT
+from .redis_values import (
+    claimedSessions,
+    decodeMessage,
+    dumpGroup,
+    encodeMessage,
+    encodeWill,
+    loadGroup,
+    readDeliveries,
+    readMessages,
+    readWills,
+)
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "mqttd:"
 DEFAULT_NODE = "mqttd"
 
-# Lua helpers both scripts share.  Keys are built in the script from the prefix: mqttd's
-# Redis is one server (or a replicated pair), never a Redis Cluster, whose slots would need
-# every key named in KEYS.
-_COMMON = """
-local token, node, p = ARGV[1], ARGV[2], ARGV[3]
--- Messages whose references fell to none (or that were written with none): deleted by sweep
--- at the script's end, so that one referenced again later in the same batch keeps its body.
-local unreferenced = {}
-local function unref(mid)
-  local key = p .. 'message:' .. mid
-  if redis.call('HINCRBY', key, 'refs', -1) <= 0 then unreferenced[#unreferenced + 1] = key end
-end
-local function sweep()
-  for _, key in ipairs(unreferenced) do
-    local refs = redis.call('HGET', key, 'refs')
-    if refs and tonumber(refs) <= 0 then redis.call('DEL', key) end
-  end
-end
-local function ref(mid) redis.call('HINCRBY', p .. 'message:' .. mid, 'refs', 1) end
-local function queuedMid(entry) return string.match(entry, '^%d+ %d+ (.+)$') end
-local function inflightMid(entry) return string.match(entry, '^%d+ %d+ %d+ %d+ (.+)$') end
--- Forget a session's persistent state (its queue, in-flight deliveries and QoS 2 ids).
-local function dropState(cid)
-  for _, e in ipairs(redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)) do unref(queuedMid(e)) end
-  for _, e in ipairs(redis.call('HVALS', p .. 'inflight:' .. cid)) do unref(inflightMid(e)) end
-  redis.call('DEL', p .. 'queue:' .. cid, p .. 'inflight:' .. cid, p .. 'awaiting:' .. cid,
-    p .. 'strays:' .. cid)
-end
--- What claims return: per persistent session its client id, subscriptions, owner, expiry
--- interval and deadline, queue, in-flight deliveries and QoS 2 ids; then the bodies of the
--- messages they reference (mid, body, ...).
-local sessions, bodies, seen = {}, {}, {}
-local function body(mid)
-  if not seen[mid] then
-    seen[mid] = true
-    bodies[#bodies + 1] = mid
-    bodies[#bodies + 1] = redis.call('HGET', p .. 'message:' .. mid, 'body') or ''
-  end
-end
--- Make this run the owner of cid's session; a persistent one's state goes into the reply, its
--- strays (deliveries other runs made to it meanwhile) joining the end of its queue first.
-local function take(cid)
-  local key = p .. 'session:' .. cid
-  local was = redis.call('HMGET', key, 'node', 'fence')
-  if was[1] then redis.call('SREM', p .. 'sessions:' .. was[1], cid) end
-  if was[2] and was[2] ~= token then
-    -- When it left that run: if the run dies, what was on its way to it through the run's
-    -- stream from before then is this session's (docs/cluster.md, "Sessions").
-    local now = redis.call('TIME')
-    redis.call('HSET', p .. 'moved:' .. was[2], cid, now[1] * 1000 + math.floor(now[2] / 1000))
-    redis.call('EXPIRE', p .. 'moved:' .. was[2], 86400)
-  end
-  redis.call('HSET', key, 'fence', token, 'node', node)
-  redis.call('HINCRBY', key, 'epoch', 1)
-  redis.call('SADD', p .. 'sessions:' .. node, cid)
-  if redis.call('HGET', key, 'p') ~= '1' then return end
-  local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
-  if #strays > 0 then
-    redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
-    redis.call('DEL', p .. 'strays:' .. cid)
-  end
-  local s = redis.call('HMGET', key, 'subs', 'owner', 'ei', 'ea')
-  local queue = redis.call('LRANGE', p .. 'queue:' .. cid, 0, -1)
-  for _, e in ipairs(queue) do body(queuedMid(e)) end
-  local inflight = redis.call('HGETALL', p .. 'inflight:' .. cid)
-  for j = 2, #inflight, 2 do body(inflightMid(inflight[j])) end
-  sessions[#sessions + 1] = {cid, s[1], s[2], s[3], s[4], queue, inflight,
-    redis.call('HGETALL', p .. 'awaiting:' .. cid)}
-end
-"""
-
-# One batch of journal events: ARGV = token, node, prefix, create ('1': a single broker on its
-# Redis, where a sessionSaved for a session nobody holds creates it; a cluster node claims
-# sessions before it saves them), the batch's number and whether it starts the count, then the
-# events, each an opcode and its fixed arguments.
-# Returns the client ids whose writes were fenced off, and those given a stray delivery each
-# followed by the node that owns it.
-APPLY = (
-    _COMMON
-    + """
-local create = ARGV[4] == '1'
--- Each batch once, in order: one sent again after a lost connection (whose answer was lost,
--- or which never arrived) is skipped if Redis had it, and one arriving before an earlier
--- one is refused, to be sent again after it.  ARGV[6] = '1' starts a run's count.
-local seq, applied = tonumber(ARGV[5]), p .. 'applied:' .. token
-local last = tonumber(redis.call('GET', applied) or '-1')
-if ARGV[6] ~= '1' then
-  if seq <= last then return {{}, {}} end
-  if seq ~= last + 1 then
-    return redis.error_reply('MQTTDGAP batch ' .. seq .. ' after ' .. last)
-  end
-end
-redis.call('SET', applied, seq)
--- A single broker finds its wills again under its name when it restarts; a cluster node's are
--- its run's, which a survivor takes when the run dies.
-local willsKey = p .. 'wills:' .. (create and node or token)
-local owned, fenced, strays = {}, {}, {}
-local function owns(cid)
-  local ok = owned[cid]
-  if ok == nil then
-    ok = redis.call('HGET', p .. 'session:' .. cid, 'fence') == token
-    owned[cid] = ok
-    if not ok then fenced[#fenced + 1] = cid end
-  end
-  return ok
-end
--- A delivery for a persistent session this run no longer owns: kept for its owner, who is
--- told (the node is returned with it) and takes it, or finds it when it claims the session.
-local function stray(cid, entry, mid)
-  local s = redis.call('HMGET', p .. 'session:' .. cid, 'p', 'node')
-  if s[1] == '1' then
-    redis.call('RPUSH', p .. 'strays:' .. cid, entry)
-    ref(mid)
-    strays[#strays + 1] = cid
-    strays[#strays + 1] = s[2]
-  end
-end
-local i = 7
-local n = #ARGV
-while i <= n do
-  local op = ARGV[i]
-  if op == 'M' then
-    local key = p .. 'message:' .. ARGV[i + 1]
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('HSET', key, 'body', ARGV[i + 2], 'refs', 0)
-      unreferenced[#unreferenced + 1] = key
-    end
-    i = i + 3
-  elseif op == 'S' then
-    local cid = ARGV[i + 1]
-    local key = p .. 'session:' .. cid
-    if create and owned[cid] == nil and redis.call('EXISTS', key) == 0 then
-      redis.call('HSET', key, 'fence', token, 'node', node, 'ei', 4294967295, 'ea', '', 'seq', 0)
-      redis.call('SADD', p .. 'sessions:' .. node, cid)
-      owned[cid] = true
-    end
-    if owns(cid) then
-      redis.call('HSET', key, 'subs', ARGV[i + 2], 'p', '1')
-      -- A persistent session never expires until told otherwise (3.1.1 never tells).
-      redis.call('HSETNX', key, 'ei', 4294967295)
-    end
-    i = i + 3
-  elseif op == 'D' then
-    local cid = ARGV[i + 1]
-    if owns(cid) then
-      dropState(cid)
-      if create then
-        redis.call('DEL', p .. 'session:' .. cid)
-        redis.call('SREM', p .. 'sessions:' .. node, cid)
-        owned[cid] = nil
-      else
-        -- The claim stays, with its owner: this node still holds the client id.
-        redis.call('HDEL', p .. 'session:' .. cid, 'p', 'subs', 'ei', 'ea', 'seq')
-      end
-    end
-    i = i + 2
-  elseif op == 'O' then
-    local cid = ARGV[i + 1]
-    if owns(cid) then redis.call('HSET', p .. 'session:' .. cid, 'owner', ARGV[i + 2]) end
-    i = i + 3
-  elseif op == 'E' then
-    if owns(ARGV[i + 1]) then
-      redis.call('HSET', p .. 'session:' .. ARGV[i + 1], 'ei', ARGV[i + 2], 'ea', ARGV[i + 3])
-    end
-    i = i + 4
-  elseif op == 'Q' then
-    local cid, entry, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    if owns(cid) then
-      redis.call('RPUSH', p .. 'queue:' .. cid, entry)
-      ref(mid)
-    else
-      stray(cid, entry, mid)
-    end
-    i = i + 4
-  elseif op == 'P' then
-    -- Sent: cid, packet id, state, QoS, retain, mid, queued ('1': it left the queue's head).
-    local cid, pid, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 6]
-    if owns(cid) then
-      -- From the queue: that entry (the first like it: the queue's head, unless strays taken
-      -- in since joined the broker's queue in another order) carries its reference over.
-      -- (The head goes if there is no such entry, keeping the queue as long as the broker's.)
-      local entry = ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid
-      if ARGV[i + 7] ~= '1' then
-        ref(mid)
-      elseif redis.call('LREM', p .. 'queue:' .. cid, 1, entry) == 0 then
-        local head = redis.call('LPOP', p .. 'queue:' .. cid)
-        if head then unref(queuedMid(head)) end
-        ref(mid)
-      end
-      local old = redis.call('HGET', p .. 'inflight:' .. cid, pid)
-      if old then unref(inflightMid(old)) end
-      local seq = redis.call('HINCRBY', p .. 'session:' .. cid, 'seq', 1)
-      redis.call('HSET', p .. 'inflight:' .. cid, pid,
-        seq .. ' ' .. ARGV[i + 3] .. ' ' .. ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid)
-    elseif ARGV[i + 7] ~= '1' then
-      stray(cid, ARGV[i + 4] .. ' ' .. ARGV[i + 5] .. ' ' .. mid, mid)
-    end
-    i = i + 8
-  elseif op == 'R' then
-    local cid, pid = ARGV[i + 1], ARGV[i + 2]
-    if owns(cid) then
-      local e = redis.call('HGET', p .. 'inflight:' .. cid, pid)
-      if e then
-        local seq, _, rest = string.match(e, '^(%d+) (%d+) (.+)$')
-        redis.call('HSET', p .. 'inflight:' .. cid, pid, seq .. ' 3 ' .. rest)
-      end
-    end
-    i = i + 3
-  elseif op == 'A' then
-    local cid, pid = ARGV[i + 1], ARGV[i + 2]
-    if owns(cid) then
-      local e = redis.call('HGET', p .. 'inflight:' .. cid, pid)
-      if e then
-        unref(inflightMid(e))
-        redis.call('HDEL', p .. 'inflight:' .. cid, pid)
-      end
-    end
-    i = i + 3
-  elseif op == '2' then
-    local cid = ARGV[i + 1]
-    if owns(cid) then redis.call('HSET', p .. 'awaiting:' .. cid, ARGV[i + 2], ARGV[i + 3]) end
-    i = i + 4
-  elseif op == '3' then
-    local cid = ARGV[i + 1]
-    if owns(cid) then redis.call('HDEL', p .. 'awaiting:' .. cid, ARGV[i + 2]) end
-    i = i + 3
-  elseif op == 'X' then
-    -- Released: the client id is no longer this node's, and no persistent session keeps it.
-    local cid = ARGV[i + 1]
-    if owns(cid) and redis.call('HGET', p .. 'session:' .. cid, 'p') ~= '1' then
-      redis.call('DEL', p .. 'session:' .. cid)
-      redis.call('SREM', p .. 'sessions:' .. node, cid)
-    end
-    i = i + 2
-  elseif op == 'G' then
-    redis.call('HSET', p .. 'groups', ARGV[i + 1], ARGV[i + 2])
-    redis.call('INCR', p .. 'groups:changes')
-    i = i + 3
-  elseif op == 'g' then
-    redis.call('HDEL', p .. 'groups', ARGV[i + 1])
-    redis.call('INCR', p .. 'groups:changes')
-    i = i + 2
-  elseif op == 'W' then
-    -- Wills are the node's own record of its connections, not the session's: never fenced.
-    redis.call('HSET', willsKey, ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
-  elseif op == 'w' then
-    redis.call('HDEL', willsKey, ARGV[i + 1])
-    i = i + 2
-  elseif op == 'T' then
-    redis.call('HSET', p .. 'store:retained', ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
-  elseif op == 't' then
-    redis.call('HDEL', p .. 'store:retained', ARGV[i + 1])
-    i = i + 2
-  else
-    return redis.error_reply('mqttd: unknown store event ' .. op)
-  end
-end
-sweep()
-return {fenced, strays}
-"""
-)
-
-# Claim sessions for this run and return their state (see take): ARGV = token, node, prefix,
-# then what to claim: 'node' and a node name (every session the node owns: this node's own at
-# start-up, what its last run left), or 'dead', a node name and a run (the sessions that run
-# still owns, and its wills, which are taken with them: a run's wills are read once), or
-# 'client' and client ids.  What a dead run left of a clean session (a claim with no
-# persistent state) is deleted.  Returns the sessions, the message bodies, the wills and, for
-# a dead run, the persistent sessions other runs took from it (client id, when in ms on
-# Redis's clock, subscriptions).
-CLAIM = (
-    _COMMON
-    + """
-local mode, cids, wills = ARGV[4], {}, {}
-if mode == 'client' then
-  for j = 5, #ARGV do cids[#cids + 1] = ARGV[j] end
-else
-  for _, cid in ipairs(redis.call('SMEMBERS', p .. 'sessions:' .. ARGV[5])) do
-    if mode == 'node' or redis.call('HGET', p .. 'session:' .. cid, 'fence') == ARGV[6] then
-      cids[#cids + 1] = cid
-    end
-  end
-end
-local moved = {}
-if mode == 'dead' then
-  wills = redis.call('HGETALL', p .. 'wills:' .. ARGV[6])
-  local left = redis.call('HGETALL', p .. 'moved:' .. ARGV[6])
-  for j = 1, #left, 2 do
-    local subs = redis.call('HGET', p .. 'session:' .. left[j], 'subs')
-    if subs then
-      moved[#moved + 1] = left[j]
-      moved[#moved + 1] = left[j + 1]
-      moved[#moved + 1] = subs
-    end
-  end
-  redis.call('DEL', p .. 'wills:' .. ARGV[6], p .. 'moved:' .. ARGV[6],
-    p .. 'applied:' .. ARGV[6])
-end
-for _, cid in ipairs(cids) do
-  local key = p .. 'session:' .. cid
-  if mode == 'client' or redis.call('HGET', key, 'p') == '1' then
-    take(cid)
-  else
-    dropState(cid)
-    redis.call('DEL', key)
-    redis.call('SREM', p .. 'sessions:' .. ARGV[5], cid)
-  end
-end
-sweep()
-return {sessions, bodies, wills, moved}
-"""
-)
-
-# A client connects: claim its client id for this run unless a session of another identity
-# holds it and the configuration refuses that.  ARGV = token, node, prefix, client id,
-# identity, refuse ('1' or '0').  Returns {'refused', owner} or {'taken', the previous fence,
-# node and epoch ('' when none held it), the new epoch, the sessions, the bodies}.
-CONNECT = (
-    _COMMON
-    + """
-local cid, identity = ARGV[4], ARGV[5]
-local key = p .. 'session:' .. cid
-local was = redis.call('HMGET', key, 'fence', 'node', 'epoch', 'owner')
-if ARGV[6] == '1' and was[4] and was[4] ~= identity then return {'refused', was[4]} end
-take(cid)
-if not was[4] then redis.call('HSET', key, 'owner', identity) end
-sweep()
-return {'taken', was[1] or '', was[2] or '', was[3] or '0', redis.call('HGET', key, 'epoch'),
-  sessions, bodies}
-"""
-)
-
-# The owner of a session takes the strays other runs left for it: ARGV = token, node, prefix,
-# client id.  They join the end of its queue in Redis and are returned ({entries, bodies}) for
-# the broker to add to the session's queue in memory; nothing if the session is not this run's.
-STRAYS = (
-    _COMMON
-    + """
-local cid = ARGV[4]
-if redis.call('HGET', p .. 'session:' .. cid, 'fence') ~= token then return {{}, {}} end
-local strays = redis.call('LRANGE', p .. 'strays:' .. cid, 0, -1)
-if #strays == 0 then return {{}, {}} end
-redis.call('RPUSH', p .. 'queue:' .. cid, unpack(strays))
-redis.call('DEL', p .. 'strays:' .. cid)
-for _, e in ipairs(strays) do body(queuedMid(e)) end
-return {strays, bodies}
-"""
-)
-
-
-def encodeMessage(message: Message) -> bytes:
-    """
-    A message as Redis keeps it: a JSON header (topic, QoS, retain, what L{dumpProperties}
-    keeps of its properties, its expiry deadline), a newline (JSON text has none), the payload.
-    """
-    header = [
-        message.topic,
-        message.qos,
-        message.retain,
-        dumpProperties(message.properties),
-        message.expiresAt,
-    ]
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + message.payload
-
-
-def decodeMessage(body: bytes) -> Message:
-    """The message L{encodeMessage} made C{body} of."""
-    header, _, payload = body.partition(b"\n")
-    topic, qos, retain, properties, expiresAt = json.loads(header)
-    return storedMessage(topic, payload, qos, retain, properties, expiresAt)
-
-
-def encodeWill(will: Will) -> bytes:
-    """A will as Redis keeps it, in L{encodeMessage}'s form."""
-    header = [will.topic, will.qos, will.retain, dumpProperties(will.properties)]
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + will.payload
-
-
-def decodeWill(body: bytes) -> Will:
-    """The will L{encodeWill} made C{body} of."""
-    header, _, payload = body.partition(b"\n")
-    topic, qos, retain, properties = json.loads(header)
-    return Will(topic, payload, qos, bool(retain), loadProperties(properties))
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
-
-
-def _messages(rawBodies: Sequence[bytes]) -> dict[bytes, Message]:
-    messages: dict[bytes, Message] = {}
-    for j in range(0, len(rawBodies), 2):
-        mid = rawBodies[j]
-        message = messages[mid] = decodeMessage(rawBodies[j + 1])
-        message.storeId = int(mid)
-    return messages
-
-
-def _deliveries(
-    entries: Sequence[bytes], messages: Mapping[bytes, Message]
-) -> list[tuple[Message, int, bool]]:
-    deliveries = []
-    for entry in entries:
-        qos, retain, mid = entry.split(b" ", 2)
-        deliveries.append((messages[mid], int(qos), retain == b"1"))
-    return deliveries
-
-
-def claimedSessions(rawSessions: Sequence[Any], rawBodies: Sequence[bytes]) -> list[SessionState]:
-    """The L{SessionState}s a claim (L{CLAIM}, L{CONNECT}) returned."""
-    messages = _messages(rawBodies)
-    states: list[SessionState] = []
-    for cid, subs, owner, ei, ea, queue, inflight, awaiting in rawSessions:
-        stored = StoredSession(json.loads(subs) if subs else {})
-        stored.owner = _text(owner)
-        stored.expiryInterval = int(ei)
-        stored.expiresAt = float(ea) if ea else None
-        stored.queue.extend(_deliveries(queue, messages))
-        sent = []
-        for j in range(0, len(inflight), 2):
-            seq, state, qos, retain, mid = inflight[j + 1].split(b" ", 4)
-            sent.append(
-                (int(seq), int(inflight[j]), messages[mid], int(qos), retain == b"1", state)
-            )
-        for _, packetId, message, qos, retain, state in sorted(sent, key=lambda s: s[0]):
-            stored.inflight[packetId] = [message, qos, retain, int(state)]
-        for j in range(0, len(awaiting), 2):
-            stored.awaitingRel[int(awaiting[j])] = float(awaiting[j + 1])
-        states.append(stored.state(cid.decode()))
-    return states
-
-
-def dumpGroup(group: Group) -> str:
-    """A virtual group as Redis keeps it: JSON."""
-    return json.dumps(
-        {
-            "members": dict(group.members),
-            "byUsername": group.byUsername,
-            "topic": group.topic,
-            "echo": group.echo,
-            "settings": dumpSettings(group),
-        },
-        separators=(",", ":"),
-    )
-
-
-def loadGroup(name: str, text: bytes) -> Group:
-    """The group L{dumpGroup} wrote as C{text}."""
-    fields = json.loads(text)
-    group = Group(name, fields["members"], fields["byUsername"], fields["topic"], fields["echo"])
-    return withSettings(group, fields["settings"])
-
-
-def _wills(reply: Sequence[bytes]) -> dict[str, Will]:
-    return {reply[j].decode(): decodeWill(reply[j + 1]) for j in range(0, len(reply), 2)}
-
 
 def _flag(value: bool) -> bytes:
     return b"1" if value else b"0"
-
-
-class _Script:
-    """
-    A Lua script.  A script run by its SHA-1 that Redis does not know (a Redis restarted since
-    it was loaded) fails with NOSCRIPT rather than being sent again in full, which would put
-    it behind commands sent after it: the caller loads it (L{load}) and runs it again, in order.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.text = text.encode()
-        self.sha = hashlib.sha1(self.text).hexdigest()
-
-    def load(self, redis: Any) -> Deferred[Any]:
-        d: Deferred[Any] = redis.execute_command("SCRIPT", "LOAD", self.text)
-        return d
-
-    def run(self, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
-        """By its SHA-1: for the journal's batches, sent many times a second."""
-        d: Deferred[Any] = redis.execute_command("EVALSHA", self.sha, 0, *args)
-        return d
-
-    def runWhole(self, redis: Any, args: Sequence[Any]) -> Deferred[Any]:
-        """In full: for claims, which are rarer, and must never wait for a reload."""
-        d: Deferred[Any] = redis.execute_command("EVAL", self.text, 0, *args)
-        return d
-
-
-_APPLY = _Script(APPLY)
-_CLAIM = _Script(CLAIM)
-_CONNECT = _Script(CONNECT)
-_STRAYS = _Script(STRAYS)
 
 
 # Seconds before the batches a lost connection left unanswered are sent again (they wait, in
@@ -591,7 +114,7 @@ CLOSE_TIMEOUT = 5.0
 
 
 class _Batch:
-    """One EVALSHA of L{APPLY}: its arguments and who waits for its answer."""
+    """One EVALSHA of L{redis_scripts.APPLY}: its arguments and who waits for its answer."""
 
     __slots__ = ("args", "waiters")
 
@@ -807,7 +330,7 @@ class RedisStore:
             self._write(batch)
 
     def _write(self, batch: _Batch) -> None:
-        _APPLY.run(self._connection(), batch.args).addBoth(self._answered, batch)
+        APPLY_SCRIPT.run(self._connection(), batch.args).addBoth(self._answered, batch)
 
     def _answered(self, result: Any, batch: _Batch) -> None:
         if batch not in self._sent:
@@ -862,7 +385,7 @@ class RedisStore:
         self._retry = None
         redis = self._connection()
         # (A Redis restarted meanwhile has forgotten the script.)
-        _APPLY.load(redis).addErrback(lambda _: None)
+        APPLY_SCRIPT.load(redis).addErrback(lambda _: None)
         for batch in list(self._sent):
             self._write(batch)
 
@@ -885,14 +408,14 @@ class RedisStore:
         # loaded ahead of anything else on it.
         if self.redis is None:
             self.redis = self._connect()
-            _APPLY.load(self.redis).addErrback(lambda _: None)
+            APPLY_SCRIPT.load(self.redis).addErrback(lambda _: None)
         return self.redis
 
     def restore(self) -> Deferred[StoredState]:
         # What was recorded before the start (groups of the configuration) goes first.
         self._send()
         groups = self._readGroups().addCallback(self._groupsRead, self._groupWrites)
-        claimed = _CLAIM.runWhole(self._connection(), [*self._header(), b"node", self.node])
+        claimed = CLAIM_SCRIPT.runWhole(self._connection(), [*self._header(), b"node", self.node])
         if self.clustered:
             # The cluster restores its retained messages itself, and the last run's wills go
             # with that run's death (adopt).
@@ -910,7 +433,7 @@ class RedisStore:
                     decodeMessage(retainedReply[j + 1]) for j in range(0, len(retainedReply), 2)
                 ],
                 sessions=claimedSessions(*claim[:2]),
-                wills=_wills(willsReply),
+                wills=readWills(willsReply),
             )
 
         d: Deferred[list[Any]] = gatherResults(
@@ -920,11 +443,11 @@ class RedisStore:
 
     def claim(self, clientIds: Iterable[str]) -> Deferred[list[SessionState]]:
         """
-        Claim the sessions of C{clientIds} for this run (see L{CLAIM}), after every event
-        recorded so far; fires with the persistent ones' state.
+        Claim the sessions of C{clientIds} for this run (see L{redis_scripts.CLAIM}), after
+        every event recorded so far; fires with the persistent ones' state.
         """
         self._send()
-        d = _CLAIM.runWhole(self._connection(), [*self._header(), b"client", *clientIds])
+        d = CLAIM_SCRIPT.runWhole(self._connection(), [*self._header(), b"client", *clientIds])
         return d.addCallback(lambda reply: claimedSessions(*reply[:2]))
 
     def adopt(self, node: str, run: str) -> Deferred[Adopted]:
@@ -933,12 +456,12 @@ class RedisStore:
         wills, which no other caller then gets.
         """
         self._send()
-        d = _CLAIM.runWhole(self._connection(), [*self._header(), b"dead", node, run])
+        d = CLAIM_SCRIPT.runWhole(self._connection(), [*self._header(), b"dead", node, run])
 
         def adopted(reply: Sequence[Any]) -> Adopted:
             moved = reply[3]
             return Adopted(
-                StoredState(sessions=claimedSessions(*reply[:2]), wills=_wills(reply[2])),
+                StoredState(sessions=claimedSessions(*reply[:2]), wills=readWills(reply[2])),
                 {
                     moved[j].decode(): (int(moved[j + 1]), json.loads(moved[j + 2]))
                     for j in range(0, len(moved), 3)
@@ -949,12 +472,12 @@ class RedisStore:
 
     def claimClient(self, clientId: str, identity: str, refuse: bool) -> Deferred[Claimed]:
         """
-        Claim C{clientId} for a client of C{identity} connecting here (L{CONNECT}), after
-        every event recorded so far, unless its session belongs to another identity and
-        C{refuse}.
+        Claim C{clientId} for a client of C{identity} connecting here
+        (L{redis_scripts.CONNECT}), after every event recorded so far, unless its session
+        belongs to another identity and C{refuse}.
         """
         self._send()
-        d = _CONNECT.runWhole(
+        d = CONNECT_SCRIPT.runWhole(
             self._connection(), [*self._header(), clientId, identity, _flag(refuse)]
         )
 
@@ -974,12 +497,13 @@ class RedisStore:
 
     def takeStrays(self, clientId: str) -> Deferred[list[tuple[Message, int, bool]]]:
         """
-        Take the deliveries other runs left for C{clientId}'s session (see L{STRAYS}), now at
-        the end of its queue in Redis, for the broker to add to the end of its own.
+        Take the deliveries other runs left for C{clientId}'s session (see
+        L{redis_scripts.STRAYS}), now at the end of its queue in Redis, for the broker to add
+        to the end of its own.
         """
         self._send()
-        d = _STRAYS.runWhole(self._connection(), [*self._header(), clientId])
-        return d.addCallback(lambda reply: _deliveries(reply[0], _messages(reply[1])))
+        d = STRAYS_SCRIPT.runWhole(self._connection(), [*self._header(), clientId])
+        return d.addCallback(lambda reply: readDeliveries(reply[0], readMessages(reply[1])))
 
     def release(self, clientId: str) -> None:
         """
