@@ -6,6 +6,8 @@ other nodes' routes, the retained store's seam, and a node's metrics label.
 from __future__ import annotations
 
 import pytest
+import txredisapi
+from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from mqttd.broker import Broker
@@ -146,3 +148,22 @@ def test_metricsOfANodeCarryItsName(twisted_reactor: None) -> None:
     named = [s for family in collector.collect() for s in family.samples]
     assert len(named) == len(lone)
     assert all(s.labels["node"] == "a-1" for s in named)
+
+
+def test_redisRepliesParsedInC() -> None:
+    """
+    txredisapi parses Redis's replies with hiredis (a dependency): a node reading a burst of
+    forwarded messages gets them all from one read, where the pure-Python parser hands on one
+    bulk string per reactor turn.
+    """
+    got: list[bytes] = []
+
+    class Subscriber(txredisapi.SubscriberProtocol):
+        def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
+            got.append(message)
+
+    protocol = Subscriber(charset=None, convertNumbers=False)
+    protocol.makeConnection(StringTransport())
+    one = b"*3\r\n$7\r\nmessage\r\n$10\r\nmqttd:q0:b\r\n$2\r\nhi\r\n"
+    protocol.dataReceived(one * 100)
+    assert got == [b"hi"] * 100
