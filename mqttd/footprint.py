@@ -14,9 +14,9 @@ import sys
 
 # Keys and words in a configuration that may need TLS: mqttd's own TLS keys, ssl: and tls:
 # endpoint strings, https URLs of plugins, bridges (which may dial out over TLS), plugin
-# directories (whose plugins may need anything) and a cluster (txredisapi, its Redis client,
-# imports twisted.internet.ssl unconditionally).
-_TLS_WORDS = ("ssl", "tls", "certificate", "private_key", "https")
+# directories (whose plugins may need anything) and a cluster or the Redis store (txredisapi,
+# their Redis client, imports twisted.internet.ssl unconditionally).
+_TLS_WORDS = ("ssl", "tls", "certificate", "private_key", "https", "redis")
 _TLS_SECTIONS = ("bridge:", "plugins", "cluster")
 
 

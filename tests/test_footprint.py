@@ -154,12 +154,14 @@ def test_dropInImportsNothing(tmp_path: Path) -> None:
         "[auth]\nchain = http_auth\n[plugin:http_auth]\nurl = https://auth.example/\n",
         "[bridge:up]\naddress = tcp:broker.example:1883\n",
         "[plugins]\npaths = /etc/mqttd/plugins\n",
+        "[store]\nplugin = redis\n[plugin:redis]\nurl = redis://127.0.0.1:6379/0\n",
     ],
 )
 def test_needsTLS(tmp_path: Path, config: str) -> None:
     """
     TLS is kept for anything that may use it: mqttd's TLS keys, ssl: endpoints, https URLs,
-    bridges and plugin directories; comments do not count, and an unreadable file keeps it.
+    bridges, plugin directories and the Redis store (its client imports Twisted's TLS);
+    comments do not count, and an unreadable file keeps it.
     """
     path = tmp_path / "mqttd.ini"
     path.write_text(LISTENER + config)
