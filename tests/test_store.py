@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sqlite3
 import struct
+import subprocess
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from mqttd.store import MemoryStore, StoredState
 from tests import e2e
 from tests.redisserver import RedisServer
 from tests.test_redisserver import command
+from tests.test_twistd import freePort, twistdCommand, waitForPort
 
 pytestmark = pytest.mark.usefixtures("twisted_reactor")
 
@@ -998,3 +1000,51 @@ def test_redisPluginOptions(tmp_path: Path) -> None:
         build("redis", {"node": "two words"}, tmp_path)
     with pytest.raises(ConfigError, match=r"\[plugin:redis\] durability: expected sync"):
         build("redis", {"durability": "sometimes"}, tmp_path)
+
+
+def test_redisStoreUnderTwistd(tmp_path: Path) -> None:
+    """
+    A broker started by C{twistd mqttd} with C{[store] plugin = redis} (and no cluster) keeps
+    a persistent session in Redis: after the broker is killed with SIGKILL and started again,
+    the client resumes it (Session Present [MQTT-3.2.2-2]) and gets the QoS 1 message queued
+    for it while it was offline [MQTT-3.1.2-5].
+    """
+    port = freePort()
+    config = tmp_path / "mqttd.ini"
+    config.write_text(
+        f"[listener:mqtt]\nendpoint = tcp:{port}:interface=127.0.0.1\nallow_anonymous = true\n"
+        f"[store]\nplugin = redis\n[plugin:redis]\nurl = {redisServer().url}\n"
+        f"prefix = t{zlib.crc32(str(tmp_path).encode())}:\n"
+    )
+
+    def start() -> subprocess.Popen[bytes]:
+        argv, env = twistdCommand(tmp_path, "--config", str(config))
+        log = tmp_path / "twistd.log"
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                argv,
+                cwd=tmp_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        waitForPort(process, port, log)
+        return process
+
+    process = start()
+    try:
+        sub = e2e.Client(port, "sleeper", clean=False)
+        sub.subscribe("news/#", 1)
+        sub.disconnect()
+        e2e.Client(port, "pub").publish("news/1", b"queued", 1)
+        process.kill()
+        process.wait()
+        process = start()
+        back = e2e.Client(port, "sleeper", clean=False)
+        assert back.session_present
+        assert [m.payload for m in back.wait_for(1)] == [b"queued"]
+        back.close()
+    finally:
+        process.kill()
+        process.wait()
