@@ -18,6 +18,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorCore,
     IReactorFromThreads,
+    IReactorProcess,
     IReactorSocket,
     IReactorTime,
     IReactorUDP,
@@ -348,7 +349,9 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         from mqttd.cluster.workers import workerProcesses
 
         # Started with the listeners, once this worker has restored its store and joined.
-        workerProcesses(config.source, config.cluster.workers).setServiceParent(service)
+        workerProcesses(
+            IReactorProcess(reactor), config.source, config.cluster.workers
+        ).setServiceParent(service)
     if config.bridges:
         # Imported only when configured, as most brokers have no bridge.
         from mqttd.bridge.bridge import Bridge, BridgeService

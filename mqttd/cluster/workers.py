@@ -14,16 +14,23 @@ import os
 import re
 import socket
 import sys
-from typing import Any
+from contextlib import suppress
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProcessTransport,
     IProtocolFactory,
+    IReactorProcess,
     IReactorSocket,
+    IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.runner.procmon import ProcessMonitor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 # Which worker a child process is (2 to N); absent in the process the operator started.
@@ -111,26 +118,105 @@ class ReusePortEndpoint:
         return succeed(port)
 
 
-def workerProcesses(configPath: str, workers: int) -> ProcessMonitor:
+class _Worker(ProcessProtocol):
+    """One worker process: its output goes to the first worker's log, a line at a time."""
+
+    def __init__(self, supervisor: WorkerProcesses, name: str) -> None:
+        self.supervisor = supervisor
+        self.name = name
+        self._partial = b""
+
+    def outReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self.supervisor.log.info(
+                "[{worker}] {line}", worker=self.name, line=line.decode(errors="replace")
+            )
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.supervisor.ended(self)
+
+
+class WorkerProcesses(Service):
     """
-    The service that runs workers 2 to C{workers} of the configuration at C{configPath}, each
-    restarted if it dies, all stopped (SIGTERM, then SIGKILL) when it stops.
+    Runs workers 2 to N: each started again a second after it dies; stopping sends each
+    SIGTERM (SIGKILL after C{killTime} seconds) and waits for all to end, so the first worker
+    leaves after the others.
     """
-    monitor = ProcessMonitor()
-    environment: dict[str, Any] = dict(os.environ)
-    for worker in range(2, workers + 1):
-        env = {**environment, WORKER_VARIABLE: str(worker)}
-        monitor.addProcess(
-            f"mqttd-worker-{worker}",
-            [
-                sys.executable,
-                "-m",
-                "twisted",
-                "--log-format=text",
-                "mqttd",
-                "--config",
-                os.path.abspath(configPath),
-            ],
-            env=env,
-        )
-    return monitor
+
+    log = Logger()
+    killTime = 5.0
+    restartDelay = 1.0
+
+    def __init__(
+        self, reactor: IReactorProcess, commands: dict[str, tuple[list[str], dict[str, str]]]
+    ) -> None:
+        """
+        @param commands: each worker's name, command line and environment.
+        """
+        self.reactor = reactor
+        self.commands = commands
+        self.processes: dict[str, tuple[_Worker, IProcessTransport]] = {}
+        self._stopped: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        for name in self.commands:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        if not self.running:
+            return
+        worker = _Worker(self, name)
+        argv, env = self.commands[name]
+        transport = self.reactor.spawnProcess(worker, argv[0], argv, env=env)
+        self.processes[name] = (worker, transport)
+
+    def ended(self, worker: _Worker) -> None:
+        """C{worker}'s process ended."""
+        self.processes.pop(worker.name, None)
+        if self.running:
+            self.log.warn("{worker} ended; started again", worker=worker.name)
+            IReactorTime(self.reactor).callLater(self.restartDelay, self._start, worker.name)
+        elif not self.processes and self._stopped is not None:
+            stopped, self._stopped = self._stopped, None
+            stopped.callback(None)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if not self.processes:
+            return succeed(None)
+        self._stopped = Deferred()
+        for _, transport in list(self.processes.values()):
+            transport.signalProcess("TERM")
+        IReactorTime(self.reactor).callLater(self.killTime, self._kill)
+        return self._stopped
+
+    def _kill(self) -> None:
+        for _, transport in list(self.processes.values()):
+            with suppress(ProcessExitedAlready):
+                transport.signalProcess("KILL")
+
+
+def workerProcesses(reactor: IReactorProcess, configPath: str, workers: int) -> WorkerProcesses:
+    """
+    The service that runs workers 2 to C{workers} of the configuration at C{configPath}, with
+    this process's environment plus the worker's number.
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "twisted",
+        "--log-format=text",
+        "mqttd",
+        "--config",
+        os.path.abspath(configPath),
+    ]
+    commands = {
+        f"mqttd-worker-{worker}": (argv, {**os.environ, WORKER_VARIABLE: str(worker)})
+        for worker in range(2, workers + 1)
+    }
+    return WorkerProcesses(reactor, commands)
