@@ -41,7 +41,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
-from .publish import PublishParser
+from .publish import publish_parser
 
 _SUBACK_CODES = frozenset((0, 1, 2, 0x80))
 _MQTT_3_1_CLIENT_ID_MAX = 23
@@ -162,7 +162,7 @@ _FIXED_LENGTH = {
 }
 _HANDLERS: dict[PacketType, Handler] = {
     PacketType.CONNACK: _connack,
-    PacketType.PUBLISH: PublishParser(None).parse,
+    PacketType.PUBLISH: publish_parser(None),
     PacketType.PUBACK: _puback,
     PacketType.PUBREC: _pubrec,
     PacketType.PUBREL: _pubrel,

@@ -66,7 +66,7 @@ from .properties import (
     Properties,
 )
 from .propertylist import duplicate, read_properties
-from .publish import PublishParser
+from .publish import publish_parser
 
 __all__ = ["Level5", "level5"]
 
@@ -142,7 +142,7 @@ class Level5:
         self._receives = _SERVER_RECEIVES if server else _CLIENT_RECEIVES
         handlers: dict[PacketType, Handler] = {
             PacketType.CONNACK: self.connack,
-            PacketType.PUBLISH: PublishParser(self).parse,
+            PacketType.PUBLISH: publish_parser(self),
             PacketType.PUBACK: self.puback,
             PacketType.PUBREC: self.pubrec,
             PacketType.PUBREL: self.pubrel,

@@ -3,11 +3,12 @@ The one PUBLISH parser of every protocol level.
 
 3.1, 3.1.1 and 5.0 lay a PUBLISH out alike up to its packet identifier; 5.0
 then adds a property list, lets a Topic Alias stand for an empty topic name,
-and numbers the same rules differently.  Each decoding table holds the bound
-L{PublishParser.parse} of its level, so a PUBLISH, the hot path of a fan-in,
-still costs one call: a plain function shared by both levels would need a
-second call from 5.0's parsers (about 3 % of decoding an S1 PUBLISH,
-bench/codec.py).
+and numbers the same rules differently.  Each decoding table holds the parser
+L{publish_parser} made for its level, a plain function with the level in its
+closure, so a PUBLISH, the hot path of a fan-in, costs one call as before: a
+function shared by both levels would need a second call from 5.0's parsers,
+and a bound method an attribute load, each measurable on decoding an S1
+PUBLISH (bench/codec.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import ProtocolViolation
-from .fields import UTF8_SPEC_5, UTF8_SPEC_311, Buffer, malformed
+from .fields import UTF8_SPEC_5, UTF8_SPEC_311, Buffer, Handler, malformed
 from .packets import Packet, Publish
 from .properties import NO_PROPERTIES
 from .propertylist import read_properties
@@ -23,30 +24,22 @@ from .propertylist import read_properties
 if TYPE_CHECKING:
     from .decoder5 import Level5
 
-__all__ = ["PublishParser"]
+__all__ = ["publish_parser"]
 
 
-class PublishParser:
+def publish_parser(level5: Level5 | None) -> Handler:
     """
-    The PUBLISH parser of one protocol level: L{parse} is what a decoding
-    table holds.
+    The PUBLISH parser of one protocol level, for its decoding table.
+
+    @param level5: the 5.0 parsers of the connection, whose User Property cap
+        and direction apply; C{None} for 3.1 and 3.1.1.
     """
 
-    __slots__ = ("level5",)
-
-    def __init__(self, level5: Level5 | None) -> None:
-        """
-        @param level5: the 5.0 parsers of the connection, whose User Property
-            cap and direction apply; C{None} for 3.1 and 3.1.1.
-        """
-        self.level5 = level5
-
-    def parse(self, data: Buffer, start: int, end: int, first: int) -> Packet:
+    def parse(data: Buffer, start: int, end: int, first: int) -> Packet:
         """
         Parse the PUBLISH whose fixed header byte is C{first} and whose body is
         C{data[start:end]}.
         """
-        level5 = self.level5
         qos = (first >> 1) & 3
         if start + 2 > end:
             raise malformed("PUBLISH: topic length runs past the packet")
@@ -96,3 +89,5 @@ class PublishParser:
         return Publish(
             topic, bytes(data[p:end]), qos, bool(first & 1), bool(first & 8), packet_id, properties
         )
+
+    return parse
