@@ -3,6 +3,14 @@ The Redis L{IMessageStore} (C{[store] plugin = redis}): persistent sessions, ret
 and wills in a Redis server, so that a session outlives the node that held it and a cluster's
 nodes (C{docs/cluster.md}) can hand it to one another.
 
+Why this module is over 500 lines: L{RedisStore} is one writer.  Everything it does (the
+journal's events, the group store's changes, the cluster's claims, adoptions and strays) must
+reach Redis on its one connection in the broker's order, after whatever was recorded before
+it, so each of them goes through the same numbered batch stream (C{_record} / C{_send}) and the
+same resend-once rule; split into classes, each would need the stream's private state.  What
+could leave did: the Lua scripts are in L{mqttd.plugins.redis_scripts}, the value encoding in
+L{mqttd.plugins.redis_values}, and about a hundred of these lines are this docstring's keys.
+
 The journal's events are recorded on the reactor thread and sent as one C{EVALSHA} of the
 script C{APPLY} (L{mqttd.plugins.redis_scripts}) per batch, on one connection, so Redis applies
 them in the broker's order and each batch as a whole (a Lua script is atomic, and Redis writes
