@@ -457,6 +457,13 @@ class Router:
             else:
                 session.deliver(message, min(qos, message.qos), retain=True)
 
+    def mayBeElsewhere(self, clientId: str) -> bool:
+        """
+        Whether C{clientId}, without a session here, may have one that a selector's
+        recipients reach anyway: on another node of a cluster; never for a single broker.
+        """
+        return False
+
     def deliverTo(self, clientId: str, message: Message, qos: int) -> bool:
         """
         Deliver C{message} to C{clientId}'s session at C{qos} (at most the

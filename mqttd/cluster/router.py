@@ -140,6 +140,14 @@ class ClusterRouter(Router):
             cluster.forward(node, message, False, (), elsewhere)
         return True
 
+    def mayBeElsewhere(self, clientId: str) -> bool:
+        """
+        Whether another live node may hold C{clientId}'s session: where a client is connected
+        is not replicated, so whenever there is another node (L{_deliverAll} then sends the
+        recipients missing here to every other node).
+        """
+        return self.cluster is not None and bool(self.cluster.membership.others)
+
     def deliverForwarded(
         self,
         message: Message,

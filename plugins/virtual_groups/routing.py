@@ -212,7 +212,12 @@ class VirtualGroups:
         return ()
 
     def _toClient(self, clientId: str, rest: str, publisher: ClientInfo | None) -> Any:
-        if self.broker is not None and clientId not in self.broker.sessions:
+        broker = self.broker
+        if (
+            broker is not None
+            and clientId not in broker.sessions
+            and not broker.router.mayBeElsewhere(clientId)
+        ):
             return self._drop()
         if self.directTopic is None:
             return ((clientId, 2),)
