@@ -45,6 +45,7 @@ from .stats import (
 from .topics import (
     SHARE_PREFIX,
     InvalidTopic,
+    SharedGroup,
     SharedSubscriptions,
     SubscriptionTree,
     filter_matches,
@@ -162,7 +163,7 @@ class Router:
         qos = message.qos
         checked = bool(self.policy.authorizers or self.observing.chain)
         matched = False
-        for group in self.shared.match(message.topic):
+        for group in self._sharedGroups(message.topic):
             matched = True
             clientId = group.pick(self._online)
             options = group.members[clientId]
@@ -177,6 +178,12 @@ class Router:
             else:
                 session.deliver(delivered, granted if granted < qos else qos, retain)
         return matched
+
+    def _sharedGroups(self, topic: str) -> Sequence[SharedGroup]:
+        # The shared subscriptions this broker serves a message on the topic: all that match.
+        # A hook so that a cluster node can leave out those another node serves, without its
+        # own copy of the loop above; called only when shared subscriptions exist.
+        return self.shared.match(topic)
 
     def _routeOptioned(self, message: Message, matches: Mapping[str, int]) -> dict[str, int]:
         """

@@ -6,16 +6,16 @@ matching subscription, and a shared subscription gets one delivery across the cl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
 from mqttd.cluster.sys import OWN_PREFIX
 from mqttd.interfaces import ClientInfo
-from mqttd.message import Message, SharedDelivery
-from mqttd.router import QOS_BITS, RETAIN_AS_PUBLISHED, Router
-from mqttd.topics import SHARE_PREFIX
+from mqttd.message import Message
+from mqttd.router import Router
+from mqttd.topics import SHARE_PREFIX, SharedGroup
 
 if TYPE_CHECKING:
     from mqttd.cluster.service import Cluster
@@ -96,31 +96,18 @@ class ClusterRouter(Router):
             cluster.forward(node, message, node in nodes, tuple(served.get(node, ())))
         return True if nodes or served else matched
 
-    def _routeShared(self, message: Message) -> bool:
-        # One delivery for each matching shared subscription this node serves this time.
-        sessions = self.sessions
-        qos = message.qos
-        checked = bool(self.policy.authorizers or self.observing.chain)
+    def _sharedGroups(self, topic: str) -> Sequence[SharedGroup]:
+        # The matching shared subscriptions this node serves this time.
+        groups = self.shared.match(topic)
         skipped = self._sharedSkipped
         only = self._sharedOnly
-        matched = False
-        for group in self.shared.match(message.topic):
-            if group.topicFilter in skipped or (only is not None and group.topicFilter not in only):
-                continue
-            matched = True
-            clientId = group.pick(self._online)
-            options = group.members[clientId]
-            granted = options & QOS_BITS
-            retain = message.retain and bool(options & RETAIN_AS_PUBLISHED)
-            session = sessions[clientId]
-            delivered = (
-                SharedDelivery(message, group.topicFilter) if session.identified else message
-            )
-            if checked:
-                self.deliverChecked(session, delivered, granted if granted < qos else qos, retain)
-            else:
-                session.deliver(delivered, granted if granted < qos else qos, retain)
-        return matched
+        if not skipped and only is None:
+            return groups
+        return [
+            group
+            for group in groups
+            if group.topicFilter not in skipped and (only is None or group.topicFilter in only)
+        ]
 
     def _deliverAll(self, message: Message, recipients: Mapping[str, int]) -> bool:
         """
