@@ -464,10 +464,22 @@ class Router:
             else:
                 session.deliver(message, min(qos, message.qos), retain=True)
 
-    def mayBeElsewhere(self, clientId: str) -> bool:
+    # True while the selectors choose again, among this node's own sessions, for a message
+    # another node of a cluster routed (L{selectElsewhere}): they keep nothing and count no
+    # drops then, the publisher's node having done so.
+    reselecting = False
+
+    def selectElsewhere(self) -> None:
         """
-        Whether C{clientId}, without a session here, may have one that a selector's
-        recipients reach anyway: on another node of a cluster; never for a single broker.
+        A selector chose the recipients of the message being routed among this node's own
+        sessions (members by user name): on a cluster, every other node is to choose again
+        among its own.  Nothing to do for a single broker.
+        """
+
+    def mayBeElsewhere(self) -> bool:
+        """
+        Whether a client id without a session here may have one that a selector's recipients
+        reach anyway: on another node of a cluster; never for a single broker.
         """
         return False
 

@@ -70,3 +70,38 @@ def test_directMessagesReachClientsOnOtherNodes(cluster_nodes: Cluster3, clients
     assert (queued.topic, queued.payload, queued.qos) == ("$p2p/away/chat", b"while away", 1)
     time.sleep(0.3)
     assert [m.pending() for m in (bob, back, other, alice)] == [[], [], [], []]
+
+
+def test_membersByUserNameAreFoundOnEveryNode(cluster_nodes: Cluster3, clients: Connect) -> None:
+    """
+    A group whose members are user names (C{by = username}) reaches every session of those
+    users on every node, once each, at the lower of the member's and the published QoS: bob's
+    phone on B and laptop on C, dave's one session on B at QoS 1, not the publisher (echo is
+    off) nor a client of another user; one with a topic template, under each member's own
+    topic.  Before, only sessions on the publisher's node (A) were
+    looked at, and nobody else got anything.
+    """
+    options = {
+        "group.team": "alice, bob, dave:1",
+        "group.team.by": "username",
+        "group.crew": "alice, bob",
+        "group.crew.by": "username",
+        "group.crew.topic": "crew/{member}/{rest}",
+    }
+    a, b, c = (withGroups(cluster_nodes, name, **options) for name in "abc")
+    seesAll((a, b, c))
+    phone = clients(b.port, "bob-phone", setup=user("bob"))
+    laptop = clients(c.port, "bob-laptop", setup=user("bob"))
+    dave = clients(b.port, "dave-1", setup=user("dave"))
+    stranger = clients(c.port, "eve-1", setup=user("eve"))
+    alice = clients(a.port, "alice-1", setup=user("alice"))
+    alice.publish("$group/team/chat", b"hello team", 2)
+    for member, qos in ((phone, 2), (laptop, 2), (dave, 1)):
+        (got,) = member.wait_for(1)
+        assert (got.topic, got.payload, got.qos) == ("$group/team/chat", b"hello team", qos)
+    alice.publish("$group/crew/now", b"go", 1)
+    for device in (phone, laptop):
+        (got,) = device.wait_for(1)
+        assert (got.topic, got.payload, got.qos) == ("crew/bob/now", b"go", 1)
+    time.sleep(0.3)
+    assert [m.pending() for m in (phone, laptop, dave, stranger, alice)] == [[]] * 5

@@ -26,7 +26,7 @@ def test_wireRoundTrip() -> None:
     """
     What a node sends is what the other reads back: topic, payload, QoS, RETAIN, publisher
     (for No Local), MQTT 5 properties, the expiry deadline, and the receiver's instructions
-    (ordinary subscribers, shared subscriptions, selected recipients).
+    (ordinary subscribers, shared subscriptions, selected recipients, selecting again).
     """
     message = PropertiedMessage(
         "a/b",
@@ -43,7 +43,8 @@ def test_wireRoundTrip() -> None:
     )
     message.publisherId = "pub-1"
     got = decode(encode(message, True, ("$share/g/a/#", "$share/h/+/b"), 7, 42, {"m1": 1}))
-    assert got.selected == {"m1": 1}
+    assert got.selected == {"m1": 1} and not got.reselect
+    assert decode(encode(message, False, (), 7, 43, None, True)).reselect
     assert (got.ordinary, got.groups, got.origin, got.sequence) == (
         True,
         ("$share/g/a/#", "$share/h/+/b"),
@@ -59,7 +60,7 @@ def test_wireRoundTrip() -> None:
     assert back.properties.correlation_data == b"\x01"
     plain = decode(encode(Message("t", b""), False, (), 1, 1))
     assert plain.message.publisherId is None and plain.groups == () and not plain.ordinary
-    assert plain.selected == {}
+    assert plain.selected == {} and not plain.reselect
     assert plain.message.expiresAt is None
 
 

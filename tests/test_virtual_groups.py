@@ -174,8 +174,14 @@ def test_templatesPercentEncodeClientIds(tmp_path: Path) -> None:
         assert list(plugin.select(Message("$p2p/a/hi", b""), client(sender))) == [
             ("a", 2, f"dm/{level}/hi")
         ]
-    # Only the broker's map of user names to client ids is read for a group by user name.
-    plugin.broker = SimpleNamespace(clientIdsByUsername={"alice": ["ph/one+"]})
+    # Only the broker's map of user names to client ids is read for a group by user name
+    # (and its single broker's route table, which has no other node to ask).
+    plugin.broker = SimpleNamespace(
+        clientIdsByUsername={"alice": ["ph/one+"]},
+        router=SimpleNamespace(
+            reselecting=False, selectElsewhere=lambda: None, mayBeElsewhere=lambda: False
+        ),
+    )
     assert list(plugin.select(Message("$group/u/hi", b""), client("b"))) == [
         ("ph/one+", 2, "to/ph%2Fone%2B/hi")
     ]

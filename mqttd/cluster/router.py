@@ -33,6 +33,9 @@ class ClusterRouter(Router):
         # How many of this node's sessions hold each filter: the node's route set in Redis
         # changes only when a count goes from or to zero.
         self.localFilters: dict[str, int] = {}
+        # Whether a selector asked for the message being routed to be selected on the other
+        # nodes too (selectElsewhere).
+        self._elsewhere = False
         # While routing: the shared subscriptions another node serves this message (skipped
         # here), or, for a message another node sent, the only ones served here.
         self._sharedSkipped: frozenset[str] | set[str] = frozenset()
@@ -68,6 +71,23 @@ class ClusterRouter(Router):
         cluster = self.cluster
         if cluster is None:
             return super().route(message, publisher)
+        self._elsewhere = False
+        matched = self._routeCluster(cluster, message, publisher)
+        if self._elsewhere:
+            self._elsewhere = False
+            for node in list(cluster.membership.others):
+                cluster.forward(node, message, False, (), None, True)
+            return True
+        return matched
+
+    def selectElsewhere(self) -> None:
+        """See L{Router.selectElsewhere}: the message goes to every other live node."""
+        if not self.reselecting:
+            self._elsewhere = True
+
+    def _routeCluster(
+        self, cluster: Cluster, message: Message, publisher: ClientInfo | None
+    ) -> bool:
         topic = message.topic
         if topic.startswith(OWN_PREFIX):
             # This node's own $SYS tree: its clients' alone, mirrored for the others.
@@ -117,7 +137,8 @@ class ClusterRouter(Router):
         """
         found = super()._deliverAll(message, recipients)
         cluster = self.cluster
-        if cluster is None or not cluster.membership.others:
+        if cluster is None or not cluster.membership.others or self.reselecting:
+            # Chosen here for another node's message: among this node's sessions alone.
             return found
         sessions = self.sessions
         elsewhere = {c: q for c, q in recipients.items() if c not in sessions}
@@ -127,9 +148,9 @@ class ClusterRouter(Router):
             cluster.forward(node, message, False, (), elsewhere)
         return True
 
-    def mayBeElsewhere(self, clientId: str) -> bool:
+    def mayBeElsewhere(self) -> bool:
         """
-        Whether another live node may hold C{clientId}'s session: where a client is connected
+        Whether another live node may hold a session this one lacks: where a client is connected
         is not replicated, so whenever there is another node (L{_deliverAll} then sends the
         recipients missing here to every other node).
         """
@@ -141,13 +162,24 @@ class ClusterRouter(Router):
         ordinary: bool,
         groups: tuple[str, ...],
         selected: Mapping[str, int] | None = None,
+        reselect: bool = False,
     ) -> None:
         """
         Deliver a message another node routed here: to this node's matching ordinary
-        subscriptions if C{ordinary}, to one member of each of C{groups}, and to the
-        C{selected} recipients that have a session here; never retained again, forwarded
-        again, or given to the selectors (the publisher's node did those).
+        subscriptions if C{ordinary}, to one member of each of C{groups}, to the C{selected}
+        recipients that have a session here, and, if C{reselect}, to those the selectors
+        choose among this node's sessions (L{Router.reselecting}); never retained again or
+        forwarded again.
         """
+        if reselect and self.selectors:
+            publisher = None
+            if message.publisherId is not None:
+                publisher = ClientInfo(message.publisherId, None, "", "")
+            self.reselecting = True
+            try:
+                self._routeSelected(message, publisher, {})
+            finally:
+                self.reselecting = False
         if selected:
             qos = message.qos
             checked = bool(self.policy.authorizers or self.observing.chain)

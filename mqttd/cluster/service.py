@@ -373,10 +373,11 @@ class Cluster:
         ordinary: bool,
         groups: tuple[str, ...],
         selected: Mapping[str, int] | None = None,
+        reselect: bool = False,
     ) -> None:
         """Send C{message} to C{node}: by its channel at QoS 0, else by its stream."""
         self._sequence += 1
-        data = encode(message, ordinary, groups, self.origin, self._sequence, selected)
+        data = encode(message, ordinary, groups, self.origin, self._sequence, selected, reselect)
         if message.qos:
             self.forwarder.add(node, data)
         else:
@@ -415,7 +416,7 @@ class Cluster:
         if message.expired(self.clock.seconds()):
             return
         self.router.deliverForwarded(
-            message, forwarded.ordinary, forwarded.groups, forwarded.selected
+            message, forwarded.ordinary, forwarded.groups, forwarded.selected, forwarded.reselect
         )
 
     def _inboxReceived(self, entries: list[bytes]) -> Deferred[Any] | None:

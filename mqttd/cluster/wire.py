@@ -28,6 +28,7 @@ _LENGTH = struct.Struct("!I")
 
 _ORDINARY = 0x08
 _EXPIRES = 0x10
+_RESELECT = 0x20
 
 
 class WireError(ValueError):
@@ -46,6 +47,9 @@ class Forwarded:
         messages that incarnation sent to this node's stream.
     @ivar selected: recipients (client id to QoS) a subscriber selector chose on the
         sending node, to deliver to if their sessions are here.
+    @ivar reselect: a subscriber selector on the sending node chose among that node's own
+        sessions (L{mqttd.router.Router.selectElsewhere}): the selectors choose again here,
+        among this node's.
     """
 
     message: Message
@@ -54,6 +58,7 @@ class Forwarded:
     origin: int
     sequence: int
     selected: Mapping[str, int] = field(default_factory=dict)
+    reselect: bool = False
 
 
 def encode(
@@ -63,9 +68,12 @@ def encode(
     origin: int,
     sequence: int,
     selected: Mapping[str, int] | None = None,
+    reselect: bool = False,
 ) -> bytes:
     """The bytes that L{decode} turns back into a L{Forwarded}."""
     flags = message.qos | (message.retain << 2) | (_ORDINARY if ordinary else 0)
+    if reselect:
+        flags |= _RESELECT
     expiresAt = message.expiresAt
     parts = []
     if expiresAt is not None:
@@ -127,4 +135,5 @@ def decode(data: bytes) -> Forwarded:
         origin,
         sequence,
         selected,
+        bool(flags & _RESELECT),
     )

@@ -216,7 +216,7 @@ class VirtualGroups:
         if (
             broker is not None
             and clientId not in broker.sessions
-            and not broker.router.mayBeElsewhere(clientId)
+            and not broker.router.mayBeElsewhere()
         ):
             return self._drop()
         if self.directTopic is None:
@@ -228,14 +228,21 @@ class VirtualGroups:
 
     def _toGroup(self, name: str, rest: str, publisher: ClientInfo | None, message: Message) -> Any:
         group = self.find(name)
+        # Choosing again, on a cluster node, for a message another node routed: among this
+        # node's sessions, keeping and counting nothing (the publisher's node did).
+        again = self.broker is not None and self.broker.router.reselecting
         if group is None or not group.members:
-            return self._drop()
+            return () if again else self._drop()
+        if group.byUsername and self.broker is not None:
+            # Found among this node's sessions: the other nodes look among theirs.
+            self.broker.router.selectElsewhere()
         exclude = None if group.echo or publisher is None else publisher.clientId
         sessions: Mapping[str, Any] | None = None
         if group.inbox and self._inboxStore is not None and self.broker is not None:
             # Kept for whoever is away; those connected now get it now, the others from the
             # inbox when they come, so nobody gets it twice.
-            self._keep(group, message, publisher)
+            if not again:
+                self._keep(group, message, publisher)
             sessions = self.broker.sessions
         elif group.topic is None and not group.byUsername:
             prepared = self._prepared.get(name)
@@ -260,6 +267,9 @@ class VirtualGroups:
             # Kept in the inbox: taken, even when nobody is connected to get it now.
             return Kept({clientId: qos for clientId, _, qos in resolved})
         if not resolved:
+            elsewhere = group.byUsername and self.broker is not None
+            if again or (elsewhere and self.broker.router.mayBeElsewhere()):
+                return ()
             return self._drop()
         if group.topic is None:
             return {clientId: qos for clientId, _, qos in resolved}
