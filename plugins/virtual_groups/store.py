@@ -23,14 +23,13 @@ from mqttd.groupinbox import (
     InboxEntry,
     appendOps,
     deleteOps,
-    dumpSettings,
     readInboxes,
     readOps,
     trimOps,
-    withSettings,
 )
 from mqttd.interfaces import Group, IGroupInbox, IGroupStore
 
+from ..sqlite_groups import GroupTables, Op, runOps
 from .model import GroupError
 
 SCHEMA_VERSION = 2
@@ -113,68 +112,16 @@ def openGroupDatabase(path: str) -> sqlite3.Connection:
     return db
 
 
-def readChanges(db: sqlite3.Connection) -> int:
-    """How many changes the file has seen: any writer, this process or another, adds one."""
-    changes: int = db.execute("SELECT changes FROM version").fetchone()[0]
-    return changes
+# The plugin's file keeps groups as the broker's store does, under two other table names.
+FILE_TABLES = GroupTables(members="members", changes="version")
+readChanges = FILE_TABLES.readChanges
+readGroups = FILE_TABLES.readGroups
+writeGroups = FILE_TABLES.writeGroups
 
 
-def readGroups(db: sqlite3.Connection) -> dict[str, Group]:
-    """Every group in the file."""
-    members: dict[str, dict[str, int]] = {}
-    for groupName, member, qos in db.execute("SELECT group_name, member, qos FROM members"):
-        members.setdefault(groupName, {})[member] = qos
-    return {
-        name: withSettings(
-            Group(name, members.get(name, {}), bool(byUsername), topic, bool(echo)), settings
-        )
-        for name, byUsername, topic, echo, settings in db.execute(
-            "SELECT name, by_username, topic, echo, settings FROM groups"
-        )
-    }
-
-
-def writeGroups(db: sqlite3.Connection, groups: Iterable[Group], deleted: Iterable[str]) -> int:
-    """
-    Replace C{groups} and delete the groups named C{deleted}, in one transaction.
-
-    @return: the file's change count after it.
-    """
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for name in deleted:
-            db.execute("DELETE FROM members WHERE group_name = ?", (name,))
-            db.execute("DELETE FROM groups WHERE name = ?", (name,))
-        for group in groups:
-            db.execute("DELETE FROM members WHERE group_name = ?", (group.name,))
-            db.execute(
-                "INSERT OR REPLACE INTO groups (name, by_username, topic, echo, settings)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (group.name, group.byUsername, group.topic, group.echo, dumpSettings(group)),
-            )
-            db.executemany(
-                "INSERT INTO members VALUES (?, ?, ?)",
-                ((group.name, member, qos) for member, qos in group.members.items()),
-            )
-        db.execute("UPDATE version SET changes = changes + 1")
-        changes = readChanges(db)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return changes
-
-
-def _execute(path: str, ops: Sequence[tuple[str, tuple[object, ...]]]) -> None:
+def _execute(path: str, ops: Sequence[Op]) -> None:
     with closing(openGroupDatabase(path)) as db:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params in ops:
-                db.execute(sql, params)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        runOps(db, ops)
 
 
 def _write(path: str, groups: Sequence[Group], deleted: Sequence[str]) -> int:
@@ -184,13 +131,7 @@ def _write(path: str, groups: Sequence[Group], deleted: Sequence[str]) -> int:
 
 def _readIfChanged(path: str, known: int) -> tuple[int, dict[str, Group] | None]:
     with closing(openGroupDatabase(path)) as db:
-        # One read transaction, so the count and the groups agree.
-        db.execute("BEGIN")
-        try:
-            changes = readChanges(db)
-            return changes, (readGroups(db) if changes != known else None)
-        finally:
-            db.execute("COMMIT")
+        return FILE_TABLES.readGroupsIfChanged(db, known)
 
 
 Runner = Callable[..., "Deferred[Any]"]
@@ -253,7 +194,7 @@ class SQLiteGroupStore:
     def inboxes(self) -> dict[str, Inbox]:
         return self._inboxes
 
-    def _inboxWrite(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
+    def _inboxWrite(self, ops: list[Op]) -> None:
         d = self._lock.run(self._run, _execute, self.path, ops)
         d.addErrback(self._inboxWriteFailed)
 
