@@ -72,7 +72,6 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
@@ -92,6 +91,7 @@ from mqttd.message import Message
 from mqttd.session import SessionState
 from mqttd.store import StoredState
 
+from .polled_groups import PolledGroups
 from .redis_scripts import APPLY_SCRIPT, CLAIM_SCRIPT, CONNECT_SCRIPT, STRAYS_SCRIPT
 from .redis_values import (
     claimedSessions,
@@ -215,7 +215,7 @@ def parseURL(url: str) -> str:
 
 
 @implementer(IMessageStore, IGroupStore)
-class RedisStore:
+class RedisStore(PolledGroups):
     """
     L{IMessageStore} in Redis.
 
@@ -269,13 +269,9 @@ class RedisStore:
         self._disconnect = disconnect or (lambda redis: redis.disconnect())
         # Virtual groups (IGroupStore): read at restore, then every groupPollInterval seconds
         # once watched, when the count of changes moved.
-        self.groupPollInterval = groupPollInterval
         self._groups: dict[str, Group] = {}
         self._groupChanges = b""
-        self._groupWrites = 0
-        self._watchers: list[Callable[[], None]] = []
-        self._poll = LoopingCall(self._pollGroups)
-        self._poll.clock = reactor
+        self._initGroups(reactor, groupPollInterval, self._pollGroups)
         self._create = b"0" if clustered else b"1"
         self._sync = sync
         self._flushInterval = flushInterval
@@ -544,8 +540,7 @@ class RedisStore:
 
     def close(self) -> Deferred[None]:
         self.closed = True
-        if self._poll.running:
-            self._poll.stop()
+        self._stopGroups()
         self._send()
         done: Deferred[None] = Deferred()
         if self._sent:
@@ -613,19 +608,7 @@ class RedisStore:
     def willCleared(self, clientId: str) -> None:
         self._record(b"w", clientId)
 
-    # IGroupStore
-
-    def group(self, name: str) -> Group | None:
-        return self._groups.get(name)
-
-    def groupNames(self) -> Iterable[str]:
-        return self._groups.keys()
-
-    def watch(self, changed: Callable[[], None]) -> None:
-        self._watchers.append(changed)
-        # Nobody needs other brokers' changes until someone watches.
-        if not self._poll.running and not self.closed:
-            self._poll.start(self.groupPollInterval, now=False)
+    # IGroupStore (IGroupSource: PolledGroups)
 
     def save(self, group: Group) -> Deferred[None]:
         self._groups[group.name] = group
@@ -637,10 +620,8 @@ class RedisStore:
         return self._groupWritten(b"g", name)
 
     def _groupWritten(self, *event: Any) -> Deferred[None]:
-        self._groupWrites += 1
         self._record(*event)
-        for changed in self._watchers:
-            changed()
+        self._groupsRecorded()
         # Fires with the batch's answer: whoever changed the group is answered once Redis has
         # it (sent at the end of the turn, never before the broker's start).
         d: Deferred[None] = Deferred()
@@ -679,17 +660,8 @@ class RedisStore:
         groups = {}
         for j in range(0, len(flat), 2):
             name = flat[j].decode()
-            group = loadGroup(name, flat[j + 1])
-            # An unchanged group keeps its object, and what the routing prepared from it.
-            known = self._groups.get(name)
-            groups[name] = known if known == group else group
-        if groups.keys() == self._groups.keys() and all(
-            groups[name] is self._groups[name] for name in groups
-        ):
-            return
-        self._groups = groups
-        for changed in self._watchers:
-            changed()
+            groups[name] = loadGroup(name, flat[j + 1])
+        self._groupsReadBack(groups)
 
     def _pollFailed(self, failure: Failure) -> None:
         # Retried at the next poll; the groups in memory keep routing meanwhile.

@@ -39,11 +39,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
@@ -86,6 +85,7 @@ from mqttd.store import (
     storedMessage,
 )
 
+from .polled_groups import PolledGroups
 from .sqlite_groups import Op, groupOps, readGroupChanges, readGroups, readGroupsIfChanged
 from .sqlite_schema import DamagedStore, openDatabase, recoverDatabase
 
@@ -119,7 +119,7 @@ _FORGET_UNREFERENCED = (
 
 
 @implementer(IMessageStore, IGroupStore, IGroupInbox)
-class SQLiteStore:
+class SQLiteStore(PolledGroups):
     """
     L{IMessageStore} and L{IGroupStore} in one SQLite file.
 
@@ -169,16 +169,12 @@ class SQLiteStore:
             raise
         self._openedBy = os.getpid()
         self._nextId = 1
-        self._groupWrites = 0
-        self._watchers: list[Callable[[], None]] = []
         self._closed = False
         self._writer: Writer[Op] = Writer(
             reactor, self._apply, sync=sync, flushInterval=flushInterval, name="mqttd-sqlite"
         )
         self._record = self._writer.record
-        self._poll = LoopingCall(self._pollGroups)
-        self._poll.clock = reactor
-        self._groupPollInterval = groupPollInterval
+        self._initGroups(reactor, groupPollInterval, self._pollGroups)
 
     # On the writer thread
 
@@ -271,8 +267,7 @@ class SQLiteStore:
 
     def close(self) -> Deferred[None]:
         self._closed = True
-        if self._poll.running:
-            self._poll.stop()
+        self._stopGroups()
         return self._writer.close(self._closeFile)
 
     def _closeFile(self) -> None:
@@ -416,21 +411,7 @@ class SQLiteStore:
         for op in deleteOps(group):
             self._record(op)
 
-    # IGroupSource
-
-    def group(self, name: str) -> Group | None:
-        return self._groups.get(name)
-
-    def groupNames(self) -> Iterable[str]:
-        return self._groups.keys()
-
-    def watch(self, changed: Callable[[], None]) -> None:
-        self._watchers.append(changed)
-        # Nobody needs other processes' changes until someone watches.
-        if not self._poll.running and not self._closed:
-            self._poll.start(self._groupPollInterval, now=False)
-
-    # IGroupStore
+    # IGroupStore (IGroupSource: PolledGroups)
 
     def save(self, group: Group) -> Deferred[None]:
         self._groups[group.name] = group
@@ -442,17 +423,12 @@ class SQLiteStore:
         return self._groupsWritten(groupOps((), (name,)))
 
     def _groupsWritten(self, ops: list[Op]) -> Deferred[None]:
-        self._groupWrites += 1
         for op in ops:
             self._record(op)
-        self._groupsChanged()
+        self._groupsRecorded()
         # Committed now even when batched: a group change is rare, and whoever made it (a
         # control-topic request) is answered once it is on disk.
         return self._writer.commitNow()
-
-    def _groupsChanged(self) -> None:
-        for changed in self._watchers:
-            changed()
 
     def _pollGroups(self) -> Deferred[None]:
         writes = self._groupWrites
@@ -473,18 +449,10 @@ class SQLiteStore:
         if groups is None or writes != self._groupWrites:
             return
         self._groupChanges = changes
-        # The groups this process wrote itself come back unchanged: keep their objects, and
-        # with them what the routing prepared from them.
-        for name, group in groups.items():
-            if self._groups.get(name) == group:
-                groups[name] = self._groups[name]
-        if groups.keys() == self._groups.keys() and all(
-            groups[name] is self._groups[name] for name in groups
-        ):
-            return
-        self._groups = groups
-        self.log.info("read {count} groups changed in {path}", count=len(groups), path=self.path)
-        self._groupsChanged()
+        if self._groupsReadBack(groups):
+            self.log.info(
+                "read {count} groups changed in {path}", count=len(groups), path=self.path
+            )
 
     def _pollFailed(self, failure: Failure) -> None:
         # Retried at the next poll; the groups in memory keep routing meanwhile.
