@@ -29,7 +29,7 @@ from mqttd.http.groups import GroupsApi
 from mqttd.http.management import Management
 from mqttd.http.messages import MessagesApi
 from mqttd.http.overview import OverviewApi
-from mqttd.http.request import GET, POST, Handler, Routes, jsonBody, jsonObject, stringField
+from mqttd.http.request import GET, POST, Handler, Routes, objectBody, stringField
 from mqttd.http.users import UsersApi
 
 
@@ -143,7 +143,7 @@ class ApiResource(Resource):
     # Logging in
 
     def login(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         username = stringField(body, "username")
         password = stringField(body, "password")
         d = maybeDeferred(self.guard.login, request, username, password)

@@ -19,8 +19,7 @@ from mqttd.http.request import (
     GET,
     POST,
     Routes,
-    jsonBody,
-    jsonObject,
+    objectBody,
     paged,
     qosField,
     query,
@@ -131,7 +130,7 @@ class ClientsApi:
         }
 
     def subscribeClient(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         topicFilter = stringField(body, "topic")
         qos = qosField(body)
         try:

@@ -25,8 +25,7 @@ from mqttd.http.request import (
     PUT,
     Routes,
     boolField,
-    jsonBody,
-    jsonObject,
+    objectBody,
     paged,
     qosField,
     stringField,
@@ -132,7 +131,7 @@ class GroupsApi:
         return paged(request, [vg.describe(g) for g in groups if g is not None])
 
     def createGroup(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         name = stringField(body, "name")
         store = self._groups()[0]
         if store.group(name) is not None:
@@ -144,7 +143,7 @@ class GroupsApi:
         return vg.describe(self._group(params["group"]))
 
     def replaceGroup(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         self._group(params["group"])
         return self._saved(self._built(params["group"], body))
 
@@ -154,7 +153,7 @@ class GroupsApi:
         return maybeDeferred(store.delete, params["group"]).addCallback(lambda _: (204, None))
 
     def addMembers(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         vg = self._groups()[1]
         group = self._group(params["group"])
         added = self._members(body, vg)
@@ -166,7 +165,7 @@ class GroupsApi:
         return self._saved(replace(group, members=members, owners=group.owners | set(owners)))
 
     def changeMember(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         group = self._group(params["group"])
         member = params["member"]
         if member not in group.members:

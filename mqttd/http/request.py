@@ -75,6 +75,11 @@ def jsonObject(value: Any, where: str = "body") -> dict[str, Any]:
     return value
 
 
+def objectBody(request: Request) -> dict[str, Any]:
+    """The request's JSON body, which must be an object: what most endpoints that change take."""
+    return jsonObject(jsonBody(request))
+
+
 def stringField(obj: Mapping[str, Any], key: str, where: str = "", required: bool = True) -> Any:
     value = obj.get(key)
     if value is None and not required:

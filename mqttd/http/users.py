@@ -21,8 +21,7 @@ from mqttd.http.request import (
     POST,
     PUT,
     Routes,
-    jsonBody,
-    jsonObject,
+    objectBody,
     paged,
     stringField,
 )
@@ -78,7 +77,7 @@ class UsersApi:
                 raise ApiError(500, "INTERNAL_ERROR", f"cannot write: {e.strerror}") from None
 
     def createUser(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         username = stringField(body, "username")
         password = stringField(body, "password")
         stores = self._userStores(body)
@@ -89,7 +88,7 @@ class UsersApi:
         return 201, {"username": username, "plugins": sorted(stores)}
 
     def changePassword(self, request: Request, caller: Caller, params: dict[str, str]) -> Any:
-        body = jsonObject(jsonBody(request))
+        body = objectBody(request)
         password = stringField(body, "password")
         username = params["username"]
         stores = {n: s for n, s in self._userStores().items() if username in s.usernames()}
