@@ -105,3 +105,36 @@ def test_membersByUserNameAreFoundOnEveryNode(cluster_nodes: Cluster3, clients: 
         assert (got.topic, got.payload, got.qos) == ("crew/bob/now", b"go", 1)
     time.sleep(0.3)
     assert [m.pending() for m in (phone, laptop, dave, stranger, alice)] == [[]] * 5
+
+
+def test_inboxGroupReachesOnlineMembersOnEveryNodeOnce(
+    cluster_nodes: Cluster3, clients: Connect
+) -> None:
+    """
+    A group with C{inbox = true}, its groups kept in Redis: a message published on A reaches
+    at once its members connected to B and C (by client id, and by user name), once each, and
+    no second copy comes when a member reconnects, on its own node or another.  (The Redis
+    store keeps no inbox: a member without a session when the message is published never
+    gets it, as docs/cluster.md says; the node logs so for each such group.)
+    """
+    options = {
+        "group.room": "alice, bob, carol",
+        "group.room.inbox": "true",
+        "group.fans": "alice, bob",
+        "group.fans.by": "username",
+        "group.fans.inbox": "true",
+    }
+    a, b, c = (withGroups(cluster_nodes, name, **options) for name in "abc")
+    seesAll((a, b, c))
+    bob = clients(b.port, "bob", setup=user("bob"))
+    carol = clients(c.port, "carol")
+    alice = clients(a.port, "alice", setup=user("alice"))
+    alice.publish("$group/room/chat", b"to the room", 1)
+    alice.publish("$group/fans/chat", b"to the fans", 1)
+    assert [m.payload for m in bob.wait_for(2)] == [b"to the room", b"to the fans"]
+    assert [m.payload for m in carol.wait_for(1)] == [b"to the room"]
+    bob.disconnect()
+    carol.disconnect()
+    again = (clients(c.port, "bob", setup=user("bob")), clients(b.port, "carol"))
+    time.sleep(0.5)
+    assert [m.pending() for m in (*again, alice)] == [[], [], []]

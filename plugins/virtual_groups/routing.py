@@ -137,6 +137,14 @@ class VirtualGroups:
                 continue
             after = self._known[name] = frozenset(group.members)
             if group.inbox:
+                if self._inboxStore is None and name not in self.inboxes:
+                    # A cluster's Redis store keeps groups but no inboxes (docs/cluster.md).
+                    self.log.warn(
+                        "virtual groups: group {group} has inbox = true, but its store keeps"
+                        " no inboxes: its messages reach the members' sessions now, and nothing"
+                        " waits for a member that has none",
+                        group=name,
+                    )
                 # Before its first message too: a member's first connection claims it.
                 self.inboxes.setdefault(name, Inbox())
             if not announce or before is None:
