@@ -7,8 +7,10 @@ redis-server (L{tests.redisserver}).  Each node's service is started and stopped
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from mqttd.config import BrokerConfig, Config, ListenerConfig
 from mqttd.service import BrokerService, ListenerService, makeBrokerService
 from tests import e2e
 from tests.redisserver import RedisServer, Start
+from tests.test_twistd import freePort, startTwistd
 
 # Short, so that a test sees a node die in about a second.
 HEARTBEAT = 0.2
@@ -169,3 +172,50 @@ def clients() -> Iterator[Connect]:
 def _expected(error: str) -> bool:
     # A test that stops Redis causes these on purpose.
     return "Redis at" in error and "unreachable" in error
+
+
+Process = subprocess.Popen[bytes]
+
+
+# twistd_node's start(redis, name, port=None, *, heartbeat, nodeTimeout, sections).
+StartNode = Callable[..., tuple[Process, int]]
+
+
+@pytest.fixture
+def twistd_node(tmp_path: Path) -> Iterator[StartNode]:
+    """
+    Starts C{twistd mqttd} cluster nodes, real processes a test can kill with SIGKILL, on
+    C{port} (a free one if L{None}) with the ini C{sections} added (none: the nodes' sessions
+    live in the cluster's Redis); returns the process and its port once it listens.  Kills any
+    left at teardown.
+    """
+    processes: list[Process] = []
+
+    def start(
+        redis: RedisServer,
+        name: str,
+        port: int | None = None,
+        *,
+        heartbeat: float = HEARTBEAT,
+        nodeTimeout: float = NODE_TIMEOUT,
+        sections: str = "",
+    ) -> tuple[Process, int]:
+        port = port or freePort()
+        directory = tmp_path / name
+        directory.mkdir(exist_ok=True)
+        config = directory / "mqttd.ini"
+        config.write_text(
+            f"[listener:mqtt]\nendpoint = tcp:{port}:interface=127.0.0.1\n"
+            f"allow_anonymous = true\n{sections}"
+            f"[cluster]\nredis = {redis.url}\nnode = {name}\nheartbeat = {heartbeat}\n"
+            f"node_timeout = {nodeTimeout}\n"
+        )
+        process = startTwistd(directory, config, port)
+        processes.append(process)
+        return process, port
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

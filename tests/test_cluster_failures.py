@@ -6,21 +6,16 @@ restarted under load loses no acknowledged QoS 1 message.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
 
 from tests import e2e
-from tests.clusternodes import Cluster3, Connect, clients, cluster_nodes
+from tests.clusternodes import Cluster3, Connect, StartNode, clients, cluster_nodes, twistd_node
 from tests.redisserver import RedisServer, redis_servers
 from tests.test_redisserver import command
-from tests.test_twistd import freePort, twistdCommand, waitForPort
+from tests.test_twistd import freePort
 
-__all__ = ["clients", "cluster_nodes", "redis_servers"]
+__all__ = ["clients", "cluster_nodes", "redis_servers", "twistd_node"]
 
 
 def redisKeys(redis: RedisServer, pattern: str) -> bytes:
@@ -64,43 +59,12 @@ def test_deadNodeIsSettledOnceBySurvivor(cluster_nodes: Cluster3) -> None:
     assert a.call(lambda: a.cluster.forwarder.sent) == sent
 
 
-StartNode = Callable[[RedisServer, str, int], "subprocess.Popen[bytes]"]
-
-
-@pytest.fixture
-def twistd_node(tmp_path: Path) -> Iterator[StartNode]:
-    """Starts C{twistd mqttd} nodes (real processes); kills any still running at teardown."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(redis: RedisServer, name: str, port: int) -> subprocess.Popen[bytes]:
-        directory = tmp_path / name
-        directory.mkdir(exist_ok=True)
-        config = directory / "mqttd.ini"
-        config.write_text(
-            f"[listener:mqtt]\nendpoint = tcp:{port}:interface=127.0.0.1\nallow_anonymous = true\n"
-            "[store]\nplugin = sqlite\n[plugin:sqlite]\npath = node.db\ndurability = sync\n"
-            f"[cluster]\nredis = {redis.url}\nnode = {name}\nheartbeat = 0.5\nnode_timeout = 30\n"
-        )
-        log = directory / "twistd.log"
-        argv, env = twistdCommand(directory, "--config", str(config))
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                argv,
-                cwd=directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        processes.append(process)
-        waitForPort(process, port, log)
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+# Node C keeps its sessions in its own SQLite file, so what it acknowledged outlives it.
+SQLITE_NODE = {
+    "sections": "[store]\nplugin = sqlite\n[plugin:sqlite]\npath = node.db\ndurability = sync\n",
+    "heartbeat": 0.5,
+    "nodeTimeout": 30,
+}
 
 
 def test_killedNodeRestartedDeliversWhatWasAcknowledged(
@@ -114,7 +78,7 @@ def test_killedNodeRestartedDeliversWhatWasAcknowledged(
     """
     a = cluster_nodes.start("a", node_timeout=30.0)
     port = freePort()
-    process = twistd_node(cluster_nodes.redis, "c", port)
+    process, _ = twistd_node(cluster_nodes.redis, "c", port, **SQLITE_NODE)
     sub = e2e.Client(port, "durable", clean=False)
     sub.subscribe("orders/#", 1)
     e2e.wait_until(
@@ -126,7 +90,7 @@ def test_killedNodeRestartedDeliversWhatWasAcknowledged(
     publisher = e2e.Client(a.port, "pub")
     for i in range(10):
         publisher.publish(f"orders/{i}", b"%d" % i, 1)
-    twistd_node(cluster_nodes.redis, "c", port)
+    twistd_node(cluster_nodes.redis, "c", port, **SQLITE_NODE)
     back = e2e.Client(port, "durable", clean=False)
     assert back.session_present
     got = back.wait_for(10, timeout=15)

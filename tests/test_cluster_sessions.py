@@ -7,14 +7,10 @@ redis-server (C{appendfsync always}), real paho clients.
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from zope.interface.verify import verifyObject
@@ -30,18 +26,18 @@ from tests.clusternodes import (
     Cluster3,
     Connect,
     Node,
+    Process,
+    StartNode,
     clients,
     cluster_nodes,
+    twistd_node,
 )
 from tests.e2e import MQTTv5, WillSpec
-from tests.redisserver import RedisServer, redis_servers
+from tests.redisserver import redis_servers
 from tests.test_redisserver import command
-from tests.test_twistd import freePort, twistdCommand, waitForPort
 
-__all__ = ["clients", "cluster_nodes", "redis_servers"]
+__all__ = ["clients", "cluster_nodes", "redis_servers", "twistd_node"]
 
-Process = subprocess.Popen[bytes]
-StartNode = Callable[[RedisServer, str], tuple[Process, int]]
 
 SESSION_TAKEN_OVER = 0x8E
 
@@ -117,46 +113,6 @@ def test_ownerHoldsAcrossNodes(cluster_nodes: Cluster3, clients: Connect) -> Non
     again = clients(b.port, "alice-phone", clean=False, setup=user("alice"))
     assert again.session_present
     assert [m.payload for m in again.wait_for(1)] == [b"for alice"]
-
-
-@pytest.fixture
-def twistd_node(tmp_path: Path) -> Iterator[StartNode]:
-    """
-    Starts C{twistd mqttd} cluster nodes, real processes a test can kill with SIGKILL, with no
-    C{[store]}: their sessions live in the cluster's Redis.  Kills any left at teardown.
-    """
-    processes: list[Process] = []
-
-    def start(redis: RedisServer, name: str) -> tuple[Process, int]:
-        port = freePort()
-        directory = tmp_path / name
-        directory.mkdir(exist_ok=True)
-        config = directory / "mqttd.ini"
-        config.write_text(
-            f"[listener:mqtt]\nendpoint = tcp:{port}:interface=127.0.0.1\n"
-            "allow_anonymous = true\n"
-            f"[cluster]\nredis = {redis.url}\nnode = {name}\nheartbeat = 0.2\nnode_timeout = 1\n"
-        )
-        log = directory / "twistd.log"
-        argv, env = twistdCommand(directory, "--config", str(config))
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                argv,
-                cwd=directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        processes.append(process)
-        waitForPort(process, port, log)
-        return process, port
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def killed(process: Process) -> None:

@@ -6,7 +6,6 @@ with SO_REUSEPORT, each a node C{NODE-i} on the same Redis, and stops them all.
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from mqttd.service import makeBrokerService
 from tests import e2e
 from tests.redisserver import Start, redis_servers
 from tests.test_redisserver import command
-from tests.test_twistd import freePort, twistdCommand, waitForPort
+from tests.test_twistd import freePort, startTwistd
 
 __all__ = ["redis_servers"]
 
@@ -42,20 +41,9 @@ def test_workersShareOnePort(tmp_path: Path, redis_servers: Start) -> None:
         f"[cluster]\nredis = {redis.url}\nnode = w\nworkers = 2\nheartbeat = 0.5\n"
         "node_timeout = 5\n"
     )
-    log = tmp_path / "twistd.log"
-    argv, env = twistdCommand(tmp_path, "--config", str(config))
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    process = startTwistd(tmp_path, config, port)
     subscribers: list[e2e.Client] = []
     try:
-        waitForPort(process, port, log)
         e2e.wait_until(
             lambda: sorted(members(redis.port, "mqttd:nodes")) == [b"w-1", b"w-2"],
             "both workers to join",
@@ -82,7 +70,7 @@ def test_workersShareOnePort(tmp_path: Path, redis_servers: Start) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
-    assert process.returncode == -signal.SIGTERM, log.read_text()
+    assert process.returncode == -signal.SIGTERM, (tmp_path / "twistd.log").read_text()
     assert members(redis.port, "mqttd:nodes") == []
 
 

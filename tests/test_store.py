@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import sqlite3
 import struct
-import subprocess
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from mqttd.store import MemoryStore, StoredState
 from tests import e2e
 from tests.redisserver import RedisServer
 from tests.test_redisserver import command
-from tests.test_twistd import freePort, twistdCommand, waitForPort
+from tests.test_twistd import freePort, startTwistd
 
 pytestmark = pytest.mark.usefixtures("twisted_reactor")
 
@@ -1017,22 +1016,7 @@ def test_redisStoreUnderTwistd(tmp_path: Path) -> None:
         f"prefix = t{zlib.crc32(str(tmp_path).encode())}:\n"
     )
 
-    def start() -> subprocess.Popen[bytes]:
-        argv, env = twistdCommand(tmp_path, "--config", str(config))
-        log = tmp_path / "twistd.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                argv,
-                cwd=tmp_path,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        waitForPort(process, port, log)
-        return process
-
-    process = start()
+    process = startTwistd(tmp_path, config, port)
     try:
         sub = e2e.Client(port, "sleeper", clean=False)
         sub.subscribe("news/#", 1)
@@ -1040,7 +1024,7 @@ def test_redisStoreUnderTwistd(tmp_path: Path) -> None:
         e2e.Client(port, "pub").publish("news/1", b"queued", 1)
         process.kill()
         process.wait()
-        process = start()
+        process = startTwistd(tmp_path, config, port)
         back = e2e.Client(port, "sleeper", clean=False)
         assert back.session_present
         assert [m.payload for m in back.wait_for(1)] == [b"queued"]

@@ -73,12 +73,27 @@ def broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
     config.write_text(
         f"[listener:e2e]\nendpoint = tcp:{port}:interface=127.0.0.1\nallow_anonymous = true\n"
     )
-    log = tmp_path / "twistd.log"
-    command, env = twistdCommand(tmp_path, "--config", str(config))
-    with log.open("wb") as output:
+    process = startTwistd(tmp_path, config, port)
+    try:
+        yield process, port, tmp_path / "twistd.log"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def startTwistd(directory: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
+    """
+    C{twistd mqttd --config CONFIG} started in C{directory} (its output added to
+    C{directory/twistd.log}), once it listens on C{port}; killed, and the test failed, if it
+    does not.
+    """
+    log = directory / "twistd.log"
+    command, env = twistdCommand(directory, "--config", str(config))
+    with log.open("ab") as output:
         process = subprocess.Popen(
             command,
-            cwd=tmp_path,
+            cwd=directory,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -86,11 +101,12 @@ def broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
         )
     try:
         waitForPort(process, port, log)
-        yield process, port, log
-    finally:
+    except BaseException:
         if process.poll() is None:
             process.kill()
             process.wait()
+        raise
+    return process
 
 
 def waitForPort(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
