@@ -15,17 +15,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from zope.interface.verify import verifyObject
 
-from mqttd.cluster.config import ClusterConfig, parseRedisURL
-from mqttd.config import BrokerConfig, Config, ListenerConfig
 from mqttd.interfaces import IClientIdClaims
-from mqttd.service import makeBrokerService
 from tests import e2e
 from tests.clusternodes import (
-    HEARTBEAT,
-    NODE_TIMEOUT,
     Cluster3,
     Connect,
-    Node,
     Process,
     StartNode,
     clients,
@@ -192,41 +186,6 @@ def test_willsOfAKilledNodeArePublishedOnce(
     assert [w.pending() for w in watchers] == [[], []]
 
 
-def startWithGroups(cluster: Cluster3, name: str, groups: dict[str, str]) -> Node:
-    """A node as L{Cluster3.start} makes it, with the virtual groups plugin as its selector."""
-    config = Config(
-        broker=BrokerConfig(sys_interval=0),
-        listeners=(
-            ListenerConfig(
-                name="mqtt", endpoint=f"tcp:0:interface={e2e.HOST}", allow_anonymous=True
-            ),
-        ),
-        selectorChain=("virtual_groups",),
-        pluginSections={"virtual_groups": groups},
-        cluster=ClusterConfig(
-            redis=cluster.redis.url,
-            address=parseRedisURL(cluster.redis.url),
-            node=name,
-            heartbeat=HEARTBEAT,
-            node_timeout=NODE_TIMEOUT,
-        ),
-    )
-
-    def build() -> Node:
-        service = makeBrokerService(config, e2e.reactor)
-        service.startService()
-        return Node(service)
-
-    node: Node = e2e.in_reactor(build)
-    cluster.nodes.append(node)
-    e2e.wait_until(
-        lambda: node.call(lambda: node.cluster._synced and node._listener.port is not None),
-        f"node {name} to join",
-    )
-    node.port = node.call(lambda: node._listener.port.getHost().port)  # type: ignore[union-attr]
-    return node
-
-
 def test_groupMessagesReachMembersOnEveryNode(cluster_nodes: Cluster3, clients: Connect) -> None:
     """
     A virtual group is one group across the cluster: its membership lives in Redis, so a
@@ -234,7 +193,7 @@ def test_groupMessagesReachMembersOnEveryNode(cluster_nodes: Cluster3, clients: 
     on any node reaches its members wherever they are connected, once each.
     """
     groups = {"group.team": "alice:1, bob:1, carol:1"}
-    a, b, c = (startWithGroups(cluster_nodes, name, groups) for name in "abc")
+    a, b, c = (cluster_nodes.start(name, plugins={"virtual_groups": groups}) for name in "abc")
     alice, bob, carol = (
         clients(node.port, member) for node, member in ((a, "alice"), (b, "bob"), (c, "carol"))
     )
