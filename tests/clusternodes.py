@@ -94,11 +94,13 @@ class Cluster3:
         name: str,
         sys_interval: float = 0,
         plugins: Mapping[str, Mapping[str, str]] | None = None,
+        acl: tuple[str, ...] = (),
         **cluster: Any,
     ) -> Node:
         """
         Start node C{name} with C{cluster} keys; C{plugins} are C{[plugin:NAME]} sections,
-        each of which also joins the subscriber selectors' chain.
+        each of which also joins the subscriber selectors' chain unless C{acl} (the
+        C{[acl] chain}) names it.
         """
         settings = ClusterConfig(
             redis=self.redis.url,
@@ -116,7 +118,8 @@ class Cluster3:
             ),
             cluster=replace(settings, **cluster),
             pluginSections=dict(plugins or {}),
-            selectorChain=tuple(plugins or ()),
+            selectorChain=tuple(p for p in plugins or () if p not in acl),
+            aclChain=acl,
         )
 
         def build() -> Node:

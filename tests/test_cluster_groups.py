@@ -7,6 +7,7 @@ connected, as one broker would.  Real nodes on one real redis-server, real paho 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from tests import e2e
@@ -138,3 +139,29 @@ def test_inboxGroupReachesOnlineMembersOnEveryNodeOnce(
     again = (clients(c.port, "bob", setup=user("bob")), clients(b.port, "carol"))
     time.sleep(0.5)
     assert [m.pending() for m in (*again, alice)] == [[], [], []]
+
+
+def test_directMessagesPassTheReceiveACLOfTheRecipientsNode(
+    cluster_nodes: Cluster3, clients: Connect, tmp_path: Path
+) -> None:
+    """
+    A direct message delivered on another node goes through the receive ACL there, under the
+    topic it is delivered with (C{p2p_topic}): bob on B gets what the ACL lets him read
+    (C{inbox/bob/ok/...}) and not the rest, published on A.
+    """
+    acl = tmp_path / "acl"
+    acl.write_text("topic write $p2p/#\npattern read inbox/%c/ok/#\n")
+    plugins = {
+        "virtual_groups": {"p2p_topic": "inbox/{clientid}/{rest}"},
+        "aclfile": {"file": str(acl)},
+    }
+    a, b = (cluster_nodes.start(name, plugins=plugins, acl=("aclfile",)) for name in "ab")
+    seesAll((a, b))
+    bob = clients(b.port, "bob")
+    alice = clients(a.port, "alice")
+    alice.publish("$p2p/bob/no/1", b"not for bob's eyes", 1)
+    alice.publish("$p2p/bob/ok/2", b"fine", 1)
+    (got,) = bob.wait_for(1)
+    assert (got.topic, got.payload) == ("inbox/bob/ok/2", b"fine")
+    time.sleep(0.3)
+    assert bob.pending() == []
