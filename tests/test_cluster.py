@@ -6,9 +6,11 @@ wildcard and shared subscriptions are cluster-wide.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
+from mqttd.message import Message
 from tests import e2e
 from tests.clusternodes import Cluster3, Connect, clients, cluster_nodes
 from tests.redisserver import redis_servers
@@ -50,6 +52,55 @@ def test_publishOnOneNodeReachesTheOthersAtEachQoS(
             ], f"{sub.client_id} at QoS {qos}"
     for sub, _ in subscribers:
         assert sub.pending() == [], "a message was delivered twice"
+
+
+def _commandCalls(port: int) -> dict[str, int]:
+    """How many times the Redis server on C{port} ran each command (C{INFO commandstats})."""
+    with socket.create_connection((e2e.HOST, port), e2e.TIMEOUT) as s:
+        s.sendall(b"INFO commandstats\r\n")
+        reply = b""
+        # A bulk string: "$LENGTH\r\n" then the text and "\r\n".
+        while b"\r\n" not in reply or len(reply) < reply.index(b"\r\n") + 2 + int(
+            reply[1 : reply.index(b"\r\n")]
+        ):
+            reply += s.recv(65536)
+    calls = {}
+    for line in reply.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, stats = line[len("cmdstat_") :].split(":", 1)
+            calls[name] = int(stats.split(",")[0].removeprefix("calls="))
+    return calls
+
+
+def test_messagesOfOneTurnToOneNodeGoAsOneCommand(
+    cluster_nodes: Cluster3, clients: Connect
+) -> None:
+    """
+    The QoS 1 messages a node sends another within one reactor turn go as one XADD, its QoS 0
+    messages as one PUBLISH (docs/cluster.md), and each arrives once, in the order published
+    [MQTT-4.6.0-6].
+    """
+    a, b = (cluster_nodes.start(n) for n in "ab")
+    sub = clients(b.port, "sub")
+    sub.subscribe("turn/#", 1)
+    a.waitKnows(b, "turn/#")
+    port = cluster_nodes.redis.port
+    before = _commandCalls(port)
+
+    def publishInOneTurn() -> None:
+        for i in range(10):
+            a.broker.router.route(Message("turn/1", b"one %d" % i, 1))
+            a.broker.router.route(Message("turn/0", b"zero %d" % i, 0))
+
+    a.call(publishInOneTurn)
+    got = sub.wait_for(20)
+    assert [m.payload for m in got if m.topic == "turn/1"] == [b"one %d" % i for i in range(10)]
+    assert [m.payload for m in got if m.topic == "turn/0"] == [b"zero %d" % i for i in range(10)]
+    e2e.wait_until(lambda: b.call(lambda: b.cluster.inbox.received) == 10, "B's ten QoS 1")
+    after = _commandCalls(port)
+    assert after.get("xadd", 0) - before.get("xadd", 0) == 1
+    assert after.get("publish", 0) - before.get("publish", 0) == 1
+    assert sub.pending() == []
 
 
 def test_messagesGoOnlyToNodesWithAMatch(cluster_nodes: Cluster3, clients: Connect) -> None:

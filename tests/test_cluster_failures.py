@@ -152,7 +152,7 @@ def test_redisDownHoldsWithinABoundThenRefuses(cluster_nodes: Cluster3, clients:
     publishers = [clients(a.port, f"p{i}") for i in range(3)]
     held = [p.paho.publish("d/held", b"%d" % i, 1) for i, p in enumerate(publishers[:2])]
     assert sorted(m.payload for m in local.wait_for(2)) == [b"0", b"1"]
-    e2e.wait_until(lambda: a.call(lambda: len(a.cluster.forwarder.held)) == 2, "two held")
+    e2e.wait_until(lambda: a.call(lambda: a.cluster.forwarder.holding) == 2, "two held")
     assert not any(info.is_published() for info in held)
     publishers[2].paho.publish("d/refused", b"2", 1)
     assert publishers[2].disconnected.wait(e2e.TIMEOUT), "the third publisher was not refused"

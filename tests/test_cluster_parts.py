@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 from mqttd.broker import Broker
 from mqttd.cluster.retained import ClusterRetained
 from mqttd.cluster.routes import RemoteRoutes
-from mqttd.cluster.wire import WireError, decode, encode
+from mqttd.cluster.wire import WireError, decode, encode, packBatch, unpackBatch
 from mqttd.codec.properties import Properties
 from mqttd.config import BrokerConfig
 from mqttd.http.metrics import BrokerCollector, ReactorLag
@@ -71,6 +71,40 @@ def test_wireRefusesWhatItDidNotWrite(data: bytes) -> None:
     """Bytes of another version, cut short or with trailing bytes raise L{WireError}."""
     with pytest.raises(WireError):
         decode(data)
+
+
+def test_wireBatchKeepsEachMessageAndItsOrder() -> None:
+    """
+    A batch of messages (what one node sends another in one reactor turn, as one Redis value)
+    gives back each message whole and in the order packed, empty ones and messages holding
+    bytes that look like lengths included; a batch of one and of none too.
+    """
+    messages = [
+        encode(Message(f"t/{i}", b"\x00\x00\x00\x05" * i), True, (), 9, i) for i in range(5)
+    ]
+    messages.append(b"")
+    got = unpackBatch(packBatch(messages))
+    assert got == messages
+    assert [decode(m).sequence for m in got[:5]] == [0, 1, 2, 3, 4]
+    assert unpackBatch(packBatch(messages[:1])) == messages[:1]
+    assert unpackBatch(packBatch([])) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        # A single message is no batch: a node never sends one alone.
+        encode(Message("t", b"x"), True, (), 1, 1),
+        # Cut inside a length, and inside a message.
+        packBatch([b"abc"])[:3],
+        packBatch([b"abc", b"defg"])[:-1],
+    ],
+)
+def test_wireBatchRefusesWhatItDidNotWrite(data: bytes) -> None:
+    """Bytes that are no batch, or a batch cut short, raise L{WireError}."""
+    with pytest.raises(WireError):
+        unpackBatch(data)
 
 
 def test_routesMatchNodesOnce() -> None:

@@ -2,7 +2,8 @@
 A node's own stream: the QoS 1/2 messages other nodes sent it, read through the consumer
 group C{mqttd} under the node's name, so that entries read but not acknowledged before a crash
 are read again when the node restarts.  An entry is acknowledged (C{XACK}) and deleted only
-once what it carried was handed to the node's sessions and their store flushed.
+once what it carried was handed to the node's sessions and their store flushed.  An entry
+carries a batch of messages (L{unpackBatch}), handed on in order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from twisted.logger import Logger
 
 from mqttd.cluster.forwarding import streamKey
 from mqttd.cluster.redis import ConnectionError, RedisConnections, ResponseError
+from mqttd.cluster.wire import WireError, unpackBatch
 
 GROUP = "mqttd"
 # Entries read at once: enough to batch a burst, few enough to keep each batch's delay short.
@@ -26,7 +28,11 @@ BLOCK = 1000
 
 
 class Inbox:
-    """Reads the node's stream and hands each batch of entries to C{handle}."""
+    """
+    Reads the node's stream and hands the messages of each batch of entries to C{handle}.
+
+    @ivar received: the messages read (not the entries).
+    """
 
     log = Logger()
 
@@ -38,7 +44,7 @@ class Inbox:
         clock: IReactorTime,
     ) -> None:
         """
-        @param handle: called with the entries' data in stream order; its L{Deferred} fires
+        @param handle: called with the entries' messages in stream order; its L{Deferred} fires
             once they are safe with the node (delivered to the sessions, their store flushed).
         """
         self.redis = redis
@@ -116,7 +122,16 @@ class Inbox:
         return entries
 
     async def _settle(self, entries: list[tuple[bytes, bytes | None]]) -> None:
-        carried = [data for _, data in entries if data is not None]
+        carried: list[bytes] = []
+        for entryId, data in entries:
+            if data is None:
+                continue
+            try:
+                carried.extend(unpackBatch(data))
+            except WireError as e:
+                self.log.error(
+                    "stream entry {entry} from another node is unreadable: {e}", entry=entryId, e=e
+                )
         self.received += len(carried)
         if carried:
             await maybeDeferred(self.handle, carried)

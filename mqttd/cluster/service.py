@@ -26,7 +26,7 @@ from mqttd.cluster.retained import ClusterRetained
 from mqttd.cluster.router import ClusterRouter
 from mqttd.cluster.routes import RemoteRoutes
 from mqttd.cluster.sys import ClusterSys
-from mqttd.cluster.wire import WireError, decode, encode
+from mqttd.cluster.wire import WireError, decode, encode, unpackBatch
 from mqttd.message import Message
 
 if TYPE_CHECKING:
@@ -186,6 +186,7 @@ class Cluster:
             commands = self.redis.commands
             try:
                 # What was held for Redis first, so that nothing acknowledged is left behind.
+                self.forwarder.flush()
                 waiting = self.forwarder.whenWritten()
                 if waiting is not None:
                     await waiting
@@ -258,7 +259,7 @@ class Cluster:
             self.log.info(
                 "cluster node {node}: Redis reachable again; {held} held messages sent",
                 node=self.name,
-                held=len(self.forwarder.held),
+                held=self.forwarder.holding,
             )
         if not self._heartbeat.running and self.running:
             self._heartbeat.start(self.config.heartbeat, now=False)
@@ -398,7 +399,13 @@ class Cluster:
         if channel == EVENTS.encode():
             self._eventReceived(data)
             return
-        self._deliver(data)
+        try:
+            messages = unpackBatch(data)
+        except WireError as e:
+            self.log.error("QoS 0 messages from another node are unreadable: {e}", e=e)
+            return
+        for message in messages:
+            self._deliver(message)
 
     def _deliver(self, data: bytes) -> None:
         try:

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from mqttd.cluster.forwarding import streamKey
 from mqttd.cluster.inbox import GROUP
 from mqttd.cluster.redis import ConnectionError, RedisConnections, ResponseError
-from mqttd.cluster.wire import WireError, decode
+from mqttd.cluster.wire import WireError, decode, unpackBatch
 from mqttd.codec.packets import ConnackCode, Connect
 from mqttd.interfaces import Allow, IClientIdClaims
 from mqttd.message import Message
@@ -333,11 +333,10 @@ class ClusterSessions:
             if data is None:
                 continue
             try:
-                message = decode(data).message
+                # An entry carries the batch of messages one node sent in one turn.
+                messages = [decode(one).message for one in unpackBatch(data)]
             except WireError as e:
                 self.log.error("a message in a dead node's stream is unreadable: {e}", e=e)
-                continue
-            if message.expired(self.cluster.clock.seconds()):
                 continue
             sent = int(entryId.split(b"-")[0])
             targets = {c: sessions[c].subscriptions for c in here if c in sessions}
@@ -345,15 +344,19 @@ class ClusterSessions:
                 # What was sent after it left reached it where it went.
                 if sent < left:
                     targets.setdefault(clientId, subscriptions)
-            for clientId, subscriptions in targets.items():
-                qos = min(_granted(subscriptions, message.topic), message.qos)
-                if not qos:
+            now = self.cluster.clock.seconds()
+            for message in messages:
+                if message.expired(now):
                     continue
-                if clientId in sessions:
-                    self.broker.router.deliverTo(clientId, message, qos)
-                else:
-                    # Not this node's: the store keeps it for the session's owner (a stray).
-                    self.store.messageQueued(clientId, message, qos, False)
+                for clientId, subscriptions in targets.items():
+                    qos = min(_granted(subscriptions, message.topic), message.qos)
+                    if not qos:
+                        continue
+                    if clientId in sessions:
+                        self.broker.router.deliverTo(clientId, message, qos)
+                    else:
+                        # Not this node's: the store keeps it for the session's owner (a stray).
+                        self.store.messageQueued(clientId, message, qos, False)
         await maybeDeferred(self.store.flush, True)
 
     async def _settled(self, key: str, entries: list[Any]) -> None:

@@ -10,21 +10,28 @@ publisher client id (empty for the broker's own), MQTT 5 properties as the store
 (empty for none), the shared subscriptions the receiver serves, NUL-separated (no topic
 filter holds a NUL [MQTT-1.5.4-2]), and the recipients a subscriber selector chose that the
 sender does not have, as client id and QoS, NUL-separated too.
+
+What a node's channel and stream carry is a batch of such messages (L{packBatch}): the
+messages one node sent another within one reactor turn, as one C{PUBLISH} or one stream entry.
+Its first byte, L{BATCH}, is no message's version byte; then each message, length-prefixed.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mqttd.message import Message
 from mqttd.store import dumpProperties, storedMessage
 
 VERSION = 1
+BATCH = 0x81
 _HEAD = struct.Struct("!BBQQ")
 _EXPIRY = struct.Struct("!d")
 _LENGTH = struct.Struct("!I")
+
+_BATCH_HEAD = bytes([BATCH])
 
 _ORDINARY = 0x08
 _EXPIRES = 0x10
@@ -59,6 +66,40 @@ class Forwarded:
     sequence: int
     selected: Mapping[str, int] = field(default_factory=dict)
     reselect: bool = False
+
+
+def packBatch(messages: Sequence[bytes]) -> bytes:
+    """One value holding C{messages} (each as L{encode} wrote it), for L{unpackBatch}."""
+    length = _LENGTH.pack
+    parts = [_BATCH_HEAD]
+    for data in messages:
+        parts.append(length(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def unpackBatch(data: bytes) -> list[bytes]:
+    """
+    The messages L{packBatch} packed, in order.
+
+    @raise WireError: C{data} is no batch L{packBatch} wrote.
+    """
+    if data[:1] != _BATCH_HEAD:
+        raise WireError("not a batch of messages")
+    messages = []
+    offset = 1
+    end = len(data)
+    unpack = _LENGTH.unpack_from
+    while offset < end:
+        if end - offset < _LENGTH.size:
+            raise WireError("truncated batch")
+        (length,) = unpack(data, offset)
+        offset += _LENGTH.size
+        if end - offset < length:
+            raise WireError("truncated batch")
+        messages.append(data[offset : offset + length])
+        offset += length
+    return messages
 
 
 def encode(
