@@ -282,9 +282,12 @@ class Publisher:
                 and not stop.is_set()
             ):
                 packetId = self._packetId()
-                self.outstanding[packetId] = [self.next, "pub"]
-                send(self.publish(packetId, self.next, False))
-                self.next += 1
+                # Numbered before it is sent: a send that fails (the broker killed) leaves the
+                # message outstanding, to be re-sent under its packet identifier, and the next
+                # message must not take its number again under a new one.
+                seq, self.next = self.next, self.next + 1
+                self.outstanding[packetId] = [seq, "pub"]
+                send(self.publish(packetId, seq, False))
             packet = wire.read(0.2)
             if packet is None:
                 if limit is not None and not self.outstanding:

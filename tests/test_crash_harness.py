@@ -8,11 +8,13 @@ C{bench/crash.py} runs the same for as many cycles as asked.
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.crashharness import BrokerProcess, runCycles
+from mqttd.codec.packets import Packet, Publish
+from tests.crashharness import BrokerProcess, Publisher, Wire, runCycles
 from tests.test_twistd import twistdCommand
 
 FLUSH_MS = 50
@@ -87,3 +89,44 @@ def test_startedOnlyWhenItListens(tmp_path: Path) -> None:
             assert running.process is not None and running.process.poll() is None
         finally:
             running.kill()
+
+
+class _FailingOnceWire(Wire):
+    """A connection the broker's kill cuts at the first PUBLISH, then one that records."""
+
+    def __init__(self, fail: bool, stop: threading.Event) -> None:
+        self.fail = fail
+        self.stop = stop
+        self.sent: list[Packet] = []
+
+    def send(self, *packets: Packet) -> None:
+        if self.fail:
+            raise ConnectionResetError("the broker was killed")
+        self.sent.extend(packets)
+
+    def read(self, timeout: float) -> Packet | None:
+        self.stop.set()
+        return None
+
+
+def test_publisherNeverNumbersTwoPacketsAlike() -> None:
+    """
+    The harness's publisher, whose send fails as the broker is killed, re-sends that message
+    under its packet identifier on the next connection and never sends its sequence number
+    again under another one: otherwise the harness itself makes a "QoS 2 duplicate" (one
+    number under two packet identifiers, both rightly delivered by the broker), as a CI run
+    at 92f9618 showed.
+    """
+    publisher = Publisher("q2", 2)
+    stop = threading.Event()
+    with pytest.raises(ConnectionResetError):
+        publisher.run(_FailingOnceWire(True, stop), stop)
+    stop = threading.Event()
+    wire = _FailingOnceWire(False, stop)
+    publisher.run(wire, stop)
+    numbers: dict[bytes, set[int | None]] = {}
+    for packet in wire.sent:
+        assert isinstance(packet, Publish)
+        numbers.setdefault(packet.payload, set()).add(packet.packet_id)
+    assert numbers and all(len(ids) == 1 for ids in numbers.values()), numbers
+    assert wire.sent[0].dup and wire.sent[0].payload == b"q2:0"  # type: ignore[union-attr]
