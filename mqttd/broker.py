@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -74,6 +74,27 @@ if TYPE_CHECKING:
 KEEPALIVE_UNLIMITED = 65535
 
 
+_Plugin = TypeVar("_Plugin")
+
+
+class _Chain(Generic[_Plugin]):
+    """
+    A plugin chain a part owns, under the name plugins and the service know on L{Broker}:
+    reading gives the part's tuple, assigning any sequence stores it as a tuple there.
+    """
+
+    def __init__(self, part: str, attribute: str) -> None:
+        self.part = part
+        self.attribute = attribute
+
+    def __get__(self, broker: object, owner: object = None) -> tuple[_Plugin, ...]:
+        chain: tuple[_Plugin, ...] = getattr(getattr(broker, self.part), self.attribute)
+        return chain
+
+    def __set__(self, broker: object, chain: Sequence[_Plugin]) -> None:
+        setattr(getattr(broker, self.part), self.attribute, tuple(chain))
+
+
 class Broker:
     """
     Routes messages between sessions, through its parts.
@@ -102,6 +123,12 @@ class Broker:
     """
 
     log = Logger()
+
+    # The chains plugins and the service set, kept by the part that uses them.
+    authenticators: _Chain[IAuthenticator] = _Chain("policy", "authenticators")
+    authorizers: _Chain[IAuthorizer] = _Chain("policy", "authorizers")
+    observers: _Chain[IBrokerObserver] = _Chain("observing", "chain")
+    selectors: _Chain[ISubscriberSelector] = _Chain("router", "selectors")
 
     def __init__(
         self,
@@ -278,15 +305,6 @@ class Broker:
         return self.policy.enhancedAuthenticator(listener, method)
 
     @property
-    def authenticators(self) -> tuple[IAuthenticator, ...]:
-        """The chain for listeners without their own (L{Policy.authenticators})."""
-        return self.policy.authenticators
-
-    @authenticators.setter
-    def authenticators(self, chain: Sequence[IAuthenticator]) -> None:
-        self.policy.authenticators = tuple(chain)
-
-    @property
     def listenerAuthenticators(self) -> dict[str, tuple[IAuthenticator, ...]]:
         """Listener name to that listener's chain (L{Policy.listenerAuthenticators})."""
         return self.policy.listenerAuthenticators
@@ -294,33 +312,6 @@ class Broker:
     @listenerAuthenticators.setter
     def listenerAuthenticators(self, chains: Mapping[str, Sequence[IAuthenticator]]) -> None:
         self.policy.listenerAuthenticators = {name: tuple(c) for name, c in chains.items()}
-
-    @property
-    def authorizers(self) -> tuple[IAuthorizer, ...]:
-        """The ACL chain (L{Policy.authorizers})."""
-        return self.policy.authorizers
-
-    @authorizers.setter
-    def authorizers(self, chain: Sequence[IAuthorizer]) -> None:
-        self.policy.authorizers = tuple(chain)
-
-    @property
-    def observers(self) -> tuple[IBrokerObserver, ...]:
-        """The observers told of what happens (L{Observers.chain})."""
-        return self.observing.chain
-
-    @observers.setter
-    def observers(self, chain: Sequence[IBrokerObserver]) -> None:
-        self.observing.chain = tuple(chain)
-
-    @property
-    def selectors(self) -> tuple[ISubscriberSelector, ...]:
-        """The plugins adding recipients to each message (L{Router.selectors})."""
-        return self.router.selectors
-
-    @selectors.setter
-    def selectors(self, chain: Sequence[ISubscriberSelector]) -> None:
-        self.router.selectors = tuple(chain)
 
     def connect(
         self,
