@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from mqttd.cluster.config import ClusterConfig, parseRedisURL
 from mqttd.cluster.service import Cluster, ClusterService
@@ -78,8 +78,11 @@ class Node:
         self.call(crash)
 
     def stop(self) -> None:
+        """Stop the node; a stop that does not end within the tests' timeout fails, not hangs."""
         if self.service.running:
-            self.call(self.service.stopService)
+            self.call(
+                lambda: maybeDeferred(self.service.stopService).addTimeout(e2e.TIMEOUT, e2e.reactor)
+            )
 
 
 class Cluster3:
