@@ -16,10 +16,13 @@ record or one WebSocket frame instead of one each.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from .dispatch import turnEnd
 
 if TYPE_CHECKING:
     from .protocol import MQTTServerProtocol
@@ -45,23 +48,39 @@ def layered(transport: object) -> bool:
 
 class WriteCoalescer:
     """
-    The connections with packets waiting this turn, all flushed by one C{callLater(0)}: it runs
-    when the reactor has dispatched every ready socket, before it waits again.
+    The connections with packets waiting this turn, all flushed once the reactor has dispatched
+    every ready socket, before it waits again: by the reactor itself where mqttd's lean dispatch
+    is installed (L{mqttd.dispatch.turnEnd}), else by one C{callLater(0)} per turn.
     """
+
+    __slots__ = ("_call", "_scheduled", "_turnEnd", "_waiting", "clock")
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._waiting: list[MQTTServerProtocol] = []
+        self._scheduled = False
         self._call: IDelayedCall | None = None
+        # The reactor's end-of-turn list, once known to have one.
+        self._turnEnd: list[Callable[[], object]] | None = None
 
     def waiting(self, protocol: MQTTServerProtocol) -> None:
         """C{protocol} has its first packet of this turn waiting."""
         self._waiting.append(protocol)
-        if self._call is None:
+        if self._scheduled:
+            return
+        self._scheduled = True
+        ends = self._turnEnd
+        if ends is None:
+            # Asked again until found: lean dispatch is installed after the listeners are built.
+            ends = self._turnEnd = turnEnd(self.clock)
+        if ends is not None:
+            ends.append(self._flush)
+        else:
             self._call = self.clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
         self._call = None
+        self._scheduled = False
         waiting, self._waiting = self._waiting, []
         for protocol in waiting:
             protocol.flushWrites()

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from mqttd.broker import Broker
 from mqttd.config import BrokerConfig, ListenerConfig
+from mqttd.dispatch import installLeanDispatch
 from mqttd.message import Message
 from mqttd.protocol import MQTTServerFactory, MQTTServerProtocol
 
@@ -84,6 +85,8 @@ class _ReactorThread:
         if self.thread is not None:
             return
         globalLogPublisher.addObserver(self._observer)
+        # As twistd mqttd runs it: the tests exercise the dispatch and turn ends of production.
+        installLeanDispatch(reactor)
         self.thread = threading.Thread(
             target=reactor.run,
             kwargs={"installSignalHandlers": False},

@@ -2,20 +2,24 @@
 twistd mqttd's epoll dispatch without a log context per event (mqttd.dispatch) does what
 Twisted's does: a ready socket is read, a writable one written, a handler's exception closes that
 socket alone, a socket removed earlier in the same batch is skipped; other reactors are left alone.
-Real sockets on a private EPollReactor, stepped one iteration at a time.
+The end of a turn runs once the ready sockets are handled, and before the reactor polls for what
+was asked outside the dispatch.  Real sockets on a private EPollReactor, stepped one iteration at
+a time.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 
-from mqttd.dispatch import installLeanDispatch
+from mqttd.dispatch import installLeanDispatch, turnEnd
 
 
 class _Socket:
@@ -140,3 +144,98 @@ def test_otherReactorsLeftAlone() -> None:
     assert not installLeanDispatch(sub)
     assert "doIteration" not in vars(sub)
     sub._poller.close()
+
+
+class _Poller:
+    """The reactor's epoll object, recording the timeout of every poll."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float, maxevents: int) -> Any:
+        self.timeouts.append(timeout)
+        return self._poller.poll(timeout, maxevents)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
+def test_turnEndRunsAfterTheReadySockets(reactor: EPollReactor) -> None:
+    """
+    What handlers ask for the end of the turn runs in the same iteration, once every ready
+    socket was handled; what the turn's end itself adds runs then too; one that raises is
+    logged and the next still runs.
+    """
+    found = turnEnd(reactor)
+    assert found is not None
+    ends = found
+    order: list[str] = []
+    logged: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, logged.append)
+
+    def failing() -> None:
+        order.append("failing")
+        raise RuntimeError("turn end failed")
+
+    def adding() -> None:
+        order.append("adding")
+        ends.append(lambda: order.append("added by the end"))
+
+    class Reading(_Socket):
+        def doRead(self) -> None:
+            super().doRead()
+            order.append(f"read {self.read[-1].decode()}")
+            if len(order) == 1:
+                ends.extend([failing, adding])
+
+    a, b = _pair()
+    c, d = _pair()
+    reactor.addReader(Reading(a))
+    reactor.addReader(Reading(c))
+    b.sendall(b"1")
+    d.sendall(b"2")
+    globalLogPublisher.addObserver(observer)
+    try:
+        reactor.doIteration(1)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert sorted(order[:2]) == ["read 1", "read 2"]
+    assert order[2:] == ["failing", "adding", "added by the end"]
+    assert [e["log_failure"].type for e in logged if "log_failure" in e] == [RuntimeError]
+    assert ends == []
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_turnEndAskedOutsideDispatchRunsBeforeThePoll(reactor: EPollReactor) -> None:
+    """
+    Asked between two polls (by a timed call or a thread's call, which the main loop runs
+    there), the turn's end runs before the reactor waits; and if it schedules a call, the poll
+    does not wait for sockets, as the main loop's timeout was computed without that call.
+    """
+    ends = turnEnd(reactor)
+    assert ends is not None
+    poller = _Poller(reactor._poller)
+    reactor._poller = poller
+    ran: list[str] = []
+    ends.append(lambda: ran.append("end"))
+    reactor.doIteration(0)
+    assert ran == ["end"] and poller.timeouts == [0]
+    ends.append(lambda: reactor.callLater(0, ran.append, "timed"))
+    reactor.doIteration(None)
+    assert poller.timeouts[-1] == 0
+    reactor.runUntilCurrent()
+    assert ran == ["end", "timed"]
+    reactor._poller = poller._poller
+
+
+def test_noTurnEndOnOtherReactors() -> None:
+    """
+    A reactor without the lean dispatch has no end-of-turn list: its users fall back to a
+    C{callLater(0)}.
+    """
+    assert turnEnd(Clock()) is None
+    plain = EPollReactor()
+    assert turnEnd(plain) is None
+    plain._poller.close()

@@ -92,6 +92,30 @@ def test_oneSendPerTurnWithoutWriteWatch() -> None:
         running.stop()
 
 
+def test_turnWritesFlushedByTheReactorNotATimedCall() -> None:
+    """
+    With mqttd's dispatch on the reactor (as C{twistd mqttd} installs it) the packets of a turn
+    are sent at the turn's end by the reactor itself: no C{DelayedCall} is made for them.
+    """
+    running = e2e.start_broker()
+    sock = _subscriber(running.port, "sub", "t/#")
+    try:
+
+        def route() -> list[object]:
+            before = set(reactor.getDelayedCalls())
+            for i in range(3):
+                running.broker.route(Message(f"t/{i}", b"m%d" % i, 0, False))
+            return [call for call in reactor.getDelayedCalls() if call not in before]
+
+        made = running.call(route)
+        got = _publishes(sock, 3)
+        assert [p.payload for p in got] == [b"m0", b"m1", b"m2"]
+        assert made == []
+    finally:
+        sock.close()
+        running.stop()
+
+
 def test_whatTheKernelRefusesGoesThroughTheTransport() -> None:
     """
     A subscriber that stops reading fills its socket: the rest waits in the transport, and once
