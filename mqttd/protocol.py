@@ -292,6 +292,18 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         packets: list[Any]
         stats = self._stats
         stats.bytesReceived += len(data)
+        session = self.session
+        if session is not None and self._held is None:
+            # A lone PUBACK, what most reads of a subscriber are, goes straight to its session.
+            packetId = self._decoder.lone_puback(data)
+            if packetId:
+                stats.packetsReceived += 1
+                self._lastReceived = self.clock.seconds()
+                try:
+                    session.pubackReceived(packetId)
+                except SessionError as e:
+                    self.close(f"protocol error: {e}", e.reasonCode)
+                return
         try:
             packets = self._decoder.feed(data)
         except DecodeError as e:

@@ -151,6 +151,28 @@ class Decoder:
             self._buffer = bytearray()
             raise
 
+    def lone_puback(self, data: bytes) -> int:
+        """
+        The packet identifier of a PUBACK of Remaining Length 2 (Success, no properties) when
+        C{data} is that packet alone, whole, and may be read now (nothing buffered, the
+        connection past its CONNECT, no error); 0 otherwise, and then L{feed} reads C{data}.
+
+        A subscriber acknowledging its deliveries one at a time sends nothing else, so its
+        reads skip the packet objects and the table's dispatch: the same bytes through
+        L{feed} would give C{Puback(packet_id)}.  Packet identifier 0 is left to L{feed},
+        which refuses it [MQTT-2.2.1-5].
+        """
+        if (
+            len(data) == 4
+            and data[0] == 0x40
+            and data[1] == 2
+            and not self._buffer
+            and self._table[0x40] is not None
+            and self._error is None
+        ):
+            return (data[2] << 8) | data[3]
+        return 0
+
     def _parse(self, data: Buffer, end: int) -> tuple[list[Packet], int]:
         """
         Decode the complete packets in C{data[:end]}.
