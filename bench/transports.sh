@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# bench/transports.sh [-r REPS]
+# bench/transports.sh [-r REPS] [-b GITREF]
 #
 # S1 (QoS 0 fan-in) over TCP, TLS and WebSocket for mqttd and mosquitto, with bench/transports.py
-# as the client (the shared C generator speaks TCP only).  Each repetition starts each broker
+# as the client (the shared C generator speaks TCP only); WebSocket twice: "ws" with 50 MQTT
+# packets to a frame, "ws1" with a frame each, as MQTT.js and paho send them.  -b GITREF adds the
+# mqttd of that commit (exported from git) as a third broker, "mqttd_before", run first in each
+# repetition, and a "before" column.  Each repetition starts each broker
 # fresh, pinned to CPU 0, with one listener per transport; the driver runs on CPU 1.  Prints the
 # median of each cell.  Needs the project in .venv (the README's install), Debian's mosquitto and
 # openssl; certificates are made on the spot in bench/results/ (ignored by git).  The driver is
@@ -12,12 +15,17 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPS=3
-while getopts "r:" o; do case $o in r) REPS=$OPTARG ;; *) exit 2 ;; esac; done
+BEFORE=""
+while getopts "r:b:" o; do case $o in r) REPS=$OPTARG ;; b) BEFORE=$OPTARG ;; *) exit 2 ;; esac; done
 VENV=${MQTTD_VENV:-$ROOT/.venv}
 [ -x "$VENV/bin/twistd" ] || { echo "bench/transports.sh: no $VENV/bin/twistd; run the README's install first" >&2; exit 2; }
 command -v mosquitto >/dev/null || { echo "bench/transports.sh: needs mosquitto (apt-get install mosquitto)" >&2; exit 2; }
 WORK=$ROOT/bench/results/transports-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$WORK"
+if [ -n "$BEFORE" ]; then
+    mkdir -p "$WORK/before"
+    git -C "$ROOT" archive "$BEFORE" | tar -x -C "$WORK/before" || { echo "bench/transports.sh: cannot export $BEFORE" >&2; exit 2; }
+fi
 cd "$WORK"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
     -keyout ca.key -out ca.pem 2>/dev/null
@@ -64,13 +72,20 @@ stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/
 trap stop EXIT
 drive() {  # drive BROKER BASEPORT
     taskset -c 1 "$VENV/bin/python" "$ROOT/bench/transports.py" --warmup 2 --measure 6 --broker-pid "$PID" \
-        "tcp:127.0.0.1:$2" "tls:127.0.0.1:$(($2 + 1)):$WORK/ca.pem" "ws:127.0.0.1:$(($2 + 2))/mqtt" |
+        "tcp:127.0.0.1:$2" "tls:127.0.0.1:$(($2 + 1)):$WORK/ca.pem" "ws:127.0.0.1:$(($2 + 2))/mqtt" \
+        "ws1:127.0.0.1:$(($2 + 2))/mqtt" |
         sed "s/^/$1 rep=$rep /" | tee -a raw.txt
 }
 # twistd, a console script, would import the installed mqttd: run this tree's by default.
-export PYTHONPATH=${MQTTD_PYTHONPATH:-$ROOT}
+TREE=${MQTTD_PYTHONPATH:-$ROOT}
 for rep in $(seq 1 "$REPS"); do
-    taskset -c 0 "$VENV/bin/twistd" -n --pidfile= --logfile=mqttd.log mqttd --config mqttd.ini &
+    if [ -n "$BEFORE" ]; then
+        PYTHONPATH=$WORK/before taskset -c 0 "$VENV/bin/twistd" -n --pidfile= --logfile=mqttd_before.log \
+            mqttd --config mqttd.ini &
+        PID=$!
+        wait_port 22885; drive mqttd_before 22883; stop
+    fi
+    PYTHONPATH=$TREE taskset -c 0 "$VENV/bin/twistd" -n --pidfile= --logfile=mqttd.log mqttd --config mqttd.ini &
     PID=$!
     wait_port 22885; drive mqttd 22883; stop
     taskset -c 0 mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
@@ -84,17 +99,17 @@ for line in open(sys.argv[1]):
     broker, _, _, target, rate, cpu = line.split()
     value = lambda field: float(field.split("=")[1])
     cells[(broker, target.split(":")[0])].append((value(rate), value(cpu)))
-print(f"{'S1 QoS0 fan-in, median msgs/s (broker CPU %)':44} {'mqttd':>13} {'mosquitto':>13} {'ratio':>6}"
-      f"   {'msgs per broker CPU-second: mqttd':>34} {'mosquitto':>9} {'ratio':>6}")
-for kind in ("tcp", "tls", "ws"):
-    (m, mc), (q, qc) = (
-        statistics.median_low(sorted(cells[(b, kind)])) for b in ("mqttd", "mosquitto")
-    )
-    mp, qp = (
-        statistics.median(r * 100 / c for r, c in cells[(b, kind)] if c > 0)
-        for b in ("mqttd", "mosquitto")
-    )
-    print(f"{kind:44} {m:>7.0f} ({mc:>3.0f}) {q:>7.0f} ({qc:>3.0f}) {m / q:>6.2f}"
-          f"   {mp:>34.0f} {qp:>9.0f} {mp / qp:>6.2f}")
+brokers = [b for b in ("mqttd_before", "mqttd", "mosquitto") if any(k[0] == b for k in cells)]
+print("S1 QoS 0 fan-in: median msgs/s (broker CPU %), then msgs per second of broker CPU;"
+      " ratio = mqttd/mosquitto")
+print(f"{'':5}" + "".join(f"{b:>22}" for b in brokers) + f"{'ratio':>7}"
+      + "".join(f"{b + ' per CPU-s':>26}" for b in brokers) + f"{'ratio':>7}")
+for kind in ("tcp", "tls", "ws", "ws1"):
+    rates = [statistics.median_low(sorted(cells[(b, kind)])) for b in brokers]
+    perCpu = [statistics.median(r * 100 / c for r, c in cells[(b, kind)] if c > 0) for b in brokers]
+    m, q = brokers.index("mqttd"), brokers.index("mosquitto")
+    print(f"{kind:5}" + "".join(f"{r:>15.0f} ({c:>3.0f}) " for r, c in rates)
+          + f"{rates[m][0] / rates[q][0]:>7.2f}" + "".join(f"{p:>26.0f}" for p in perCpu)
+          + f"{perCpu[m] / perCpu[q]:>7.2f}")
 PY
 echo "raw: $WORK/raw.txt" >&2

@@ -1,11 +1,17 @@
 """
-MQTT over WebSocket (MQTT 3.1.1 section 6), with wsproto doing the HTTP upgrade and the framing.
+MQTT over WebSocket (MQTT 3.1.1 section 6): wsproto does the HTTP upgrade, mqttd's own frame
+reader and writer (L{mqttd.transports.wsframes}) the frames after it.
 
 Twisted's own C{twisted.web.websocket} cannot be used: its resource accepts every upgrade without
 echoing a subprotocol, and browsers drop a connection whose server does not echo the C{mqtt} they
 offered.  So wsproto is driven directly, by a protocol that sits between the socket (TCP, TLS,
 PROXY) and L{MQTTServerProtocol} and presents itself to the latter as its transport: the MQTT layer
 stays unaware that its bytes travel in frames.
+
+wsproto's frame layer was replaced once measured: it cost ~11 % of the broker's CPU in S1 over
+WebSocket (py-spy, bench/transports.sh) and ~8 µs per frame read, so with one MQTT packet to a
+frame, as MQTT.js and paho send them, more than the MQTT work on the packet; the frame reader does
+the same in ~0.6 µs (bench/wsframes.py).  The upgrade, with its HTTP parsing, stays with wsproto.
 """
 
 from __future__ import annotations
@@ -26,21 +32,25 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.frame_protocol import CloseReason
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from zope.interface import implementer
+
+from mqttd.writes import coalescible, send
+
+from .wsframes import (
+    CLOSE,
+    NORMAL_CLOSURE,
+    PING,
+    PONG,
+    Control,
+    FrameDecoder,
+    FrameError,
+    binaryHeader,
+    closeCode,
+    closeFrame,
+    controlFrame,
+)
 
 # [MQTT-6.0.0-4] names "mqtt"; clients written for MQTT 3.1 (and some still shipped) offer only
 # the name used before the standard, so it is echoed back to them.
@@ -82,52 +92,57 @@ class MQTTWebSocketProtocol(Protocol):
         self._upgradeTimeout = upgradeTimeout
         self._upgradeTimer: IDelayedCall | None = None
         self._upgradeReceived = 0
+        # The frame reader, once the upgrade is accepted.
+        self._frames: FrameDecoder | None = None
+        # Upgraded, and no CLOSE frame sent or received: MQTT packets may be written.
         self._open = False
+        # Nothing more is read: the connection is closing or closed.
         self._done = False
+        self._direct = False
 
     # The socket side
 
     def connectionMade(self) -> None:
+        # A frame goes straight to a plain TCP socket when nothing older waits (mqttd.writes):
+        # the MQTT protocol already joins a reactor turn's packets into one write of this layer.
+        self._direct = coalescible(self.transport)
         self._upgradeTimer = self._clock.callLater(self._upgradeTimeout, self._upgradeTimedOut)
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
-        if not self._open:
-            self._upgradeReceived += len(data)
-            if self._upgradeReceived > MAX_UPGRADE_SIZE:
-                self._reject(431, "upgrade request too large")
+        frames = self._frames
+        if frames is None:
+            self._upgradeDataReceived(data)
+            return
+        for event in frames.feed(data):
+            if type(event) is bytes:
+                self.wrapped.dataReceived(event)  # type: ignore[union-attr]
+            elif isinstance(event, Control):
+                self._controlReceived(event)
+            else:
+                assert isinstance(event, FrameError)
+                self._close(event.code, event.reason)
+            if self._done:
                 return
-        # The binary messages of one read go to the MQTT protocol as one: with many small
-        # messages per read, one decoder pass and one dispatch instead of one per frame.
-        received: list[bytes | bytearray] = []
+
+    def _upgradeDataReceived(self, data: bytes) -> None:
+        self._upgradeReceived += len(data)
+        if self._upgradeReceived > MAX_UPGRADE_SIZE:
+            self._reject(431, "upgrade request too large")
+            return
         try:
             self._ws.receive_data(data)
             for event in self._ws.events():
-                if isinstance(event, BytesMessage):
-                    received.append(event.data)
-                    continue
-                if received:
-                    self._bytesReceived(received)
-                    received = []
-                    if self._done:
-                        return
-                self._eventReceived(event)
-                if self._done:
+                if isinstance(event, Request):
+                    self._upgradeRequested(event)
+                if self._done or self._frames is not None:
+                    # wsproto's server hands no bytes sent after the request on to the
+                    # connection it makes: a client waits for the 101 before sending frames
+                    # (RFC 6455 section 4.1).
                     return
         except RemoteProtocolError as e:
-            # What came before the bad frame is handled first, as the frames came.
-            if received:
-                self._bytesReceived(received)
-            if not self._done:
-                self._protocolError(e)
-            return
-        if received:
-            self._bytesReceived(received)
-
-    def _bytesReceived(self, chunks: list[bytes | bytearray]) -> None:
-        assert self.wrapped is not None
-        self.wrapped.dataReceived(b"".join(chunks))
+            self._reject(400, str(e))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done = True
@@ -138,20 +153,19 @@ class MQTTWebSocketProtocol(Protocol):
             self._open = False
             self.wrapped.connectionLost(reason)
 
-    def _eventReceived(self, event: Event) -> None:
-        if isinstance(event, Request):
-            self._upgradeRequested(event)
-        elif isinstance(event, Ping):
-            self._send(event.response())
-        elif isinstance(event, CloseConnection):
-            if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                self._send(event.response())
-            self._done = True
-            self.transport.loseConnection()  # type: ignore[union-attr]
-        elif isinstance(event, TextMessage):
-            # [MQTT-6.0.0-1]
-            self._close(CloseReason.UNSUPPORTED_DATA, "MQTT travels in binary frames")
-        # Pong needs no answer; the MQTT keep-alive is what watches the connection.
+    def _controlReceived(self, frame: Control) -> None:
+        opcode = frame.opcode
+        if opcode == PING:
+            self._send(controlFrame(PONG, frame.payload))
+        elif opcode == CLOSE:
+            try:
+                code = closeCode(frame.payload)
+            except FrameError as e:
+                self._close(e.code, e.reason)
+                return
+            # The client's code echoed, as RFC 6455 section 5.5.1 asks.
+            self._sendClose(closeFrame(code))
+        # A PONG needs no answer; the MQTT keep-alive is what watches the connection.
 
     def _upgradeRequested(self, request: Request) -> None:
         path = request.target.partition("?")[0]
@@ -172,7 +186,9 @@ class MQTTWebSocketProtocol(Protocol):
         if self._upgradeTimer is not None and self._upgradeTimer.active():
             self._upgradeTimer.cancel()
         self._upgradeTimer = None
-        self._send(AcceptConnection(subprotocol=chosen))
+        # No extension is offered back, so every frame's reserved bits must be clear.
+        self._send(self._ws.send(AcceptConnection(subprotocol=chosen)))
+        self._frames = FrameDecoder()
         self._open = True
         self.wrapped = wrapped
         wrapped.makeConnection(self)
@@ -192,8 +208,10 @@ class MQTTWebSocketProtocol(Protocol):
         body = why.encode("utf-8") + b"\n"
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
         try:
-            self._send(RejectConnection(status_code=status, headers=headers, has_body=True))
-            self._send(RejectData(data=body))
+            self._send(
+                self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+            )
+            self._send(self._ws.send(RejectData(data=body)))
         except LocalProtocolError:
             # The request was never read in full (too large or malformed): there is no HTTP
             # exchange to answer within, only a socket to close.
@@ -201,20 +219,26 @@ class MQTTWebSocketProtocol(Protocol):
         self._done = True
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _protocolError(self, error: RemoteProtocolError) -> None:
-        if not self._open:
-            self._reject(400, str(error))
-        else:
-            self._close(CloseReason.PROTOCOL_ERROR, str(error))
-
-    def _close(self, code: CloseReason, why: str) -> None:
+    def _close(self, code: int, why: str) -> None:
         self.log.info("WebSocket from {address} closed: {why}", address=self._peer(), why=why)
-        self._send(CloseConnection(code=code, reason=why))
+        self._sendClose(closeFrame(code, why))
+
+    def _sendClose(self, frame: bytes) -> None:
+        # No data frame may follow a CLOSE (RFC 6455 section 5.5.1): what the MQTT protocol
+        # wrote this turn, held until the turn's end (mqttd.writes), goes first.
+        flushWrites = getattr(self.wrapped, "flushWrites", None)
+        if flushWrites is not None:
+            flushWrites()
+        self._send(frame)
+        self._open = False
         self._done = True
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _send(self, event: Event) -> None:
-        self.transport.write(self._ws.send(event))  # type: ignore[union-attr]
+    def _send(self, data: bytes) -> None:
+        if self._direct:
+            send(self.transport, data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def _peer(self) -> str:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -224,18 +248,19 @@ class MQTTWebSocketProtocol(Protocol):
     # ITransport for the MQTT protocol
 
     def write(self, data: bytes) -> None:
-        if self._open and self._ws.state is ConnectionState.OPEN:
-            self._send(BytesMessage(data=data))
+        if self._open:
+            self._send(binaryHeader(len(data)) + data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         # One message rather than one per chunk: a frame header each would only cost bytes.
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        if self._ws.state is ConnectionState.OPEN:
-            self._send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
-        self._done = True
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        if self._open:
+            self._sendClose(closeFrame(NORMAL_CLOSURE))
+        else:
+            self._done = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abortConnection(self) -> None:
         self._done = True
