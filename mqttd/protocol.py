@@ -149,7 +149,7 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         "_graceful",
         "_held",
         "_host",
-        "_keepaliveLimit",
+        "_keepalive",
         "_keepaliveTimer",
         "_lastReceived",
         "_out",
@@ -195,7 +195,8 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         self._timeouts = timeouts
         self._connectTimer: Timeout | None = None
         self._keepaliveTimer: Timeout | None = None
-        self._keepaliveLimit = 0.0
+        # The Keep Alive in seconds, an int: a float of its 1.5 times would be 24 bytes more.
+        self._keepalive = 0
         self._lastReceived = 0.0
         self._graceful = False
         self._closing = False
@@ -471,22 +472,26 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
             self._timeouts.cancel(self._connectTimer)
         self._connectTimer = None
 
-    def _startKeepalive(self, limit: float) -> None:
-        """Close the connection once no packet has come for C{limit} seconds."""
-        self._keepaliveLimit = limit
-        self._keepaliveTimer = self._timeouts.set(limit, MQTTServerProtocol._checkKeepalive, self)
+    def _startKeepalive(self, keepalive: int) -> None:
+        """Close the connection once no packet has come for 1.5 x C{keepalive} seconds
+        [MQTT-3.1.2-24]."""
+        self._keepalive = keepalive
+        self._keepaliveTimer = self._timeouts.set(
+            keepalive * 1.5, MQTTServerProtocol._checkKeepalive, self
+        )
 
     def _checkKeepalive(self) -> None:
         # Not moved on every packet, which would cost the heap a push per packet: when it
         # comes due it looks at the last packet's time, and is set again for what is left.
+        limit = self._keepalive * 1.5
         idle = self.clock.seconds() - self._lastReceived
-        if idle >= self._keepaliveLimit:
+        if idle >= limit:
             self._keepaliveTimer = None
             # [MQTT-3.1.2-24]: as if the network had failed, so the will goes.
             self.close("keepalive timeout", ReasonCode.KEEP_ALIVE_TIMEOUT)
         else:
             self._keepaliveTimer = self._timeouts.set(
-                self._keepaliveLimit - idle, MQTTServerProtocol._checkKeepalive, self
+                limit - idle, MQTTServerProtocol._checkKeepalive, self
             )
 
     # IClientConnection

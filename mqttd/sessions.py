@@ -198,6 +198,10 @@ class SessionRegistry:
         # Anonymous clients share the identity "": their sessions are theirs as a group.
         owner = username if username is not None else ""
         existing = self.sessions.get(clientId)
+        if existing is not None:
+            # The string the session and the registry's keys hold: the CONNECT's copy would
+            # be kept as well by the client record, for every reconnection of a client.
+            clientId = existing.clientId
         if existing is not None and existing.owner is not None and existing.owner != owner:
             if config.session_owner_conflict == "refuse":
                 self.log.warn(

@@ -114,7 +114,7 @@ class Subscribing(PacketHandlers):
                 continue
             new = topicFilter not in session.subscriptions
             self.router.addSubscription(topicFilter, session.clientId, options)
-            session.subscriptions[topicFilter] = options
+            session.setSubscription(topicFilter, options)
             codes.append(options & QOS_BITS)
             granted.append((topicFilter, options, new))
         durable = None
@@ -177,7 +177,7 @@ class Subscribing(PacketHandlers):
             return False
         new = topicFilter not in session.subscriptions
         self.router.addSubscription(topicFilter, clientId, qos)
-        session.subscriptions[topicFilter] = qos
+        session.setSubscription(topicFilter, qos)
         if not session.cleanSession:
             self.store.sessionSaved(clientId, session.subscriptions)
         client = self.clients.get(clientId)

@@ -98,7 +98,9 @@ class Decoder:
         self._mqtt5 = mqtt5
         self._max_packet_size = max_packet_size
         self._max_user_properties = max_user_properties
-        self._buffer = bytearray()
+        # What a read left of an incomplete packet; None while nothing is held, so an idle
+        # connection holds no bytearray (56 bytes, more once it has held a packet).
+        self._buffer: bytearray | None = None
         # Bytes the buffer must hold before parsing it can make progress.
         self._need = 0
         self._error: DecodeError | None = None
@@ -132,23 +134,26 @@ class Decoder:
             raise self._error
         buffer = self._buffer
         try:
-            if not buffer:
+            if buffer is None:
                 packets, used = self._parse(data, len(data))
                 if used < len(data):
-                    buffer += memoryview(data)[used:]
+                    self._buffer = bytearray(memoryview(data)[used:])
                 return packets
             buffer += data
             if len(buffer) < self._need:
                 return []
             with memoryview(buffer) as view:
                 packets, used = self._parse(view, len(view))
-            del buffer[:used]
+            if used == len(buffer):
+                self._buffer = None
+            else:
+                del buffer[:used]
             return packets
         except DecodeError as e:
             if e.protocol_level is None:
                 e.protocol_level = self.protocol_level
             self._error = e
-            self._buffer = bytearray()
+            self._buffer = None
             raise
 
     def lone_puback(self, data: bytes) -> int:
@@ -166,7 +171,7 @@ class Decoder:
             len(data) == 4
             and data[0] == 0x40
             and data[1] == 2
-            and not self._buffer
+            and self._buffer is None
             and self._table[0x40] is not None
             and self._error is None
         ):
