@@ -24,13 +24,18 @@ between two polls) wrote.
 from __future__ import annotations
 
 import errno
+import select
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
+from mqttd.transports.tcp import Connection
+
 log = Logger()
+# Where there is no epoll, nothing is installed and the value is not used.
+_EPOLLIN = getattr(select, "EPOLLIN", 1)
 
 
 class LeanDispatch:
@@ -71,6 +76,17 @@ class LeanDispatch:
             selectable = selectables.get(fd)
             if selectable is None:
                 # Removed by a handler earlier in this batch.
+                continue
+            if event == _EPOLLIN and type(selectable) is Connection:
+                # The common event, of mqttd's own transport (whose descriptor is never -1
+                # while registered): what _doReadOrWrite would do, without its checks.
+                try:
+                    why = selectable.doRead()
+                except Exception as e:
+                    log.failure("reading from {selectable!r}", selectable=selectable)
+                    why = e
+                if why:
+                    reactor._disconnectSelectable(selectable, why, True)
                 continue
             try:
                 doReadOrWrite(selectable, fd, event)

@@ -8,11 +8,12 @@ put around its protocol factory, each imported only for a listener that uses it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -174,6 +175,33 @@ class ListenerService(Service):
     def _stopListening(self, port: IListeningPort | None) -> Deferred[None] | None:
         # None: a failed or cancelled listen, already reported, left no port.
         return None if port is None else port.stopListening()
+
+
+def serverEndpoint(reactor: object, listener: ListenerConfig) -> IStreamServerEndpoint:
+    """
+    The endpoint a stream listener listens on: its C{endpoint} string read by Twisted, whose
+    C{tcp:} and C{tcp6:} endpoints listen with mqttd's lean TCP transport
+    (L{mqttd.transports.tcp}) for MQTT, plain or under TLS or WebSocket, on a reactor of
+    Twisted's POSIX family.  The HTTP listener and the other endpoint types (C{unix:},
+    C{ssl:}, C{haproxy:}, ...) keep Twisted's transports.
+    """
+    endpoint = serverFromString(reactor, listener.listenEndpoint())
+    if listener.protocol == "http" or type(endpoint) not in (
+        TCP4ServerEndpoint,
+        TCP6ServerEndpoint,
+    ):
+        return endpoint
+    from mqttd.transports.tcp import TCPServerEndpoint, leanReactor
+
+    if not leanReactor(reactor):
+        # A test's memory reactor, say, which records listenTCP instead of listening.
+        return endpoint
+
+    # What Twisted's endpoint parser read from the string: one parser for every kind.
+    tcpEndpoint: Any = endpoint
+    return TCPServerEndpoint(
+        reactor, tcpEndpoint._port, tcpEndpoint._backlog, tcpEndpoint._interface
+    )
 
 
 def listenerFactory(

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorCore,
@@ -39,7 +38,7 @@ from mqttd.interfaces import (
     ISubscriberSelector,
     ReloadError,
 )
-from mqttd.listening import ListenerError, ListenerService, listenerFactory
+from mqttd.listening import ListenerError, ListenerService, listenerFactory, serverEndpoint
 from mqttd.plugin_loader import Plugins
 from mqttd.protocol import MQTTServerFactory
 from mqttd.router import Router
@@ -306,14 +305,16 @@ def makeBrokerService(config: Config, reactor: IReactorTime) -> BrokerService:
         if shared:
             try:
                 endpoint: IStreamServerEndpoint = ReusePortEndpoint(
-                    IReactorSocket(reactor), listener.listenEndpoint()
+                    IReactorSocket(reactor),
+                    listener.listenEndpoint(),
+                    lean=listener.protocol != "http",
                 )
             except ValueError as e:
                 raise ConfigError(
                     config.source or "<default>", f"listener:{listener.name}", "endpoint", str(e)
                 ) from None
         else:
-            endpoint = serverFromString(reactor, listener.listenEndpoint())
+            endpoint = serverEndpoint(reactor, listener)
         served: IProtocolFactory
         if listener.protocol == "http":
             # Imported only when configured: a broker without one loads nothing of twisted.web.

@@ -10,7 +10,9 @@ connection's packets wait in a list until the end of the turn, and go out as one
 the socket when the transport holds nothing older; only what the kernel does not take goes
 through the transport, which then watches the socket and applies its back-pressure as before.
 Under TLS or WebSocket the turn's packets go to that layer as one write, so they cost one TLS
-record or one WebSocket frame instead of one each.
+record or one WebSocket frame instead of one each.  mqttd's own TCP transport
+(L{mqttd.transports.tcp}) sends at once what it is given when nothing older waits, so there the
+turn's packets simply go to its C{write}.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ def coalescible(transport: object) -> bool:
 def layered(transport: object) -> bool:
     """
     Whether C{transport} is a TLS or WebSocket layer, each of whose writes makes a TLS record or
-    a WebSocket frame: worth one write per turn too.  Looked up among the modules loaded, so that
-    asking imports neither (mqttd.footprint).
+    a WebSocket frame, or mqttd's lean TCP transport (L{mqttd.transports.tcp}), each of whose
+    writes is a C{send()}: worth one write per turn too.  Looked up among the modules loaded, so
+    that asking imports none of them (mqttd.footprint).
     """
+    lean = sys.modules.get("mqttd.transports.tcp")
+    if lean is not None and type(transport) is lean.Connection:
+        return True
     tls = sys.modules.get("twisted.protocols.tls")
     if tls is not None and isinstance(transport, tls.TLSMemoryBIOProtocol):
         return True

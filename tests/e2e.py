@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from mqttd.broker import Broker
 from mqttd.config import BrokerConfig, ListenerConfig
 from mqttd.dispatch import installLeanDispatch
+from mqttd.listening import serverEndpoint
 from mqttd.message import Message
 from mqttd.protocol import MQTTServerFactory, MQTTServerProtocol
 
@@ -214,6 +215,7 @@ def start_broker(
     *,
     listener: ListenerConfig = LISTENER,
     plugins: Callable[[], dict[str, Any]] | None = None,
+    transport: Literal["lean", "twisted"] = "lean",
     **overrides: Any,
 ) -> RunningBroker:
     """
@@ -223,6 +225,9 @@ def start_broker(
     @param listener: the listener's settings (its endpoint must be an ephemeral port).
     @param plugins: called in the reactor thread for the L{Broker}'s plugin keyword arguments
         (C{authenticators}, C{authorizers}, ...).
+    @param transport: C{lean}, the listener's endpoint as C{twistd mqttd} makes it
+        (L{serverEndpoint}: mqttd's lean TCP transport), or C{twisted}, Twisted's own
+        transport for that endpoint string.
     """
     start_reactor()
 
@@ -232,7 +237,12 @@ def start_broker(
         broker = Broker(config, reactor, **extra)
         factory = _TrackingFactory(broker, listener, reactor)
         d: Deferred[Any] = broker.start()
-        d.addCallback(lambda _: serverFromString(reactor, listener.endpoint).listen(factory))
+        endpoint = (
+            serverEndpoint(reactor, listener)
+            if transport == "lean"
+            else serverFromString(reactor, listener.listenEndpoint())
+        )
+        d.addCallback(lambda _: endpoint.listen(factory))
 
         def listening(port: IListeningPort) -> RunningBroker:
             address = port.getHost()

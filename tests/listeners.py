@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 
 from mqttd.broker import Broker
 from mqttd.config import BrokerConfig, ListenerConfig
 from mqttd.interfaces import IAuthorizer
+from mqttd.listening import serverEndpoint
 from mqttd.service import listenerFactory
 from mqttd.transports.tls import ServerTLS
 from tests import e2e
@@ -189,7 +189,7 @@ def start_listener(
         factory = e2e._TrackingFactory(broker, listener, e2e.reactor)
         wrapped, tls = listenerFactory(factory, listener, e2e.reactor, config.connect_timeout)
         d: Deferred[Any] = broker.start()
-        d.addCallback(lambda _: serverFromString(e2e.reactor, listener.endpoint).listen(wrapped))
+        d.addCallback(lambda _: serverEndpoint(e2e.reactor, listener).listen(wrapped))
 
         def listening(port: IListeningPort) -> Started:
             address: Any = port.getHost()

@@ -15,11 +15,13 @@ from typing import Any, cast
 
 import pytest
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 
 from mqttd.dispatch import installLeanDispatch, turnEnd
+from mqttd.transports.tcp import Connection
 
 
 class _Socket:
@@ -239,3 +241,45 @@ def test_noTurnEndOnOtherReactors() -> None:
     plain = EPollReactor()
     assert turnEnd(plain) is None
     plain._poller.close()
+
+
+def test_leanTransportReadAndFailingHandler(reactor: EPollReactor) -> None:
+    """
+    mqttd's own TCP transport is read straight from the dispatch loop: its data reaches the
+    protocol, and a protocol that raises is logged and loses its connection with that error,
+    as Twisted's dispatch would have it, while another connection ready with it is still read.
+    """
+    received: list[bytes] = []
+    lost: list[Failure] = []
+
+    class Proto(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if data == b"bad":
+                raise ValueError("bad input")
+            received.append(data)
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            lost.append(reason)
+
+    pairs = [_pair(), _pair()]
+    for ours, _ in pairs:
+        protocol = Proto()
+        protocol.makeConnection(
+            Connection(ours, ours.fileno(), protocol, ("127.0.0.1", 1), reactor)
+        )
+    logged: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, logged.append)
+    pairs[0][1].sendall(b"bad")
+    pairs[1][1].sendall(b"good")
+    globalLogPublisher.addObserver(observer)
+    try:
+        reactor.doIteration(1)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert received == [b"good"]
+    assert [f.type for f in lost] == [ValueError]
+    assert [e["log_failure"].type for e in logged if "log_failure" in e] == [ValueError]
+    assert pairs[0][1].recv(10) == b""
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()

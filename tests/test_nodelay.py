@@ -6,6 +6,7 @@ false}.  Checked on the broker's own socket of a real connection, plain and unde
 
 from __future__ import annotations
 
+import _socket
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ def _brokerSocketNoDelay(running: e2e.RunningBroker, clientId: str) -> int:
 
     def read() -> int:
         transport: Any = running.broker.sessions[clientId].connection.transport  # type: ignore[union-attr]
+        # Twisted's transport gives a socket.socket; mqttd's lean one the _socket.socket under it.
         while not hasattr(transport, "getHandle") or not isinstance(
-            transport.getHandle(), socket.socket
+            transport.getHandle(), _socket.socket
         ):
             transport = transport.transport
-        handle: socket.socket = transport.getHandle()
+        handle: _socket.socket = transport.getHandle()
         return handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
     return running.call(read)

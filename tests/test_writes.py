@@ -8,14 +8,16 @@ frame.  Real broker, real sockets.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Literal
 
+import pytest
 from twisted.internet import reactor
 from wsproto.events import BytesMessage
 
 from mqttd.codec import Decoder, encode
 from mqttd.codec.packets import Connack, Connect, Packet, Publish, Suback, Subscribe
 from mqttd.message import Message
+from mqttd.transports.tcp import Connection
 from tests import e2e
 from tests.listeners import Listen
 from tests.test_websocket import SUBACK_1_QOS0, SUBSCRIBE_T_QOS0, upgraded, wsListener
@@ -64,12 +66,14 @@ def _read(sock: socket.socket, decoder: Decoder, n: int) -> list[Packet]:
     return packets
 
 
-def test_oneSendPerTurnWithoutWriteWatch() -> None:
+@pytest.mark.parametrize("transport", ["lean", "twisted"])
+def test_oneSendPerTurnWithoutWriteWatch(transport: Literal["lean", "twisted"]) -> None:
     """
     Five messages routed to a subscriber in one reactor turn reach its socket in one C{send()},
-    and the reactor was never asked to watch that socket for writing.
+    and the reactor was never asked to watch that socket for writing: on mqttd's lean TCP
+    transport and on Twisted's.
     """
-    running = e2e.start_broker()
+    running = e2e.start_broker(transport=transport)
     sock = _subscriber(running.port, "sub", "t/#")
     try:
 
@@ -116,12 +120,13 @@ def test_turnWritesFlushedByTheReactorNotATimedCall() -> None:
         running.stop()
 
 
-def test_whatTheKernelRefusesGoesThroughTheTransport() -> None:
+@pytest.mark.parametrize("transport", ["lean", "twisted"])
+def test_whatTheKernelRefusesGoesThroughTheTransport(transport: Literal["lean", "twisted"]) -> None:
     """
     A subscriber that stops reading fills its socket: the rest waits in the transport, and once
-    it reads again every message arrives, in order.
+    it reads again every message arrives, in order; on both transports.
     """
-    running = e2e.start_broker()
+    running = e2e.start_broker(transport=transport)
     sock = _subscriber(running.port, "slow", "big/#", rcvbuf=4096)
     payload = b"x" * 8192
     try:
@@ -141,6 +146,8 @@ def test_whatTheKernelRefusesGoesThroughTheTransport() -> None:
 
         def buffered() -> int:
             transport: Any = running.broker.sessions["slow"].connection.transport  # type: ignore[union-attr]
+            if transport.__class__ is Connection:
+                return len(transport._out or b"")
             return len(transport.dataBuffer) + sum(map(len, transport._tempDataBuffer))
 
         e2e.wait_until(lambda: running.call(buffered) > 0, "the transport to hold the rest")

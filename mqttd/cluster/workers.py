@@ -33,6 +33,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mqttd.transports.tcp import adoptPort, leanReactor
+
 # Which worker a child process is (2 to N); absent in the process the operator started.
 WORKER_VARIABLE = "MQTTD_CLUSTER_WORKER"
 # An endpoint string's fields are separated by colons not escaped with a backslash.
@@ -86,12 +88,15 @@ def parseTCP(description: str) -> tuple[socket.AddressFamily, int, str, int]:
 class ReusePortEndpoint:
     """A TCP listening endpoint whose socket has C{SO_REUSEPORT} set."""
 
-    def __init__(self, reactor: IReactorSocket, description: str) -> None:
+    def __init__(self, reactor: IReactorSocket, description: str, lean: bool = False) -> None:
         """
+        @param lean: accept into mqttd's lean TCP transport (L{mqttd.transports.tcp}), on a
+            reactor that can, rather than Twisted's.
         @raise ValueError: C{description} is no C{tcp:} / C{tcp6:} endpoint with a port.
         """
         self.reactor = reactor
         self.family, self.port, self.interface, self.backlog = parseTCP(description)
+        self.lean = lean
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
@@ -104,13 +109,17 @@ class ReusePortEndpoint:
             sock.bind((self.interface, self.port))
             sock.listen(self.backlog)
             sock.setblocking(False)
-            # The reactor takes a duplicate of the descriptor; this one is closed below.  Typed
-            # for a ServerFactory, it takes any IProtocolFactory, as listenTCP does.
-            port: IListeningPort = self.reactor.adoptStreamPort(
-                sock.fileno(),
-                self.family,
-                factory,  # type: ignore[arg-type]
-            )
+            # The port takes a duplicate of the descriptor; this one is closed below.
+            port: IListeningPort
+            if self.lean and leanReactor(self.reactor):
+                port = adoptPort(self.reactor, sock.fileno(), self.family, factory)
+            else:
+                # Typed for a ServerFactory, it takes any IProtocolFactory, as listenTCP does.
+                port = self.reactor.adoptStreamPort(
+                    sock.fileno(),
+                    self.family,
+                    factory,  # type: ignore[arg-type]
+                )
         except OSError as e:
             return fail(e)
         finally:

@@ -1,6 +1,7 @@
 """
-What may lie between a listener's socket and L{mqttd.protocol.MQTTServerProtocol}: TLS managed by
-mqttd (L{mqttd.transports.tls}) and WebSocket (L{mqttd.transports.websocket}).
+What may lie between a listener's socket and L{mqttd.protocol.MQTTServerProtocol}: the lean TCP
+transport of C{tcp:} listeners (L{mqttd.transports.tcp}), TLS managed by mqttd
+(L{mqttd.transports.tls}) and WebSocket (L{mqttd.transports.websocket}).
 """
 
 
