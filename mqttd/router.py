@@ -257,9 +257,11 @@ class Router:
         for selector in self.selectors:
             try:
                 selected = selector.select(message, publisher)
-                if isinstance(selected, Kept):
+                # A plain dict, the usual answer, is told apart without the ABC's check.
+                plain = selected.__class__ is dict
+                if not plain and isinstance(selected, Kept):
                     kept = True
-                if isinstance(selected, Mapping):
+                if plain or isinstance(selected, Mapping):
                     self.stats.selectedDeliveries += len(selected)
                     if not recipients:
                         recipients = selected

@@ -293,7 +293,9 @@ class Session:
             if not known and len(aliases) < self.aliasMaximum:
                 # Numbered from 1 up to the client's maximum [MQTT-3.3.2-8, MQTT-3.1.2-26].
                 alias = len(aliases) + 1
-        prefix, block = message.wire5(qos, retain, dup, self.now(), ids, alias, known)
+        # The clock is read only for a message with an expiry interval to count down.
+        now = 0.0 if message.expiresAt is None else self.now()
+        prefix, block = message.wire5(qos, retain, dup, now, ids, alias, known)
         limit = self.maxPacketSize
         if limit and len(prefix) + len(packetId) + len(block) + len(message.payload) > limit:
             # Never sent, and settled as if delivered [MQTT-3.1.2-24, MQTT-3.1.2-25].
@@ -353,10 +355,14 @@ class Session:
     def _send(
         self, conn: IClientConnection, message: Message, qos: int, retain: bool, queued: bool
     ) -> None:
-        packetId = self._allocatePacketId()
         inflight = self.inflight
         if inflight is _EMPTY:
             inflight = self.inflight = {}
+        # _allocatePacketId's steps, written out on the per-delivery path.
+        packetId = self._nextPacketId
+        while packetId in inflight:
+            packetId = packetId % 65535 + 1
+        self._nextPacketId = packetId % 65535 + 1
         inflight[packetId] = Outgoing(
             message, qos, retain, WAIT_PUBACK if qos == 1 else WAIT_PUBREC
         )
@@ -595,17 +601,22 @@ class Session:
 
         @raise SessionError: C{packetId} names a QoS 2 delivery.
         """
-        out = self.inflight.get(packetId)
+        inflight = self.inflight
+        out = inflight.get(packetId)
         if out is None:
             return
         if out.state != WAIT_PUBACK:
             raise SessionError(f"PUBACK for QoS 2 message {packetId}")
-        self._settled(packetId)
+        # _settled's steps, written out on the per-delivery path.
+        del inflight[packetId]
+        if not inflight:
+            self.inflight = _EMPTY
         if self.journal is not None:
             self.journal.messageAcknowledged(self.clientId, packetId)
         if self.acknowledged is not None:
             self.acknowledged(self.clientId, out.message, out.qos)
-        self.pump()
+        if self.pending:
+            self.pump()
 
     def pubrecReceived(self, packetId: int) -> None:
         """

@@ -133,23 +133,26 @@ class Decoder:
             self._error.packets = []
             raise self._error
         buffer = self._buffer
+        # Filled as packets are read, so an error can carry those read before it.
+        packets: list[Packet] = []
         try:
             if buffer is None:
-                packets, used = self._parse(data, len(data))
+                used = self._parse_into(packets, data, len(data))
                 if used < len(data):
                     self._buffer = bytearray(memoryview(data)[used:])
                 return packets
             buffer += data
             if len(buffer) < self._need:
-                return []
+                return packets
             with memoryview(buffer) as view:
-                packets, used = self._parse(view, len(view))
+                used = self._parse_into(packets, view, len(view))
             if used == len(buffer):
                 self._buffer = None
             else:
                 del buffer[:used]
             return packets
         except DecodeError as e:
+            e.packets = packets
             if e.protocol_level is None:
                 e.protocol_level = self.protocol_level
             self._error = e
@@ -178,23 +181,13 @@ class Decoder:
             return (data[2] << 8) | data[3]
         return 0
 
-    def _parse(self, data: Buffer, end: int) -> tuple[list[Packet], int]:
+    def _parse_into(self, packets: list[Packet], data: Buffer, end: int) -> int:
         """
-        Decode the complete packets in C{data[:end]}.
+        Decode the complete packets in C{data[:end]} onto C{packets}.
 
-        @return: the packets and how many bytes they used; L{_need} is left
-            at the size the unused tail must reach before a retry can progress.
+        @return: how many bytes they used; L{_need} is left at the size the
+            unused tail must reach before a retry can progress.
         """
-        packets: list[Packet] = []
-        try:
-            return self._parse_into(packets, data, end)
-        except DecodeError as e:
-            e.packets = packets
-            raise
-
-    def _parse_into(
-        self, packets: list[Packet], data: Buffer, end: int
-    ) -> tuple[list[Packet], int]:
         pos = 0
         table = self._table
         limit = self._limit
@@ -244,7 +237,7 @@ class Decoder:
                 # A decoded CONNECT switched the decoder to the connected state.
                 table = self._table
                 limit = self._limit
-        return packets, pos
+        return pos
 
     def _header_error(self, first: int) -> DecodeError:
         if self._server and self.protocol_level is None:

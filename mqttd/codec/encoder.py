@@ -364,6 +364,9 @@ def encode(packet: Packet, protocol_level: int = 4) -> bytes:
         bytes, packet over L{MAX_REMAINING_LENGTH}, QoS > 0 without id, a
         property value outside its type, AUTH below level 5).
     """
+    if packet.__class__ is Puback and not packet.reason_code and packet.properties is NO_PROPERTIES:
+        # Every QoS 1 PUBLISH a client sends is answered so, at each level: its shortest form.
+        return _ACK.pack(0x40, 2, packet.packet_id)
     if protocol_level == 5:
         return _encode5(packet)
     match packet:
