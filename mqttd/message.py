@@ -35,6 +35,8 @@ class Message:
     """
 
     __slots__ = (
+        "_prefix",
+        "_prefixKey",
         "_prefixes",
         "_topicBytes",
         "payload",
@@ -62,7 +64,11 @@ class Message:
         self.storeId: int | None = None
         self.publisherId: str | None = None
         self._topicBytes: bytes | None = None
-        self._prefixes: dict[int, bytes] = {}
+        # The first wire form encoded, and its key: most messages go out in one form only, so
+        # they need no dict (~0.2 KB each, queued ones included); the other forms, if any.
+        self._prefixKey = -1
+        self._prefix = b""
+        self._prefixes: dict[int, bytes] | None = None
 
     def wirePrefix(self, qos: int, retain: bool, dup: bool) -> bytes:
         """
@@ -72,13 +78,26 @@ class Message:
             value itself change the prefix.
         """
         key = qos | (retain << 2) | (dup << 3)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            if self._topicBytes is None:
-                self._topicBytes = self.topic.encode("utf-8")
-            prefix = publish_prefix(self._topicBytes, len(self.payload), qos, retain, dup)
-            self._prefixes[key] = prefix
+        if key == self._prefixKey:
+            return self._prefix
+        prefixes = self._prefixes
+        if prefixes is not None and key in prefixes:
+            return prefixes[key]
+        if self._topicBytes is None:
+            self._topicBytes = self.topic.encode("utf-8")
+        prefix = publish_prefix(self._topicBytes, len(self.payload), qos, retain, dup)
+        self._keep(key, prefix)
         return prefix
+
+    def _keep(self, key: int, prefix: bytes) -> None:
+        """Keep C{prefix} as the wire form of C{key}, for the message's other deliveries."""
+        if self._prefixKey < 0:
+            self._prefixKey = key
+            self._prefix = prefix
+        elif self._prefixes is None:
+            self._prefixes = {key: prefix}
+        else:
+            self._prefixes[key] = prefix
 
     def expired(self, now: float) -> bool:
         """Whether the Message Expiry Interval has passed at C{now}."""
@@ -110,12 +129,15 @@ class Message:
             self._topicBytes = self.topic.encode("utf-8")
         if self.expiresAt is None and not subscriptionIds and not alias:
             key = qos | (retain << 2) | (dup << 3) | _LEVEL5
-            prefix = self._prefixes.get(key)
-            if prefix is None:
-                prefix = publish_prefix(
-                    self._topicBytes, len(self.payload), qos, retain, dup, sharedBlock
-                )
-                self._prefixes[key] = prefix
+            if key == self._prefixKey:
+                return self._prefix, sharedBlock
+            prefixes = self._prefixes
+            if prefixes is not None and key in prefixes:
+                return prefixes[key], sharedBlock
+            prefix = publish_prefix(
+                self._topicBytes, len(self.payload), qos, retain, dup, sharedBlock
+            )
+            self._keep(key, prefix)
             return prefix, sharedBlock
         remaining = None
         if self.expiresAt is not None:

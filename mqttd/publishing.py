@@ -79,7 +79,8 @@ class Publishing(PacketHandlers):
                 self.observing.notify("messagePublished", publisher, message)
             matched = self.router.route(message, publisher)
             if not qos:
-                return self._paced(retain)
+                # Only a retained message may have to wait for the store (see _paced).
+                return self._paced(retain) if retain else None
             return self._acknowledge(session, packet, self._receipt(session, packet, matched))
         client = self.clients[session.clientId]
         decision = self.policy.decide(client, Action.PUBLISH, packet.topic)

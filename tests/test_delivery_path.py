@@ -131,3 +131,37 @@ def test_lonePubackWaitsForTheHandlerBeforeIt() -> None:
     assert first.packet_id in world.broker.sessions["sub"].inflight
     gate.callback(None)
     assert [p.payload for p in sub.publishes()] == [b"2"]
+
+
+def test_oneMessageInEveryWireForm() -> None:
+    """
+    One message delivered in several wire forms (QoS 0, 1 and 2 by each subscription's
+    maximum [MQTT-3.3.5-1], 3.1.1 and 5.0, a resend with DUP set [MQTT-3.3.1-1]) reaches each
+    subscriber in its own form, whichever form was encoded first and kept.
+    """
+    world = World()
+    from mqttd.codec.packets import Subscribe
+
+    subscribers = []
+    for n, (level, qos) in enumerate([(4, 1), (5, 2), (4, 0), (5, 1), (4, 2), (5, 0)]):
+        client = world.connect(f"s{n}", level=level, clean=False)
+        client.send(Subscribe(1, [("t/#", qos)]))
+        client.read()
+        subscribers.append((client, qos))
+    pub = world.connect("pub")
+    pub.send(Publish("t/x", b"payload", qos=2, packet_id=7))
+    for client, qos in subscribers:
+        (got,) = client.publishes()
+        assert (got.topic, got.payload, got.qos, got.dup, got.retain) == (
+            "t/x",
+            b"payload",
+            qos,
+            False,
+            False,
+        )
+    # A QoS 1 subscriber that comes back unacknowledged gets it again with DUP set.
+    client, _ = subscribers[0]
+    client.drop()
+    back = world.connect("s0", clean=False)
+    (again,) = back.publishes()
+    assert (again.topic, again.payload, again.qos, again.dup) == ("t/x", b"payload", 1, True)

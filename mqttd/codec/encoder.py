@@ -132,10 +132,14 @@ def publish_prefix(
     @param properties: C{None} for 3.1 / 3.1.1; at 5.0 the complete
         L{property_block}, Property Length included.
     """
-    remaining = 2 + len(topic) + (2 if qos else 0) + payload_length
+    length = len(topic)
+    remaining = 2 + length + (2 if qos else 0) + payload_length
     if properties is not None:
         remaining += len(properties)
     first = 0x30 | (dup << 3) | (qos << 1) | retain
+    if remaining < 0x80 and length < 0x10000:
+        # A one-byte Remaining Length, as a small message has: the header in one step.
+        return bytes((first, remaining, length >> 8, length & 0xFF)) + topic
     return bytes((first,)) + encode_remaining_length(remaining) + _blob(topic)
 
 
