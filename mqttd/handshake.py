@@ -408,7 +408,6 @@ class ConnectHandshake:
         ):
             # Where 3.1.1 refuses, 5.0 tells the client the keepalive to use [MQTT-3.2.2-21].
             keepalive = serverKeepAlive = config.max_keepalive
-        self._topicAliases = {}
         self._handlers = self._handlers5
         properties = Properties(
             # [MQTT-3.2.2-16]

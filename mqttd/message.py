@@ -83,11 +83,20 @@ class Message:
         prefixes = self._prefixes
         if prefixes is not None and key in prefixes:
             return prefixes[key]
-        if self._topicBytes is None:
-            self._topicBytes = self.topic.encode("utf-8")
-        prefix = publish_prefix(self._topicBytes, len(self.payload), qos, retain, dup)
+        prefix = publish_prefix(self._encodedTopic(), len(self.payload), qos, retain, dup)
         self._keep(key, prefix)
         return prefix
+
+    def _encodedTopic(self, keep: bool = False) -> bytes:
+        # Kept once a second form, or a 5.0 delivery with properties of its own, needs it: most
+        # messages take one form, whose prefix holds the topic already, and 40-odd bytes of
+        # every message queued were its copy.
+        topic = self._topicBytes
+        if topic is None:
+            topic = self.topic.encode("utf-8")
+            if keep or self._prefixKey >= 0:
+                self._topicBytes = topic
+        return topic
 
     def _keep(self, key: int, prefix: bytes) -> None:
         """Keep C{prefix} as the wire form of C{key}, for the message's other deliveries."""
@@ -125,8 +134,6 @@ class Message:
             the Topic Name is sent empty.
         """
         shared, sharedBlock = self._properties5
-        if self._topicBytes is None:
-            self._topicBytes = self.topic.encode("utf-8")
         if self.expiresAt is None and not subscriptionIds and not alias:
             key = qos | (retain << 2) | (dup << 3) | _LEVEL5
             if key == self._prefixKey:
@@ -135,7 +142,7 @@ class Message:
             if prefixes is not None and key in prefixes:
                 return prefixes[key], sharedBlock
             prefix = publish_prefix(
-                self._topicBytes, len(self.payload), qos, retain, dup, sharedBlock
+                self._encodedTopic(), len(self.payload), qos, retain, dup, sharedBlock
             )
             self._keep(key, prefix)
             return prefix, sharedBlock
@@ -149,7 +156,7 @@ class Message:
             topic_alias=alias or None,
         )
         block = property_block(shared, encode_properties(own))
-        topic = b"" if aliasKnown else self._topicBytes
+        topic = b"" if aliasKnown else self._encodedTopic(keep=True)
         return publish_prefix(topic, len(self.payload), qos, retain, dup, block), block
 
     def __repr__(self) -> str:

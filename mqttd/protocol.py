@@ -595,7 +595,9 @@ class MQTTServerProtocol(ConnectHandshake, Protocol):
         alias = packet.properties.topic_alias
         if alias is not None:
             aliases = self._topicAliases
-            assert aliases is not None
+            if aliases is None:
+                # Made by the first alias: most clients send none (64 bytes of each).
+                aliases = self._topicAliases = {}
             # The decoder refused alias 0 [MQTT-3.3.2-8].
             if alias > self.broker.config.topic_alias_maximum:
                 # [MQTT-3.2.2-17]; bad-inputs 19.

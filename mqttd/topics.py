@@ -41,6 +41,10 @@ _CACHE_MAX_SLOTS = 1 << 18
 # A topic may be up to 65535 bytes; caching thousands of those would pin
 # hundreds of megabytes of keys, and such topics are not the hot ones.
 _CACHE_MAX_TOPIC_LENGTH = 512
+# The cached result of every topic nobody subscribes to (read-only, as every cached result):
+# with virtual groups most published topics have no subscriber, and a dict of its own was 64
+# bytes of each of the cache's entries.
+_NO_SUBSCRIBERS: dict[str, int] = {}
 
 
 class InvalidTopic(ValueError):
@@ -343,6 +347,8 @@ class SubscriptionTree:
                 _merge(result, parent_match.subscribers)
 
         if len(topic) <= _CACHE_MAX_TOPIC_LENGTH:
+            if not result:
+                result = _NO_SUBSCRIBERS
             slots = len(result) + 1
             if len(cache) >= _CACHE_MAX_ENTRIES or self._cache_slots + slots > _CACHE_MAX_SLOTS:
                 cache.clear()

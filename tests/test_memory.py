@@ -15,8 +15,10 @@ import os
 import sys
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
 from mqttd.codec import Decoder, encode
 from mqttd.codec.packets import (
@@ -30,9 +32,13 @@ from mqttd.codec.packets import (
     Pubrel,
     Subscribe,
 )
+from mqttd.config import BrokerConfig
+from mqttd.interfaces import ClientInfo, PluginContext
 from mqttd.message import Message
+from mqttd.plugin_loader import findPlugins
 from mqttd.session import WAIT_PUBACK
 from mqttd.store import MemoryStore
+from mqttd.topics import SubscriptionTree
 from tests.harness import World
 
 N = 500
@@ -308,3 +314,81 @@ def test_reconnectedClientKeepsOneCopyOfItsId() -> None:
     world.connect("returning", clean=False)
     session = world.broker.sessions["returning"]
     assert world.broker.clients["returning"].clientId is session.clientId
+
+
+def test_messageSentInOneFormKeepsNoTable() -> None:
+    """
+    A message delivered in one form (its subscribers' QoS, RETAIN and level) keeps that wire
+    prefix and no dict of them nor its encoded topic: under 0.2 KB each beyond its topic and
+    payload (~0.43 KB with a dict of one prefix and the topic's bytes).
+    """
+    topics = [f"chat/room/{i:06d}" for i in range(N)]
+    payload = b"x" * 64
+
+    def sent(i: int) -> Message:
+        message = Message(topics[i], payload, 1)
+        first = message.wirePrefix(1, False, False)
+        assert message.wirePrefix(1, False, False) is first
+        return message
+
+    assert bytesEach(sent) < 200
+
+
+def test_everyFormOfAMessageIsItsOwn() -> None:
+    """
+    Whatever order a message's forms are asked for in, each is the PUBLISH prefix of that form:
+    the same bytes as a fresh message's, for every QoS, RETAIN, DUP and level, asked twice.
+    """
+    forms = [
+        (qos, retain, dup, level)
+        for qos in (0, 1, 2)
+        for retain in (False, True)
+        for dup in (False, True)
+        for level in (4, 5)
+    ]
+
+    def prefix(message: Message, form: tuple[int, bool, bool, int]) -> bytes:
+        qos, retain, dup, level = form
+        if level == 5:
+            return b"".join(message.wire5(qos, retain, dup, 0.0, []))
+        return message.wirePrefix(qos, retain, dup)
+
+    expected = {form: prefix(Message("a/b", b"payload"), form) for form in forms}
+    assert len(set(expected.values())) == len(forms)
+    for order in (forms, forms[::-1], forms[1::2] + forms[::2]):
+        message = Message("a/b", b"payload")
+        for form in order + order:
+            assert prefix(message, form) == expected[form], form
+
+
+def test_topicsWithoutSubscribersShareOneCachedResult() -> None:
+    """
+    The match cache keeps one empty result for every topic nobody subscribes to (with virtual
+    groups, most published topics), not a dict each; a subscription made later is found for
+    those topics, and the shared result stays empty.
+    """
+    tree = SubscriptionTree()
+    tree.subscribe("other/#", "x", 1)
+    nobody = [tree.match(f"$group/g{i}") for i in range(100)]
+    assert all(result is nobody[0] and result == {} for result in nobody)
+    tree.subscribe("$group/g7", "member", 1)
+    assert tree.match("$group/g7") == {"member": 1}
+    assert tree.match("$group/g8") == {} and nobody[0] == {}
+    assert tree.match("other/a") == {"x": 1}
+
+
+def test_groupMembersRoutedWithoutACopy(tmp_path: Path) -> None:
+    """
+    The virtual groups selector answers a message to a group of client ids with the group's
+    own members (a group is immutable), not a copy of them kept beside it for as long as the
+    group stands; leaving out the publisher still copies, and leaves the group as it was.
+    """
+    plugin = findPlugins()["virtual_groups"].build(
+        {"group.g": "a, b:1, c:0"},
+        PluginContext(MemoryReactorClock(), str(tmp_path), BrokerConfig(), None, None),
+    )
+    group = plugin.find("g")
+    assert plugin.select(Message("$group/g/x", b""), None) is group.members
+    sender = ClientInfo("a", None, "", "l")
+    assert plugin.select(Message("$group/g/x", b""), sender) == {"b": 1, "c": 0}
+    assert group.members == {"a": 2, "b": 1, "c": 0}

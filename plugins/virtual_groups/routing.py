@@ -255,7 +255,13 @@ class VirtualGroups:
         elif group.topic is None and not group.byUsername:
             prepared = self._prepared.get(name)
             if prepared is None or prepared[0] is not group:
-                prepared = self._prepared[name] = (group, dict(group.members))
+                # A group is immutable, so a plain dict of members is used as it is: a copy of
+                # each was as large as the groups themselves.  Other mappings are copied once.
+                members = group.members
+                prepared = self._prepared[name] = (
+                    group,
+                    members if type(members) is dict else dict(members),
+                )
             recipients = prepared[1]
             if exclude is not None and exclude in recipients:
                 # A C-level copy: far cheaper than a test per member.
