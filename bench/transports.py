@@ -4,9 +4,10 @@ bench/transports.py: S1 (QoS 0 fan-in: 8 publishers on T/0..T/7 -> 1 subscriber 
 payloads) over TCP, TLS and WebSocket, against brokers already listening.
 
 The shared C load generator speaks plain TCP only, so this driver does the same scenario in
-Python (asyncio, raw MQTT packets, wsproto for WebSocket framing) for every transport, and is run
-against mqttd and mosquitto alike so the comparison is like for like.  Closed loop, as the C
-generator's S1: publishers stop while more than 10,000 messages are published but not received.
+Python (asyncio, raw MQTT packets) for every transport, and is run against mqttd and mosquitto
+alike so the comparison is like for like.  Closed loop, as the C generator's S1: publishers stop
+while more than 10,000 messages are published but not received; with --rate, open loop at that
+offered rate (within the same bound), to compare brokers' CPU at one rate below saturation.
 Publishers write 50 PUBLISH packets per write; over WebSocket (``ws``) the 50 go in one frame,
 which [MQTT-6.0.0-2] allows, and over ``ws1`` in a frame each, as MQTT.js and paho send them.
 Each publisher's frames are masked with random keys once and the same bytes sent every time (a
@@ -202,7 +203,7 @@ def cpuSeconds(pid: int | None) -> float:
 
 
 async def run(
-    target: str, warmup: float, measure: float, prefix: str, pid: int | None
+    target: str, warmup: float, measure: float, prefix: str, pid: int | None, offered: float
 ) -> tuple[float, float]:
     sub = await session(target, f"{prefix}-sub")
     await sub.send(_packet(0x82, struct.pack("!H", 1) + _string(f"{prefix}/#") + b"\x00"))
@@ -217,7 +218,13 @@ async def run(
     async def publisher(n: int) -> None:
         stream = await session(target, f"{prefix}-pub{n}")
         batch = publish(f"{prefix}/{n}") * BATCH
+        period = BATCH * PUBLISHERS / offered if offered else 0.0
+        due = time.monotonic() + period * n / PUBLISHERS
         while not state["stop"]:
+            if period:
+                # Open loop: this publisher's share of the offered rate, a batch at a time.
+                due += period
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
             if state["published"] - state["received"] > MAX_OUTSTANDING:
                 room.clear()
                 await room.wait()
@@ -260,10 +267,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--measure", type=float, default=10.0)
     parser.add_argument("--broker-pid", type=int, help="report this process's CPU use")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many msgs/s instead of as many as the broker takes (closed loop)",
+    )
     args = parser.parse_args()
     for i, target in enumerate(args.targets):
         rate, cpu = asyncio.run(
-            run(target, args.warmup, args.measure, f"bench{i}", args.broker_pid)
+            run(target, args.warmup, args.measure, f"bench{i}", args.broker_pid, args.rate)
         )
         print(f"S1 {target} msgs_per_s={rate:.0f} broker_cpu_pct={cpu:.0f}", flush=True)
 

@@ -11,7 +11,7 @@ stays unaware that its bytes travel in frames.
 wsproto's frame layer was replaced once measured: it cost ~11 % of the broker's CPU in S1 over
 WebSocket (py-spy, bench/transports.sh) and ~8 µs per frame read, so with one MQTT packet to a
 frame, as MQTT.js and paho send them, more than the MQTT work on the packet; the frame reader does
-the same in ~0.6 µs (bench/wsframes.py).  The upgrade, with its HTTP parsing, stays with wsproto.
+the same in ~0.5 µs (bench/wsframes.py).  The upgrade, with its HTTP parsing, stays with wsproto.
 """
 
 from __future__ import annotations

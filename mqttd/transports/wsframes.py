@@ -154,10 +154,23 @@ class FrameDecoder:
             if remaining:
                 shift = pos & 3
                 self._mask = mask[shift:] + mask[:shift]
+        fragmented = self._fragmented
         try:
             while end - pos >= 6:
                 first = data[pos]
                 second = data[pos + 1]
+                if first == 0x82 and 0x80 <= second < 0xFE and not fragmented:
+                    # The common frame, a whole binary message of at most 125 bytes, masked:
+                    # MQTT.js and paho send most packets so.
+                    start = pos + 6
+                    stop = start + second - 0x80
+                    if stop <= end:
+                        payloads.append(data[start:stop])
+                        masks.append(
+                            (data[pos + 2 : start] * ((second - 125) >> 2))[: second - 0x80]
+                        )
+                        pos = stop
+                        continue
                 if first & 0x70:
                     raise FrameError(PROTOCOL_ERROR, "reserved bits set without an extension")
                 if not second & 0x80:
@@ -182,11 +195,11 @@ class FrameDecoder:
                 mask = data[start - 4 : start]
                 if opcode == BINARY or opcode == CONTINUATION:
                     if opcode == BINARY:
-                        if self._fragmented:
+                        if fragmented:
                             raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented one")
-                    elif not self._fragmented:
+                    elif not fragmented:
                         raise FrameError(PROTOCOL_ERROR, "continuation frame outside a message")
-                    self._fragmented = not first & 0x80
+                    fragmented = not first & 0x80
                     stop = start + length
                     if stop > end:
                         # Handed on as far as it came; the rest follows in later reads.
@@ -220,7 +233,7 @@ class FrameDecoder:
                         self._failed = True
                         return events
                 elif opcode == TEXT:
-                    if self._fragmented:
+                    if fragmented:
                         raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented one")
                     # [MQTT-6.0.0-1]
                     raise FrameError(UNSUPPORTED_DATA, "MQTT travels in binary frames")
@@ -232,6 +245,8 @@ class FrameDecoder:
                 events.append(_unmaskRun(payloads, masks))
             events.append(e)
             return events
+        finally:
+            self._fragmented = fragmented
         if pos < end:
             self._pending = data[pos:]
         if payloads:
