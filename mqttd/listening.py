@@ -200,7 +200,11 @@ def serverEndpoint(reactor: object, listener: ListenerConfig) -> IStreamServerEn
     # What Twisted's endpoint parser read from the string: one parser for every kind.
     tcpEndpoint: Any = endpoint
     return TCPServerEndpoint(
-        reactor, tcpEndpoint._port, tcpEndpoint._backlog, tcpEndpoint._interface
+        reactor,
+        tcpEndpoint._port,
+        tcpEndpoint._backlog,
+        tcpEndpoint._interface,
+        noDelay=listener.tcp_nodelay,
     )
 
 

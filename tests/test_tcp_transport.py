@@ -563,3 +563,40 @@ def test_twistedsServerUnchanged() -> None:
     finally:
         sock.close()
         _close(running)
+
+
+@pytest.mark.parametrize("noDelay", [True, False])
+def test_noDelayFromTheListeningSocket(noDelay: bool) -> None:
+    """
+    A lean port with C{noDelay} sets TCP_NODELAY on its listening socket, which its
+    connections' sockets have from birth; without it they have it off.  The transport's
+    C{setTcpNoDelay} and C{getTcpNoDelay} stay true to the socket either way.
+    """
+    e2e.start_reactor()
+    protocols: list[Recording] = []
+
+    class Building(Factory):
+        def buildProtocol(self, addr: Any) -> Recording:
+            protocols.append(Recording())
+            return protocols[-1]
+
+    port = e2e.in_reactor(
+        lambda: lean.listenTCP(e2e.reactor, 0, Building(), interface=e2e.HOST, noDelay=noDelay)
+    )
+    running = Server(port, protocols)
+    sock, p = running.connect()
+
+    def options() -> list[bool]:
+        transport: Any = p.transport
+        handle = transport.getHandle()
+        seen = [bool(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))]
+        for enabled in (False, True, True, False):
+            transport.setTcpNoDelay(enabled)
+            seen.append(transport.getTcpNoDelay())
+        return seen
+
+    try:
+        assert running.call(options) == [noDelay, False, True, True, False]
+    finally:
+        sock.close()
+        _close(running)

@@ -80,6 +80,10 @@ _ABORTING = 32
 # The producer registered is a streaming one, and is paused by this transport.
 _STREAMING = 64
 _PRODUCER_PAUSED = 128
+# TCP_NODELAY is on: inherited from the listening socket (Linux), so setting it needs no call.
+_NODELAY = 256
+# Whether an accepted socket has its listening socket's TCP_NODELAY (as Linux's do).
+_NODELAY_INHERITED = sys.platform.startswith("linux")
 
 
 @implementer(
@@ -108,12 +112,19 @@ class Connection:
     __slots__ = ("_fd", "_flags", "_out", "client", "producer", "protocol", "reactor", "socket")
 
     def __init__(
-        self, sock: Any, fd: int, protocol: IProtocol, client: tuple[Any, ...], reactor: Any
+        self,
+        sock: Any,
+        fd: int,
+        protocol: IProtocol,
+        client: tuple[Any, ...],
+        reactor: Any,
+        noDelay: bool = False,
     ) -> None:
         """
         @param sock: the accepted socket (a C{_socket.socket} or C{socket.socket}), already
             non-blocking.
         @param fd: its descriptor: this int object is the reactor's key for it too.
+        @param noDelay: the socket has TCP_NODELAY on already.
         """
         self.socket = sock
         self._fd = fd
@@ -123,7 +134,7 @@ class Connection:
         # What the kernel has not taken yet; None while nothing waits.
         self._out: bytearray | None = None
         self.producer: IProducer | None = None
-        self._flags = _CONNECTED
+        self._flags = _CONNECTED | _NODELAY if noDelay else _CONNECTED
         reactor.addReader(self)
 
     def __repr__(self) -> str:
@@ -355,7 +366,14 @@ class Connection:
         return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     def setTcpNoDelay(self, enabled: bool) -> None:
+        if enabled and self._flags & _NODELAY:
+            # A system call per connection saved: the socket was born with it.
+            return
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+        if enabled:
+            self._flags |= _NODELAY
+        else:
+            self._flags &= ~_NODELAY
 
     def getTcpKeepAlive(self) -> bool:
         return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
@@ -409,7 +427,23 @@ class Port(tcp.Port):
     A listening TCP port whose connections are L{Connection}s.  Twisted's listening, pausing
     (C{pauseProducing} stops accepting), address and shutdown code is kept; only the accept
     loop of the common case is its own.
+
+    @ivar noDelay: set TCP_NODELAY on the listening socket, which (on Linux) its connections
+        inherit: their C{setTcpNoDelay(True)} then costs no system call.
     """
+
+    noDelay = False
+    # Whether accepted sockets are known to have TCP_NODELAY.
+    _acceptedNoDelay = False
+
+    def startListening(self) -> None:
+        tcp.Port.startListening(self)
+        if self.noDelay and _NODELAY_INHERITED:
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                return
+            self._acceptedNoDelay = True
 
     @staticmethod
     def transport(  # type: ignore[override]
@@ -434,6 +468,7 @@ class Port(tcp.Port):
             family = self.addressFamily
             addressType = self._addressType
             numberAccepts = self.numberAccepts
+            noDelay = self._acceptedNoDelay
             accepted = 0
             while accepted < numberAccepts:
                 try:
@@ -457,7 +492,7 @@ class Port(tcp.Port):
                 if protocol is None:
                     sock.close()
                     continue
-                transport = Connection(sock, fd, protocol, addr, reactor)
+                transport = Connection(sock, fd, protocol, addr, reactor, noDelay)
                 protocol.makeConnection(transport)
             if accepted == numberAccepts:
                 self.numberAccepts += 20
@@ -473,14 +508,21 @@ def leanReactor(reactor: object) -> bool:
 
 
 def listenTCP(
-    reactor: Any, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    reactor: Any,
+    port: int,
+    factory: IProtocolFactory,
+    backlog: int = 50,
+    interface: str = "",
+    noDelay: bool = False,
 ) -> Port:
     """
     L{IReactorTCP.listenTCP} with L{Port}.
 
+    @param noDelay: L{Port.noDelay}.
     @raise CannotListenError: the port cannot be bound.
     """
     p = Port(port, factory, backlog, interface, reactor)
+    p.noDelay = noDelay
     p.startListening()
     return p
 
@@ -499,15 +541,25 @@ def adoptPort(reactor: Any, fd: int, family: socket.AddressFamily, factory: Any)
 class TCPServerEndpoint:
     """A C{tcp:} or C{tcp6:} endpoint listening with L{Port}."""
 
-    def __init__(self, reactor: Any, port: int, backlog: int = 50, interface: str = "") -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        backlog: int = 50,
+        interface: str = "",
+        noDelay: bool = False,
+    ) -> None:
         self.reactor = reactor
         self.port = port
         self.backlog = backlog
         self.interface = interface
+        self.noDelay = noDelay
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
-            port = listenTCP(self.reactor, self.port, factory, self.backlog, self.interface)
+            port = listenTCP(
+                self.reactor, self.port, factory, self.backlog, self.interface, self.noDelay
+            )
         except CannotListenError as e:
             return fail(e)
         return succeed(port)
