@@ -283,3 +283,88 @@ def test_leanTransportReadAndFailingHandler(reactor: EPollReactor) -> None:
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
+
+
+class _Looping(_Socket):
+    """Reads; on its second read does C{then} (what would send the reactor back)."""
+
+    def __init__(self, sock: socket.socket, peer: socket.socket, then: Any) -> None:
+        super().__init__(sock)
+        self.peer = peer
+        self.then = then
+
+    def doRead(self) -> None:
+        super().doRead()
+        if len(self.read) == 1:
+            # More for the next poll, and nothing for the main loop: the loop polls again.
+            self.peer.sendall(b"2")
+        else:
+            self.then()
+
+
+def _polledUntil(reactor: EPollReactor, then: Any) -> tuple[list[bytes], list[float]]:
+    """The reads and the poll timeouts of one doIteration of a running reactor."""
+    poller = _Poller(reactor._poller)
+    reactor._poller = poller
+    a, b = _pair()
+    reader = _Looping(a, b, then)
+    reactor.addReader(reader)
+    b.sendall(b"1")
+    reactor.running = True
+    try:
+        reactor.doIteration(0)
+    finally:
+        reactor.running = False
+        reactor._poller = poller._poller
+        reactor.removeReader(reader)
+        a.close()
+        b.close()
+    return reader.read, poller.timeouts
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        pytest.param(lambda r: r.callLater(5, lambda: None), id="callLater"),
+        pytest.param(lambda r: r.callFromThread(lambda: None), id="callFromThread"),
+        pytest.param(lambda r: setattr(r, "_justStopped", True), id="stop"),
+        pytest.param(lambda r: setattr(r, "running", False), id="notRunning"),
+    ],
+)
+def test_pollsAgainUntilTheMainLoopHasWork(reactor: EPollReactor, then: Any) -> None:
+    """
+    A running reactor's iteration polls again, without going back to the main loop, until
+    there is something for the main loop to do: a new timed call, a thread's call, a stop.
+    """
+    reads, timeouts = _polledUntil(reactor, lambda: then(reactor))
+    assert reads == [b"1", b"2"]
+    assert len(timeouts) == 2
+    reactor.threadCallQueue.clear()
+
+
+def test_pollsAgainNoLongerThanTheNextTimedCall(reactor: EPollReactor) -> None:
+    """
+    Polling again, the reactor waits no longer than until its next timed call, and goes back
+    to the main loop only once that call is due.
+    """
+    ran: list[str] = []
+    reactor.callLater(1.0, ran.append, "timed")
+    reactor.runUntilCurrent()
+    due = reactor.getDelayedCalls()[0].getTime()
+    before = reactor.seconds()
+    reads, timeouts = _polledUntil(reactor, lambda: None)
+    assert reads == [b"1", b"2"]
+    assert len(timeouts) >= 2
+    assert all(0 < t <= due - before for t in timeouts[1:])
+    assert reactor.seconds() >= due
+    reactor.runUntilCurrent()
+    assert ran == ["timed"]
+
+
+def test_dueTimedCallEndsTheIteration(reactor: EPollReactor) -> None:
+    """A timed call due after the dispatch sends the reactor back to the main loop at once."""
+    reactor.callLater(0, lambda: None)
+    reactor._insertNewDelayedCalls()
+    reads, timeouts = _polledUntil(reactor, lambda: None)
+    assert reads == [b"1"] and len(timeouts) == 1
+    reactor.runUntilCurrent()
