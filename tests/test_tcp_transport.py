@@ -505,8 +505,8 @@ def test_leanWriteSendsAtOnce() -> None:
 
 def test_leanTransportIsSmall() -> None:
     """
-    The lean transport keeps no per-connection dict and no log strings: its state is in slots
-    and the reactor's tables share its descriptor's int.
+    The lean transport keeps no per-connection dict and no log strings: its state is in slots,
+    the reactor's tables share its descriptor's int, an IPv4 peer's address is one int.
     """
     running = _listen("lean", Recording)
     sock, p = running.connect()
@@ -514,6 +514,7 @@ def test_leanTransportIsSmall() -> None:
         transport: Any = p.transport
         assert isinstance(transport, lean.Connection)
         assert not hasattr(transport, "__dict__")
+        assert isinstance(transport._peer, int)
         assert running.call(lambda: e2e.reactor._selectables[transport.fileno()] is transport)
         assert any(fd is transport.fileno() for fd in running.call(lambda: e2e.reactor._reads))
     finally:

@@ -32,6 +32,7 @@ import socket
 import struct
 import sys
 from errno import EAGAIN, EWOULDBLOCK
+from socket import inet_aton, inet_ntoa
 from typing import Any
 
 from twisted.internet import main, tcp
@@ -60,6 +61,24 @@ from zope.interface import implementer
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _AF_INET6 = socket.AF_INET6
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+
+def _packPeer(address: tuple[Any, ...]) -> int | tuple[Any, ...]:
+    """
+    A peer's address as a connection keeps it: an IPv4 one as one int, its address shifted
+    left of its port (32 bytes, where the tuple and the port's int take 88); others as given.
+    """
+    if len(address) == 2:
+        try:
+            return int.from_bytes(inet_aton(address[0]), "big") << 16 | address[1]
+        except OSError:
+            pass
+    return address
+
+
+def _ipv4Host(packed: int) -> str:
+    """The dotted text of a packed IPv4 address; one string per address, shared (interned)."""
+    return sys.intern(inet_ntoa(packed.to_bytes(4, "big")))
 
 
 def _realAddress(address: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -98,8 +117,8 @@ class Connection:
     """
     One accepted TCP connection: Twisted's C{tcp.Server} in behaviour, not in size.
 
-    @ivar client: the peer's address as the socket gave it, the host interned (connections
-        from one address share it).
+    @ivar _peer: the peer's address: an IPv4 one packed in an int (L{_packPeer}), another
+        as the socket gave it.
     """
 
     log = Logger()
@@ -109,14 +128,14 @@ class Connection:
     # Bytes read per recv(), and buffered before the producer is paused: as tcp.Connection.
     bufferSize = 65536
 
-    __slots__ = ("_fd", "_flags", "_out", "client", "producer", "protocol", "reactor", "socket")
+    __slots__ = ("_fd", "_flags", "_out", "_peer", "producer", "protocol", "reactor", "socket")
 
     def __init__(
         self,
         sock: Any,
         fd: int,
         protocol: IProtocol,
-        client: tuple[Any, ...],
+        peer: int | tuple[Any, ...],
         reactor: Any,
         noDelay: bool = False,
     ) -> None:
@@ -124,12 +143,13 @@ class Connection:
         @param sock: the accepted socket (a C{_socket.socket} or C{socket.socket}), already
             non-blocking.
         @param fd: its descriptor: this int object is the reactor's key for it too.
+        @param peer: the peer's address, as L{_packPeer} gives it.
         @param noDelay: the socket has TCP_NODELAY on already.
         """
         self.socket = sock
         self._fd = fd
         self.protocol: IProtocol | None = protocol
-        self.client = client
+        self._peer = peer
         self.reactor = reactor
         # What the kernel has not taken yet; None while nothing waits.
         self._out: bytearray | None = None
@@ -350,9 +370,12 @@ class Connection:
                 self.connectionLost(Failure())
 
     def getPeer(self) -> IPv4Address | IPv6Address:
-        if len(self.client) == 2:
-            return IPv4Address("TCP", *self.client)
-        return IPv6Address("TCP", *self.client)
+        peer = self._peer
+        if isinstance(peer, int):
+            return IPv4Address("TCP", _ipv4Host(peer >> 16), peer & 0xFFFF)
+        if len(peer) == 2:
+            return IPv4Address("TCP", *peer)
+        return IPv6Address("TCP", *peer)
 
     def getHost(self) -> IPv4Address | IPv6Address:
         address = _realAddress(self.socket.getsockname())
@@ -456,7 +479,7 @@ class Port(tcp.Port):
     ) -> Connection:
         # How Twisted's own accept loop (the rare cases, see doRead) builds a connection.
         skt.setblocking(False)
-        return Connection(skt, skt.fileno(), protocol, addr, reactor)
+        return Connection(skt, skt.fileno(), protocol, _packPeer(addr), reactor)
 
     def doRead(self) -> None:
         """Accept what waits, up to C{numberAccepts}: a L{Connection} and protocol each."""
@@ -486,13 +509,11 @@ class Port(tcp.Port):
                 sock.setblocking(False)
                 if family == _AF_INET6:
                     addr = _realAddress(addr)
-                host = sys.intern(addr[0])
-                addr = (host, *addr[1:])
                 protocol = factory.buildProtocol(addressType("TCP", *addr))
                 if protocol is None:
                     sock.close()
                     continue
-                transport = Connection(sock, fd, protocol, addr, reactor, noDelay)
+                transport = Connection(sock, fd, protocol, _packPeer(addr), reactor, noDelay)
                 protocol.makeConnection(transport)
             if accepted == numberAccepts:
                 self.numberAccepts += 20
