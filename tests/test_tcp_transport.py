@@ -601,3 +601,25 @@ def test_noDelayFromTheListeningSocket(noDelay: bool) -> None:
     finally:
         sock.close()
         _close(running)
+
+
+def test_idleMQTTConnectionStateIsACachedInt() -> None:
+    """
+    An idle MQTT connection's transport (TCP_NODELAY from the listener, the protocol as its
+    streaming producer) keeps its state in an int CPython caches (at most 256): no int object
+    of its own per connection.
+    """
+    running = e2e.start_broker()
+    client = e2e.Client(running.port, "idle")
+    try:
+
+        def state() -> tuple[int, bool]:
+            transport: Any = running.broker.sessions["idle"].connection.transport  # type: ignore[union-attr]
+            return transport._flags, transport.getTcpNoDelay()
+
+        flags, noDelay = running.call(state)
+        assert noDelay
+        assert 0 < flags <= 256
+    finally:
+        client.close()
+        running.stop()

@@ -89,18 +89,21 @@ def _realAddress(address: tuple[Any, ...]) -> tuple[Any, ...]:
     return address
 
 
-# Connection._flags: the state Twisted's transport keeps in eight attributes, in one int.
+# Connection._flags: the state Twisted's transport keeps in eight attributes, in one int.  An
+# open connection's usual values (connected, TCP_NODELAY on, a streaming producer: 7) stay
+# among the ints CPython keeps cached (up to 256), so the slot costs no int object of its own.
 _CONNECTED = 1
-_DISCONNECTING = 2
-_DISCONNECTED = 4
-_WRITE_DISCONNECTING = 8
-_WRITE_DISCONNECTED = 16
-_ABORTING = 32
-# The producer registered is a streaming one, and is paused by this transport.
-_STREAMING = 64
-_PRODUCER_PAUSED = 128
 # TCP_NODELAY is on: inherited from the listening socket (Linux), so setting it needs no call.
-_NODELAY = 256
+_NODELAY = 2
+# The producer registered is a streaming one.
+_STREAMING = 4
+_DISCONNECTING = 8
+_DISCONNECTED = 16
+_WRITE_DISCONNECTING = 32
+_WRITE_DISCONNECTED = 64
+_ABORTING = 128
+# This transport has paused its (streaming) producer.
+_PRODUCER_PAUSED = 256
 # Whether an accepted socket has its listening socket's TCP_NODELAY (as Linux's do).
 _NODELAY_INHERITED = sys.platform.startswith("linux")
 
