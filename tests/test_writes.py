@@ -12,12 +12,14 @@ from typing import Any, Literal
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from wsproto.events import BytesMessage
 
 from mqttd.codec import Decoder, encode
 from mqttd.codec.packets import Connack, Connect, Packet, Publish, Suback, Subscribe
 from mqttd.message import Message
 from mqttd.transports.tcp import Connection
+from mqttd.writes import WriteCoalescer
 from tests import e2e
 from tests.listeners import Listen
 from tests.test_websocket import SUBACK_1_QOS0, SUBSCRIBE_T_QOS0, upgraded, wsListener
@@ -183,3 +185,29 @@ def test_webSocketPacketsOfOneTurnShareOneFrame(listen: Listen) -> None:
         assert data == b"".join(publishes)
     finally:
         ws.close()
+
+
+def test_coalescerFallsBackToACallLaterElsewhere() -> None:
+    """
+    On a reactor without mqttd's dispatch (here a test clock) the turn's writes are flushed by
+    one C{callLater(0)} for all the connections that wrote, each flushed once.
+    """
+    clock = Clock()
+    coalescer = WriteCoalescer(clock)
+    flushed: list[str] = []
+
+    class Writing:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flushWrites(self) -> None:
+            flushed.append(self.name)
+
+    for name in ("a", "b"):
+        coalescer.waiting(Writing(name))  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) == 1 and flushed == []
+    clock.advance(0)
+    assert flushed == ["a", "b"]
+    coalescer.waiting(Writing("c"))  # type: ignore[arg-type]
+    clock.advance(0)
+    assert flushed == ["a", "b", "c"]
