@@ -36,8 +36,6 @@ from mqttd.transports.tcp import Connection
 log = Logger()
 # Where there is no epoll, nothing is installed and the value is not used.
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
-# ReactorBase.timeout()'s longest wait, in seconds.
-_LONGEST = 2147483
 
 
 class LeanDispatch:
@@ -56,11 +54,7 @@ class LeanDispatch:
         self.turnEnd: list[Callable[[], object]] = []
 
     def doIteration(self, timeout: float | None) -> None:
-        """
-        L{EPollReactor.doPoll}, calling handlers directly and ending the turn; then polling
-        again, without going back to the main loop, for as long as the main loop would have
-        nothing to do but poll: no timed call due or new, no thread's call, no stop.
-        """
+        """L{EPollReactor.doPoll}, calling handlers directly, ending the turn."""
         reactor = self.reactor
         if self.turnEnd:
             # Written by timed calls or threads' calls since the last poll.
@@ -71,41 +65,12 @@ class LeanDispatch:
         if timeout is None:
             timeout = -1
         selectables = reactor._selectables
-        poll = reactor._poller.poll
-        seconds = reactor.seconds
-        while True:
-            try:
-                ready = poll(timeout, len(selectables))
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    return
-                raise
-            self._dispatch(ready)
-            if self.turnEnd:
-                self._endTurn()
-            # What the main loop would do now (runUntilCurrent, then timeout()) is needed only
-            # for these: ~1 us a turn saved, a turn per read in S7's traffic.
-            if (
-                reactor.threadCallQueue
-                or reactor._newTimedCalls
-                or reactor._justStopped
-                or not reactor.running
-            ):
+        try:
+            ready = reactor._poller.poll(timeout, len(selectables))
+        except OSError as e:
+            if e.errno == errno.EINTR:
                 return
-            timed = reactor._pendingTimedCalls
-            if timed:
-                timeout = timed[0].time - seconds()
-                if timeout <= 0:
-                    return
-                # As timeout(): at most what epoll takes in milliseconds in a signed 32 bits.
-                timeout = min(timeout, _LONGEST)
-            else:
-                timeout = -1
-
-    def _dispatch(self, ready: list[tuple[int, int]]) -> None:
-        """Call the handler of each ready socket."""
-        reactor = self.reactor
-        selectables = reactor._selectables
+            raise
         doReadOrWrite = reactor._doReadOrWrite
         for fd, event in ready:
             selectable = selectables.get(fd)
@@ -127,6 +92,8 @@ class LeanDispatch:
                 doReadOrWrite(selectable, fd, event)
             except Exception:
                 log.failure("dispatching an event of {selectable!r}", selectable=selectable)
+        if self.turnEnd:
+            self._endTurn()
 
     def _endTurn(self) -> None:
         # In place: users keep a reference to the list.
