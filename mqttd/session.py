@@ -115,6 +115,37 @@ class SessionState:
     owner: str | None = None
 
 
+class SessionContext:
+    """
+    What every session of one broker shares, kept once rather than in each session (40 bytes
+    of every connection).
+
+    @ivar stats: the broker's counters.
+    @ivar now: the broker's clock, for Message Expiry Intervals and the queue's drop reports.
+    @ivar acknowledged: told (client id, message, QoS) of each QoS 1/2 delivery a client
+        acknowledged, for the broker's observers; L{None} without observers, costing one test
+        per acknowledgement.
+    @ivar maxAwaitingRel: the most inbound QoS 2 messages a session keeps awaiting PUBREL.
+    @ivar awaitRelTimeout: seconds after which one awaiting PUBREL may be forgotten to make room.
+    """
+
+    __slots__ = ("acknowledged", "awaitRelTimeout", "maxAwaitingRel", "now", "stats")
+
+    def __init__(
+        self,
+        stats: Stats,
+        *,
+        maxAwaitingRel: int,
+        awaitRelTimeout: float,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.stats = stats
+        self.now = now
+        self.acknowledged: Callable[[str, Message, int], None] | None = None
+        self.maxAwaitingRel = maxAwaitingRel
+        self.awaitRelTimeout = awaitRelTimeout
+
+
 class Session:
     """
     One client identifier's session.
@@ -137,14 +168,11 @@ class Session:
     log = Logger()
 
     __slots__ = (
+        "_context",
         "_dropsReported",
-        "_nextDropReport",
         "_nextPacketId",
-        "_stats",
-        "acknowledged",
         "aliasMaximum",
         "aliases",
-        "awaitRelTimeout",
         "awaitingRel",
         "cleanSession",
         "clientId",
@@ -154,13 +182,11 @@ class Session:
         "identified",
         "inflight",
         "journal",
-        "maxAwaitingRel",
         "maxInflight",
         "maxPacketSize",
         "maxQueued",
         "maxQueuedBytes",
         "mqtt5",
-        "now",
         "owner",
         "pending",
         "queueDropped",
@@ -174,15 +200,14 @@ class Session:
         self,
         clientId: str,
         cleanSession: bool,
+        context: SessionContext,
         *,
         maxInflight: int,
         maxQueued: int,
-        maxAwaitingRel: int,
-        awaitRelTimeout: float,
-        stats: Stats,
         maxQueuedBytes: int = 0,
     ) -> None:
         self.clientId = clientId
+        self._context = context
         self.cleanSession = cleanSession
         self.connection: IClientConnection | None = None
         self.owner: str | None = None
@@ -217,24 +242,17 @@ class Session:
         # 0: bounded by count only.
         self.maxQueuedBytes = maxQueuedBytes
         self.queuedBytes = 0
-        # Messages dropped because the queue was full, and how many of them the log has told of.
+        # Messages dropped because the queue was full, how many of them the log has told of,
+        # and when (broker clock) it may tell again: (reported, next report), None until the
+        # first drop.
         self.queueDropped = 0
-        self._dropsReported = 0
-        self._nextDropReport = 0.0
-        self.maxAwaitingRel = maxAwaitingRel
-        self.awaitRelTimeout = awaitRelTimeout
+        self._dropsReported: tuple[int, float] | None = None
         self._nextPacketId = 1
-        self._stats = stats
         # Whether the connection speaks 5.0, whose PUBLISH carries properties; set by resume.
         self.mqtt5 = False
         # Whether a subscription may carry a Subscription Identifier, so 5.0 deliveries
         # look for them only then; set by the broker, never cleared (a stale True costs a scan).
         self.identified = False
-        # The broker's clock, for Message Expiry Intervals.
-        self.now: Callable[[], float] = time.time
-        # Told (client id, message, QoS) of each QoS 1/2 delivery the client acknowledged, for
-        # the broker's observers; None without observers, costing one test per acknowledgement.
-        self.acknowledged: Callable[[str, Message, int], None] | None = None
 
     def setSubscription(self, topicFilter: str, options: int) -> None:
         """Keep C{options} (the granted QoS and subscription options) for C{topicFilter}."""
@@ -294,20 +312,20 @@ class Session:
                 # Numbered from 1 up to the client's maximum [MQTT-3.3.2-8, MQTT-3.1.2-26].
                 alias = len(aliases) + 1
         # The clock is read only for a message with an expiry interval to count down.
-        now = 0.0 if message.expiresAt is None else self.now()
+        now = 0.0 if message.expiresAt is None else self._context.now()
         prefix, block = message.wire5(qos, retain, dup, now, ids, alias, known)
         limit = self.maxPacketSize
         if limit and len(prefix) + len(packetId) + len(block) + len(message.payload) > limit:
             # Never sent, and settled as if delivered [MQTT-3.1.2-24, MQTT-3.1.2-25].
             self.dropped += 1
-            self._stats.drop(DROP_TOO_LARGE)
+            self._context.stats.drop(DROP_TOO_LARGE)
             if packetId:
                 sent = int.from_bytes(packetId, "big")
                 del self.inflight[sent]
                 if self.journal is not None:
                     self.journal.messageAcknowledged(self.clientId, sent)
             return
-        self._stats.propertyBytesSent[qos] += len(block)
+        self._context.stats.propertyBytesSent[qos] += len(block)
         if alias and not known:
             # Only once sent: the client must have seen the topic its alias stands for.
             aliases[message.topic] = alias  # type: ignore[index]
@@ -333,12 +351,13 @@ class Session:
     def _queueFull(self) -> None:
         self.dropped += 1
         self.queueDropped += 1
-        self._stats.drop(DROP_QUEUE_FULL)
-        now = self.now()
-        if now < self._nextDropReport:
+        self._context.stats.drop(DROP_QUEUE_FULL)
+        now = self._context.now()
+        reported, nextReport = self._dropsReported or (0, 0.0)
+        if now < nextReport:
             return
         # Once a minute at most: a stalled subscriber of a busy topic drops thousands a second.
-        self._nextDropReport = now + DROP_REPORT_INTERVAL
+        self._dropsReported = (self.queueDropped, now + DROP_REPORT_INTERVAL)
         self.log.warn(
             "{clientId}'s queue is full ({messages} messages, {size} bytes; max_queued_messages"
             " {maxMessages}, max_queued_bytes {maxBytes}): new messages for it are dropped;"
@@ -348,9 +367,8 @@ class Session:
             size=self.queuedBytes,
             maxMessages=self.maxQueued,
             maxBytes=self.maxQueuedBytes,
-            count=self.queueDropped - self._dropsReported,
+            count=self.queueDropped - reported,
         )
-        self._dropsReported = self.queueDropped
 
     def _send(
         self, conn: IClientConnection, message: Message, qos: int, retain: bool, queued: bool
@@ -462,7 +480,7 @@ class Session:
         pending = self.pending
         while pending and conn is not None and not conn.paused:
             message, qos, retain = pending[0]
-            if message.expiresAt is not None and message.expired(self.now()):
+            if message.expiresAt is not None and message.expired(self._context.now()):
                 pending.popleft()
                 self.queuedBytes -= len(message.payload)
                 self._expired(message, qos, retain)
@@ -505,7 +523,7 @@ class Session:
     def _expired(self, message: Message, qos: int, retain: bool) -> None:
         # Never sent once its expiry interval has passed [MQTT-3.3.2-5].
         self.dropped += 1
-        self._stats.drop(DROP_EXPIRED)
+        self._context.stats.drop(DROP_EXPIRED)
         if qos and self.journal is not None:
             # The store has no event for a queued message leaving unsent; sent then
             # acknowledged under an identifier not in use leaves it in that state.
@@ -549,8 +567,8 @@ class Session:
                     journal.messageQueued(self.clientId, message, qos, retain)
             self.pending = kept or None
         self.dropped += dropped
-        self._stats.messagesDropped += dropped
-        self._stats.dropped[DROP_RECEIVE_DENIED] += dropped
+        self._context.stats.messagesDropped += dropped
+        self._context.stats.dropped[DROP_RECEIVE_DENIED] += dropped
         return dropped
 
     def resume(self, conn: IClientConnection) -> None:
@@ -613,8 +631,9 @@ class Session:
             self.inflight = _EMPTY
         if self.journal is not None:
             self.journal.messageAcknowledged(self.clientId, packetId)
-        if self.acknowledged is not None:
-            self.acknowledged(self.clientId, out.message, out.qos)
+        acknowledged = self._context.acknowledged
+        if acknowledged is not None:
+            acknowledged(self.clientId, out.message, out.qos)
         if self.pending:
             self.pump()
 
@@ -675,8 +694,9 @@ class Session:
         self._settled(packetId)
         if self.journal is not None:
             self.journal.messageAcknowledged(self.clientId, packetId)
-        if self.acknowledged is not None:
-            self.acknowledged(self.clientId, out.message, out.qos)
+        acknowledged = self._context.acknowledged
+        if acknowledged is not None:
+            acknowledged(self.clientId, out.message, out.qos)
         self.pump()
 
     # Inbound: client -> broker
@@ -697,16 +717,17 @@ class Session:
         elif packetId in awaiting:
             return False
         journal = self.journal
-        if len(awaiting) >= self.maxAwaitingRel:
-            cutoff = now - self.awaitRelTimeout
+        maxAwaitingRel = self._context.maxAwaitingRel
+        if len(awaiting) >= maxAwaitingRel:
+            cutoff = now - self._context.awaitRelTimeout
             for stale in [p for p, t in awaiting.items() if t < cutoff]:
                 del awaiting[stale]
                 if journal is not None:
                     journal.qos2Released(self.clientId, stale)
-            if len(awaiting) >= self.maxAwaitingRel:
+            if len(awaiting) >= maxAwaitingRel:
                 # maxAwaitingRel is the Receive Maximum advertised to MQTT 5 clients.
                 raise SessionError(
-                    f"more than {self.maxAwaitingRel} QoS 2 messages await PUBREL",
+                    f"more than {maxAwaitingRel} QoS 2 messages await PUBREL",
                     ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                 )
         awaiting[packetId] = now

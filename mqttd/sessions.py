@@ -37,7 +37,7 @@ from .message import Message
 from .observers import Observers
 from .policy import Policy, aclFilter
 from .router import Router
-from .session import SESSION_NEVER_EXPIRES, Session
+from .session import SESSION_NEVER_EXPIRES, Session, SessionContext
 from .stats import Stats
 from .store import StoredState
 from .sys import presenceMessage
@@ -89,6 +89,13 @@ class SessionRegistry:
         self.sessions = sessions
         self.clients = clients
         self.clientIdsByUsername = clientIdsByUsername
+        # What every session shares (see SessionContext).
+        self._sessionContext = SessionContext(
+            stats,
+            maxAwaitingRel=config.max_awaiting_rel,
+            awaitRelTimeout=config.await_rel_timeout,
+            now=clock.seconds,
+        )
         # Called with the ClientInfo once a client's session is resumed (CONNACK written, waiting
         # deliveries re-sent), and once its connection is gone: see whenConnected.
         self._connectedCallbacks: list[Any] = []
@@ -563,21 +570,20 @@ class SessionRegistry:
 
     def _newSession(self, clientId: str, cleanSession: bool) -> Session:
         config = self.config
+        context = self._sessionContext
+        # Observers may come after the registry: each new session brings the shared context
+        # up to date.
+        context.acknowledged = self._acknowledged if self.observing.chain else None
         session = Session(
             clientId,
             cleanSession,
+            context,
             maxInflight=config.max_inflight,
             maxQueued=config.max_queued_messages,
             maxQueuedBytes=config.max_queued_bytes,
-            maxAwaitingRel=config.max_awaiting_rel,
-            awaitRelTimeout=config.await_rel_timeout,
-            stats=self.stats,
         )
         if not cleanSession:
             session.journal = self.journal
-        if self.observing.chain:
-            session.acknowledged = self._acknowledged
-        session.now = self.clock.seconds
         self.sessions[clientId] = session
         return session
 
