@@ -61,7 +61,7 @@ from .router import Router
 from .session import SESSION_NEVER_EXPIRES, Session
 from .sessions import SessionRegistry
 from .stats import Stats
-from .store import MemoryStore, StoredState
+from .store import SessionlessStore, StoredState
 from .subscribing import Subscribing
 from .sys import SysTree
 
@@ -151,10 +151,11 @@ class Broker:
         self.clock = clock
         # For $SYS/broker/uptime and the metrics.
         self.startedAt = clock.seconds()
-        self.store: IMessageStore = store if store is not None else MemoryStore()
+        self.store: IMessageStore = store if store is not None else SessionlessStore()
         # What persistent sessions journal their QoS 1/2 state to.  Without a store given, the
-        # broker's own MemoryStore is one nothing reads back (only this process could restore
-        # from it), so sessions keep that state in themselves alone rather than twice.
+        # broker's own store is one nothing reads back (only this process could restore from
+        # it), so sessions keep that state in themselves alone rather than twice, and it keeps
+        # no record of them either (SessionlessStore).
         self.journal: IMessageStore | None = store
         self.sessions: dict[str, Session] = {}
         self.stats = Stats()

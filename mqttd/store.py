@@ -290,3 +290,24 @@ class MemoryStore:
 
     def retainedDeleted(self, topic: str) -> None:
         self.retained.pop(topic, None)
+
+
+class SessionlessStore(MemoryStore):
+    """
+    The broker's own store when no C{[store]} is configured: it keeps retained messages and
+    wills as L{MemoryStore} does, and no record of persistent sessions.  Nothing could read
+    one back (sessions end with the process, and they journal nothing to it: see
+    L{mqttd.broker.Broker.journal}), while each cost ~0.2 KB beside the session itself.
+    """
+
+    def sessionSaved(self, clientId: str, subscriptions: Mapping[str, int]) -> None:
+        return None
+
+    def sessionDeleted(self, clientId: str) -> None:
+        return None
+
+    def sessionOwned(self, clientId: str, owner: str) -> None:
+        return None
+
+    def sessionExpiry(self, clientId: str, interval: int, expiresAt: float | None) -> None:
+        return None

@@ -15,11 +15,13 @@ import os
 import sys
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
+from mqttd.broker import Broker
 from mqttd.codec import Decoder, encode
 from mqttd.codec.packets import (
     Connect,
@@ -36,10 +38,11 @@ from mqttd.config import BrokerConfig
 from mqttd.interfaces import ClientInfo, PluginContext
 from mqttd.message import Message
 from mqttd.plugin_loader import findPlugins
+from mqttd.protocol import MQTTServerFactory
 from mqttd.session import WAIT_PUBACK
-from mqttd.store import MemoryStore
+from mqttd.store import MemoryStore, SessionlessStore
 from mqttd.topics import SubscriptionTree
-from tests.harness import World
+from tests.harness import LISTENER, World
 
 N = 500
 
@@ -424,3 +427,26 @@ def test_sessionsShareTheBrokersSettings() -> None:
     publisher.send(Publish("t", b"m", qos=2, packet_id=11))
     assert publisher.closed
     assert not clients[1].closed
+
+
+def test_ownStoreKeepsNoSessionRecords() -> None:
+    """
+    A broker without a configured store keeps no record of its persistent sessions beside the
+    sessions themselves (nothing could read one back), and those sessions still keep their
+    subscriptions and queue across reconnections, in order [MQTT-3.1.2-4, MQTT-4.6.0-6].
+    """
+    world = World()
+    world.broker = Broker(replace(BrokerConfig(), sys_interval=0), world.clock, None)
+    world.broker.start()
+    world.factory = MQTTServerFactory(world.broker, LISTENER, world.clock)
+    assert isinstance(world.broker.store, SessionlessStore)
+    sub = world.subscriber("sub", ("t", 1), clean=False)
+    sub.send(Disconnect())
+    sub.finish()
+    pub = world.connect("pub")
+    for i in range(3):
+        pub.send(Publish("t", b"%d" % i, qos=1, packet_id=i + 1))
+    assert world.broker.store.sessions == {}
+    back = world.connect("sub", clean=False)
+    assert back.connack.session_present  # type: ignore[attr-defined]
+    assert [p.payload for p in back.publishes()] == [b"0", b"1", b"2"]
