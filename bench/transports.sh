@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# bench/transports.sh [-r REPS] [-b GITREF]
+# bench/transports.sh [-r REPS] [-b GITREF] [-R RATE]
 #
 # S1 (QoS 0 fan-in) over TCP, TLS and WebSocket for mqttd and mosquitto, with bench/transports.py
 # as the client (the shared C generator speaks TCP only); WebSocket twice: "ws" with 50 MQTT
 # packets to a frame, "ws1" with a frame each, as MQTT.js and paho send them.  -b GITREF adds the
 # mqttd of that commit (exported from git) as a third broker, "mqttd_before", run first in each
-# repetition, and a "before" column.  Each repetition starts each broker
-# fresh, pinned to CPU 0, with one listener per transport; the driver runs on CPU 1.  Prints the
-# median of each cell.  Needs the project in .venv (the README's install), Debian's mosquitto and
-# openssl; certificates are made on the spot in bench/results/ (ignored by git).  The driver is
-# one Python process, which a broker can outrun: "per CPU-second" (messages per second of the
-# broker's own CPU time) is the figure that compares brokers, the rate only where the driver kept
-# up.  MQTTD_PYTHONPATH runs another tree's mqttd (default: this one).
+# repetition, and a "before" column.  -R RATE offers RATE msgs/s (open loop) instead of as many
+# as the broker takes, to compare brokers' CPU at one rate below saturation.  Each repetition
+# starts each broker fresh, pinned to CPU 0, with one listener per transport; the driver runs on
+# CPU 1.  Prints the median of each cell.  Needs the project in .venv (the README's install),
+# Debian's mosquitto and openssl; certificates are made on the spot in bench/results/ (ignored by
+# git).  The driver is one Python process, which a broker can outrun: "per CPU-second" (messages
+# per second of the broker's own CPU time) is the figure that compares brokers, the rate only
+# where the driver kept up.  Even per CPU-second, mosquitto's figure depends on the driver: it
+# sends each delivery on its own (a send() and, over WebSocket, a frame each), and on loopback a
+# send() to a reader asleep in epoll pays for waking it, one to a busy reader does not; so a
+# driver slowed by other work on CPU 1 made mosquitto look up to ~1.7x cheaper per message
+# (its kernel time per delivery halves).  Read its figure where its CPU is near 100 %, on a quiet
+# machine.  MQTTD_PYTHONPATH runs another tree's mqttd (default: this one).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPS=3
 BEFORE=""
-while getopts "r:b:" o; do case $o in r) REPS=$OPTARG ;; b) BEFORE=$OPTARG ;; *) exit 2 ;; esac; done
+RATE=0
+while getopts "r:b:R:" o; do
+    case $o in r) REPS=$OPTARG ;; b) BEFORE=$OPTARG ;; R) RATE=$OPTARG ;; *) exit 2 ;; esac
+done
 VENV=${MQTTD_VENV:-$ROOT/.venv}
 [ -x "$VENV/bin/twistd" ] || { echo "bench/transports.sh: no $VENV/bin/twistd; run the README's install first" >&2; exit 2; }
 command -v mosquitto >/dev/null || { echo "bench/transports.sh: needs mosquitto (apt-get install mosquitto)" >&2; exit 2; }
@@ -71,7 +80,7 @@ wait_port() {
 stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; PID=""; }
 trap stop EXIT
 drive() {  # drive BROKER BASEPORT
-    taskset -c 1 "$VENV/bin/python" "$ROOT/bench/transports.py" --warmup 2 --measure 6 --broker-pid "$PID" \
+    taskset -c 1 "$VENV/bin/python" "$ROOT/bench/transports.py" --warmup 2 --measure 6 --rate "$RATE" --broker-pid "$PID" \
         "tcp:127.0.0.1:$2" "tls:127.0.0.1:$(($2 + 1)):$WORK/ca.pem" "ws:127.0.0.1:$(($2 + 2))/mqtt" \
         "ws1:127.0.0.1:$(($2 + 2))/mqtt" |
         sed "s/^/$1 rep=$rep /" | tee -a raw.txt
