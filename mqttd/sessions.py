@@ -41,6 +41,7 @@ from .session import SESSION_NEVER_EXPIRES, Session, SessionContext
 from .stats import Stats
 from .store import StoredState
 from .sys import presenceMessage
+from .timeouts import Timeout, Timeouts
 
 
 @implementer(ISessionRegistry)
@@ -104,8 +105,13 @@ class SessionRegistry:
         self._endedCallbacks: list[Callable[[str], None]] = []
         # Connections whose sessions wait on the receive ACL before resuming (see resume).
         self._resuming: dict[str, IClientConnection] = {}
-        # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.
-        self._expiries: dict[str, IDelayedCall] = {}
+        # MQTT 5: the offline sessions that expire, and the wills waiting out their delay.  The
+        # expiries share one reactor timer (mqttd.timeouts): a DelayedCall each was ~0.3 KB of
+        # every offline session, and a cancelled one stayed in the reactor's heap.
+        self._expiries: dict[str, Timeout] = {}
+        self._expiryTimeouts = Timeouts(clock)
+        # One bound method for all of them, rather than one made per expiry set.
+        self._expire = self._sessionExpired
         self._delayedWills: dict[str, tuple[IDelayedCall, Will, ClientInfo | None]] = {}
 
     def restore(self, state: StoredState, reserved: Callable[[str], bool]) -> None:
@@ -143,8 +149,8 @@ class SessionRegistry:
                     expiresAt = now + interval
                     self.store.sessionExpiry(clientId, interval, expiresAt)
                 # [MQTT-3.1.2-23]; a session past its deadline ends in the reactor's first turn.
-                self._expiries[clientId] = self.clock.callLater(
-                    max(0.0, expiresAt - now), self._sessionExpired, session
+                self._expiries[clientId] = self._expiryTimeouts.set(
+                    max(0.0, expiresAt - now), self._expire, session
                 )
         for clientId, will in state.wills.items():
             delay = will.properties.will_delay_interval
@@ -172,8 +178,8 @@ class SessionRegistry:
                 conn.close("broker shutting down", ReasonCode.SERVER_SHUTTING_DOWN)
         for clientId in list(self._delayedWills):
             self._endWillDelay(clientId, publish=True)
-        for timer in self._expiries.values():
-            timer.cancel()
+        for timeout in self._expiries.values():
+            self._expiryTimeouts.cancel(timeout)
         self._expiries.clear()
 
     # Connections
@@ -516,8 +522,8 @@ class SessionRegistry:
         expiresAt = None
         if interval != SESSION_NEVER_EXPIRES:
             # [MQTT-3.1.2-23]: kept for the interval, then ended.
-            self._expiries[session.clientId] = self.clock.callLater(
-                interval, self._sessionExpired, session
+            self._expiries[session.clientId] = self._expiryTimeouts.set(
+                interval, self._expire, session
             )
             expiresAt = self.clock.seconds() + interval
         if expiresAt is not None or conn.protocolLevel == ProtocolLevel.MQTT_5:
@@ -548,9 +554,9 @@ class SessionRegistry:
         self._discardSession(session)
 
     def _cancelExpiry(self, clientId: str) -> None:
-        timer = self._expiries.pop(clientId, None)
-        if timer is not None:
-            timer.cancel()
+        timeout = self._expiries.pop(clientId, None)
+        if timeout is not None:
+            self._expiryTimeouts.cancel(timeout)
 
     def _willDelayElapsed(self, clientId: str) -> None:
         _, will, client = self._delayedWills.pop(clientId)

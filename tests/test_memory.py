@@ -22,7 +22,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from mqttd.broker import Broker
-from mqttd.codec import Decoder, encode
+from mqttd.codec import Decoder, Properties, encode
 from mqttd.codec.packets import (
     Connect,
     Disconnect,
@@ -450,3 +450,27 @@ def test_ownStoreKeepsNoSessionRecords() -> None:
     back = world.connect("sub", clean=False)
     assert back.connack.session_present  # type: ignore[attr-defined]
     assert [p.payload for p in back.publishes()] == [b"0", b"1", b"2"]
+
+
+def test_offlineSessionsExpireOnOneReactorTimer() -> None:
+    """
+    A thousand offline MQTT 5 sessions waiting out their Session Expiry Interval hold no
+    reactor timer each (one is shared): each ends when its interval has passed
+    [MQTT-3.1.2-23], and one whose client came back in time is kept.
+    """
+    world = World()
+    expiring = Properties(session_expiry_interval=10)
+    for i in range(1000):
+        client = world.connect(f"c{i}", clean=False, level=5, properties=expiring)
+        client.send(Disconnect())
+        client.finish()
+        if i == 499:
+            world.clock.advance(5)
+    assert len(world.clock.getDelayedCalls()) <= 2
+    world.connect("c0", clean=False, level=5, properties=expiring)
+    world.clock.advance(5)
+    assert "c0" in world.broker.sessions and "c1" not in world.broker.sessions
+    assert len(world.broker.sessions) == 501
+    world.clock.advance(5)
+    assert set(world.broker.sessions) == {"c0"}
+    assert len(world.clock.getDelayedCalls()) <= 1
