@@ -411,6 +411,27 @@ def test_sendErrorLosesTheConnectionLater(server: Server) -> None:
     assert _lostWith(server, p) is ConnectionLost
 
 
+def test_resetMetByAWriteIsALostConnection(server: Server) -> None:
+    """
+    A reset the reactor has not seen yet, met by a write in the same turn, still ends the
+    connection with L{ConnectionLost}, not the clean L{ConnectionDone} that a later read of
+    the socket (its error consumed by the failed send) would suggest.
+    """
+    sock, p = server.connect()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    def resetThenWrite() -> None:
+        # Within one reactor turn: the reset reaches the broker's socket (loopback), and the
+        # write meets it before the reactor polls.
+        sock.close()
+        assert p.transport is not None
+        for _ in range(3):
+            p.transport.write(b"after the reset")
+
+    server.call(resetThenWrite)
+    assert _lostWith(server, p) is ConnectionLost
+
+
 def test_pauseProducingStopsReading(server: Server) -> None:
     """While the transport is paused nothing is read; resumed, what waited arrives."""
     sock, p = server.connect()

@@ -104,6 +104,11 @@ _WRITE_DISCONNECTED = 64
 _ABORTING = 128
 # This transport has paused its (streaming) producer.
 _PRODUCER_PAUSED = 256
+# A send() in write() failed: the connection is lost, as its next doRead or doWrite reports (the
+# error is consumed by that send, so a later recv() would read a clean end of file instead).
+_SEND_FAILED = 512
+# write() sends only with _CONNECTED alone of these.
+_NOT_WRITABLE = _CONNECTED | _WRITE_DISCONNECTED | _ABORTING | _SEND_FAILED
 # Whether an accepted socket has its listening socket's TCP_NODELAY (as Linux's do).
 _NODELAY_INHERITED = sys.platform.startswith("linux")
 
@@ -195,8 +200,8 @@ class Connection:
 
     def doRead(self) -> Any:
         """Read what the socket has (up to L{bufferSize}) and hand it to the protocol."""
-        if self._flags & _ABORTING:
-            return None
+        if self._flags & (_ABORTING | _SEND_FAILED):
+            return main.CONNECTION_LOST if self._flags & _SEND_FAILED else None
         try:
             data = self.socket.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -211,8 +216,8 @@ class Connection:
     def doWrite(self) -> Any:
         """The socket is writable: send what waits; then close if that was asked."""
         flags = self._flags
-        if flags & _ABORTING:
-            return None
+        if flags & (_ABORTING | _SEND_FAILED):
+            return main.CONNECTION_LOST if flags & _SEND_FAILED else None
         out = self._out
         if out:
             try:
@@ -289,8 +294,8 @@ class Connection:
         """Send C{data} now if nothing older waits; what the kernel does not take waits."""
         if not isinstance(data, bytes):
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
-        if not data or self._flags & (_CONNECTED | _WRITE_DISCONNECTED | _ABORTING) != _CONNECTED:
-            # Nothing more leaves once closed, half-closed or aborted.
+        if not data or self._flags & _NOT_WRITABLE != _CONNECTED:
+            # Nothing more leaves once closed, half-closed, aborted or failed.
             return
         out = self._out
         if out is not None:
@@ -302,9 +307,10 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            # Met again by doWrite on a later turn, which loses the connection as Twisted's
-            # transport does: never inside write().
-            sent = 0
+            # Lost on a later turn, as by Twisted's transport: never inside write().
+            self._flags |= _SEND_FAILED
+            self.reactor.addWriter(self)
+            return
         if sent == len(data):
             return
         out = self._out = bytearray(memoryview(data)[sent:])
