@@ -12,12 +12,15 @@
 # Debian's mosquitto and openssl; certificates are made on the spot in bench/results/ (ignored by
 # git).  The driver is one Python process, which a broker can outrun: "per CPU-second" (messages
 # per second of the broker's own CPU time) is the figure that compares brokers, the rate only
-# where the driver kept up.  Even per CPU-second, mosquitto's figure depends on the driver: it
-# sends each delivery on its own (a send() and, over WebSocket, a frame each), and on loopback a
-# send() to a reader asleep in epoll pays for waking it, one to a busy reader does not; so a
-# driver slowed by other work on CPU 1 made mosquitto look up to ~1.7x cheaper per message
-# (its kernel time per delivery halves).  Read its figure where its CPU is near 100 %, on a quiet
-# machine.  MQTTD_PYTHONPATH runs another tree's mqttd (default: this one).
+# where the driver kept up.  Even per CPU-second, mosquitto's figure depended on how the driver
+# read: it sends each delivery on its own (a send() and, over WebSocket, a frame each), and on
+# loopback a send() to a reader asleep in epoll pays for waking it, one to a busy reader does not.
+# With the subscriber waiting in epoll, mosquitto's WebSocket figure ranged from 196k to 440k msgs
+# per CPU-second from run to run (its kernel time per delivery 4.3 us with the reader mostly
+# asleep, 1.8 us with it kept busy by other work on CPU 1); so the subscriber polls its socket every
+# 0.5 ms (--poll-reader: nobody to wake, as for a subscriber on another machine), which held
+# mosquitto at 306k-321k in three runs.  Over TLS the subscriber still waits in epoll.  Read the
+# figures on a quiet machine.  MQTTD_PYTHONPATH runs another tree's mqttd (default: this one).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPS=3
@@ -80,7 +83,7 @@ wait_port() {
 stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; PID=""; }
 trap stop EXIT
 drive() {  # drive BROKER BASEPORT
-    taskset -c 1 "$VENV/bin/python" "$ROOT/bench/transports.py" --warmup 2 --measure 6 --rate "$RATE" --broker-pid "$PID" \
+    taskset -c 1 "$VENV/bin/python" "$ROOT/bench/transports.py" --warmup 2 --measure 6 --rate "$RATE" --poll-reader --broker-pid "$PID" \
         "tcp:127.0.0.1:$2" "tls:127.0.0.1:$(($2 + 1)):$WORK/ca.pem" "ws:127.0.0.1:$(($2 + 2))/mqtt" \
         "ws1:127.0.0.1:$(($2 + 2))/mqtt" |
         sed "s/^/$1 rep=$rep /" | tee -a raw.txt
