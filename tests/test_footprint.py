@@ -69,6 +69,15 @@ def test_whatIsUsedIsLoaded(tmp_path: Path) -> None:
     assert loaded(tmp_path, config) == ["sqlite3", "wsproto"]
 
 
+def test_namedPluginAloneIsLoaded(tmp_path: Path) -> None:
+    """
+    A configuration naming one plugin (virtual groups, whose factory's attribute is not its
+    name) loads that plugin's modules, not every shipped plugin's with an HTTP client and Redis.
+    """
+    config = LISTENER + "[selectors]\nchain = virtual_groups\n[plugin:virtual_groups]\n"
+    assert loaded(tmp_path, config) == ["sqlite3"]
+
+
 # What the broker's start may add to what twistd and its reactor loaded before it, besides
 # mqttd's own modules: configparser (the configuration), resource (the $SYS memory figures),
 # twisted.internet.endpoints (listeners are endpoint strings; it brings stdio and systemd).
