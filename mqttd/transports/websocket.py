@@ -87,7 +87,8 @@ class MQTTWebSocketProtocol(Protocol):
         self.wrapped: IProtocol | None = None
         self._address = address
         self.path = path
-        self._ws = WSConnection(ConnectionType.SERVER)
+        # wsproto's handshake (an h11 connection and its buffers), until the upgrade is accepted.
+        self._ws: WSConnection | None = WSConnection(ConnectionType.SERVER)
         self._clock = clock
         self._upgradeTimeout = upgradeTimeout
         self._upgradeTimer: IDelayedCall | None = None
@@ -103,8 +104,9 @@ class MQTTWebSocketProtocol(Protocol):
     # The socket side
 
     def connectionMade(self) -> None:
-        # A frame goes straight to a plain TCP socket when nothing older waits (mqttd.writes):
-        # the MQTT protocol already joins a reactor turn's packets into one write of this layer.
+        # A frame goes straight to a plain TCP socket when nothing older waits (mqttd.writes.send
+        # under Twisted's transport; mqttd's own TCP transport does so in its write): the MQTT
+        # protocol already joins a reactor turn's packets into one write of this layer.
         self._direct = coalescible(self.transport)
         self._upgradeTimer = self._clock.callLater(self._upgradeTimeout, self._upgradeTimedOut)
 
@@ -131,9 +133,11 @@ class MQTTWebSocketProtocol(Protocol):
         if self._upgradeReceived > MAX_UPGRADE_SIZE:
             self._reject(431, "upgrade request too large")
             return
+        ws = self._ws
+        assert ws is not None
         try:
-            self._ws.receive_data(data)
-            for event in self._ws.events():
+            ws.receive_data(data)
+            for event in ws.events():
                 if isinstance(event, Request):
                     self._upgradeRequested(event)
                 if self._done or self._frames is not None:
@@ -187,7 +191,10 @@ class MQTTWebSocketProtocol(Protocol):
             self._upgradeTimer.cancel()
         self._upgradeTimer = None
         # No extension is offered back, so every frame's reserved bits must be clear.
+        assert self._ws is not None
         self._send(self._ws.send(AcceptConnection(subprotocol=chosen)))
+        # The frames are the frame reader's from here: the handshake's objects go.
+        self._ws = None
         self._frames = FrameDecoder()
         self._open = True
         self.wrapped = wrapped
@@ -207,11 +214,13 @@ class MQTTWebSocketProtocol(Protocol):
         )
         body = why.encode("utf-8") + b"\n"
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        ws = self._ws
+        assert ws is not None
         try:
             self._send(
-                self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+                ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
             )
-            self._send(self._ws.send(RejectData(data=body)))
+            self._send(ws.send(RejectData(data=body)))
         except LocalProtocolError:
             # The request was never read in full (too large or malformed): there is no HTTP
             # exchange to answer within, only a socket to close.
