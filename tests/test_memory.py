@@ -17,6 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -59,6 +60,27 @@ def bytesEach(build: Callable[[int], object]) -> float:
         tracemalloc.stop()
     assert len(kept) == N
     return (after - before) / N
+
+
+def connectGrowing(world: World, module: str, **connect: Any) -> tuple[list[Any], int]:
+    """
+    Connect 200 clients C{c0}..C{c199} to C{world}; return them and the heap bytes allocated
+    meanwhile by lines of C{mqttd/MODULE}.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        clients = [world.connect(f"c{i}", **connect) for i in range(200)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if stat.traceback[0].filename.endswith(os.path.join("mqttd", module))
+    )
+    return clients, grown
 
 
 def packetId(publish: Publish) -> int:
@@ -235,19 +257,7 @@ def test_idleSessionsShareTheirEmptyDicts() -> None:
     to the shared empty one once they are acknowledged.
     """
     world = World()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        clients = [world.connect(f"c{i}", keepalive=60) for i in range(200)]
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    grown = sum(
-        stat.size_diff
-        for stat in after.compare_to(before, "filename")
-        if stat.traceback[0].filename.endswith(os.path.join("mqttd", "session.py"))
-    )
+    clients, grown = connectGrowing(world, "session.py", keepalive=60)
     assert grown < 200 * 16
     sessions = [world.broker.sessions[f"c{i}"] for i in range(2)]
     assert sessions[0].subscriptions is sessions[1].inflight
@@ -406,19 +416,7 @@ def test_sessionsShareTheBrokersSettings() -> None:
     a session allowed 10 closes its connection [MQTT-3.3.4-9].
     """
     world = World(max_awaiting_rel=10)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        clients = [world.connect(f"c{i}") for i in range(200)]
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    grown = sum(
-        stat.size_diff
-        for stat in after.compare_to(before, "filename")
-        if stat.traceback[0].filename.endswith(os.path.join("mqttd", "sessions.py"))
-    )
+    clients, grown = connectGrowing(world, "sessions.py")
     assert grown < 200 * 420
     publisher = clients[0]
     for packetId in range(1, 11):
