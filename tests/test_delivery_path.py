@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 
 from mqttd.codec import Decoder, encode
 from mqttd.codec.errors import DecodeError
-from mqttd.codec.packets import Connect, Disconnect, Puback, Publish, ReasonCode
+from mqttd.codec.packets import Connect, Disconnect, Puback, Publish, ReasonCode, Subscribe
 from tests.harness import World
 
 
@@ -94,8 +94,6 @@ def test_lonePubackForAQos2DeliveryClosesWithProtocolError() -> None:
     """
     world = World()
     sub = world.connect("sub", level=5)
-    from mqttd.codec.packets import Subscribe
-
     sub.send(Subscribe(1, [("t", 2)]))
     sub.read()
     pub = world.connect("pub")
@@ -165,3 +163,42 @@ def test_oneMessageInEveryWireForm() -> None:
     back = world.connect("s0", clean=False)
     (again,) = back.publishes()
     assert (again.topic, again.payload, again.qos, again.dup) == ("t/x", b"payload", 1, True)
+
+
+def test_lonePubackOnATakenOverConnectionIsNotHandled() -> None:
+    """
+    Once a new connection with the same Client Identifier took the session over, the old one
+    is closing [MQTT-3.1.4-3] and a PUBACK it still sends, read alone, is not handled, as no
+    packet after the close is: the delivery stays in flight for the new connection, which is
+    sent it again [MQTT-4.4.0-1].
+    """
+    world = World()
+    old = world.subscriber("sub", ("t", 1), clean=False)
+    pub = world.connect("pub")
+    pub.send(Publish("t", b"m", qos=1, packet_id=1))
+    (got,) = old.publishes()
+    new = world.connect("sub", clean=False)
+    old.sendBytes(encode(Puback(got.packet_id)))  # type: ignore[arg-type]
+    assert list(world.broker.sessions["sub"].inflight) == [got.packet_id]
+    (again,) = new.publishes()
+    assert (again.payload, again.dup) == (b"m", True)
+
+
+def test_lonePubackAfterAProtocolErrorCloseIsNotHandled() -> None:
+    """
+    After a PUBACK for a QoS 2 delivery closed the connection [MQTT-4.13.1-1], a PUBACK the
+    client still sends for its QoS 1 delivery, read alone, is not handled, as no packet after
+    the close is: the persistent session keeps that delivery in flight, to send again on its
+    next connection [MQTT-4.4.0-1].
+    """
+    world = World()
+    sub = world.connect("sub", level=5, clean=False)
+    sub.send(Subscribe(1, [("one", 1), ("two", 2)]))
+    sub.read()
+    pub = world.connect("pub")
+    pub.send(Publish("one", b"1", qos=1, packet_id=1), Publish("two", b"2", qos=2, packet_id=2))
+    first, second = sub.publishes()
+    sub.sendBytes(encode(Puback(second.packet_id), 5))  # type: ignore[arg-type]
+    assert sub.read() == [Disconnect(ReasonCode.PROTOCOL_ERROR)]
+    sub.sendBytes(encode(Puback(first.packet_id), 5))  # type: ignore[arg-type]
+    assert first.packet_id in world.broker.sessions["sub"].inflight
